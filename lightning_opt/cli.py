@@ -1,0 +1,98 @@
+"""The command line: LightningCLI's ``fit``/``validate``/``test`` with lightning_opt's defaults.
+
+``--optimizer NAME`` is a top-level shortcut for ``model.optimizer`` (LightningCLI's own
+optimizer auto-configuration is off, so it cannot swallow the flag). Errors a user can fix are
+printed as one line with a non-zero exit; ``LIGHTNING_OPT_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
+from lightning_opt.optim.registry import list_optimizers
+
+EXIT_USAGE = 2  # bad input: nothing was trained
+EXIT_FAILED = 1  # the run started and failed (e.g. non-finite loss); logs are kept
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 50,  # the GNW-Adam seed note's final runs
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        # name null = the optimizer's name: lightning_logs/<optimizer>/version_N
+        "init_args": {"save_dir": "lightning_logs", "name": None, "default_hp_metric": False},
+    },
+}
+
+
+class LightningOptCLI(LightningCLI):
+    """LightningCLI for ``MNIST1DClassifier`` on ``MNIST1DDataModule``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--optimizer",
+            type=str,
+            default="adam",
+            help=f"Optimizer by name, one of: {', '.join(list_optimizers())}.",
+        )
+        parser.link_arguments("optimizer", "model.optimizer")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = config.trainer.logger
+        if (
+            logger
+            and not isinstance(logger, bool)
+            and getattr(logger, "class_path", "").endswith("TensorBoardLogger")
+            and logger.init_args.get("name") is None
+        ):
+            logger.init_args.name = config.optimizer
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise _UsageError(str(err)) from err
+
+    def after_fit(self) -> None:
+        print(f"TensorBoard logs: {self.trainer.log_dir}  (tensorboard --logdir lightning_logs)")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _fail(code: int, message: str) -> None:
+    print(f"lightning_opt: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    """Entry point of ``python -m lightning_opt`` and ``lightning-opt``; ``args`` for tests."""
+    debug = os.environ.get("LIGHTNING_OPT_DEBUG") == "1"
+    try:
+        LightningOptCLI(
+            MNIST1DClassifier,
+            MNIST1DDataModule,
+            args=args,
+            seed_everything_default=0,
+            trainer_defaults=TRAINER_DEFAULTS,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+        )
+    except _UsageError as err:
+        if debug:
+            raise
+        _fail(EXIT_USAGE, str(err))
+    except NonFiniteLossError as err:
+        if debug:
+            raise
+        _fail(EXIT_FAILED, f"{err}. Logs and checkpoints so far are kept.")
+    except ValueError as err:  # raised by a hook's own checks (e.g. conflicting clipping)
+        if debug:
+            raise
+        _fail(EXIT_USAGE, str(err))

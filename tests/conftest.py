@@ -1,0 +1,42 @@
+"""Shared fixtures: one small cached mnist1d per session, and helpers to read TensorBoard logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+TINY_SAMPLES = 500  # 400 train (320 fit + 80 validation) and 100 test examples
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory shared by the session, so tiny datasets are generated once."""
+    return tmp_path_factory.mktemp("mnist1d-cache")
+
+
+@pytest.fixture
+def tiny_fit_args(data_cache: Path, tmp_path: Path) -> list[str]:
+    """CLI arguments for a run of seconds that logs under ``tmp_path``."""
+    return [
+        f"--data.num_samples={TINY_SAMPLES}",
+        f"--data.cache_dir={data_cache}",
+        "--data.batch_size=50",
+        "--trainer.max_epochs=2",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of the event files under ``log_dir``: ``{tag: [(step, value), ...]}``."""
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def version_dirs(logs: Path) -> list[Path]:
+    """The ``version_N`` directories under ``logs``, in creation order."""
+    return sorted(logs.rglob("version_*"), key=lambda p: int(p.name.split("_")[1]))
