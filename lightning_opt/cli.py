@@ -7,9 +7,11 @@ printed as one line with a non-zero exit; ``LIGHTNING_OPT_DEBUG=1`` shows the tr
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_opt.data import MNIST1DDataModule
@@ -74,7 +76,15 @@ def _fail(code: int, message: str) -> None:
 def cli_main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lightning_opt`` and ``lightning-opt``; ``args`` for tests."""
     debug = os.environ.get("LIGHTNING_OPT_DEBUG") == "1"
+    # The seed is recorded in each run's config.yaml; keep stderr for what needs attention.
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["tune"]:
+            from lightning_opt.tune import run_tune
+
+            run_tune(argv[1:])
+            return
         LightningOptCLI(
             MNIST1DClassifier,
             MNIST1DDataModule,
@@ -83,7 +93,12 @@ def cli_main(args: list[str] | None = None) -> None:
             trainer_defaults=TRAINER_DEFAULTS,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},
         )
+    except ArgumentError as err:  # jsonargparse: an unknown key, a wrong type, ...
+        if debug:
+            raise
+        _fail(EXIT_USAGE, f"{' '.join(str(err).split())} (see --help)")
     except _UsageError as err:
         if debug:
             raise

@@ -146,6 +146,7 @@ class TensorBatches:
     ) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.sampler = EpochPermutation(len(x), seed, shuffle)
+        self.batch_sampler = None  # Lightning inspects loaders that have a sampler for this too
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -153,7 +154,10 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if not self.sampler.shuffle:
             for start in range(0, len(self.x), self.batch_size):
-                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+                yield (
+                    self.x[start : start + self.batch_size],
+                    self.y[start : start + self.batch_size],
+                )
             return
         order = self.sampler.indices()
         for idx in order.split(self.batch_size):
@@ -195,7 +199,9 @@ class MNIST1DDataModule(LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be a positive integer or null, got {eval_batch_size}")
+            raise ValueError(
+                f"eval_batch_size must be a positive integer or null, got {eval_batch_size}"
+            )
         if num_samples < 10 * NUM_CLASSES:
             raise ValueError(f"num_samples must be at least {10 * NUM_CLASSES}, got {num_samples}")
         self.save_hyperparameters()
@@ -217,7 +223,9 @@ class MNIST1DDataModule(LightningDataModule):
         )
 
         def pair(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
-            return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+            return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(
+                np.ascontiguousarray(y)
+            )
 
         self.splits = {
             "train": pair(arrays["x"][train_idx], arrays["y"][train_idx]),

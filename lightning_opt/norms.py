@@ -25,9 +25,7 @@ def tensor_norms(tensors: Sequence[Tensor], member_dims: int = 0) -> list[Tensor
         return []
     if member_dims == 0:
         return list(torch._foreach_norm(list(tensors)))
-    return [
-        torch.linalg.vector_norm(t, dim=tuple(range(member_dims, t.dim()))) for t in tensors
-    ]
+    return [torch.linalg.vector_norm(t, dim=tuple(range(member_dims, t.dim()))) for t in tensors]
 
 
 def global_norm(tensors: Sequence[Tensor], member_dims: int = 0) -> Tensor:

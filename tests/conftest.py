@@ -10,6 +10,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 TINY_SAMPLES = 500  # 400 train (320 fit + 80 validation) and 100 test examples
 
 
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests drive the CLI with ``cli_main(args)``; pytest's own argv must not leak into it."""
+    monkeypatch.setattr("sys.argv", ["lightning_opt"])
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache directory shared by the session, so tiny datasets are generated once."""

@@ -115,11 +115,16 @@ def test_training_order_is_reproducible_per_seed_and_epoch(dm, data_cache):
     assert not torch.equal(first[0], first[1])  # a new order each epoch
     twin = MNIST1DDataModule(num_samples=SAMPLES, cache_dir=str(data_cache), shuffle_seed=3)
     twin.setup()
-    assert all(torch.equal(a, b) for a, b in zip(first, _epoch_orders(twin.train_dataloader(), [0, 1])))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first, _epoch_orders(twin.train_dataloader(), [0, 1]), strict=True)
+    )
     other = MNIST1DDataModule(num_samples=SAMPLES, cache_dir=str(data_cache), shuffle_seed=4)
     other.setup()
     assert not torch.equal(first[0], _epoch_orders(other.train_dataloader(), [0])[0])
-    assert torch.equal(other.splits["val"][1], dm.splits["val"][1])  # the seed never moves the split
+    assert torch.equal(
+        other.splits["val"][1], dm.splits["val"][1]
+    )  # the seed never moves the split
 
 
 def test_shuffle_seed_none_follows_the_run_seed(data_cache):

@@ -14,6 +14,10 @@ from typing import Any
 import torch
 
 from lightning_opt.optim.gnw_adam import GNWAdam
+from lightning_opt.search_space import SearchParam
+
+#: What ``tune`` searches by default: the learning rate, log-uniform (the seed notes' setup).
+LR_SEARCH = (SearchParam("lr", 1e-4, 1e-1, log=True),)
 
 #: The hyperparameters a registry entry may accept, with the rule each value must follow.
 HYPERPARAMETER_RULES: dict[str, str] = {
@@ -51,12 +55,14 @@ class OptimizerSpec:
         factory: ``factory(params, **hyperparameters) -> torch.optim.Optimizer``.
         description: one line for ``list_optimizers`` and ``--help``.
         defaults: the value of every accepted hyperparameter when the user leaves it unset.
+        search_space: what ``tune`` searches by default for this optimizer.
     """
 
     name: str
     factory: Callable[..., torch.optim.Optimizer]
     description: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    search_space: tuple[SearchParam, ...] = LR_SEARCH
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:

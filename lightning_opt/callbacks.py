@@ -1,0 +1,191 @@
+"""Lightning callbacks that clip gradients before each optimizer step (see ``clipping.py``).
+
+Add one to ``trainer.callbacks``; from YAML::
+
+    trainer:
+      callbacks:
+        - class_path: lightning_opt.callbacks.WeightNormClipping
+          init_args: {clip_factor: 0.1}
+
+Each logs ``clip/fraction_clipped`` and ``clip/mean_scale`` once per epoch (means over the epoch's
+steps, and over members for a model with ``member_dims = 1``) and keeps ``clip_rate()`` for the run.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, get_args
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_opt.clipping import (
+    ClipStats,
+    _check_positive,
+    clip_grad_by_weight_norm_,
+    clip_grad_norm_global_,
+    clip_grad_norm_per_tensor_,
+)
+from lightning_opt.search_space import SearchParam
+
+FixedMode = Literal["per_tensor", "global"]
+
+
+class GradientClippingCallback(Callback, ABC):
+    """Clips in ``on_before_optimizer_step``, after AMP unscaling and before the module's own hook.
+
+    Subclasses implement ``clip_``. Per-step stats are summed on the device (no host sync) and
+    logged at the end of each training epoch.
+
+    Args:
+        log_stats: log ``clip/fraction_clipped`` and ``clip/mean_scale`` each epoch.
+    """
+
+    #: What ``tune`` searches by default when this callback is on (the seed note's setup).
+    search_space: ClassVar[tuple[SearchParam, ...]] = ()
+
+    def __init__(self, log_stats: bool = True) -> None:
+        self.log_stats = log_stats
+        # Sums of per-step stats; a 0-dim CPU zero plus a tensor on any device stays on that device.
+        self._run_fraction, self._run_steps = torch.zeros(()), 0
+        self._reset_epoch()
+
+    def _reset_epoch(self) -> None:
+        self._epoch_fraction = torch.zeros(())
+        self._epoch_scale = torch.zeros(())
+        self._epoch_steps = 0
+
+    @abstractmethod
+    def clip_(self, parameters: Sequence[Tensor], member_dims: int) -> ClipStats:
+        """Clip the gradients of ``parameters`` in place."""
+
+    def clip_rate(self) -> float:
+        """Mean over the run's steps so far of the fraction of tensors clipped (syncs).
+
+        With the same tensors at every step this is the fraction of tensor-steps clipped; for
+        global clipping, the fraction of steps. 0.0 before the first step.
+        """
+        if not self._run_steps:
+            return 0.0
+        return float(self._run_fraction / self._run_steps)
+
+    def hparams_for_logging(self) -> dict[str, Any]:
+        """The settings shown next to the model's in TensorBoard's HPARAMS tab."""
+        return {"clipping": type(self).__name__}
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        name = type(self).__name__
+        if trainer.gradient_clip_val not in (None, 0):
+            raise ValueError(
+                f"{name} and Trainer(gradient_clip_val={trainer.gradient_clip_val}) both clip; "
+                "use one (remove the callback or set gradient_clip_val=None)"
+            )
+        clippers = [
+            type(cb).__name__
+            for cb in trainer.callbacks
+            if isinstance(cb, GradientClippingCallback)
+        ]
+        if len(clippers) > 1:
+            raise ValueError(
+                f"{len(clippers)} gradient clipping callbacks were given ({', '.join(clippers)}); "
+                "use one"
+            )
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
+    ) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        stats = self.clip_(params, getattr(pl_module, "member_dims", 0))
+        fraction = stats.fraction_clipped.mean()  # mean over members, if any
+        self._epoch_fraction = self._epoch_fraction + fraction
+        self._epoch_scale = self._epoch_scale + stats.mean_scale.mean()
+        self._epoch_steps += 1
+        self._run_fraction = self._run_fraction + fraction
+        self._run_steps += 1
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.log_stats and self._epoch_steps:
+            pl_module.log("clip/fraction_clipped", self._epoch_fraction / self._epoch_steps)
+            pl_module.log("clip/mean_scale", self._epoch_scale / self._epoch_steps)
+        self._reset_epoch()
+
+
+class WeightNormClipping(GradientClippingCallback):
+    """Clip each parameter tensor's gradient norm to ``clip_factor * max(||W||_F, eps)``.
+
+    Args:
+        clip_factor: allowed gradient norm per unit of the tensor's own weight norm (> 0); with
+            SGD, 0.1 bounds each step to lr * 0.1 * ||W||. To turn clipping off, drop the callback.
+        eps: floor on the weight norm (> 0), so zero-initialised tensors (biases) are clipped to
+            ``clip_factor * eps`` rather than to zero.
+        log_stats: log ``clip/fraction_clipped`` and ``clip/mean_scale`` each epoch.
+    """
+
+    search_space = (SearchParam("clip_factor", 1e-3, 10.0, log=True),)
+
+    def __init__(self, clip_factor: float, eps: float = 1e-3, log_stats: bool = True) -> None:
+        _check_positive("clip_factor", clip_factor)
+        _check_positive("eps", eps)
+        super().__init__(log_stats)
+        self.clip_factor = clip_factor
+        self.eps = eps
+
+    @override
+    def hparams_for_logging(self) -> dict[str, Any]:
+        return {
+            **super().hparams_for_logging(),
+            "clip_factor": self.clip_factor,
+            "clip_eps": self.eps,
+        }
+
+    @override
+    def clip_(self, parameters: Sequence[Tensor], member_dims: int) -> ClipStats:
+        return clip_grad_by_weight_norm_(
+            parameters, self.clip_factor, self.eps, member_dims=member_dims
+        )
+
+
+class FixedNormClipping(GradientClippingCallback):
+    """Clip gradient norms to a fixed ``clip_value``: the baseline for ``WeightNormClipping``.
+
+    Args:
+        clip_value: largest allowed gradient L2 norm (> 0). To turn clipping off, drop the callback.
+        mode: ``"per_tensor"`` clips each parameter tensor on its own (like-for-like with
+            ``WeightNormClipping``); ``"global"`` clips the norm of all gradients together, like
+            ``Trainer(gradient_clip_val=...)``.
+        log_stats: log ``clip/fraction_clipped`` and ``clip/mean_scale`` each epoch.
+    """
+
+    search_space = (SearchParam("clip_value", 1e-2, 1e2, log=True),)
+
+    def __init__(
+        self, clip_value: float, mode: FixedMode = "per_tensor", log_stats: bool = True
+    ) -> None:
+        _check_positive("clip_value", clip_value)
+        if mode not in get_args(FixedMode):
+            raise ValueError(
+                f"unknown mode {mode!r}; choose one of: {', '.join(get_args(FixedMode))}"
+            )
+        super().__init__(log_stats)
+        self.clip_value = clip_value
+        self.mode = mode
+
+    @override
+    def hparams_for_logging(self) -> dict[str, Any]:
+        return {
+            **super().hparams_for_logging(),
+            "clip_value": self.clip_value,
+            "clip_mode": self.mode,
+        }
+
+    @override
+    def clip_(self, parameters: Sequence[Tensor], member_dims: int) -> ClipStats:
+        clip = clip_grad_norm_per_tensor_ if self.mode == "per_tensor" else clip_grad_norm_global_
+        return clip(parameters, self.clip_value, member_dims=member_dims)

@@ -1,0 +1,185 @@
+"""The command line end to end: TensorBoard output, determinism, resume, test, bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import read_scalars, version_dirs
+
+from lightning_opt.cli import cli_main
+
+ROOT = Path(__file__).parents[1]
+
+
+def _run(args, tmp_path):
+    cli_main(["fit", *args])
+    return version_dirs(tmp_path / "logs")[-1]
+
+
+def _final(scalars, tag):
+    return scalars[tag][-1][1]
+
+
+def test_module_entry_point_writes_tensorboard_tags(tiny_fit_args, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_opt", "fit", "--optimizer", "gnw", *tiny_fit_args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (run,) = version_dirs(tmp_path / "logs")
+    assert run.parent.name == "gnw"  # logs are grouped by optimizer
+    assert f"TensorBoard logs: {run}" in proc.stdout
+    scalars = read_scalars(run)
+    for tag in (
+        "train/loss",
+        "val/loss",
+        "val/acc",
+        "optim/grad_norm_before_clip",
+        "optim/grad_norm_after_clip",
+        "optim/effective_lr",
+        "optim/lr",
+        "weight_norm/0.weight",
+        "weight_norm/2.bias",
+        "hp/val_loss",
+        "hp/best_val_loss",
+    ):
+        assert tag in scalars, sorted(scalars)
+    assert len(scalars["val/loss"]) == 2  # one point per epoch
+    lr = scalars["optim/lr"][-1][1]
+    assert 0 < _final(scalars, "optim/effective_lr") < lr  # lr / (1 + ||g||) < lr
+    assert _final(scalars, "optim/grad_norm_after_clip") == pytest.approx(
+        _final(scalars, "optim/grad_norm_before_clip")
+    )  # no clipping callback
+
+
+def test_same_command_twice_gives_identical_metrics(tiny_fit_args, tmp_path):
+    first = read_scalars(_run(["--optimizer=gnw", *tiny_fit_args], tmp_path))
+    second = read_scalars(_run(["--optimizer=gnw", *tiny_fit_args], tmp_path))
+    for tag in ("train/loss", "val/loss", "val/acc", "optim/effective_lr"):
+        assert first[tag] == second[tag]
+    third = read_scalars(_run(["--optimizer=gnw", "--seed_everything=1", *tiny_fit_args], tmp_path))
+    assert third["val/loss"] != first["val/loss"]
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_fit_args, tmp_path):
+    args = [a for a in tiny_fit_args if not a.startswith("--trainer.max_epochs")]
+    straight = read_scalars(_run(["--optimizer=gnw", "--trainer.max_epochs=4", *args], tmp_path))
+    stopped = _run(["--optimizer=gnw", "--trainer.max_epochs=2", *args], tmp_path)
+    (ckpt,) = (stopped / "checkpoints").glob("*.ckpt")
+    resumed = read_scalars(
+        _run(["--optimizer=gnw", "--trainer.max_epochs=4", f"--ckpt_path={ckpt}", *args], tmp_path)
+    )
+    assert resumed["val/loss"][-1] == straight["val/loss"][-1]
+    assert resumed["train/loss"][-1] == straight["train/loss"][-1]
+
+
+def test_clipping_config_and_test_subcommand(tiny_fit_args, tmp_path):
+    config = ROOT / "configs" / "fit" / "adam_wnclip.yaml"
+    run = _run(
+        [f"--config={config}", "--trainer.callbacks.init_args.clip_factor=0.01", *tiny_fit_args],
+        tmp_path,
+    )
+    scalars = read_scalars(run)
+    assert 0 < _final(scalars, "clip/fraction_clipped") <= 1
+    assert _final(scalars, "optim/grad_norm_after_clip") < _final(
+        scalars, "optim/grad_norm_before_clip"
+    )
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+    cli_main(["test", f"--config={config}", f"--ckpt_path={ckpt}", *tiny_fit_args])
+    tested = read_scalars(version_dirs(tmp_path / "logs")[-1])
+    assert {"test/loss", "test/acc"} <= set(tested)
+
+
+def test_presets_stack(tiny_fit_args, tmp_path, capsys):
+    config = ROOT / "configs" / "fit" / "gnw.yaml"
+    quick = ROOT / "configs" / "presets" / "quick.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", f"--config={config}", f"--config={quick}", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "optimizer: gnw" in printed and "max_epochs: 2" in printed
+    assert "num_samples: 1000" in printed and "lr: 0.00585" in printed
+
+
+BAD_INPUTS = [
+    (["--optimizer=adamm"], "unknown optimizer 'adamm'; choose one of: adam, adamw, gnw, sgd"),
+    (["--model.lr=-1"], "lr must be a positive finite number, got -1.0"),
+    (["--model.lr=0"], "lr must be a positive finite number"),
+    (["--optimizer=gnw", "--model.gamma=0"], "gamma must be a positive finite number"),
+    (["--model.eps=0"], "eps must be a positive finite number"),
+    (["--model.betas=[0.9, 1.5]"], r"betas must be two numbers in [0, 1)"),
+    (["--data.val_fraction=1.2"], "val_fraction must be in (0, 1), got 1.2"),
+    (["--model.hidden_sizes=[]"], "hidden_sizes must be a non-empty list of positive integers"),
+    (["--model.hidden_sizes=[-3]"], "hidden_sizes must be a non-empty list of positive integers"),
+    (["--model.momentum=0.9"], "optimizer 'adam' does not take momentum"),
+    (["--model.no_such_key=1"], "no_such_key"),
+    (
+        [
+            "--trainer.callbacks=lightning_opt.callbacks.WeightNormClipping",
+            "--trainer.callbacks.clip_factor=0",
+        ],
+        "clip_factor must be a positive finite number",
+    ),
+    (
+        [
+            "--trainer.callbacks=lightning_opt.callbacks.FixedNormClipping",
+            "--trainer.callbacks.clip_value=-1",
+        ],
+        "clip_value must be a positive finite number",
+    ),
+    (
+        [
+            "--trainer.callbacks=lightning_opt.callbacks.FixedNormClipping",
+            "--trainer.callbacks.clip_value=1",
+            "--trainer.gradient_clip_val=0.5",
+        ],
+        "gradient_clip_val",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m[:40] for _, m in BAD_INPUTS])
+def test_bad_input_is_one_clear_line_and_nonzero_exit(args, message, tiny_fit_args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, *tiny_fit_args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_input_from_the_shell_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_opt", "fit", "--optimizer", "adamm"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "lightning_opt: error: unknown optimizer 'adamm'; choose one of: adam, adamw, gnw, sgd"
+    ]
+    assert not (tmp_path / "lightning_logs").exists()  # failed before anything ran
+
+
+def test_non_finite_loss_exits_nonzero_and_keeps_the_logs(tiny_fit_args, tmp_path, capsys):
+    args = ["--optimizer=sgd", "--model.lr=1e6", "--model.momentum=0", *tiny_fit_args]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "training loss became non-finite at global step" in err and "(epoch 0)" in err
+    (run,) = version_dirs(tmp_path / "logs")
+    assert list(run.glob("events.out.tfevents.*")) and (run / "hparams.yaml").exists()
+
+
+def test_debug_env_shows_the_traceback(tiny_fit_args, monkeypatch):
+    monkeypatch.setitem(os.environ, "LIGHTNING_OPT_DEBUG", "1")
+    with pytest.raises(Exception, match="unknown optimizer"):
+        cli_main(["fit", "--optimizer=adamm", *tiny_fit_args])

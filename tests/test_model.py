@@ -1,0 +1,129 @@
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Trainer
+
+from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError, build_mlp
+from lightning_opt.optim import get_optimizer, list_optimizers
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def _tiny_problem():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 40, generator=gen)
+    y = (x[:, :10].argmax(1)).long()  # learnable labels
+    return x, y
+
+
+def _train(model, steps, x, y):
+    opt = model.configure_optimizers()
+    losses = []
+    for _ in range(steps):
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        losses.append(float(opt.step(closure).detach()))
+    return opt, losses
+
+
+@pytest.mark.parametrize("name", list_optimizers())
+def test_every_registered_optimizer_lowers_the_loss(name):
+    torch.manual_seed(0)
+    model = MNIST1DClassifier(optimizer=name, hidden_sizes=[16])
+    _, losses = _train(model, 100, *_tiny_problem())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("name", list_optimizers())
+def test_every_registered_optimizer_survives_a_state_dict_round_trip(name):
+    x, y = _tiny_problem()
+    torch.manual_seed(0)
+    straight = MNIST1DClassifier(optimizer=name, hidden_sizes=[16])
+    _train(straight, 10, x, y)
+
+    torch.manual_seed(0)
+    first = MNIST1DClassifier(optimizer=name, hidden_sizes=[16])
+    opt, _ = _train(first, 5, x, y)
+    saved_model, saved_opt = first.state_dict(), opt.state_dict()
+    resumed = MNIST1DClassifier(optimizer=name, hidden_sizes=[16])
+    resumed.load_state_dict(saved_model)
+    opt2 = resumed.configure_optimizers()
+    opt2.load_state_dict(saved_opt)
+    resumed.configure_optimizers = lambda: opt2
+    _train(resumed, 5, x, y)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_default_learning_rates_come_from_the_seed_and_match_the_configs():
+    for arm in ("adam", "gnw"):
+        config = yaml.safe_load((CONFIGS / "fit" / f"{arm}.yaml").read_text())
+        assert config["optimizer"] == arm
+        assert config["model"]["lr"] == get_optimizer(arm).defaults["lr"]
+    assert get_optimizer("adam").defaults["lr"] == 0.00624  # seed note 000
+    assert get_optimizer("gnw").defaults["lr"] == 0.00585
+
+
+def test_hyperparameters_reach_the_optimizer():
+    model = MNIST1DClassifier(optimizer="gnw", lr=0.01, gamma=2.0, betas=(0.8, 0.9))
+    group = model.configure_optimizers().param_groups[0]
+    assert (group["lr"], group["gamma"], group["betas"]) == (0.01, 2.0, (0.8, 0.9))
+    sgd = MNIST1DClassifier(optimizer="sgd", momentum=0.5).configure_optimizers()
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.5
+
+
+def test_mlp_shape():
+    net = build_mlp(40, [32, 16], 10, "gelu")
+    assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)] == [32, 16, 10]
+    assert net(torch.zeros(3, 40)).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"optimizer": "adamm"},
+            r"unknown optimizer 'adamm'; choose one of: adam, adamw, gnw, sgd",
+        ),
+        ({"lr": 0.0}, "lr must be a positive finite number, got 0.0"),
+        ({"lr": -1e-3}, "lr must be a positive finite number, got -0.001"),
+        ({"lr": float("nan")}, "lr must be a positive finite number, got nan"),
+        ({"eps": 0.0}, "eps must be a positive finite number, got 0.0"),
+        ({"betas": (0.9, 1.0)}, r"betas must be two numbers in \[0, 1\), got \(0.9, 1.0\)"),
+        ({"betas": (-0.1, 0.9)}, r"betas must be two numbers in \[0, 1\)"),
+        ({"optimizer": "gnw", "gamma": 0.0}, "gamma must be a positive finite number, got 0.0"),
+        ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0, got -1.0"),
+        ({"momentum": 0.9}, "optimizer 'adam' does not take momentum; it takes: lr, betas"),
+        ({"gamma": 2.0}, "optimizer 'adam' does not take gamma"),
+        ({"hidden_sizes": []}, "hidden_sizes must be a non-empty list of positive integers, got"),
+        ({"hidden_sizes": [100, 0]}, r"hidden_sizes must be .*, got \[100, 0\]"),
+        ({"activation": "swish"}, "unknown activation 'swish'; choose one of: relu, gelu"),
+    ],
+)
+def test_bad_hyperparameters_fail_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MNIST1DClassifier(**kwargs)
+
+
+def test_non_finite_loss_stops_the_run_and_names_the_step(data_cache):
+    data = MNIST1DDataModule(num_samples=500, batch_size=50, cache_dir=str(data_cache))
+    model = MNIST1DClassifier(optimizer="sgd", lr=1e6, momentum=0.0)
+    trainer = Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at global step \d+ \(epoch 0\)"):
+        trainer.fit(model, datamodule=data)
+    assert trainer.current_epoch == 0  # stopped at the end of the first epoch, not after 3
