@@ -9,6 +9,7 @@ best trial exactly.
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 import multiprocessing
 import sys
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import optuna
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -139,8 +141,6 @@ def _clipping_callbacks(config: Any) -> list[Any]:
 
 
 def _callback_class(callback_config: Any) -> type[GradientClippingCallback] | None:
-    import importlib
-
     module, _, name = str(getattr(callback_config, "class_path", "")).rpartition(".")
     if not module:
         return None
@@ -199,6 +199,33 @@ def trial_config(config: Any, params: dict[str, float]) -> Any:
     return cfg
 
 
+def _build(value: Any) -> Any:
+    """Instantiate ``{class_path, init_args}`` entries (recursively); other values as they are."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        if "class_path" in value:
+            module, _, name = value["class_path"].rpartition(".")
+            cls = getattr(importlib.import_module(module), name)
+            return cls(**{k: _build(v) for k, v in (value.get("init_args") or {}).items()})
+        return {k: _build(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_build(v) for v in value]
+    return value
+
+
+def build_trial(cfg: Any) -> tuple[MNIST1DClassifier, dict[str, Any]]:
+    """The model and the Trainer's arguments a ``fit`` of ``cfg`` would use.
+
+    Built directly rather than with LightningCLI's instantiator, which records the hyperparameters
+    of the CLI's own command line (not the trial's) in the model's ``hparams``.
+    """
+    model = MNIST1DClassifier(**cfg.model.as_dict())
+    trainer_kwargs = _build(cfg.trainer)
+    trainer_kwargs["callbacks"] = list(trainer_kwargs.get("callbacks") or [])
+    return model, trainer_kwargs
+
+
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
@@ -252,7 +279,7 @@ class TrialRunner:
     def __init__(self, parser: LightningArgumentParser, config: Any, options: TuneOptions) -> None:
         self.parser, self.config, self.options = parser, config, options
         self.space = resolve_search_space(config)
-        self.data = MNIST1DDataModule(**vars(config.data))
+        self.data = MNIST1DDataModule(**config.data.as_dict())
         self.data.prepare_data()
 
     def run(self, trial: optuna.Trial) -> tuple[TrialState, float | None]:
@@ -261,13 +288,12 @@ class TrialRunner:
         trial.set_user_attr("log_dir", str(log_dir))
         cfg = trial_config(self.config, params)
         seed_everything(cfg.seed_everything, verbose=False)  # as `fit` does before building
-        init = self.parser.instantiate_classes(cfg)
-        model: MNIST1DClassifier = init.model
-        trainer_kwargs = dict(init.trainer)
-        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        model, trainer_kwargs = build_trial(cfg)
         from optuna_integration import PyTorchLightningPruningCallback
 
-        callbacks.append(PyTorchLightningPruningCallback(trial, monitor="val/loss"))
+        trainer_kwargs["callbacks"].append(
+            PyTorchLightningPruningCallback(trial, monitor="val/loss")
+        )
         trainer_kwargs.update(
             logger=TensorBoardLogger(
                 save_dir=str(self.options.study_dir),
@@ -275,7 +301,6 @@ class TrialRunner:
                 version="",
                 default_hp_metric=False,
             ),
-            callbacks=callbacks,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
@@ -424,7 +449,8 @@ def run_tune(args: list[str]) -> None:
     options = options_from_config(config)
     space = resolve_search_space(config)
     # Build one trial's objects now, so a bad model/data/callback argument fails before any trial.
-    cli.parser.instantiate_classes(trial_config(config, {p.name: p.low for p in space}))
+    build_trial(trial_config(config, {p.name: p.low for p in space}))
+    MNIST1DDataModule(**config.data.as_dict())
     storage = studies.open_storage(
         options.storage, options.heartbeat_interval, options.grace_period, options.max_retry
     )
