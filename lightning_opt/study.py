@@ -134,11 +134,22 @@ def top_up(study: optuna.Study, n_trials: int) -> int:
 
 
 def claim_waiting_trial(
-    study: optuna.Study, storage: BaseStorage
+    study: optuna.Study, storage: BaseStorage, n_trials: int
 ) -> tuple[optuna.Trial, int] | None:
-    """Atomically take one WAITING trial (WAITING -> RUNNING): ``(trial, trial_id)`` or ``None``."""
+    """Atomically take a WAITING trial (WAITING -> RUNNING): ``(trial, trial_id)`` or ``None``.
+
+    Only trials among the first ``n_trials`` that can still finish are claimed: if two launchers
+    topped up the study at once, the surplus stays WAITING and is never run.
+    """
     study_id = storage.get_study_id_from_name(study.study_name)
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+    rank = 0
+    for frozen in study.get_trials(deepcopy=False, states=live):  # ordered by number
+        if rank >= n_trials:
+            return None
+        rank += 1
+        if frozen.state != TrialState.WAITING:
+            continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):

@@ -347,7 +347,7 @@ def run_worker(
     while True:
         if studies.has_heartbeat(storage):
             optuna.storages.fail_stale_trials(study)  # re-enqueues trials of dead workers
-        claimed = studies.claim_waiting_trial(study, storage)
+        claimed = studies.claim_waiting_trial(study, storage, options.n_trials)
         if claimed is None:
             running = studies.count_states(study)[TrialState.RUNNING]
             if running and studies.has_heartbeat(storage):
