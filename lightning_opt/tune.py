@@ -8,13 +8,16 @@ best trial exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import logging
 import multiprocessing
+import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -263,8 +266,11 @@ def options_from_config(config: Any) -> TuneOptions:
 
 
 def _quiet_lightning() -> None:
+    """One line per trial is the progress report: silence Lightning's and Optuna's chatter."""
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
@@ -281,6 +287,14 @@ class TrialRunner:
         self.space = resolve_search_space(config)
         self.data = MNIST1DDataModule(**config.data.as_dict())
         self.data.prepare_data()
+        self.trainer: Trainer | None = None
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the running trial at the next batch (never inside a database write)."""
+        self.interrupted = True
+        if self.trainer is not None:
+            self.trainer.should_stop = True
 
     def run(self, trial: optuna.Trial) -> tuple[TrialState, float | None]:
         params = {p.name: p.suggest(trial) for p in self.space}
@@ -305,7 +319,7 @@ class TrialRunner:
             enable_model_summary=False,
             enable_checkpointing=False,
         )
-        trainer = Trainer(**trainer_kwargs)
+        trainer = self.trainer = Trainer(**trainer_kwargs)
         start = time.perf_counter()
         state, value, note = TrialState.COMPLETE, None, ""
         try:
@@ -314,6 +328,10 @@ class TrialRunner:
             state, note = TrialState.PRUNED, f"pruned at epoch {trainer.current_epoch}"
         except NonFiniteLossError as err:
             state, note = TrialState.PRUNED, str(err)
+        finally:
+            self.trainer = None
+        if self.interrupted:
+            raise KeyboardInterrupt
         if int(model._first_bad_step) >= 0:
             trial.set_user_attr("pruned_reason", "non-finite training loss")
             note = note or "non-finite loss"
@@ -343,8 +361,32 @@ def run_worker(
         pruner=make_pruner(options.pruner),
     )  # fmt: skip
     runner = TrialRunner(parser, config, options)
+    with _on_sigint(runner.interrupt):
+        return _claim_and_run(study, storage, runner, options)
+
+
+@contextlib.contextmanager
+def _on_sigint(callback: Callable[[], None]) -> Iterator[None]:
+    """First Ctrl-C calls ``callback``; a second one interrupts at once (the default)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        callback()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _claim_and_run(
+    study: optuna.Study, storage: Any, runner: TrialRunner, options: TuneOptions
+) -> int:
     done = 0
     while True:
+        if runner.interrupted:
+            raise KeyboardInterrupt
         if studies.has_heartbeat(storage):
             optuna.storages.fail_stale_trials(study)  # re-enqueues trials of dead workers
         claimed = studies.claim_waiting_trial(study, storage, options.n_trials)
@@ -444,11 +486,13 @@ def _write_plots(study: optuna.Study, out: Path) -> None:
 
 def run_tune(args: list[str]) -> None:
     """``python -m lightning_opt tune ...``: validate everything, top up the study, run workers."""
+    _quiet_lightning()
     cli = _parse(args)
     config = cli.config
     options = options_from_config(config)
     space = resolve_search_space(config)
     # Build one trial's objects now, so a bad model/data/callback argument fails before any trial.
+    build_trial(config)
     build_trial(trial_config(config, {p.name: p.low for p in space}))
     MNIST1DDataModule(**config.data.as_dict())
     storage = studies.open_storage(
@@ -473,8 +517,9 @@ def run_tune(args: list[str]) -> None:
             ]
             for worker in workers:
                 worker.start()
-            for worker in workers:
-                worker.join()
+            with _on_sigint(lambda: None):  # the workers get Ctrl-C too and stop cleanly
+                for worker in workers:
+                    worker.join()
             if any(w.exitcode == 130 for w in workers):
                 raise KeyboardInterrupt
             failed = [w.exitcode for w in workers if w.exitcode]
