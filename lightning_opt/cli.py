@@ -85,6 +85,11 @@ def cli_main(args: list[str] | None = None) -> None:
 
             run_tune(argv[1:])
             return
+        if argv[:1] == ["compare"]:
+            from lightning_opt.compare import run_compare
+
+            run_compare(argv[1:])
+            return
         LightningOptCLI(
             MNIST1DClassifier,
             MNIST1DDataModule,

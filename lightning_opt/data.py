@@ -232,16 +232,17 @@ class MNIST1DDataModule(LightningDataModule):
             "val": pair(arrays["x"][val_idx], arrays["y"][val_idx]),
             "test": pair(arrays["x_test"], arrays["y_test"]),
         }
-        seed = self.hparams.shuffle_seed
-        self._shuffle_seed = torch.initial_seed() % 2**31 if seed is None else seed
 
     def _eval_loader(self, split: str) -> TensorBatches:
         x, y = self.splits[split]
         return TensorBatches(x, y, self.hparams.eval_batch_size or len(x))
 
     def train_dataloader(self) -> TensorBatches:
+        # Resolved per fit (after the run seeds torch), so one module can serve many seeds.
+        seed = self.hparams.shuffle_seed
+        seed = torch.initial_seed() % 2**31 if seed is None else seed
         x, y = self.splits["train"]
-        return TensorBatches(x, y, self.hparams.batch_size, shuffle=True, seed=self._shuffle_seed)
+        return TensorBatches(x, y, self.hparams.batch_size, shuffle=True, seed=seed)
 
     def val_dataloader(self) -> TensorBatches:
         return self._eval_loader("val")

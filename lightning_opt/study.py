@@ -9,6 +9,7 @@ worker died is marked failed by the heartbeat (database storages) and re-enqueue
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import re
 import threading
@@ -134,13 +135,39 @@ def top_up(study: optuna.Study, n_trials: int) -> int:
 
 
 def claim_waiting_trial(
-    study: optuna.Study, storage: BaseStorage, n_trials: int
+    study: optuna.Study, storage: BaseStorage, n_trials: int, sampler_seed: int | None = None
 ) -> tuple[optuna.Trial, int] | None:
     """Atomically take a WAITING trial (WAITING -> RUNNING): ``(trial, trial_id)`` or ``None``.
 
     Only trials among the first ``n_trials`` that can still finish are claimed: if two launchers
     topped up the study at once, the surplus stays WAITING and is never run.
+
+    With ``sampler_seed`` the TPE sampler is reseeded with ``sampler_seed + trial number``: one
+    worker's suggestions are reproducible, and workers on other machines do not repeat them.
     """
+    with _sqlite_claim_lock(storage):
+        return _claim(study, storage, n_trials, sampler_seed)
+
+
+@contextlib.contextmanager
+def _sqlite_claim_lock(storage: BaseStorage) -> Iterator[None]:
+    """SQLite ignores ``SELECT ... FOR UPDATE``, so two processes could claim the same trial:
+    serialise claims with a lock file next to the database (PostgreSQL and MySQL lock the row)."""
+    url = getattr(storage, "url", "")
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        yield
+        return
+    with open(url.split(":///", 1)[1] + ".claim.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _claim(
+    study: optuna.Study, storage: BaseStorage, n_trials: int, sampler_seed: int | None
+) -> tuple[optuna.Trial, int] | None:
     study_id = storage.get_study_id_from_name(study.study_name)
     live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
     rank = 0
@@ -153,6 +180,11 @@ def claim_waiting_trial(
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                if has_heartbeat(storage):
+                    # At once: a trial without any heartbeat is never found stale.
+                    storage.record_heartbeat(trial_id)
+                if sampler_seed is not None:
+                    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + frozen.number)
                 return optuna.Trial(study, trial_id), trial_id
     return None
 

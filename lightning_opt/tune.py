@@ -94,7 +94,10 @@ class TuneCLI(LightningOptCLI):
             help="Default: the optimizer's name, plus the clipping rule if any (e.g. adam-wnclip).",
         )
         group.add_argument(
-            "--seed", type=int, default=0, help="TPE sampler seed (worker i uses seed + i)."
+            "--seed",
+            type=int,
+            default=0,
+            help="TPE sampler seed; trial n is sampled with seed + n.",
         )
         group.add_argument(
             "--pruner", type=Literal["median", "hyperband", "none"], default="median"
@@ -282,8 +285,8 @@ def _format_params(params: dict[str, float]) -> str:
 class TrialRunner:
     """Runs the trials one worker claims; the data is generated and split once per worker."""
 
-    def __init__(self, parser: LightningArgumentParser, config: Any, options: TuneOptions) -> None:
-        self.parser, self.config, self.options = parser, config, options
+    def __init__(self, config: Any, options: TuneOptions) -> None:
+        self.config, self.options = config, options
         self.space = resolve_search_space(config)
         self.data = MNIST1DDataModule(**config.data.as_dict())
         self.data.prepare_data()
@@ -347,20 +350,17 @@ class TrialRunner:
         return state, value
 
 
-def run_worker(
-    parser: LightningArgumentParser, config: Any, options: TuneOptions, rank: int
-) -> int:
+def run_worker(config: Any, options: TuneOptions) -> int:
     """Claim and run trials until none is left; the number run."""
     _quiet_lightning()
     storage = studies.open_storage(
         options.storage, options.heartbeat_interval, options.grace_period, options.max_retry
     )
-    sampler = optuna.samplers.TPESampler(seed=options.seed + rank)
     study = optuna.load_study(
-        study_name=options.study_name, storage=storage, sampler=sampler,
+        study_name=options.study_name, storage=storage,
         pruner=make_pruner(options.pruner),
     )  # fmt: skip
-    runner = TrialRunner(parser, config, options)
+    runner = TrialRunner(config, options)
     with _on_sigint(runner.interrupt):
         return _claim_and_run(study, storage, runner, options)
 
@@ -389,7 +389,7 @@ def _claim_and_run(
             raise KeyboardInterrupt
         if studies.has_heartbeat(storage):
             optuna.storages.fail_stale_trials(study)  # re-enqueues trials of dead workers
-        claimed = studies.claim_waiting_trial(study, storage, options.n_trials)
+        claimed = studies.claim_waiting_trial(study, storage, options.n_trials, options.seed)
         if claimed is None:
             running = studies.count_states(study)[TrialState.RUNNING]
             if running and studies.has_heartbeat(storage):
@@ -412,18 +412,24 @@ def _claim_and_run(
         done += 1
 
 
-def _worker_process(args: list[str], rank: int) -> None:
-    """Entry point of a spawned worker: parse the same command line, run trials."""
+def _worker_process(config: Any, options: TuneOptions) -> None:
+    """Entry point of a spawned worker process."""
     torch.set_num_threads(1)  # one core per worker
     try:
-        cli = _parse(args)
-        run_worker(cli.parser, cli.config, options_from_config(cli.config), rank)
+        run_worker(config, options)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-def _parse(args: list[str]) -> TuneCLI:
-    return TuneCLI(
+def _parse(args: list[str], cli_class: type[TuneCLI] = TuneCLI) -> TuneCLI:
+    with warnings.catch_warnings():
+        # args come from our own dispatcher, which has already read sys.argv
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return _build_cli(args, cli_class)
+
+
+def _build_cli(args: list[str], cli_class: type[TuneCLI]) -> TuneCLI:
+    return cli_class(
         MNIST1DClassifier,
         MNIST1DDataModule,
         args=args,
@@ -432,6 +438,7 @@ def _parse(args: list[str]) -> TuneCLI:
         trainer_defaults=TRAINER_DEFAULTS,
         auto_configure_optimizers=False,
         save_config_callback=None,
+        parser_kwargs={"exit_on_error": False},
     )
 
 
@@ -485,11 +492,20 @@ def _write_plots(study: optuna.Study, out: Path) -> None:
 
 
 def run_tune(args: list[str]) -> None:
-    """``python -m lightning_opt tune ...``: validate everything, top up the study, run workers."""
+    """``python -m lightning_opt tune ...``: validate everything, run the study, write outputs."""
     _quiet_lightning()
     cli = _parse(args)
-    config = cli.config
-    options = options_from_config(config)
+    options = options_from_config(cli.config)
+    study = run_study(cli.config, options)
+    write_outputs(cli.parser, cli.config, options, study)
+
+
+def run_study(config: Any, options: TuneOptions) -> optuna.Study:
+    """Validate, top the study up to ``n_trials`` and run the workers; the finished study.
+
+    Ctrl-C ends the process with exit code 130 after saying how to resume.
+    """
+    _quiet_lightning()
     space = resolve_search_space(config)
     # Build one trial's objects now, so a bad model/data/callback argument fails before any trial.
     build_trial(config)
@@ -508,12 +524,12 @@ def run_tune(args: list[str]) -> None:
     )
     try:
         if options.n_workers == 1:
-            run_worker(cli.parser, config, options, rank=0)
+            run_worker(config, options)
         else:
             context = multiprocessing.get_context("spawn")
             workers = [
-                context.Process(target=_worker_process, args=(args, rank))
-                for rank in range(options.n_workers)
+                context.Process(target=_worker_process, args=(config, options))
+                for _ in range(options.n_workers)
             ]
             for worker in workers:
                 worker.start()
@@ -534,4 +550,4 @@ def run_tune(args: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(130)
-    write_outputs(cli.parser, config, options, study)
+    return study

@@ -1,0 +1,178 @@
+"""`compare` end to end: outputs, statistics fields, resume, bad input."""
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image
+import optuna
+import pytest
+import yaml
+from conftest import TINY_SAMPLES
+
+from lightning_opt import compare
+from lightning_opt.cli import cli_main
+
+ROOT = Path(__file__).parents[1]
+OUTPUTS = ("comparison.html", "comparison.png", "results.json", "results.md")
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path, data_cache, monkeypatch):
+    """A two-arm experiment of a few seconds, written to ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    config = {
+        "experiment": "tiny",
+        "output_dir": str(tmp_path / "out"),
+        "seeds": 2,
+        "n_trials": 2,
+        "tune_max_epochs": 2,
+        "pruner": "none",
+        "trainer": {"max_epochs": 2},
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 50},
+        "arms": [
+            {"name": "adam", "optimizer": "adam"},
+            {
+                "name": "wnclip",
+                "optimizer": "adam",
+                "callbacks": [
+                    {
+                        "class_path": "lightning_opt.callbacks.WeightNormClipping",
+                        "init_args": {"clip_factor": 0.1},
+                    }
+                ],
+            },
+        ],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def _finite_numbers(value):
+    if isinstance(value, dict):
+        return all(_finite_numbers(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite_numbers(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is not None or True
+
+
+def _check_outputs(exp_dir: Path, arms: list[str], seeds: int) -> dict:
+    for name in OUTPUTS:
+        assert (exp_dir / name).stat().st_size > 0, name
+    results = json.loads((exp_dir / "results.json").read_text())
+    assert list(results["arms"]) == arms
+    for arm in results["arms"].values():
+        assert len(arm["runs"]) == seeds and arm["tuned"]
+        for metric in ("test_loss", "test_acc", "final_val_loss", "best_val_loss"):
+            ci = arm["metrics"][metric]
+            assert ci["low"] <= ci["mean"] <= ci["high"] and ci["n"] == seeds
+    for comparison in results["comparisons"]:
+        for diff in comparison["differences"].values():
+            for key in ("difference", "low", "high", "a12"):
+                assert math.isfinite(diff[key])
+    assert _finite_numbers(results)
+    image = matplotlib.image.imread(exp_dir / "comparison.png")
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    html = (exp_dir / "comparison.html").read_text()
+    for arm in arms:
+        for seed in results["settings"]["seeds"]:
+            assert f"{arm} seed {seed}" in html  # a thin line per seed
+    assert "<script src=" not in html and "<link" not in html  # nothing fetched: plotly inlined
+    return results
+
+
+def test_experiment_end_to_end(tiny_experiment, tmp_path, capsys):
+    path, _ = tiny_experiment
+    cli_main(["compare", f"--config={path}"])
+    exp_dir = tmp_path / "out" / "tiny"
+    results = _check_outputs(exp_dir, ["adam", "wnclip"], seeds=2)
+    assert results["arms"]["wnclip"]["tuned"].keys() == {"lr", "clip_factor"}
+    assert results["arms"]["adam"]["clip_rate"] is None
+    assert 0 <= results["arms"]["wnclip"]["clip_rate"]["mean"] <= 1
+    out = capsys.readouterr().out
+    assert "| adam |" in out and "final wnclip seed 1" in out
+    verdict = results["comparisons"][0]["verdict"]
+    assert "significant" in verdict.lower()
+    # TensorBoard logs for every trial and every final run
+    for arm in ("adam", "wnclip"):
+        for runs in ((exp_dir / arm).glob("trial_*"), (exp_dir / arm / "final").glob("seed_*")):
+            runs = list(runs)
+            assert len(runs) == 2 and all(list(r.glob("events.out.tfevents.*")) for r in runs)
+    # the seeds differ from each other (initialisation and data order), the split does not
+    runs = results["arms"]["adam"]["runs"]
+    assert runs[0]["val_loss_curve"] != runs[1]["val_loss_curve"]
+
+
+def test_interrupted_experiment_resumes_without_redoing_trials(
+    tiny_experiment, tmp_path, monkeypatch
+):
+    path, _ = tiny_experiment
+    real = compare.run_final
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:  # after the first arm's tuning and one final run
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_final", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(["compare", f"--config={path}"])
+    db = f"sqlite:///{tmp_path / 'out' / 'tiny' / 'optuna.db'}"
+    before = optuna.load_study(study_name="adam", storage=db).trials
+    first_run = json.loads(
+        next((tmp_path / "out" / "tiny" / "adam" / "final").glob("*/result.json")).read_text()
+    )
+
+    monkeypatch.setattr(compare, "run_final", real)
+    cli_main(["compare", f"--config={path}"])
+    after = optuna.load_study(study_name="adam", storage=db).trials
+    assert [(t.number, t.value) for t in after] == [(t.number, t.value) for t in before]
+    results = json.loads((tmp_path / "out" / "tiny" / "results.json").read_text())
+    assert results["arms"]["adam"]["runs"][0] == first_run  # reused, not retrained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["gnw_vs_adam", "wnclip_vs_fixedclip"])
+def test_quick_preset_of_each_seed_experiment(experiment, tmp_path, data_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli_main([
+        "compare",
+        f"--config={ROOT / 'configs' / 'experiments' / f'{experiment}.yaml'}",
+        f"--config={ROOT / 'configs' / 'presets' / 'quick.yaml'}",
+        f"--data.cache_dir={data_cache}",
+    ])  # fmt: skip
+    arms = ["adam", "gnw"] if experiment == "gnw_vs_adam" else ["wnclip", "fixedclip"]
+    _check_outputs(tmp_path / "lightning_logs" / experiment, arms, seeds=5)
+
+
+BAD = [
+    ({"arms": []}, "the experiment has no arms"),
+    ({"arms": [{"name": "a", "optimizer": "adam"}, {"name": "a", "optimizer": "gnw"}]},
+     "arm names must be unique; repeated: a"),
+    ({"arms": [{"name": "a", "optimizer": "adamm"}]}, "unknown optimizer 'adamm'"),
+    ({"arms": [{"name": "a", "callbacks": [{"class_path": "torch.nn.ReLU"}]}]},
+     "arm 'a': unknown clipping 'torch.nn.ReLU'"),
+    ({"arms": [{"name": "a", "colour": "red"}]}, "arm 'a' has unknown keys ['colour']"),
+    ({"arms": [{"name": "a", "model": {"depth": 3}}]}, "arm 'a': the model has no setting 'depth'"),
+    ({"seeds": 0}, "seeds must be a positive integer, got 0"),
+    ({"tune_max_epochs": 0}, "tune_max_epochs must be a positive integer, got 0"),
+    ({"n_trials": 0}, "n_trials must be a positive integer, got 0"),
+    ({"trainer": {"max_epochs": 0}}, "trainer.max_epochs must be a positive integer, got 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "message"), BAD, ids=[m[:30] for _, m in BAD])
+def test_bad_experiment_fails_before_training(change, message, tiny_experiment, tmp_path, capsys):
+    path, config = tiny_experiment
+    path.write_text(yaml.safe_dump({**config, **change}))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", f"--config={path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
