@@ -17,11 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The main job: GNW-Adam and Adam with the seed note's learning rates, 50 epochs each.
+# The main job: the GNW-Adam seed note's experiment (tune, 5 seeds per arm, held-out test, report).
 demo: install
-	$(PY) -m lightning_opt fit --config configs/fit/gnw.yaml
-	$(PY) -m lightning_opt fit --config configs/fit/adam.yaml
-	@echo "Compare the runs: $(VENV)/bin/tensorboard --logdir lightning_logs"
+	$(PY) -m lightning_opt compare --config configs/experiments/gnw_vs_adam.yaml
+	@echo "Runs in TensorBoard: $(VENV)/bin/tensorboard --logdir lightning_logs"
 
 # The whole suite, slow end-to-end tests included.
 test: install

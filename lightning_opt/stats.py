@@ -103,7 +103,7 @@ def verdict(diff: Difference, name_a: str, name_b: str, lower_is_better: bool = 
     """One plain-language sentence; says "no significant difference" when that is the truth."""
     what = diff.metric
     detail = (
-        f"difference {diff.difference:+.4g} (95% CI [{diff.low:+.4g}, {diff.high:+.4g}]), "
+        f"{name_a} - {name_b} = {diff.difference:+.4g} (95% CI [{diff.low:+.4g}, {diff.high:+.4g}]), "
         f"p = {diff.p_value:.3g}, A12 = {diff.a12:.2f} ({diff.magnitude})"
     )
     if not diff.significant:
