@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -78,6 +79,8 @@ def cli_main(args: list[str] | None = None) -> None:
     debug = os.environ.get("LIGHTNING_OPT_DEBUG") == "1"
     # The seed is recorded in each run's config.yaml; keep stderr for what needs attention.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    # Metrics are logged once per epoch, so Lightning's step-logging interval does not apply.
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["tune"]:
