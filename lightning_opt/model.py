@@ -118,8 +118,15 @@ class MNIST1DClassifier(LightningModule):
             }
         )
         self._epoch = _EpochSums()
-        self._first_bad_step = torch.tensor(-1)
+        # The first global step with a non-finite loss (-1: none); moves with the module.
+        self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
         self.best_val_loss = float("inf")
+
+    @property
+    def first_nonfinite_step(self) -> int | None:
+        """The first global step whose training loss was NaN or infinite (syncs), else None."""
+        step = int(self._first_bad_step)
+        return step if step >= 0 else None
 
     def _optimizer_overrides(self) -> dict:
         hp = self.hparams
@@ -196,8 +203,8 @@ class MNIST1DClassifier(LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        first_bad = int(self._first_bad_step)
-        if first_bad >= 0:
+        first_bad = self.first_nonfinite_step
+        if first_bad is not None:
             raise NonFiniteLossError(
                 f"training loss became non-finite at global step {first_bad} "
                 f"(epoch {self.current_epoch}); lower the learning rate or add clipping"

@@ -335,7 +335,7 @@ class TrialRunner:
             self.trainer = None
         if self.interrupted:
             raise KeyboardInterrupt
-        if int(model._first_bad_step) >= 0:
+        if model.first_nonfinite_step is not None:
             trial.set_user_attr("pruned_reason", "non-finite training loss")
             note = note or "non-finite loss"
         if state == TrialState.COMPLETE:
