@@ -122,7 +122,9 @@ def textbook_lightning(splits, optimizer: str, clip: bool, epochs: int, logs: st
     return timer.per_step
 
 
-def lightning_opt_fit(optimizer: str, extra: list[str], epochs: int, cache: str, logs: str) -> float:
+def lightning_opt_fit(
+    optimizer: str, extra: list[str], epochs: int, cache: str, logs: str
+) -> float:
     """The CLI's own ``fit`` path, with all of its standard logging on."""
     timer = _StepTimer()
     import lightning_opt.cli as cli
@@ -194,7 +196,9 @@ def main() -> None:
         "cpu_count": torch.get_num_threads(), "platform": platform.platform(),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "epochs": args.epochs, "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps({"machine": machine, "epochs": args.epochs, "rows": rows}, indent=1)
+    )
     print(f"written: {args.out}")
 
 
