@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_opt.data import MNIST1DDataModule
@@ -119,3 +120,14 @@ def cli_main(args: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(EXIT_USAGE, str(err))
+    except MisconfigurationException as err:  # Lightning's own configuration checks
+        if debug:
+            raise
+        message = " ".join(str(err).split())
+        if "gradient clipping is not supported for manual optimization" in message:
+            message = (
+                "Trainer(gradient_clip_val=...) is not supported: the model steps its optimizer "
+                "itself (one step per minibatch); use the callback "
+                "lightning_opt.callbacks.FixedNormClipping with mode: global for the same rule"
+            )
+        _fail(EXIT_USAGE, message)

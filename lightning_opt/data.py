@@ -14,6 +14,7 @@ import random
 import warnings
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,30 +139,59 @@ class EpochPermutation:
         return torch.randperm(self.n, generator=gen)
 
 
+@dataclass
+class MiniBatches:
+    """Consecutive minibatches in one Lightning batch: the model takes one optimizer step per
+    minibatch, so Lightning's per-batch machinery runs once per chunk instead of once per step."""
+
+    x: Tensor
+    y: Tensor
+    batch_size: int
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return zip(self.x.split(self.batch_size), self.y.split(self.batch_size), strict=True)
+
+
 class TensorBatches:
-    """Batches sliced from in-memory tensors: no per-sample ``__getitem__`` and no collate."""
+    """Batches sliced from in-memory tensors: no per-sample ``__getitem__`` and no collate.
+
+    With ``steps_per_chunk`` set, each item is a ``MiniBatches`` of that many minibatches
+    (``0``: the whole epoch); otherwise each item is one ``(x, y)`` minibatch.
+    """
 
     def __init__(
-        self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        steps_per_chunk: int | None = None,
     ) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
+        self.steps_per_chunk = steps_per_chunk
         self.sampler = EpochPermutation(len(x), seed, shuffle)
         self.batch_sampler = None  # Lightning inspects loaders that have a sampler for this too
 
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+    def _chunk_size(self) -> int:
+        if self.steps_per_chunk is None:
+            return self.batch_size
+        return self.batch_size * self.steps_per_chunk or len(self.x)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if not self.sampler.shuffle:
-            for start in range(0, len(self.x), self.batch_size):
-                yield (
-                    self.x[start : start + self.batch_size],
-                    self.y[start : start + self.batch_size],
-                )
-            return
-        order = self.sampler.indices()
-        for idx in order.split(self.batch_size):
-            yield self.x[idx], self.y[idx]
+    def __len__(self) -> int:
+        return -(-len(self.x) // self._chunk_size())
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | MiniBatches]:
+        x, y = self.x, self.y
+        if self.sampler.shuffle:
+            order = self.sampler.indices()
+            x, y = x[order], y[order]  # one gather per epoch; the chunks below are views
+        size = self._chunk_size()
+        for xs, ys in zip(x.split(size), y.split(size), strict=True):
+            yield (xs, ys) if self.steps_per_chunk is None else MiniBatches(xs, ys, self.batch_size)
 
 
 class MNIST1DDataModule(LightningDataModule):
@@ -176,6 +206,9 @@ class MNIST1DDataModule(LightningDataModule):
             trial sees the same split.
         shuffle_seed: seed of the training order; ``None`` = follow the run's seed
             (``--seed_everything``), so a new seed changes the data order but never the split.
+        steps_per_chunk: optimizer steps per Lightning training batch; ``0`` = a whole epoch in
+            one batch (fastest: Lightning's per-batch work runs once per epoch), ``null`` = plain
+            ``(x, y)`` minibatches, one per Lightning batch. The math is the same either way.
         num_samples: examples generated in total (mnist1d default 5000; 80% train, 20% test).
         generation_seed: mnist1d's generation seed (42 reproduces the published data).
         cache_dir: where generated arrays are cached as ``.npz``; ``None`` = ``$LIGHTNING_OPT_CACHE``
@@ -189,6 +222,7 @@ class MNIST1DDataModule(LightningDataModule):
         val_fraction: float = 0.2,
         split_seed: int = 0,
         shuffle_seed: int | None = None,
+        steps_per_chunk: int | None = 0,
         num_samples: int = 5000,
         generation_seed: int = 42,
         cache_dir: str | None = None,
@@ -202,6 +236,8 @@ class MNIST1DDataModule(LightningDataModule):
             raise ValueError(
                 f"eval_batch_size must be a positive integer or null, got {eval_batch_size}"
             )
+        if steps_per_chunk is not None and steps_per_chunk < 0:
+            raise ValueError(f"steps_per_chunk must be >= 0 or null, got {steps_per_chunk}")
         if num_samples < 10 * NUM_CLASSES:
             raise ValueError(f"num_samples must be at least {10 * NUM_CLASSES}, got {num_samples}")
         self.save_hyperparameters()
@@ -242,7 +278,10 @@ class MNIST1DDataModule(LightningDataModule):
         seed = self.hparams.shuffle_seed
         seed = torch.initial_seed() % 2**31 if seed is None else seed
         x, y = self.splits["train"]
-        return TensorBatches(x, y, self.hparams.batch_size, shuffle=True, seed=seed)
+        return TensorBatches(
+            x, y, self.hparams.batch_size, shuffle=True, seed=seed,
+            steps_per_chunk=self.hparams.steps_per_chunk,
+        )  # fmt: skip
 
     def val_dataloader(self) -> TensorBatches:
         return self._eval_loader("val")

@@ -105,7 +105,7 @@ def _epoch_orders(loader, epochs):
     orders = []
     for epoch in epochs:
         loader.sampler.set_epoch(epoch)
-        orders.append(torch.cat([y for _, y in loader]))
+        orders.append(torch.cat([y for chunk in loader for _, y in chunk]))
     return orders
 
 
@@ -147,6 +147,18 @@ def test_batches_cover_every_example_once():
     assert torch.cat([b[1] for b in plain]).tolist() == list(range(23))
 
 
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_chunks_hold_the_same_minibatches_as_plain_batches(steps):
+    x = torch.randn(23, 2)
+    plain = TensorBatches(x, torch.arange(23), batch_size=5, shuffle=True, seed=1)
+    chunked = TensorBatches(x, torch.arange(23), 5, shuffle=True, seed=1, steps_per_chunk=steps)
+    assert len(chunked) == (1 if steps == 0 else -(-5 // steps))
+    flat = [mb for chunk in chunked for mb in chunk]
+    assert len(flat) == len(plain) == 5
+    for (xa, ya), (xb, yb) in zip(plain, flat, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_eval_loaders_default_to_one_batch(dm):
     assert len(dm.val_dataloader()) == 1 and len(dm.test_dataloader()) == 1
 
@@ -159,6 +171,7 @@ def test_eval_loaders_default_to_one_batch(dm):
         ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
         ({"eval_batch_size": -1}, "eval_batch_size must be a positive integer or null, got -1"),
         ({"num_samples": 20}, "num_samples must be at least 100, got 20"),
+        ({"steps_per_chunk": -1}, "steps_per_chunk must be >= 0 or null, got -1"),
     ],
 )
 def test_bad_arguments(kwargs, match):
