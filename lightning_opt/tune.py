@@ -393,7 +393,9 @@ def _claim_and_run(
         if claimed is None:
             running = studies.count_states(study)[TrialState.RUNNING]
             if running and studies.has_heartbeat(storage):
-                time.sleep(options.heartbeat_interval)  # a dead worker's trial may come back
+                time.sleep(
+                    min(0.5, options.heartbeat_interval)
+                )  # a dead worker's trial may come back
                 continue
             return done
         trial, trial_id = claimed
@@ -526,7 +528,11 @@ def run_study(config: Any, options: TuneOptions) -> optuna.Study:
         if options.n_workers == 1:
             run_worker(config, options)
         else:
-            context = multiprocessing.get_context("spawn")
+            # fork where there is one: a spawned worker re-imports torch and Lightning (~3 s).
+            # Safe here: each child opens its own storage connection and runs torch on one
+            # thread, so it never enters the OpenMP pool it inherited.
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             workers = [
                 context.Process(target=_worker_process, args=(config, options))
                 for _ in range(options.n_workers)
