@@ -12,8 +12,6 @@ medians and ratios to the bare loop are printed and written as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _report import machine_info, write_json
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -191,15 +190,8 @@ def main() -> None:
             f"{1e3 * med['lightning_opt']:8.3f} {row['textbook_over_bare']:6.2f} "
             f"{row['ours_over_bare']:6.2f}"
         )
-    machine = {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"machine": machine, "epochs": args.epochs, "rows": rows}, indent=1)
-    )
-    print(f"written: {args.out}")
+    machine = machine_info(torch_threads=torch.get_num_threads())
+    write_json(args.out, {"machine": machine, "epochs": args.epochs, "rows": rows})
 
 
 if __name__ == "__main__":

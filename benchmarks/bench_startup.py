@@ -18,10 +18,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -30,6 +27,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from _report import machine_info, write_json
 
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
 
@@ -133,12 +132,7 @@ def main() -> None:
     print("largest own (self) times: " + ", ".join(
         f"{r['package']} {r['self_us'] / 1e3:.0f} ms" for r in by_self))  # fmt: skip
 
-    machine = {
-        "python": platform.python_version(), "torch": importlib.metadata.version("torch"),
-        "platform": platform.platform(),
-        "os_cpu_count": os.cpu_count(), "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-    }  # fmt: skip
+    machine = machine_info(loadavg_before=load_before)
     result = {
         "machine": machine,
         "repeats": args.repeats,
@@ -152,9 +146,7 @@ def main() -> None:
         "python_bare_s": bare,
         "importtime": profile,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"written: {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -44,6 +42,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from _report import machine_info, write_json
 from lightning.pytorch import Callback
 
 import lightning_opt.study as studies
@@ -291,12 +290,7 @@ def main() -> None:
         )
     print(f"speed-up 1/2 workers: wall {speedup_wall:.2f}x, trial phase {speedup_phase:.2f}x "
           "(target >= 1.7x)")  # fmt: skip
-    machine = {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-        "os_cpu_count": os.cpu_count(), "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-    }  # fmt: skip
+    machine = machine_info(torch_threads=torch.get_num_threads(), loadavg_before=load_before)
     result = {
         "machine": machine,
         "trials": args.trials,
@@ -310,9 +304,7 @@ def main() -> None:
         },
         "overhead": over,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"written: {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":
