@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -18,7 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
-from lightning_opt.optim.registry import list_optimizers
+from lightning_opt.optim.registry import get_optimizer, list_optimizers
 
 EXIT_USAGE = 2  # bad input: nothing was trained
 EXIT_FAILED = 1  # the run started and failed (e.g. non-finite loss); logs are kept
@@ -33,6 +34,25 @@ TRAINER_DEFAULTS = {
 }
 
 
+def check_trainer_settings(trainer: Any) -> None:
+    """Refuse Trainer settings the model cannot honour, before anything is built.
+
+    The model steps its optimizer itself (one step per minibatch, manual optimization), which
+    Lightning does not combine with its own gradient clipping or accumulation.
+    """
+    if trainer.get("gradient_clip_val") not in (None, 0, 0.0):
+        raise ValueError(
+            "Trainer(gradient_clip_val=...) is not supported: the model steps its optimizer "
+            "itself (one step per minibatch); use the callback "
+            "lightning_opt.callbacks.FixedNormClipping with mode: global for the same rule"
+        )
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError(
+            "Trainer(accumulate_grad_batches=...) is not supported: the model takes one optimizer "
+            "step per minibatch; raise data.batch_size instead"
+        )
+
+
 class LightningOptCLI(LightningCLI):
     """LightningCLI for ``MNIST1DClassifier`` on ``MNIST1DDataModule``."""
 
@@ -41,12 +61,17 @@ class LightningOptCLI(LightningCLI):
             "--optimizer",
             type=str,
             default="adam",
-            help=f"Optimizer by name, one of: {', '.join(list_optimizers())}.",
+            help="Optimizer by name: "
+            + "; ".join(f"{n} ({get_optimizer(n).description})" for n in list_optimizers()),
         )
         parser.link_arguments("optimizer", "model.optimizer")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        try:
+            check_trainer_settings(config.trainer)
+        except ValueError as err:
+            raise _UsageError(str(err)) from None
         logger = config.trainer.logger
         if (
             logger
@@ -123,11 +148,4 @@ def cli_main(args: list[str] | None = None) -> None:
     except MisconfigurationException as err:  # Lightning's own configuration checks
         if debug:
             raise
-        message = " ".join(str(err).split())
-        if "gradient clipping is not supported for manual optimization" in message:
-            message = (
-                "Trainer(gradient_clip_val=...) is not supported: the model steps its optimizer "
-                "itself (one step per minibatch); use the callback "
-                "lightning_opt.callbacks.FixedNormClipping with mode: global for the same rule"
-            )
-        _fail(EXIT_USAGE, message)
+        _fail(EXIT_USAGE, " ".join(str(err).split()))

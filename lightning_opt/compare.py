@@ -37,7 +37,6 @@ from lightning_opt.tune import (
 )
 
 ARM_KEYS = {"name", "optimizer", "model", "callbacks", "search_space"}
-METRICS = ("final_val_loss", "best_val_loss", "test_loss", "test_acc")  # reported per arm
 
 
 class CompareCLI(TuneCLI):

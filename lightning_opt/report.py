@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +40,20 @@ def summarize(experiment: str, arms: dict[str, Any], settings: dict[str, Any]) -
             )
             for key, (label, _) in METRICS.items()
         }
-        sentences = [
-            stats.verdict(diffs[key], name_a, name_b, lower_is_better=lower)
+        sentences = {
+            key: stats.verdict(diffs[key], name_a, name_b, lower_is_better=lower)
             for key, (_, lower) in METRICS.items()
-        ]
+        }
         comparisons.append(
             {
                 "a": name_a,
                 "b": name_b,
                 "differences": {key: d.as_dict() for key, d in diffs.items()},
-                "verdict": sentences[0],
-                "details": sentences[1:],
+                "verdict": sentences[PRIMARY],
+                "details": [v for key, v in sentences.items() if key != PRIMARY],
             }
         )
-        verdicts.append(sentences[0])
+        verdicts.append(sentences[PRIMARY])
     return {
         "experiment": experiment,
         "settings": settings,
@@ -121,19 +122,38 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _curves(results: dict[str, Any], key: str) -> dict[str, np.ndarray]:
-    return {name: np.array([r[key] for r in arm["runs"]]) for name, arm in results["arms"].items()}
-
-
-def _band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cis = [stats.mean_ci(curves[:, e]) for e in range(curves.shape[1])]
-    return tuple(np.array([getattr(c, f) for c in cis]) for f in ("mean", "low", "high"))
-
-
 PANELS = (("val_loss_curve", "validation loss"), ("val_acc_curve", "validation accuracy"))
 
 
-def write_html(results: dict[str, Any], path: Path) -> None:
+@dataclass(frozen=True)
+class Band:
+    """One arm's curves of one metric (seeds x epochs) with the per-epoch mean and 95% CI."""
+
+    curves: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return np.arange(1, self.curves.shape[1] + 1)
+
+
+def bands(results: dict[str, Any]) -> dict[tuple[str, str], Band]:
+    """Every (arm, curve) band, computed once for both figures."""
+    out = {}
+    for name, arm in results["arms"].items():
+        for key, _ in PANELS:
+            curves = np.array([r[key] for r in arm["runs"]])
+            cis = [stats.mean_ci(curves[:, e]) for e in range(curves.shape[1])]
+            mean, low, high = (
+                np.array([getattr(c, f) for c in cis]) for f in ("mean", "low", "high")
+            )
+            out[name, key] = Band(curves, mean, low, high)
+    return out
+
+
+def write_html(results: dict[str, Any], bands: dict[tuple[str, str], Band], path: Path) -> None:
     """A self-contained interactive page: plotly.js is inlined, nothing is fetched."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
@@ -142,9 +162,14 @@ def write_html(results: dict[str, Any], path: Path) -> None:
     fig = make_subplots(rows=1, cols=2, subplot_titles=[t for _, t in PANELS])
     for (name, _), color in zip(results["arms"].items(), itertools.cycle(qualitative.Plotly)):
         for col, (key, _) in enumerate(PANELS, start=1):
-            curves = _curves(results, key)[name]
-            epochs = np.arange(1, curves.shape[1] + 1)
-            mean, low, high = _band(curves)
+            band = bands[name, key]
+            curves, epochs, mean, low, high = (
+                band.curves,
+                band.epochs,
+                band.mean,
+                band.low,
+                band.high,
+            )
             first = col == 1
             for seed, curve in zip(results["settings"]["seeds"], curves, strict=True):
                 fig.add_trace(go.Scatter(
@@ -165,7 +190,7 @@ def write_html(results: dict[str, Any], path: Path) -> None:
     fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
 
 
-def write_png(results: dict[str, Any], path: Path) -> None:
+def write_png(results: dict[str, Any], bands: dict[tuple[str, str], Band], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,9 +200,14 @@ def write_png(results: dict[str, Any], path: Path) -> None:
     for index, name in enumerate(results["arms"]):
         color = f"C{index}"
         for ax, (key, title) in zip(axes, PANELS, strict=True):
-            curves = _curves(results, key)[name]
-            epochs = np.arange(1, curves.shape[1] + 1)
-            mean, low, high = _band(curves)
+            band = bands[name, key]
+            curves, epochs, mean, low, high = (
+                band.curves,
+                band.epochs,
+                band.mean,
+                band.low,
+                band.high,
+            )
             for curve in curves:
                 ax.plot(epochs, curve, color=color, alpha=0.25, linewidth=0.7)
             ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
@@ -196,5 +226,6 @@ def write_all(out: Path, results: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_finite(results), indent=1))
     (out / "results.md").write_text(_markdown(results))
-    write_html(results, out / "comparison.html")
-    write_png(results, out / "comparison.png")
+    curves = bands(results)
+    write_html(results, curves, out / "comparison.html")
+    write_png(results, curves, out / "comparison.png")

@@ -50,11 +50,6 @@ class SearchParam:
         """Draw this parameter from an Optuna trial."""
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
-    def distribution(self) -> Any:
-        from optuna.distributions import FloatDistribution
-
-        return FloatDistribution(self.low, self.high, log=self.log)
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

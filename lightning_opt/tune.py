@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import logging
 import multiprocessing
@@ -33,14 +34,12 @@ from optuna.trial import TrialState
 
 from lightning_opt import study as studies
 from lightning_opt.callbacks import GradientClippingCallback
-from lightning_opt.cli import TRAINER_DEFAULTS, LightningOptCLI
+from lightning_opt.cli import TRAINER_DEFAULTS, LightningOptCLI, check_trainer_settings
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
 from lightning_opt.optim.registry import get_optimizer
 from lightning_opt.search_space import SearchParam, parse_search_space
 
-PRUNERS = ("median", "hyperband", "none")
-OBJECTIVES = ("final", "best")
 _TUNE_KEYS = (
     "n_trials", "n_workers", "storage", "study_name", "seed", "pruner", "objective",
     "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry",
@@ -184,6 +183,7 @@ def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
     return space
 
 
+@functools.cache
 def _init_args(cls: type) -> list[str]:
     import inspect
 
@@ -509,6 +509,7 @@ def run_study(config: Any, options: TuneOptions) -> optuna.Study:
     """
     _quiet_lightning()
     space = resolve_search_space(config)
+    check_trainer_settings(config.trainer)
     # Build one trial's objects now, so a bad model/data/callback argument fails before any trial.
     build_trial(config)
     build_trial(trial_config(config, {p.name: p.low for p in space}))

@@ -143,6 +143,11 @@ BAD_INPUTS = [
         ],
         "gradient_clip_val",
     ),
+    (
+        ["--trainer.gradient_clip_val=0.5"],
+        "use the callback lightning_opt.callbacks.FixedNormClipping with mode: global",
+    ),
+    (["--trainer.accumulate_grad_batches=2"], "raise data.batch_size instead"),
 ]
 
 

@@ -155,6 +155,7 @@ BAD = [
         "search space parameter 'momentum' is not a setting of this run; choose from:",
     ),
     (["--model.lr=-1"], "lr must be a positive finite number"),
+    (["--trainer.gradient_clip_val=1"], "Trainer(gradient_clip_val=...) is not supported"),
 ]
 
 
