@@ -47,10 +47,13 @@ class GradientClippingCallback(Callback, ABC):
 
     #: What ``tune`` searches by default when this callback is on (the seed note's setup).
     search_space: ClassVar[tuple[SearchParam, ...]] = ()
+    #: The settings a population may give per member (``PopulationClassifier.member_hparams``).
+    member_hparams: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, log_stats: bool = True) -> None:
         self.log_stats = log_stats
-        # Sums of per-step stats; a 0-dim CPU zero plus a tensor on any device stays on that device.
+        # Sums of per-step stats; a 0-dim CPU zero plus a tensor on any device stays on that
+        # device, and takes the shape (K,) of a population's per-member stats.
         self._run_fraction, self._run_steps = torch.zeros(()), 0
         self._reset_epoch()
 
@@ -60,18 +63,33 @@ class GradientClippingCallback(Callback, ABC):
         self._epoch_steps = 0
 
     @abstractmethod
-    def clip_(self, parameters: Sequence[Tensor], member_dims: int) -> ClipStats:
-        """Clip the gradients of ``parameters`` in place."""
+    def clip_(
+        self, parameters: Sequence[Tensor], member_dims: int, overrides: dict[str, Tensor]
+    ) -> ClipStats:
+        """Clip the gradients of ``parameters`` in place; ``overrides`` holds per-member values
+        of the callback's ``member_hparams`` that replace its own."""
 
     def clip_rate(self) -> float:
         """Mean over the run's steps so far of the fraction of tensors clipped (syncs).
 
         With the same tensors at every step this is the fraction of tensor-steps clipped; for
-        global clipping, the fraction of steps. 0.0 before the first step.
+        global clipping, the fraction of steps. 0.0 before the first step. For a population,
+        the mean over members (``clip_rates`` has each member's).
         """
         if not self._run_steps:
             return 0.0
-        return float(self._run_fraction / self._run_steps)
+        return float(self._run_fraction.mean() / self._run_steps)
+
+    def clip_rates(self) -> list[float]:
+        """``clip_rate`` of each live member of a population (one entry for a single model)."""
+        if not self._run_steps:
+            return [0.0]
+        return (self._run_fraction / self._run_steps).reshape(-1).tolist()
+
+    def select_members(self, index: Tensor) -> None:
+        """Keep the per-member statistics of the population members at ``index``."""
+        if self._run_fraction.dim() > 0:
+            self._run_fraction = self._run_fraction[index.to(self._run_fraction.device)]
 
     def hparams_for_logging(self) -> dict[str, Any]:
         """The settings shown next to the model's in TensorBoard's HPARAMS tab."""
@@ -101,19 +119,27 @@ class GradientClippingCallback(Callback, ABC):
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        stats = self.clip_(params, getattr(pl_module, "member_dims", 0))
-        fraction = stats.fraction_clipped.mean()  # mean over members, if any
-        self._epoch_fraction = self._epoch_fraction + fraction
-        self._epoch_scale = self._epoch_scale + stats.mean_scale.mean()
+        overrides = (
+            pl_module.clipping_overrides() if hasattr(pl_module, "clipping_overrides") else {}
+        )
+        stats = self.clip_(params, getattr(pl_module, "member_dims", 0), overrides)
+        self._epoch_fraction = self._epoch_fraction + stats.fraction_clipped
+        self._epoch_scale = self._epoch_scale + stats.mean_scale
         self._epoch_steps += 1
-        self._run_fraction = self._run_fraction + fraction
+        self._run_fraction = self._run_fraction + stats.fraction_clipped
         self._run_steps += 1
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.log_stats and self._epoch_steps:
-            pl_module.log("clip/fraction_clipped", self._epoch_fraction / self._epoch_steps)
-            pl_module.log("clip/mean_scale", self._epoch_scale / self._epoch_steps)
+            fraction = self._epoch_fraction / self._epoch_steps
+            scale = self._epoch_scale / self._epoch_steps
+            if fraction.dim() and hasattr(pl_module, "log_member_metrics"):  # each member's own
+                pl_module.log_member_metrics(
+                    {"clip/fraction_clipped": fraction, "clip/mean_scale": scale}
+                )
+            pl_module.log("clip/fraction_clipped", fraction.mean())
+            pl_module.log("clip/mean_scale", scale.mean())
         self._reset_epoch()
 
 
@@ -129,6 +155,7 @@ class WeightNormClipping(GradientClippingCallback):
     """
 
     search_space = (SearchParam("clip_factor", 1e-3, 10.0, log=True),)
+    member_hparams = ("clip_factor",)
 
     def __init__(self, clip_factor: float, eps: float = 1e-3, log_stats: bool = True) -> None:
         _check_positive("clip_factor", clip_factor)
@@ -146,10 +173,11 @@ class WeightNormClipping(GradientClippingCallback):
         }
 
     @override
-    def clip_(self, parameters: Sequence[Tensor], member_dims: int) -> ClipStats:
-        return clip_grad_by_weight_norm_(
-            parameters, self.clip_factor, self.eps, member_dims=member_dims
-        )
+    def clip_(
+        self, parameters: Sequence[Tensor], member_dims: int, overrides: dict[str, Tensor]
+    ) -> ClipStats:
+        factor = overrides.get("clip_factor", self.clip_factor)
+        return clip_grad_by_weight_norm_(parameters, factor, self.eps, member_dims=member_dims)
 
 
 class FixedNormClipping(GradientClippingCallback):
@@ -164,6 +192,7 @@ class FixedNormClipping(GradientClippingCallback):
     """
 
     search_space = (SearchParam("clip_value", 1e-2, 1e2, log=True),)
+    member_hparams = ("clip_value",)
 
     def __init__(
         self, clip_value: float, mode: FixedMode = "per_tensor", log_stats: bool = True
@@ -186,6 +215,10 @@ class FixedNormClipping(GradientClippingCallback):
         }
 
     @override
-    def clip_(self, parameters: Sequence[Tensor], member_dims: int) -> ClipStats:
+    def clip_(
+        self, parameters: Sequence[Tensor], member_dims: int, overrides: dict[str, Tensor]
+    ) -> ClipStats:
         clip = clip_grad_norm_per_tensor_ if self.mode == "per_tensor" else clip_grad_norm_global_
-        return clip(parameters, self.clip_value, member_dims=member_dims)
+        return clip(
+            parameters, overrides.get("clip_value", self.clip_value), member_dims=member_dims
+        )

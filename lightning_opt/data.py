@@ -139,20 +139,45 @@ class EpochPermutation:
         return torch.randperm(self.n, generator=gen)
 
 
+class PopulationPermutation:
+    """The orders of one epoch for several seeds at once: row k is ``EpochPermutation`` of
+    ``seeds[k]``, so population member k sees exactly the batches a single run with its seed sees.
+
+    ``seeds`` is kept by reference: a population that drops members updates it in place.
+    """
+
+    def __init__(self, n: int, seeds: list[int]) -> None:
+        self.n, self.seeds, self.epoch = n, seeds, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> Tensor:
+        orders = [EpochPermutation(self.n, seed, shuffle=True) for seed in self.seeds]
+        for order in orders:
+            order.set_epoch(self.epoch)
+        return torch.stack([order.indices() for order in orders])
+
+
 @dataclass
 class MiniBatches:
     """Consecutive minibatches in one Lightning batch: the model takes one optimizer step per
-    minibatch, so Lightning's per-batch machinery runs once per chunk instead of once per step."""
+    minibatch, so Lightning's per-batch machinery runs once per chunk instead of once per step.
+
+    ``dim`` is the example dimension: 0, or 1 for a population's ``(members, examples, ...)``.
+    """
 
     x: Tensor
     y: Tensor
     batch_size: int
+    dim: int = 0
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        return -(-self.y.shape[self.dim] // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return zip(self.x.split(self.batch_size), self.y.split(self.batch_size), strict=True)
+        size, dim = self.batch_size, self.dim
+        return zip(self.x.split(size, dim), self.y.split(size, dim), strict=True)
 
 
 class TensorBatches:
@@ -192,6 +217,31 @@ class TensorBatches:
         size = self._chunk_size()
         for xs, ys in zip(x.split(size), y.split(size), strict=True):
             yield (xs, ys) if self.steps_per_chunk is None else MiniBatches(xs, ys, self.batch_size)
+
+
+class PopulationBatches(TensorBatches):
+    """Training batches for a population: ``x`` of shape ``(members, batch, features)``.
+
+    Member k's examples follow ``EpochPermutation`` of ``seeds[k]``; with ``steps_per_chunk`` the
+    items are ``MiniBatches`` over dimension 1, as in ``TensorBatches``.
+    """
+
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int, seeds: list[int],
+        steps_per_chunk: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(x, y, batch_size, steps_per_chunk=steps_per_chunk)
+        self.sampler = PopulationPermutation(len(x), seeds)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | MiniBatches]:
+        order = self.sampler.indices()
+        x, y = self.x[order], self.y[order]  # one gather per epoch for all members
+        size = self._chunk_size()
+        for xs, ys in zip(x.split(size, 1), y.split(size, 1), strict=True):
+            if self.steps_per_chunk is None:
+                yield xs, ys
+            else:
+                yield MiniBatches(xs, ys, self.batch_size, dim=1)
 
 
 class MNIST1DDataModule(LightningDataModule):
@@ -242,6 +292,8 @@ class MNIST1DDataModule(LightningDataModule):
             raise ValueError(f"num_samples must be at least {10 * NUM_CLASSES}, got {num_samples}")
         self.save_hyperparameters()
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        #: Set by a ``PopulationClassifier`` while it trains: one shuffle seed per member.
+        self.population_seeds: list[int] | None = None
 
     def prepare_data(self) -> None:
         self._arrays()  # generate and cache once, before any process reads it
@@ -274,10 +326,15 @@ class MNIST1DDataModule(LightningDataModule):
         return TensorBatches(x, y, self.hparams.eval_batch_size or len(x))
 
     def train_dataloader(self) -> TensorBatches:
+        x, y = self.splits["train"]
+        if self.population_seeds is not None:
+            return PopulationBatches(
+                x, y, self.hparams.batch_size, self.population_seeds,
+                steps_per_chunk=self.hparams.steps_per_chunk,
+            )  # fmt: skip
         # Resolved per fit (after the run seeds torch), so one module can serve many seeds.
         seed = self.hparams.shuffle_seed
         seed = torch.initial_seed() % 2**31 if seed is None else seed
-        x, y = self.splits["train"]
         return TensorBatches(
             x, y, self.hparams.batch_size, shuffle=True, seed=seed,
             steps_per_chunk=self.hparams.steps_per_chunk,

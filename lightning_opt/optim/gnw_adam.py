@@ -15,28 +15,34 @@ and ``weight_decay`` may be per-member tensors of shape ``(K,)``. The single mod
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_opt.norms import broadcast_to_members, global_norm
+from lightning_opt.norms import global_norm
+from lightning_opt.optim.hypers import (
+    Hyper,
+    check_hyper,
+    check_member_dims,
+    check_value,
+    count_members,
+    is_per_member,
+    per_param,
+    place,
+)
 
-Hyper = float | Tensor  # a number, a 0-dim tensor, or (member_dims=1) one value per member
-_TENSOR_HYPERS = ("lr", "gamma", "weight_decay")  # the hyperparameters that may be per member
+_TENSOR_HYPERS = ("lr", "gamma", "weight_decay", "betas")  # the ones that may be per member
 
 
-def _per_param(value: Hyper, params: Sequence[Tensor], member_dims: int) -> list[Hyper]:
-    """``value`` for each param: as is if a scalar, else viewed to broadcast over the member dim."""
-    if not isinstance(value, Tensor) or value.dim() == 0:
-        return [value] * len(params)
-    return [broadcast_to_members(value, p, member_dims) for p in params]
+def scaled_lr(lr: Hyper, gamma: Hyper | None, grad_norm: Tensor | None) -> Hyper:
+    """The effective step size ``lr * gamma / (gamma + grad_norm)``, per member if any.
 
-
-def scaled_lr(lr: Hyper, gamma: Hyper, grad_norm: Tensor) -> Tensor:
-    """The effective step size ``lr * gamma / (gamma + grad_norm)``, per member if any."""
+    ``gamma=None`` turns the norm weighting off: the step size is ``lr`` (Adam).
+    """
+    if gamma is None or grad_norm is None:
+        return lr
     return lr / (1 + grad_norm / gamma)  # the same number; no overflow for a huge gamma
 
 
@@ -48,46 +54,62 @@ def gnw_adam_(
     steps: list[Tensor],
     *,
     lr: Hyper,
-    gamma: Hyper,
-    beta1: float,
-    beta2: float,
+    gamma: Hyper | None,
+    beta1: Hyper,
+    beta2: Hyper,
     eps: float,
     weight_decay: Hyper,
-    grad_norm: Tensor,
+    grad_norm: Tensor | None,
+    decoupled_weight_decay: bool = False,
     member_dims: int = 0,
 ) -> None:
     """One GNW-Adam update of ``params``, ``exp_avgs``, ``exp_avg_sqs`` and ``steps`` in place.
 
     The only copy of the math. ``grad_norm`` is ``||g||`` (0-dim, or ``(K,)`` with
-    ``member_dims=1``); tensor hyperparameters must be on the params' device. No host sync.
+    ``member_dims=1``); ``gamma=None`` (with ``grad_norm=None``) is Adam, and
+    ``decoupled_weight_decay`` makes it AdamW. Tensor hyperparameters must be on the params'
+    device. No host sync.
     """
     if not params:
         return
-    if isinstance(weight_decay, Tensor):
-        decay = torch._foreach_mul(params, _per_param(weight_decay, params, member_dims))
+    if decoupled_weight_decay:  # AdamW: p *= 1 - lr * wd, before the moments
+        shrink = 1 - lr * weight_decay
+        if is_per_member(shrink):
+            torch._foreach_mul_(params, per_param(shrink, params, member_dims))
+        elif weight_decay != 0:
+            torch._foreach_mul_(params, shrink)
+    elif is_per_member(weight_decay):
+        decay = torch._foreach_mul(params, per_param(weight_decay, params, member_dims))
         grads = torch._foreach_add(grads, decay)
     elif weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_add_(steps, 1)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    if is_per_member(beta1):
+        torch._foreach_lerp_(exp_avgs, grads, per_param(1 - beta1, params, member_dims))
+    else:
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    if is_per_member(beta2):
+        torch._foreach_mul_(exp_avg_sqs, per_param(beta2, params, member_dims))
+        squares = torch._foreach_mul(grads, grads)
+        torch._foreach_mul_(squares, per_param(1 - beta2, params, member_dims))
+        torch._foreach_add_(exp_avg_sqs, squares)
+    else:
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
 
     # Bias corrections 1 - beta^t from the step tensors, without reading t on the host. Steps live
     # on the CPU as in torch.optim.Adam, so this is float64 (1 - 0.999^t cancels badly in float32)
     # and enters the device kernels as scalars; steps loaded onto a device use the params' dtype.
     t = [s.double() if s.is_cpu else s.to(p.dtype) for s, p in zip(steps, params, strict=True)]
-    bias1 = torch._foreach_pow(beta1, t)
+    bias1, bias2 = _powers(beta1, t, params, member_dims), _powers(beta2, t, params, member_dims)
     torch._foreach_sub_(bias1, 1)  # beta1^t - 1 = -(1 - beta1^t): the minus of the descent step
-    bias2 = torch._foreach_pow(beta2, t)
     torch._foreach_neg_(bias2)
     torch._foreach_add_(bias2, 1)
     torch._foreach_sqrt_(bias2)
 
     # p += exp_avg / denom with denom = (sqrt(v) / sqrt(1 - beta2^t) + eps) / -step_size and
     # step_size = lr * gamma / (gamma + ||g||) / (1 - beta1^t), per member with member_dims=1.
-    step_lr = scaled_lr(lr, gamma, grad_norm)
-    step_sizes = [broadcast_to_members(step_lr, p, member_dims) for p in params]
+    step_sizes = per_param(scaled_lr(lr, gamma, grad_norm), params, member_dims)
     neg_inv_step_sizes = torch._foreach_div(bias1, step_sizes)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, bias2)
@@ -96,47 +118,25 @@ def gnw_adam_(
     torch._foreach_addcdiv_(params, exp_avgs, denom)
 
 
-def _check_value(name: str, value: Any, ok: Callable[[Any], Any], rule: str) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite real number for which ``ok`` holds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"Invalid {name}: {value!r} (must be a finite number {rule})")
-    if not ok(value):
-        raise ValueError(f"Invalid {name}: {value} (must be {rule})")
-
-
-def _check_hyper(
-    name: str, value: Any, ok: Callable[[Any], Any], rule: str, members: int | None
-) -> None:
-    """Like ``_check_value``, also accepting a float tensor: 0-dim, or ``(K,)`` per member.
-
-    ``members`` is K; ``-1`` accepts any K, ``None`` (no member dimension) only 0-dim tensors.
-    """
-    if not isinstance(value, Tensor):
-        _check_value(name, value, ok, rule)
-        return
-    per_member = members is not None and value.dim() == 1 and members in (-1, len(value))
-    allowed = "a 0-dim tensor"
-    if members is not None:
-        allowed += " or shape (K,)" if members == -1 else f" or shape ({members},)"
-    if not value.is_floating_point() or not (value.dim() == 0 or per_member):
-        raise ValueError(
-            f"Invalid {name}: a {value.dtype} tensor of shape {tuple(value.shape)} "
-            f"(must be a float, {allowed}; per-member values need member_dims=1)"
-        )
-    if not bool((torch.isfinite(value) & ok(value)).all()):  # init may sync; step never does
-        raise ValueError(f"Invalid {name}: {value.tolist()} (must be finite and {rule})")
+def _powers(beta: Hyper, t: list[Tensor], params: list[Tensor], member_dims: int) -> list[Tensor]:
+    """``beta ** t`` for each param (per member, viewed to broadcast, for a per-member beta)."""
+    if not is_per_member(beta):
+        return list(torch._foreach_pow(beta, t))
+    return [b**s for b, s in zip(per_param(beta, params, member_dims), t, strict=True)]
 
 
 def _check_group(group: dict[str, Any], members: int | None) -> None:
-    _check_hyper("learning rate", group["lr"], lambda v: v > 0, "> 0", members)
-    _check_value("epsilon value", group["eps"], lambda v: v > 0, "> 0")
+    check_hyper("learning rate", group["lr"], lambda v: v > 0, "> 0", members)
+    check_value("epsilon value", group["eps"], lambda v: v > 0, "> 0")
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
     for i, beta in enumerate(betas):
-        _check_value(f"beta parameter at index {i}", beta, lambda v: 0 <= v < 1, "in [0, 1)")
-    _check_hyper("weight_decay value", group["weight_decay"], lambda v: v >= 0, ">= 0", members)
-    _check_hyper("gamma value", group["gamma"], lambda v: v > 0, "> 0", members)
+        check_hyper(f"beta parameter at index {i}", beta, lambda v: (v >= 0) & (v < 1),
+                    "in [0, 1)", members)  # fmt: skip
+    check_hyper("weight_decay value", group["weight_decay"], lambda v: v >= 0, ">= 0", members)
+    if group["gamma"] is not None:
+        check_hyper("gamma value", group["gamma"], lambda v: v > 0, "> 0", members)
 
 
 class GNWAdam(torch.optim.Optimizer):
@@ -148,27 +148,31 @@ class GNWAdam(torch.optim.Optimizer):
         betas: decay rates of the first and second moment estimates, each in [0, 1).
         eps: added to the denominator (> 0).
         weight_decay: L2 penalty added to the gradient, as in Adam (>= 0; 0 = off).
-        gamma: norm scale (> 0): 1 gives ``lr / (1 + ||g||)``; larger values approach Adam.
+        gamma: norm scale (> 0): 1 gives ``lr / (1 + ||g||)``; larger values approach Adam;
+            ``None`` turns the weighting off (exactly Adam; a population's Adam and AdamW).
+        decoupled_weight_decay: shrink the weights by ``1 - lr * weight_decay`` instead of adding
+            the L2 term to the gradient (AdamW).
         member_dims: 1 when every parameter stacks K members along its first dimension; then
-            ``lr``, ``gamma`` and ``weight_decay`` may be tensors of shape ``(K,)``.
+            ``lr``, ``gamma``, ``weight_decay`` and each beta may be tensors of shape ``(K,)``.
 
     Attributes:
-        last_grad_norm: the ``||g||`` of the last step (0-dim, or ``(K,)``); ``None`` before it.
+        last_grad_norm: the ``||g||`` of the last step (0-dim, or ``(K,)``); ``None`` before it
+            and when no group weights by the norm.
     """
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: Hyper = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[Hyper, Hyper] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: Hyper = 0.0,
-        gamma: Hyper = 1.0,
+        gamma: Hyper | None = 1.0,
         *,
+        decoupled_weight_decay: bool = False,
         member_dims: int = 0,
     ) -> None:
-        if isinstance(member_dims, bool) or member_dims not in (0, 1):
-            raise ValueError(f"Invalid member_dims: {member_dims!r} (must be 0 or 1)")
+        check_member_dims(member_dims)
         self.member_dims = member_dims
         self.members: int | None = None  # K, from the first parameter when member_dims=1
         self.last_grad_norm: Tensor | None = None
@@ -178,6 +182,7 @@ class GNWAdam(torch.optim.Optimizer):
             "eps": eps,
             "weight_decay": weight_decay,
             "gamma": gamma,
+            "decoupled_weight_decay": bool(decoupled_weight_decay),
         }
         _check_group(defaults, None if member_dims == 0 else -1)  # K is checked per group
         super().__init__(params, defaults)
@@ -188,7 +193,7 @@ class GNWAdam(torch.optim.Optimizer):
         group = self.param_groups[-1]
         try:
             if self.member_dims:
-                self._check_members(group["params"])
+                self.members = count_members(group["params"], self.members)
             _check_group(
                 group,
                 None if self.member_dims == 0 else (-1 if self.members is None else self.members),
@@ -198,29 +203,12 @@ class GNWAdam(torch.optim.Optimizer):
             raise
         self._place_hypers(group)
 
-    def _check_members(self, params: list[Tensor]) -> None:
-        for p in params:
-            if p.dim() == 0:
-                raise ValueError(
-                    "member_dims=1 needs a leading member dimension; got a 0-dim param"
-                )
-            if self.members is None:
-                self.members = p.shape[0]
-            if p.shape[0] != self.members:
-                raise ValueError(
-                    f"member_dims=1 needs the same leading size K in every param; "
-                    f"got {p.shape[0]} and {self.members}"
-                )
-
     @staticmethod
     def _place_hypers(group: dict[str, Any]) -> None:
-        """Move per-member hyperparameter tensors to the group's device once, not every step."""
-        if not group["params"]:
-            return
-        device = group["params"][0].device
-        for key in _TENSOR_HYPERS:
-            if isinstance(group[key], Tensor) and group[key].dim() > 0:
-                group[key] = group[key].to(device)
+        """Move per-member hyperparameter tensors to the group's device and dtype once."""
+        if group["params"]:
+            for key in _TENSOR_HYPERS:
+                group[key] = place(group[key], group["params"][0])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -246,7 +234,8 @@ class GNWAdam(torch.optim.Optimizer):
         grads = [p.grad for _, params in groups for p in params]
         if not grads:
             return loss
-        grad_norm = global_norm(grads, self.member_dims)
+        weighted = any(group["gamma"] is not None for group in self.param_groups)
+        grad_norm = global_norm(grads, self.member_dims) if weighted else None
         self.last_grad_norm = grad_norm
         for group, params in groups:
             if not params:
@@ -266,6 +255,7 @@ class GNWAdam(torch.optim.Optimizer):
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 grad_norm=grad_norm,
+                decoupled_weight_decay=group["decoupled_weight_decay"],
                 member_dims=self.member_dims,
             )
         return loss
@@ -280,7 +270,7 @@ class GNWAdam(torch.optim.Optimizer):
 
     def effective_lr(self, group: int = 0) -> Tensor | None:
         """``lr * gamma / (gamma + ||g||)`` with the last step's ``||g||`` and the current lr."""
-        if self.last_grad_norm is None:
-            return None
         g = self.param_groups[group]
+        if self.last_grad_norm is None or g["gamma"] is None:
+            return None
         return scaled_lr(g["lr"], g["gamma"], self.last_grad_norm)

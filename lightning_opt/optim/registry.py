@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from lightning_opt.optim.gnw_adam import GNWAdam
+from lightning_opt.optim.sgd import MemberSGD
 from lightning_opt.search_space import SearchParam
 
 #: What ``tune`` searches by default: the learning rate, log-uniform (the seed notes' setup).
@@ -56,6 +58,9 @@ class OptimizerSpec:
         description: one line for ``list_optimizers`` and ``--help``.
         defaults: the value of every accepted hyperparameter when the user leaves it unset.
         search_space: what ``tune`` searches by default for this optimizer.
+        population: ``population(params, member_dims=1, **hyperparameters)``: the same update for
+            stacked members, each hyperparameter a number or one value per member (``None``: the
+            optimizer cannot train a population).
     """
 
     name: str
@@ -63,6 +68,7 @@ class OptimizerSpec:
     description: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     search_space: tuple[SearchParam, ...] = LR_SEARCH
+    population: Callable[..., torch.optim.Optimizer] | None = None
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
@@ -131,6 +137,7 @@ register_optimizer(
         torch.optim.Adam,
         "Adam (Kingma & Ba, 2015), L2 weight decay added to the gradient",
         {"lr": 0.00624, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+        population=partial(GNWAdam, gamma=None),
     )
 )
 register_optimizer(
@@ -139,6 +146,7 @@ register_optimizer(
         torch.optim.AdamW,
         "AdamW (Loshchilov & Hutter, 2019), decoupled weight decay",
         {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
+        population=partial(GNWAdam, gamma=None, decoupled_weight_decay=True),
     )
 )
 register_optimizer(
@@ -147,6 +155,7 @@ register_optimizer(
         torch.optim.SGD,
         "SGD with heavy-ball momentum",
         {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+        population=MemberSGD,
     )
 )
 register_optimizer(
@@ -155,5 +164,6 @@ register_optimizer(
         GNWAdam,
         "GNW-Adam: Adam with step size lr * gamma / (gamma + ||g||)",
         {"lr": 0.00585, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "gamma": 1.0},
+        population=GNWAdam,
     )
 )

@@ -1,0 +1,487 @@
+"""Population training: K independent copies of the MLP trained at once with batched matmuls.
+
+Every parameter stacks the K members along a leading dimension (``member_dims = 1``). Member k
+is initialised exactly as ``MNIST1DClassifier`` is after ``seed_everything(seeds[k])``, sees the
+batches of the data order of its seed, and is updated by the registry's optimizer with its own
+hyperparameters, using the same GNW-Adam and clipping code as the single model. So member k
+reproduces the single-model ``fit`` of its seed and hyperparameters (to float rounding: batched
+and single matrix products round differently), while K members cost little more than one.
+
+The loss is the sum of the members' mean losses, so each member's gradient is its own. A member
+whose loss becomes NaN or infinite is dropped at the end of that epoch, as are members dropped
+by a caller (``drop_members``: ``tune`` prunes trials this way); the survivors' tensors and
+optimizer state are narrowed, so dropped members stop costing compute and never touch the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import Logger
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_opt.callbacks import GradientClippingCallback
+from lightning_opt.data import MiniBatches
+from lightning_opt.model import ACTIVATIONS, NonFiniteLossError, build_mlp
+from lightning_opt.norms import global_norm, tensor_norms
+from lightning_opt.optim.hypers import select
+from lightning_opt.optim.registry import get_optimizer
+
+#: Per-member settings of the clipping callbacks (see ``GradientClippingCallback.clip_``).
+CLIPPING_HPARAMS = ("clip_factor", "clip_value")
+_MODEL_HPARAMS = ("lr", "weight_decay", "betas", "eps", "momentum", "gamma")
+
+
+class StackedLinear(nn.Module):
+    """K independent ``nn.Linear`` layers: ``weight (K, out, in)``, ``bias (K, out)``.
+
+    ``forward`` takes ``(K, batch, in)``, or ``(batch, in)`` shared by every member.
+    """
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            x = x.expand(len(self.weight), *x.shape)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+def stack_mlps(nets: Sequence[nn.Sequential]) -> nn.Sequential:
+    """One ``nn.Sequential`` of ``StackedLinear`` layers holding ``nets`` as members.
+
+    Layer indices are kept, so parameter names (``0.weight``, ...) match the single model's.
+    """
+    layers: list[nn.Module] = []
+    for members in zip(*nets, strict=True):
+        first = members[0]
+        layers.append(StackedLinear(members) if isinstance(first, nn.Linear) else type(first)())
+    return nn.Sequential(*layers)
+
+
+def _per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
+    if not isinstance(values, (list, tuple)) or len(values) != members:
+        raise ValueError(
+            f"member_hparams[{name!r}] must hold one value per member ({members}), got {values!r}"
+        )
+    return list(values)
+
+
+class PopulationClassifier(LightningModule):
+    """K members of ``MNIST1DClassifier`` trained at once (see the module docstring).
+
+    Args:
+        seeds: one seed per member: its initialisation and (unless ``data.shuffle_seed`` is set)
+            its data order, exactly as ``fit --seed_everything SEED``.
+        optimizer: registry name; every member uses it.
+        member_hparams: per-member values, one list entry per member: any hyperparameter the
+            optimizer takes (``lr``, ``betas``, ...) or a clipping callback's ``clip_factor`` /
+            ``clip_value``. The other arguments are shared by all members.
+        lr, weight_decay, betas, eps, momentum, gamma, hidden_sizes, activation, input_size,
+        num_classes, log_internals: as in ``MNIST1DClassifier``.
+
+    Attributes:
+        member_loggers: one logger per member (set before ``fit``): each member's metrics go to
+            its own, with the names and steps a single ``fit`` logs.
+        member_ids: the original index of each live member.
+        dropped: ``{member index: reason}`` for the members dropped so far.
+        history: ``{member index: {"val/loss": [...], "val/acc": [...]}}``, one entry per epoch.
+        test_results: ``{member index: {"test/loss": ..., "test/acc": ...}}`` after ``test``.
+    """
+
+    member_dims = 1
+
+    def __init__(
+        self,
+        seeds: list[int],
+        optimizer: str = "adam",
+        member_hparams: dict[str, list] | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
+        momentum: float | None = None,
+        gamma: float | None = None,
+        hidden_sizes: list[int] = [100],  # noqa: B006
+        activation: str = "relu",
+        input_size: int = 40,
+        num_classes: int = 10,
+        log_internals: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+            raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}"
+            )
+        self.optimizer_spec = spec = get_optimizer(optimizer)
+        if spec.population is None:
+            raise ValueError(f"optimizer '{optimizer}' cannot train a population")
+        k = len(seeds)
+        shared = {name: self.hparams[name] for name in _MODEL_HPARAMS}
+        member_hparams = dict(member_hparams or {})
+        unknown = sorted(set(member_hparams) - set(spec.hyperparameters) - set(CLIPPING_HPARAMS))
+        if unknown:
+            raise ValueError(
+                f"member_hparams {', '.join(unknown)} are not taken by optimizer '{optimizer}' "
+                f"or a clipping callback; allowed: "
+                f"{', '.join((*spec.hyperparameters, *CLIPPING_HPARAMS))}"
+            )
+        columns = {name: _per_member(name, v, k) for name, v in member_hparams.items()}
+        # Each member's settings are checked as a single model's would be.
+        self.member_kwargs = [
+            spec.resolve({**shared, **{n: v[i] for n, v in columns.items() if n in _MODEL_HPARAMS}})
+            for i in range(k)
+        ]
+        self.member_clipping = {n: v for n, v in columns.items() if n in CLIPPING_HPARAMS}
+        for name, values in self.member_clipping.items():
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                   for v in values):  # fmt: skip
+                raise ValueError(f"{name} must be positive numbers, got {values}")
+        self.optimizer_kwargs = self._stack_hypers(self.member_kwargs)
+
+        with torch.random.fork_rng(devices=[]):
+            nets = []
+            for seed in seeds:
+                torch.manual_seed(seed)  # what seed_everything does before fit builds the model
+                nets.append(build_mlp(input_size, hidden_sizes, num_classes, activation))
+        self.net = stack_mlps(nets)
+        self.seeds = list(seeds)
+        self.member_ids = list(range(k))
+        self.member_loggers: list[Logger] | None = None
+        self.dropped: dict[int, str] = {}
+        self.history: dict[int, dict[str, list[float]]] = {i: {"val/loss": [], "val/acc": []}
+                                                           for i in range(k)}  # fmt: skip
+        self.test_results: dict[int, dict[str, float]] = {}
+        self.automatic_optimization = False
+        self._data_seeds: list[int] = []
+        self._to_drop: dict[int, str] = {}
+        self._member_metrics: dict[str, Tensor] = {}
+        self._clip_overrides: dict[str, Tensor] | None = None
+        self._reset_epoch()
+        self.register_buffer("_first_bad_step", torch.full((k,), -1), persistent=False)
+
+    @staticmethod
+    def _stack_hypers(member_kwargs: list[dict[str, Any]]) -> dict[str, Any]:
+        """One value per hyperparameter: a number when every member shares it, else a tensor."""
+        stacked: dict[str, Any] = {}
+        for name in member_kwargs[0]:
+            values = [kw[name] for kw in member_kwargs]
+            if all(v == values[0] for v in values):
+                stacked[name] = values[0]
+            elif name == "betas":
+                stacked[name] = tuple(
+                    torch.tensor(b, dtype=torch.float64) for b in zip(*values, strict=True)
+                )
+            else:
+                stacked[name] = torch.tensor(values, dtype=torch.float64)
+        return stacked
+
+    @property
+    def num_members(self) -> int:
+        return len(self.member_ids)
+
+    def clipping_overrides(self) -> dict[str, Tensor]:
+        """Per-member clipping thresholds of the live members, on the parameters' device."""
+        if self._clip_overrides is None:
+            like = self.net[0].weight
+            self._clip_overrides = {
+                name: like.new_tensor([values[i] for i in self.member_ids])
+                for name, values in self.member_clipping.items()
+            }
+        return self._clip_overrides
+
+    # -- training ---------------------------------------------------------------------------
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_spec.population(
+            self.net.parameters(), member_dims=1, **self.optimizer_kwargs
+        )
+
+    @override
+    def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        if data is None or not hasattr(data, "population_seeds"):
+            raise ValueError(
+                "PopulationClassifier needs a datamodule with population_seeds "
+                "(lightning_opt.data.MNIST1DDataModule)"
+            )
+        shuffle_seed = data.hparams.get("shuffle_seed")
+        self._data_seeds[:] = [
+            s % 2**31 if shuffle_seed is None else shuffle_seed for s in self.seeds
+        ]
+        data.population_seeds = self._data_seeds
+        names = {name for cb in self._clippers() for name in cb.member_hparams}
+        missing = sorted(set(self.member_clipping) - names)
+        if missing:
+            raise ValueError(
+                f"member_hparams {', '.join(missing)} need the clipping callback that takes them"
+            )
+
+    @override
+    def teardown(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        if data is not None and getattr(data, "population_seeds", None) is self._data_seeds:
+            data.population_seeds = None  # the next single-model fit shuffles as usual
+
+    def _clippers(self) -> list[GradientClippingCallback]:
+        return [c for c in self.trainer.callbacks if isinstance(c, GradientClippingCallback)]
+
+    def _reset_epoch(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    def _add(self, name: str, total: Tensor, count: int) -> None:
+        self._sums[name] = self._sums[name] + total if name in self._sums else total
+        self._counts[name] = self._counts.get(name, 0) + count
+
+    def _grads(self) -> list[Tensor]:
+        return [p.grad for p in self._params if p.grad is not None]
+
+    @override
+    def on_train_start(self) -> None:
+        self._params = list(self.net.parameters())
+        self._clip_overrides = None  # built on the training device at the first step
+        self._clipping = bool(self._clippers())
+        self._clipped_norms: list[Tensor] = []
+
+    @override
+    def training_step(self, batch: tuple[Tensor, Tensor] | MiniBatches, batch_idx: int) -> None:
+        """One optimizer step per minibatch, for every member at once."""
+        optimizer = self.optimizers()
+        effective_lr = getattr(optimizer.optimizer, "effective_lr", None)
+        internals = self.hparams.log_internals
+        first_step = self.global_step
+        k = self.num_members
+        losses, sizes, before, after, lrs = [], [], [], [], []
+        for x, y in batch if isinstance(batch, MiniBatches) else [batch]:
+            logits = self(x)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            loss = loss.view(k, -1).mean(1)  # each member's mean loss
+            optimizer.zero_grad()
+            self.manual_backward(loss.sum())  # the sum gives each member its own gradient
+            if internals:
+                before.append(global_norm(self._grads(), 1))
+            optimizer.step()
+            losses.append(loss.detach())
+            sizes.append(y.shape[1])
+            lr = effective_lr() if internals and effective_lr is not None else None
+            if lr is not None:
+                lrs.append(lr.expand(k))
+                after.append(optimizer.optimizer.last_grad_norm)
+            elif internals:
+                after.append(self._clipped_norms.pop() if self._clipped_norms else before[-1])
+        losses = torch.stack(losses)  # (steps, K)
+        self._add("train/loss", losses.new_tensor(sizes) @ losses, sum(sizes))
+        bad = ~torch.isfinite(losses)
+        first = torch.where(bad.any(0), first_step + bad.int().argmax(0), -1)
+        self._first_bad_step = torch.where(self._first_bad_step < 0, first, self._first_bad_step)
+        for name, values in (
+            ("optim/grad_norm_before_clip", before),
+            ("optim/grad_norm_after_clip", after),
+            ("optim/effective_lr", lrs),
+        ):
+            if values:
+                self._add(name, torch.stack(values).sum(0), len(values))
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.hparams.log_internals and self._clipping:
+            self._clipped_norms.append(global_norm(self._grads(), 1))
+
+    def log_member_metrics(self, metrics: dict[str, Tensor]) -> None:
+        """Per-member values ``(K,)`` to log with this epoch's (used by the clipping callbacks)."""
+        self._member_metrics.update(metrics)
+
+    def _log_members(self, metrics: dict[str, Tensor | float], step: int) -> None:
+        """Send ``metrics`` (per-member tensors ``(K,)`` or shared numbers) to member loggers."""
+        if not self.member_loggers:
+            return
+        names = list(metrics)
+        per_member = [v for v in metrics.values() if isinstance(v, Tensor)]
+        rows = torch.stack(per_member, 1).tolist() if per_member else [[]] * self.num_members
+        for member, row in enumerate(rows):
+            values = iter(row)
+            record = {n: next(values) if isinstance(metrics[n], Tensor) else metrics[n]
+                      for n in names}  # fmt: skip
+            self.member_loggers[member].log_metrics(record, step=step)
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        means = {name: s / self._counts[name] for name, s in self._sums.items()}
+        self._reset_epoch()
+        self.log("train/loss", means["train/loss"].mean(), prog_bar=True)
+        metrics: dict[str, Tensor | float] = {"train/loss": means.pop("train/loss")}
+        if self.hparams.log_internals:
+            metrics.update(means)
+            for (name, _), norms in zip(
+                self.net.named_parameters(), tensor_norms(self._params, 1), strict=True
+            ):
+                metrics[f"weight_norm/{name}"] = norms
+            lr = self.optimizers().param_groups[0]["lr"]
+            metrics["optim/lr"] = lr.to(self.device) if isinstance(lr, Tensor) else lr
+        metrics.update(self._member_metrics)
+        self._member_metrics = {}
+        metrics["epoch"] = float(self.current_epoch)
+        self._log_members(metrics, self.global_step)
+
+        first_bad = self._first_bad_step.tolist()
+        for member, step in zip(list(self.member_ids), first_bad, strict=True):
+            if step >= 0 and member not in self._to_drop:
+                self._to_drop[member] = (
+                    f"training loss became non-finite at global step {step} "
+                    f"(epoch {self.current_epoch})"
+                )
+        self._apply_drops()
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        logits = self(x)  # (K, N, C): every member on the same examples
+        k = self.num_members
+        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
+        self._add("loss", loss.view(k, -1).sum(1), len(y))
+        self._add("acc", (logits.argmax(-1) == y).sum(1).to(loss.dtype), len(y))
+
+    @override
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    @override
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def _pop_eval(self) -> tuple[Tensor, Tensor]:
+        loss = self._sums.pop("loss") / self._counts.pop("loss")
+        acc = self._sums.pop("acc") / self._counts.pop("acc")
+        return loss, acc
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        loss, acc = self._pop_eval()
+        if self.trainer.sanity_checking:
+            return
+        self.log("val/loss", loss.mean(), prog_bar=True)
+        self.log("val/acc", acc.mean(), prog_bar=True)
+        self.val_loss, self.val_acc = loss, acc  # (K,) for callbacks (tune's pruning)
+        for member, lv, av in zip(self.member_ids, loss.tolist(), acc.tolist(), strict=True):
+            self.history[member]["val/loss"].append(lv)
+            self.history[member]["val/acc"].append(av)
+        self._log_members({"val/loss": loss, "val/acc": acc, "epoch": float(self.current_epoch)},
+                          self.global_step)  # fmt: skip
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        loss, acc = self._pop_eval()
+        self.log("test/loss", loss.mean())
+        self.log("test/acc", acc.mean())
+        for member, lv, av in zip(self.member_ids, loss.tolist(), acc.tolist(), strict=True):
+            self.test_results[member] = {"test/loss": lv, "test/acc": av}
+        self._log_members({"test/loss": loss, "test/acc": acc}, self.global_step)
+
+    # -- members ----------------------------------------------------------------------------
+
+    def drop_members(self, members: dict[int, str]) -> None:
+        """Stop training ``{member index: reason}`` at the end of this epoch."""
+        for member, reason in members.items():
+            if member in self.member_ids:
+                self._to_drop.setdefault(member, reason)
+
+    def _apply_drops(self) -> None:
+        if not self._to_drop:
+            return
+        keep = [i for i, m in enumerate(self.member_ids) if m not in self._to_drop]
+        for member, reason in self._to_drop.items():
+            self.dropped[member] = reason
+            if self.member_loggers:
+                logger = self.member_loggers[self.member_ids.index(member)]
+                logger.finalize("failed" if "non-finite" in reason else "success")
+        self._to_drop = {}
+        if not keep:
+            self.trainer.should_stop = True
+            self.member_ids, self._data_seeds[:] = [], []
+            if self.member_loggers:
+                self.member_loggers = []
+            if all("non-finite" in r for r in self.dropped.values()):
+                raise NonFiniteLossError(
+                    "every member's training loss became non-finite; "
+                    "lower the learning rate or add clipping"
+                )
+            return
+        self.select_members(keep)
+
+    @torch.no_grad()
+    def select_members(self, keep: list[int]) -> None:
+        """Keep only the live members at positions ``keep``: parameters, optimizer state,
+        hyperparameters, data orders, loggers and clipping statistics are narrowed together."""
+        index = torch.tensor(keep, device=self.device)
+        k = self.num_members
+        for p in self.net.parameters():
+            p.data = p.data.index_select(0, index)
+            p.grad = None
+        for optimizer in self.trainer.optimizers if self._trainer else []:
+            for state in optimizer.state.values():
+                for key, value in state.items():
+                    if isinstance(value, Tensor) and value.dim() > 0 and len(value) == k:
+                        state[key] = value.index_select(0, index.to(value.device))
+            for group in optimizer.param_groups:
+                for key in ("lr", "gamma", "weight_decay", "betas", "momentum"):
+                    if key in group:
+                        group[key] = select(group[key], index)
+            if hasattr(optimizer, "members"):
+                optimizer.members = len(keep)
+            if hasattr(optimizer, "last_grad_norm"):
+                optimizer.last_grad_norm = None
+        if self._trainer:
+            for clipper in self._clippers():
+                clipper.select_members(index)
+        self._first_bad_step = self._first_bad_step.index_select(0, index)
+        self.member_ids = [self.member_ids[i] for i in keep]
+        self.seeds = [self.seeds[i] for i in keep]
+        self._data_seeds[:] = [self._data_seeds[i] for i in keep]
+        if self.member_loggers:
+            self.member_loggers = [self.member_loggers[i] for i in keep]
+        self._params = list(self.net.parameters())
+        self._clip_overrides = None
+
+    # -- HPARAMS ----------------------------------------------------------------------------
+
+    @override
+    def on_train_end(self) -> None:
+        if not self.member_loggers:
+            return
+        data = self.trainer.datamodule
+        for logger, member in zip(self.member_loggers, self.member_ids, strict=True):
+            history = self.history[member]
+            results = {
+                "hp/val_loss": history["val/loss"][-1] if history["val/loss"] else float("nan"),
+                "hp/val_acc": history["val/acc"][-1] if history["val/acc"] else float("nan"),
+                "hp/best_val_loss": min(history["val/loss"], default=float("inf")),
+            }
+            params = {"optimizer": self.hparams.optimizer, **self.member_kwargs[member]}
+            params["hidden_sizes"] = str(list(self.hparams.hidden_sizes))
+            params["seed"] = self.hparams.seeds[member]
+            if data is not None:
+                params.update({f"data/{k}": v for k, v in data.hparams.items()})
+            for callback in self._clippers():
+                params.update(callback.hparams_for_logging())
+            for name, values in self.member_clipping.items():
+                params[name] = values[member]
+            logger.log_hyperparams(params, results)
+            logger.finalize("success")
