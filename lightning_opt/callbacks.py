@@ -134,12 +134,13 @@ class GradientClippingCallback(Callback, ABC):
         if self.log_stats and self._epoch_steps:
             fraction = self._epoch_fraction / self._epoch_steps
             scale = self._epoch_scale / self._epoch_steps
-            if fraction.dim() and hasattr(pl_module, "log_member_metrics"):  # each member's own
+            members = fraction.dim() > 0 and hasattr(pl_module, "log_member_metrics")
+            if members:  # a population: each member logs its own, to its own run
                 pl_module.log_member_metrics(
                     {"clip/fraction_clipped": fraction, "clip/mean_scale": scale}
                 )
-            pl_module.log("clip/fraction_clipped", fraction.mean())
-            pl_module.log("clip/mean_scale", scale.mean())
+            pl_module.log("clip/fraction_clipped", fraction.mean(), logger=not members)
+            pl_module.log("clip/mean_scale", scale.mean(), logger=not members)
         self._reset_epoch()
 
 

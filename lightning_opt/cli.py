@@ -65,6 +65,14 @@ class LightningOptCLI(LightningCLI):
             + "; ".join(f"{n} ({get_optimizer(n).description})" for n in list_optimizers()),
         )
         parser.link_arguments("optimizer", "model.optimizer")
+        parser.add_argument(
+            "--seeds",
+            type=list[int] | None,
+            default=None,
+            help="fit only: train these seeds of the configuration at once as a population "
+            "(e.g. [0,1,2,3,4]); member k equals `fit --seed_everything SEED_k`, and logs to "
+            "its own run <log_dir>/seed_<SEED_k>",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -72,6 +80,16 @@ class LightningOptCLI(LightningCLI):
             check_trainer_settings(config.trainer)
         except ValueError as err:
             raise _UsageError(str(err)) from None
+        seeds = config.get("seeds")
+        if seeds is not None:
+            if self.subcommand != "fit":
+                raise _UsageError(
+                    f"--seeds trains a population: it applies to fit, not {self.subcommand}"
+                )
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise _UsageError(
+                    f"--seeds must be a non-empty list of distinct integers, got {seeds}"
+                )
         logger = config.trainer.logger
         if (
             logger
@@ -84,11 +102,42 @@ class LightningOptCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            if config.get("seeds") is not None:
+                self.model = self._population(config)
         except (ValueError, TypeError) as err:
             raise _UsageError(str(err)) from err
 
+    def _population(self, config: Any) -> Any:
+        """The model for ``fit --seeds``: one member per seed, each logging to its own run."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from lightning_opt.population import PopulationClassifier
+
+        model = PopulationClassifier(seeds=list(config.seeds), **config.model.as_dict())
+        if self.trainer.logger is not None:
+            log_dir = self.trainer.log_dir  # lightning_logs/<optimizer>/version_N
+            model.member_loggers = [
+                TensorBoardLogger(log_dir, name=f"seed_{seed}", version="", default_hp_metric=False)
+                for seed in config.seeds
+            ]
+        return model
+
     def after_fit(self) -> None:
         print(f"TensorBoard logs: {self.trainer.log_dir}  (tensorboard --logdir lightning_logs)")
+        dropped = getattr(self.model, "dropped", None)
+        if dropped is None:
+            return
+        for member, seed in enumerate(self.model.hparams.seeds):
+            history = self.model.history[member]["val/loss"]
+            status = dropped.get(member, f"val/loss {history[-1]:.4f}" if history else "")
+            print(f"seed {seed}: {status}")
+        failed = [self.model.hparams.seeds[m] for m, why in dropped.items() if "non-finite" in why]
+        if failed:
+            raise NonFiniteLossError(
+                f"the training loss of seed(s) {failed} became non-finite; the other members "
+                "finished"
+            )
 
 
 class _UsageError(Exception):

@@ -78,6 +78,9 @@ def _per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
 class PopulationClassifier(LightningModule):
     """K members of ``MNIST1DClassifier`` trained at once (see the module docstring).
 
+    Metrics go to ``member_loggers``, one per member; ``self.log`` only feeds the progress bar
+    and ``trainer.callback_metrics`` with the mean over live members.
+
     Args:
         seeds: one seed per member: its initialisation and (unless ``data.shuffle_seed`` is set)
             its data order, exactly as ``fit --seed_everything SEED``.
@@ -308,6 +311,10 @@ class PopulationClassifier(LightningModule):
         """Per-member values ``(K,)`` to log with this epoch's (used by the clipping callbacks)."""
         self._member_metrics.update(metrics)
 
+    def _lightning_step(self) -> int:
+        """The step Lightning's logger connector gives ``self.log`` values right now."""
+        return self.trainer.fit_loop.epoch_loop._batches_that_stepped
+
     def _log_members(self, metrics: dict[str, Tensor | float], step: int) -> None:
         """Send ``metrics`` (per-member tensors ``(K,)`` or shared numbers) to member loggers."""
         if not self.member_loggers:
@@ -325,7 +332,7 @@ class PopulationClassifier(LightningModule):
     def on_train_epoch_end(self) -> None:
         means = {name: s / self._counts[name] for name, s in self._sums.items()}
         self._reset_epoch()
-        self.log("train/loss", means["train/loss"].mean(), prog_bar=True)
+        self.log("train/loss", means["train/loss"].mean(), prog_bar=True, logger=False)
         metrics: dict[str, Tensor | float] = {"train/loss": means.pop("train/loss")}
         if self.hparams.log_internals:
             metrics.update(means)
@@ -337,8 +344,13 @@ class PopulationClassifier(LightningModule):
             metrics["optim/lr"] = lr.to(self.device) if isinstance(lr, Tensor) else lr
         metrics.update(self._member_metrics)
         self._member_metrics = {}
-        metrics["epoch"] = float(self.current_epoch)
-        self._log_members(metrics, self.global_step)
+        # The steps a single fit's loggers see: Lightning logs self.log values at the index of
+        # the last Lightning batch, and the model logs its internals at the global step.
+        internal = {n: v for n, v in metrics.items() if n.startswith(("optim/", "weight_norm/"))}
+        self._log_members(internal, self.global_step)
+        logged = {n: v for n, v in metrics.items() if n not in internal}
+        logged["epoch"] = float(self.current_epoch)
+        self._log_members(logged, self._lightning_step() - 1)
 
         first_bad = self._first_bad_step.tolist()
         for member, step in zip(list(self.member_ids), first_bad, strict=True):
@@ -377,23 +389,24 @@ class PopulationClassifier(LightningModule):
         loss, acc = self._pop_eval()
         if self.trainer.sanity_checking:
             return
-        self.log("val/loss", loss.mean(), prog_bar=True)
-        self.log("val/acc", acc.mean(), prog_bar=True)
+        self.log("val/loss", loss.mean(), prog_bar=True, logger=False)
+        self.log("val/acc", acc.mean(), prog_bar=True, logger=False)
         self.val_loss, self.val_acc = loss, acc  # (K,) for callbacks (tune's pruning)
         for member, lv, av in zip(self.member_ids, loss.tolist(), acc.tolist(), strict=True):
             self.history[member]["val/loss"].append(lv)
             self.history[member]["val/acc"].append(av)
         self._log_members({"val/loss": loss, "val/acc": acc, "epoch": float(self.current_epoch)},
-                          self.global_step)  # fmt: skip
+                          self._lightning_step())  # fmt: skip
 
     @override
     def on_test_epoch_end(self) -> None:
         loss, acc = self._pop_eval()
-        self.log("test/loss", loss.mean())
-        self.log("test/acc", acc.mean())
+        self.log("test/loss", loss.mean(), logger=False)
+        self.log("test/acc", acc.mean(), logger=False)
         for member, lv, av in zip(self.member_ids, loss.tolist(), acc.tolist(), strict=True):
             self.test_results[member] = {"test/loss": lv, "test/acc": av}
-        self._log_members({"test/loss": loss, "test/acc": acc}, self.global_step)
+        self._log_members({"test/loss": loss, "test/acc": acc, "epoch": float(self.current_epoch)},
+                          self._lightning_step())  # fmt: skip
 
     # -- members ----------------------------------------------------------------------------
 
