@@ -57,14 +57,7 @@ class LightningOptCLI(LightningCLI):
     """LightningCLI for ``MNIST1DClassifier`` on ``MNIST1DDataModule``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--optimizer",
-            type=str,
-            default="adam",
-            help="Optimizer by name: "
-            + "; ".join(f"{n} ({get_optimizer(n).description})" for n in list_optimizers()),
-        )
-        parser.link_arguments("optimizer", "model.optimizer")
+        self.add_optimizer_argument(parser)
         parser.add_argument(
             "--seeds",
             type=list[int] | None,
@@ -73,6 +66,17 @@ class LightningOptCLI(LightningCLI):
             "(e.g. [0,1,2,3,4]); member k equals `fit --seed_everything SEED_k`, and logs to "
             "its own run <log_dir>/seed_<SEED_k>",
         )
+
+    @staticmethod
+    def add_optimizer_argument(parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--optimizer",
+            type=str,
+            default="adam",
+            help="Optimizer by name: "
+            + "; ".join(f"{n} ({get_optimizer(n).description})" for n in list_optimizers()),
+        )
+        parser.link_arguments("optimizer", "model.optimizer")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

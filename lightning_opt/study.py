@@ -184,7 +184,9 @@ def _claim(
                     # At once: a trial without any heartbeat is never found stale.
                     storage.record_heartbeat(trial_id)
                 if sampler_seed is not None:
-                    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + frozen.number)
+                    study.sampler = optuna.samplers.TPESampler(
+                        seed=sampler_seed + frozen.number, constant_liar=True
+                    )
                 return optuna.Trial(study, trial_id), trial_id
     return None
 

@@ -13,6 +13,7 @@ import copy
 import functools
 import importlib
 import logging
+import math
 import multiprocessing
 import signal
 import sys
@@ -27,10 +28,11 @@ import optuna
 import torch
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import TensorBoardLogger
 from optuna.trial import TrialState
+from typing_extensions import override
 
 from lightning_opt import study as studies
 from lightning_opt.callbacks import GradientClippingCallback
@@ -38,11 +40,12 @@ from lightning_opt.cli import TRAINER_DEFAULTS, LightningOptCLI, check_trainer_s
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
 from lightning_opt.optim.registry import get_optimizer
+from lightning_opt.population import PopulationClassifier
 from lightning_opt.search_space import SearchParam, parse_search_space
 
 _TUNE_KEYS = (
     "n_trials", "n_workers", "storage", "study_name", "seed", "pruner", "objective",
-    "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry",
+    "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry", "population",
 )  # fmt: skip
 
 
@@ -61,6 +64,7 @@ class TuneOptions:
     heartbeat_interval: int
     grace_period: int | None
     max_retry: int
+    population: int = 1
 
     @property
     def study_dir(self) -> Path:
@@ -71,7 +75,7 @@ class TuneCLI(LightningOptCLI):
     """Parses ``fit``'s options plus the study's; builds nothing until a trial runs."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        super().add_arguments_to_parser(parser)
+        self.add_optimizer_argument(parser)
         group = parser.add_argument_group("Study")
         group.add_argument(
             "--n_trials", type=int, default=20, help="Finished trials the study ends with."
@@ -132,6 +136,13 @@ class TuneCLI(LightningOptCLI):
             help="Seconds without heartbeat before a trial counts as dead (default 2x interval).",
         )
         group.add_argument("--max_retry", type=int, default=3, help="Re-runs of a trial whose worker died.")  # fmt: skip
+        group.add_argument(
+            "--population",
+            type=int,
+            default=1,
+            help="Trials trained at once as one population (TPE with constant liar samples "
+            "them); pruned members stop costing compute. 1: one trial at a time.",
+        )
 
     def before_instantiate_classes(self) -> None:
         pass  # trials name their own logger
@@ -227,9 +238,24 @@ def build_trial(cfg: Any) -> tuple[MNIST1DClassifier, dict[str, Any]]:
     of the CLI's own command line (not the trial's) in the model's ``hparams``.
     """
     model = MNIST1DClassifier(**cfg.model.as_dict())
+    return model, trainer_arguments(cfg)
+
+
+def trainer_arguments(cfg: Any) -> dict[str, Any]:
+    """The Trainer's arguments of ``cfg``, its callbacks instantiated."""
     trainer_kwargs = _build(cfg.trainer)
     trainer_kwargs["callbacks"] = list(trainer_kwargs.get("callbacks") or [])
-    return model, trainer_kwargs
+    return trainer_kwargs
+
+
+def build_population(
+    cfgs: list[Any], params: list[dict[str, float]], seeds: list[int]
+) -> tuple[PopulationClassifier, dict[str, Any]]:
+    """One population whose member k is the ``fit`` of ``cfgs[k]`` (which differ only in the
+    sampled ``params[k]``) with seed ``seeds[k]``; and the Trainer's arguments."""
+    member_hparams = {name: [p[name] for p in params] for name in params[0]}
+    model = PopulationClassifier(seeds, member_hparams=member_hparams, **cfgs[0].model.as_dict())
+    return model, trainer_arguments(cfgs[0])
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -241,7 +267,7 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def options_from_config(config: Any) -> TuneOptions:
-    for key in ("n_trials", "n_workers"):
+    for key in ("n_trials", "n_workers", "population"):
         if config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {config[key]}")
     if config.heartbeat_interval < 1:
@@ -265,6 +291,7 @@ def options_from_config(config: Any) -> TuneOptions:
         heartbeat_interval=config.heartbeat_interval,
         grace_period=config.grace_period,
         max_retry=config.max_retry,
+        population=config.population,
     )
 
 
@@ -299,10 +326,63 @@ class TrialRunner:
         if self.trainer is not None:
             self.trainer.should_stop = True
 
-    def run(self, trial: optuna.Trial) -> tuple[TrialState, float | None]:
-        params = {p.name: p.suggest(trial) for p in self.space}
-        log_dir = self.options.study_dir / f"trial_{trial.number}"
-        trial.set_user_attr("log_dir", str(log_dir))
+    def suggest(self, trial: optuna.Trial) -> dict[str, float]:
+        """Sample the trial's hyperparameters and record where it logs."""
+        trial.set_user_attr("log_dir", str(self.options.study_dir / f"trial_{trial.number}"))
+        return {p.name: p.suggest(trial) for p in self.space}
+
+    def _logger(self, trial: optuna.Trial) -> TensorBoardLogger:
+        return TensorBoardLogger(
+            save_dir=str(self.options.study_dir), name=f"trial_{trial.number}", version="",
+            default_hp_metric=False,
+        )  # fmt: skip
+
+    def run_population(
+        self, trials: list[optuna.Trial], params: list[dict[str, float]]
+    ) -> list[tuple[TrialState, float | None]]:
+        """Train ``trials`` as one population; each trial's outcome, as ``run`` gives it."""
+        cfgs = [trial_config(self.config, p) for p in params]
+        seed = cfgs[0].seed_everything
+        seed_everything(seed, verbose=False)
+        model, trainer_kwargs = build_population(cfgs, params, [seed] * len(trials))
+        model.member_loggers = [self._logger(trial) for trial in trials]
+        trainer_kwargs["callbacks"].append(PopulationPruning(trials))
+        trainer_kwargs.update(
+            logger=False, enable_progress_bar=False, enable_model_summary=False,
+            enable_checkpointing=False,
+        )  # fmt: skip
+        trainer = self.trainer = Trainer(**trainer_kwargs)
+        start = time.perf_counter()
+        try:
+            trainer.fit(model, datamodule=self.data)
+        except NonFiniteLossError:
+            pass  # every member is dropped; each one's reason is in model.dropped
+        finally:
+            self.trainer = None
+        if self.interrupted:
+            raise KeyboardInterrupt
+        elapsed = time.perf_counter() - start
+        outcomes = []
+        for member, (trial, p) in enumerate(zip(trials, params, strict=True)):
+            losses = model.history[member]["val/loss"]
+            reason = model.dropped.get(member)
+            if reason is None:
+                state = TrialState.COMPLETE
+                value = min(losses) if self.options.objective == "best" else losses[-1]
+                note = f"val/loss {value:.4f}"
+            else:
+                state, value, note = TrialState.PRUNED, None, reason
+                if "non-finite" in reason:
+                    trial.set_user_attr("pruned_reason", "non-finite training loss")
+            outcomes.append((state, value))
+            print(
+                f"trial {trial.number:>3}  {_format_params(p)}  {note}  "
+                f"(population of {len(trials)}: {elapsed:.1f} s)",
+                flush=True,
+            )
+        return outcomes
+
+    def run(self, trial: optuna.Trial, params: dict[str, float]) -> tuple[TrialState, float | None]:
         cfg = trial_config(self.config, params)
         seed_everything(cfg.seed_everything, verbose=False)  # as `fit` does before building
         model, trainer_kwargs = build_trial(cfg)
@@ -312,12 +392,7 @@ class TrialRunner:
             PyTorchLightningPruningCallback(trial, monitor="val/loss")
         )
         trainer_kwargs.update(
-            logger=TensorBoardLogger(
-                save_dir=str(self.options.study_dir),
-                name=f"trial_{trial.number}",
-                version="",
-                default_hp_metric=False,
-            ),
+            logger=self._logger(trial),
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
@@ -348,6 +423,29 @@ class TrialRunner:
             flush=True,
         )
         return state, value
+
+
+class PopulationPruning(Callback):
+    """Optuna pruning for a population: each epoch, report every live member's val/loss to its
+    trial (as ``PyTorchLightningPruningCallback`` does for one) and drop the members to prune."""
+
+    def __init__(self, trials: list[optuna.Trial]) -> None:
+        self.trials = trials
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        drop = {}
+        for member, loss in zip(pl_module.member_ids, pl_module.val_loss.tolist(), strict=True):
+            if not math.isfinite(loss):
+                continue  # the model drops a member whose loss is not finite, with its reason
+            trial = self.trials[member]
+            trial.report(loss, step=epoch)
+            if trial.should_prune():
+                drop[member] = f"pruned at epoch {epoch}"
+        pl_module.drop_members(drop)
 
 
 def run_worker(config: Any, options: TuneOptions) -> int:
@@ -398,20 +496,38 @@ def _claim_and_run(
                 )  # a dead worker's trial may come back
                 continue
             return done
-        trial, trial_id = claimed
-        with studies.heartbeat(storage, trial_id, options.heartbeat_interval):
+        batch = [claimed]
+        params = [runner.suggest(claimed[0])]  # now: the next claim reseeds the sampler
+        while len(batch) < options.population:
+            more = studies.claim_waiting_trial(study, storage, options.n_trials, options.seed)
+            if more is None:
+                break
+            batch.append(more)
+            params.append(runner.suggest(more[0]))
+        trials = [trial for trial, _ in batch]
+        with contextlib.ExitStack() as beats:
+            for _, trial_id in batch:
+                beats.enter_context(
+                    studies.heartbeat(storage, trial_id, options.heartbeat_interval)
+                )
             try:
-                state, value = runner.run(trial)
+                if options.population == 1:
+                    outcomes = [runner.run(trials[0], params[0])]
+                else:
+                    outcomes = runner.run_population(trials, params)
             except (KeyboardInterrupt, SystemExit):
-                trial.set_user_attr("fail_reason", "interrupted")
-                study.tell(trial, state=TrialState.FAIL)
+                for trial in trials:
+                    trial.set_user_attr("fail_reason", "interrupted")
+                    study.tell(trial, state=TrialState.FAIL)
                 raise KeyboardInterrupt from None
             except BaseException as err:
-                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
-                study.tell(trial, state=TrialState.FAIL)
+                for trial in trials:
+                    trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+                    study.tell(trial, state=TrialState.FAIL)
                 raise
-        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-        done += 1
+        for trial, (state, value) in zip(trials, outcomes, strict=True):
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        done += len(trials)
 
 
 def _worker_process(config: Any, options: TuneOptions) -> None:
