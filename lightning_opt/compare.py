@@ -8,6 +8,7 @@ then report means with confidence intervals and the differences between arms.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -24,7 +25,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_opt import report, stats
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.model import NonFiniteLossError
 from lightning_opt.optim.registry import get_optimizer
+from lightning_opt.population import PopulationClassifier
 from lightning_opt.tune import (
     TuneCLI,
     _callback_class,
@@ -33,6 +36,7 @@ from lightning_opt.tune import (
     build_trial,
     options_from_config,
     run_study,
+    trainer_arguments,
     trial_config,
 )
 
@@ -55,6 +59,11 @@ class CompareCLI(TuneCLI):
                            help="Final runs per arm, seeded seed_everything, +1, ...")  # fmt: skip
         group.add_argument("--tune_max_epochs", type=int, default=25,
                            help="Epochs per tuning trial (trainer.max_epochs: final runs).")  # fmt: skip
+        group.add_argument(
+            "--population_finals", type=bool, default=True,
+            help="Train an arm's final seeds at once as one population (the same numbers as "
+            "separate runs, to float rounding); false: one run per seed.",
+        )  # fmt: skip
 
 
 def validate_arms(config: Any) -> list[dict[str, Any]]:
@@ -168,17 +177,108 @@ def run_final(
         "seconds": time.perf_counter() - start,
         "log_dir": str(out),
     }
+    _write_result(result, out)
+    _print_result(arm, result)
+    return result
+
+
+def _write_result(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = result_path.with_suffix(".tmp")
+    path = out / "result.json"
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(result_path)
+    tmp.replace(path)  # atomic: an interrupted write never leaves half a result
+
+
+def _print_result(arm: str, result: dict[str, Any]) -> None:
+    timing = f"{result['seconds']:.1f} s"
+    if result.get("population"):
+        timing = f"population of {result['population']}: {timing}"
     print(
-        f"final {arm} seed {seed}: val/loss {result['final_val_loss']:.4f}  "
+        f"final {arm} seed {result['seed']}: val/loss {result['final_val_loss']:.4f}  "
         f"test/loss {result['test_loss']:.4f}  test/acc {result['test_acc']:.4f}  "
-        f"({result['seconds']:.1f} s)",
+        f"({timing})",
         flush=True,
     )
-    return result
+
+
+def run_finals(
+    cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule,
+    population: bool,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """An arm's final runs, one per seed; resumable: finished seeds' result.json are reused.
+
+    With ``population`` the seeds still to run train at once as one population; each member
+    logs to the directory its own run would (``<arm>/final/seed_<s>``).
+    """
+    done = {}
+    for seed in seeds:
+        path = exp_dir / arm / "final" / f"seed_{seed}" / "result.json"
+        if path.exists():
+            done[seed] = json.loads(path.read_text())
+    todo = [s for s in seeds if s not in done]
+    if todo and population:
+        for result in run_final_population(cfg, arm, todo, exp_dir, data):
+            done[result["seed"]] = result
+    for seed in todo if not population else []:
+        done[seed] = run_final(cfg, arm, seed, exp_dir, data)
+    return [done[s] for s in seeds]
+
+
+def run_final_population(
+    cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule
+) -> list[dict[str, Any]]:
+    """Final runs of ``seeds`` trained as one population; the result of each seed."""
+    cfg = copy.deepcopy(cfg)
+    model = PopulationClassifier(seeds, **cfg.model.as_dict())
+    model.member_loggers = [
+        TensorBoardLogger(save_dir=str(exp_dir / arm), name="final", version=f"seed_{seed}",
+                          default_hp_metric=False)
+        for seed in seeds
+    ]  # fmt: skip
+    trainer_kwargs = trainer_arguments(cfg)
+    trainer_kwargs.update(
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer = Trainer(**trainer_kwargs)
+    with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
+        trainer.fit(model, datamodule=data)
+    if model.num_members:
+        trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
+    seconds = time.perf_counter() - start
+    clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
+    rates = dict(zip(model.member_ids, clippers[0].clip_rates(), strict=True)) if clippers else {}
+    results, failed = [], []
+    for member, seed in enumerate(seeds):
+        if member in model.dropped:
+            failed.append(f"seed {seed}: {model.dropped[member]}")
+            continue
+        history, tested = model.history[member], model.test_results[member]
+        result = {
+            "seed": seed,
+            "final_val_loss": history["val/loss"][-1],
+            "best_val_loss": min(history["val/loss"]),
+            "final_val_acc": history["val/acc"][-1],
+            "test_loss": tested["test/loss"],
+            "test_acc": tested["test/acc"],
+            "clip_rate": rates.get(member),
+            "val_loss_curve": history["val/loss"],
+            "val_acc_curve": history["val/acc"],
+            "seconds": seconds,
+            "population": len(seeds),
+            "log_dir": str(exp_dir / arm / "final" / f"seed_{seed}"),
+        }
+        _write_result(result, Path(result["log_dir"]))
+        _print_result(arm, result)
+        results.append(result)
+    if failed:
+        raise NonFiniteLossError(
+            f"arm {arm!r} final runs failed ({'; '.join(failed)}); the other seeds' results "
+            "are kept"
+        )
+    return results
 
 
 def run_compare(args: list[str]) -> Path:
@@ -216,10 +316,8 @@ def run_compare(args: list[str]) -> Path:
         print(f"== arm {name}: {config.seeds} final runs x {config.trainer.max_epochs} epochs "
               f"with {best.params}")  # fmt: skip
         tuned_cfg = trial_config(final_cfg, best.params)
-        runs = [
-            run_final(tuned_cfg, name, config.seed_everything + s, exp_dir, data)
-            for s in range(config.seeds)
-        ]
+        seeds = [config.seed_everything + s for s in range(config.seeds)]
+        runs = run_finals(tuned_cfg, name, seeds, exp_dir, data, config.population_finals)
         summary[name] = {
             "optimizer": tuned_cfg.optimizer,
             "clipping": [c.class_path.rsplit(".", 1)[-1] for c in tuned_cfg.trainer.callbacks],
@@ -251,6 +349,8 @@ def _settings(config: Any) -> dict[str, Any]:
         "tuning_epochs": config.tune_max_epochs,
         "final_epochs": config.trainer.max_epochs,
         "objective": config.objective,
+        "tuning_population": config.population,
+        "population_finals": config.population_finals,
         "pruner": config.pruner,
         "sampler_seed": config.seed,
         "data": config.data.as_dict(),

@@ -121,7 +121,7 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
 
     monkeypatch.setattr(compare, "run_final", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        cli_main(["compare", f"--config={path}"])
+        cli_main(["compare", f"--config={path}", "--population_finals=false"])
     db = f"sqlite:///{tmp_path / 'out' / 'tiny' / 'optuna.db'}"
     before = optuna.load_study(study_name="adam", storage=db).trials
     first_run = json.loads(
@@ -129,11 +129,51 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
     )
 
     monkeypatch.setattr(compare, "run_final", real)
-    cli_main(["compare", f"--config={path}"])
+    cli_main(["compare", f"--config={path}", "--population_finals=false"])
     after = optuna.load_study(study_name="adam", storage=db).trials
     assert [(t.number, t.value) for t in after] == [(t.number, t.value) for t in before]
     results = json.loads((tmp_path / "out" / "tiny" / "results.json").read_text())
     assert results["arms"]["adam"]["runs"][0] == first_run  # reused, not retrained
+
+
+def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_path, monkeypatch):
+    """The default population finals give the numbers of separate runs (float32 rounding);
+    an interrupted experiment keeps the finished arm's population results."""
+    path, _ = tiny_experiment
+    cli_main(["compare", f"--config={path}", "--population_finals=false",
+              f"--output_dir={tmp_path / 'separate'}"])  # fmt: skip
+    separate = json.loads((tmp_path / "separate" / "tiny" / "results.json").read_text())
+
+    real = compare.run_final_population
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:  # the second arm's finals
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_final_population", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(["compare", f"--config={path}"])
+    exp_dir = tmp_path / "out" / "tiny"
+    kept = sorted(p.parent.name for p in exp_dir.glob("*/final/*/result.json"))
+    assert kept == ["seed_0", "seed_1"] and not list((exp_dir / "wnclip").glob("final/*/*.json"))
+    first = [json.loads((exp_dir / "adam" / "final" / s / "result.json").read_text()) for s in kept]
+
+    monkeypatch.setattr(compare, "run_final_population", real)
+    cli_main(["compare", f"--config={path}"])
+    results = _check_outputs(exp_dir, ["adam", "wnclip"], seeds=2)
+    assert results["arms"]["adam"]["runs"] == first  # reused, not retrained
+    for arm in ("adam", "wnclip"):
+        for pop, sep in zip(
+            results["arms"][arm]["runs"], separate["arms"][arm]["runs"], strict=True
+        ):
+            assert pop["population"] == 2 and pop["seed"] == sep["seed"]
+            for key in ("test_loss", "test_acc", "final_val_loss", "best_val_loss"):
+                assert pop[key] == pytest.approx(sep[key], rel=1e-3), (arm, key)
+            assert pop["val_loss_curve"] == pytest.approx(sep["val_loss_curve"], rel=1e-3)
+        assert (results["arms"][arm]["clip_rate"] is None) == (arm == "adam")
 
 
 @pytest.mark.slow
