@@ -99,6 +99,60 @@ def test_non_finite_trial_is_pruned_with_its_reason_and_the_study_goes_on(study_
     assert all(t.user_attrs["pruned_reason"] == "non-finite training loss" for t in trials)
 
 
+def test_population_mode_records_the_study_sequential_mode_would(study_args, tmp_path):
+    """Same sampled params (random start-up phase, per-trial sampler seeds), same trial values
+    to float32 rounding, same states, intermediate values and per-trial logs."""
+    args = [*study_args, "--n_trials=5", "--pruner=none"]
+    cli_main(["tune", *args])
+    sequential = _study(tmp_path).trials
+    cli_main(["tune", *args, "--population=3", "--study_name=pop"])
+    population = _study(tmp_path, "pop").trials
+    assert [t.number for t in population] == [0, 1, 2, 3, 4]  # two populations: 3 + 2
+    for seq, pop in zip(sequential, population, strict=True):
+        assert pop.state == seq.state == TrialState.COMPLETE
+        assert pop.params == seq.params
+        assert pop.value == pytest.approx(seq.value, rel=1e-4)
+        assert sorted(pop.intermediate_values) == sorted(seq.intermediate_values) == [0, 1]
+        log_dir = Path(pop.user_attrs["log_dir"])
+        assert log_dir.name == f"trial_{pop.number}"
+        scalars = read_scalars(log_dir)
+        assert scalars["val/loss"][-1][1] == pytest.approx(pop.value, rel=1e-6)
+        assert scalars.keys() == read_scalars(Path(seq.user_attrs["log_dir"])).keys()
+
+
+def test_population_mode_prunes_members_and_fails_only_the_non_finite(
+    study_args, tmp_path, monkeypatch, capsys
+):
+    """A pruned member is dropped from the population while the others train on; a member
+    whose loss blows up is pruned with its reason."""
+    monkeypatch.setattr(tune, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(upper=2.25))
+    args = [*study_args, "--optimizer=sgd", "--trainer.max_epochs=3", "--population=4"]
+    (tmp_path / "out").mkdir()
+    study = optuna.create_study(
+        study_name="unit", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    )
+    for lr in (1e-4, 0.2, 1e6, 0.15):  # too slow: pruned; fine; non-finite; fine
+        study.enqueue_trial({"lr": lr})
+    cli_main(
+        [
+            "tune",
+            *args,
+            "--n_trials=4",
+            "--search_space=[{name: lr, low: 1.0e-5, high: 1.0e+7, log: true}]",
+        ]
+    )
+    trials = _study(tmp_path).trials
+    assert [t.params["lr"] for t in trials] == [1e-4, 0.2, 1e6, 0.15]
+    assert [t.state for t in trials] == [
+        TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
+    ]  # fmt: skip
+    assert len(trials[0].intermediate_values) == 1  # stopped after its first epoch
+    assert trials[2].user_attrs["pruned_reason"] == "non-finite training loss"
+    assert len(trials[1].intermediate_values) == len(trials[3].intermediate_values) == 3
+    out = capsys.readouterr().out
+    assert "pruned at epoch 0" in out and "non-finite" in out
+
+
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_trials_and_rerun_completes_exactly(study_args, tmp_path):
     args = [*study_args, "--n_trials=5", "--trainer.max_epochs=60", "--pruner=none"]
@@ -142,6 +196,7 @@ BAD = [
     (["--storage=redis://localhost/0"], "unknown storage scheme 'redis'"),
     (["--n_trials=0"], "n_trials must be a positive integer, got 0"),
     (["--n_workers=-1"], "n_workers must be a positive integer, got -1"),
+    (["--population=0"], "population must be a positive integer, got 0"),
     (
         ["--search_space=[{name: lr, low: 0.1, high: 0.01}]"],
         "search space 'lr': low must be < high, got low=0.1, high=0.01",
