@@ -151,7 +151,7 @@ class PopulationClassifier(LightningModule):
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
                    for v in values):  # fmt: skip
                 raise ValueError(f"{name} must be positive numbers, got {values}")
-        self.optimizer_kwargs = self._stack_hypers(self.member_kwargs)
+        self.optimizer_kwargs = self._stack_hypers(self.member_kwargs, set(columns))
 
         with torch.random.fork_rng(devices=[]):
             nets = []
@@ -175,12 +175,15 @@ class PopulationClassifier(LightningModule):
         self.register_buffer("_first_bad_step", torch.full((k,), -1), persistent=False)
 
     @staticmethod
-    def _stack_hypers(member_kwargs: list[dict[str, Any]]) -> dict[str, Any]:
-        """One value per hyperparameter: a number when every member shares it, else a tensor."""
+    def _stack_hypers(member_kwargs: list[dict[str, Any]], per_member: set[str]) -> dict[str, Any]:
+        """One value per hyperparameter: a tensor of the members' values for those given per
+        member, else the shared number. A tensor even when the values happen to be equal: a
+        number takes other kernels, so changing one member's value would round the others'
+        steps differently."""
         stacked: dict[str, Any] = {}
         for name in member_kwargs[0]:
             values = [kw[name] for kw in member_kwargs]
-            if all(v == values[0] for v in values):
+            if name not in per_member:
                 stacked[name] = values[0]
             elif name == "betas":
                 stacked[name] = tuple(
@@ -454,7 +457,7 @@ class PopulationClassifier(LightningModule):
                     if isinstance(value, Tensor) and value.dim() > 0 and len(value) == k:
                         state[key] = value.index_select(0, index.to(value.device))
             for group in optimizer.param_groups:
-                for key in ("lr", "gamma", "weight_decay", "betas", "momentum"):
+                for key in ("lr", "eps", "gamma", "weight_decay", "betas", "momentum"):
                     if key in group:
                         group[key] = select(group[key], index)
             if hasattr(optimizer, "members"):
@@ -467,7 +470,8 @@ class PopulationClassifier(LightningModule):
         self._first_bad_step = self._first_bad_step.index_select(0, index)
         self.member_ids = [self.member_ids[i] for i in keep]
         self.seeds = [self.seeds[i] for i in keep]
-        self._data_seeds[:] = [self._data_seeds[i] for i in keep]
+        if self._data_seeds:  # set up by a fit: the data order narrows in place
+            self._data_seeds[:] = [self._data_seeds[i] for i in keep]
         if self.member_loggers:
             self.member_loggers = [self.member_loggers[i] for i in keep]
         self._params = list(self.net.parameters())

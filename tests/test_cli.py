@@ -148,6 +148,9 @@ BAD_INPUTS = [
         "use the callback lightning_opt.callbacks.FixedNormClipping with mode: global",
     ),
     (["--trainer.accumulate_grad_batches=2"], "raise data.batch_size instead"),
+    (["--seeds=[]"], "--seeds must be a non-empty list of distinct integers, got []"),
+    (["--seeds=[1, 1]"], "--seeds must be a non-empty list of distinct integers, got [1, 1]"),
+    (["--seeds=[0, 1]", "--model.lr=-1"], "lr must be a positive finite number"),
 ]
 
 
@@ -224,3 +227,43 @@ def test_fit_gives_the_same_losses_as_a_plain_pytorch_loop(tiny_fit_args, tmp_pa
             val.append(float(torch.nn.functional.cross_entropy(net(xv), yv)))
     assert [v for _, v in logged["train/loss"]] == pytest.approx(train, rel=1e-5)
     assert [v for _, v in logged["val/loss"]] == pytest.approx(val, rel=1e-5)
+
+
+def test_fit_seeds_logs_each_member_as_its_own_fit(tiny_fit_args, tmp_path):
+    """``fit --seeds`` writes, for each seed, the tags, steps and values of a separate fit."""
+    clip = ["--trainer.callbacks=lightning_opt.callbacks.WeightNormClipping",
+            "--trainer.callbacks.clip_factor=0.05"]  # fmt: skip
+    args = ["--optimizer=gnw", *clip, *tiny_fit_args]
+    population = _run([*args, "--seeds=[0, 3]"], tmp_path)
+    assert sorted(p.name for p in population.glob("seed_*")) == ["seed_0", "seed_3"]
+    assert list((population / "checkpoints").glob("*.ckpt"))
+    assert (population / "config.yaml").exists()
+    for seed in (0, 3):
+        single = read_scalars(_run([*args, f"--seed_everything={seed}"], tmp_path))
+        member = read_scalars(population / f"seed_{seed}")
+        assert member.keys() == single.keys() and "clip/fraction_clipped" in member
+        for tag, points in single.items():
+            assert [s for s, _ in member[tag]] == [s for s, _ in points], tag
+            values = [v for _, v in member[tag]]
+            assert values == pytest.approx([v for _, v in points], rel=1e-4, abs=1e-6), tag
+
+
+def test_fit_seeds_all_members_non_finite_exits_1_and_keeps_the_logs(
+    tiny_fit_args, tmp_path, capsys
+):
+    """(One member failing while the others finish is tested in test_population.py.)"""
+    args = ["--optimizer=sgd", "--model.momentum=0", "--seeds=[0, 1]", *tiny_fit_args]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--model.lr=1e6"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "every member's training loss became non-finite" in err and "Traceback" not in err
+    (run,) = version_dirs(tmp_path / "logs")
+    assert all(list((run / f"seed_{s}").glob("events.out.tfevents.*")) for s in (0, 1))
+
+
+def test_seeds_is_for_fit_only(tiny_fit_args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["validate", "--seeds=[0, 1]", *tiny_fit_args])
+    assert exit_info.value.code == 2
+    assert "--seeds trains a population: it applies to fit, not validate" in capsys.readouterr().err

@@ -125,7 +125,9 @@ def test_population_mode_prunes_members_and_fails_only_the_non_finite(
 ):
     """A pruned member is dropped from the population while the others train on; a member
     whose loss blows up is pruned with its reason."""
-    monkeypatch.setattr(tune, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(upper=2.25))
+    monkeypatch.setattr(
+        tune, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(upper=2.25)
+    )
     args = [*study_args, "--optimizer=sgd", "--trainer.max_epochs=3", "--population=4"]
     (tmp_path / "out").mkdir()
     study = optuna.create_study(

@@ -26,14 +26,13 @@ from lightning_opt.optim.hypers import (
     Hyper,
     check_hyper,
     check_member_dims,
-    check_value,
     count_members,
     is_per_member,
     per_param,
     place,
 )
 
-_TENSOR_HYPERS = ("lr", "gamma", "weight_decay", "betas")  # the ones that may be per member
+_TENSOR_HYPERS = ("lr", "gamma", "weight_decay", "betas", "eps")  # the ones that may be per member
 
 
 def scaled_lr(lr: Hyper, gamma: Hyper | None, grad_norm: Tensor | None) -> Hyper:
@@ -57,7 +56,7 @@ def gnw_adam_(
     gamma: Hyper | None,
     beta1: Hyper,
     beta2: Hyper,
-    eps: float,
+    eps: Hyper,
     weight_decay: Hyper,
     grad_norm: Tensor | None,
     decoupled_weight_decay: bool = False,
@@ -113,7 +112,7 @@ def gnw_adam_(
     neg_inv_step_sizes = torch._foreach_div(bias1, step_sizes)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, bias2)
-    torch._foreach_add_(denom, eps)
+    torch._foreach_add_(denom, per_param(eps, params, member_dims) if is_per_member(eps) else eps)
     torch._foreach_mul_(denom, neg_inv_step_sizes)
     torch._foreach_addcdiv_(params, exp_avgs, denom)
 
@@ -127,7 +126,7 @@ def _powers(beta: Hyper, t: list[Tensor], params: list[Tensor], member_dims: int
 
 def _check_group(group: dict[str, Any], members: int | None) -> None:
     check_hyper("learning rate", group["lr"], lambda v: v > 0, "> 0", members)
-    check_value("epsilon value", group["eps"], lambda v: v > 0, "> 0")
+    check_hyper("epsilon value", group["eps"], lambda v: v > 0, "> 0", members)
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
@@ -153,7 +152,8 @@ class GNWAdam(torch.optim.Optimizer):
         decoupled_weight_decay: shrink the weights by ``1 - lr * weight_decay`` instead of adding
             the L2 term to the gradient (AdamW).
         member_dims: 1 when every parameter stacks K members along its first dimension; then
-            ``lr``, ``gamma``, ``weight_decay`` and each beta may be tensors of shape ``(K,)``.
+            ``lr``, ``eps``, ``gamma``, ``weight_decay`` and each beta may be tensors of shape
+            ``(K,)``.
 
     Attributes:
         last_grad_norm: the ``||g||`` of the last step (0-dim, or ``(K,)``); ``None`` before it
@@ -165,7 +165,7 @@ class GNWAdam(torch.optim.Optimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: Hyper = 1e-3,
         betas: tuple[Hyper, Hyper] = (0.9, 0.999),
-        eps: float = 1e-8,
+        eps: Hyper = 1e-8,
         weight_decay: Hyper = 0.0,
         gamma: Hyper | None = 1.0,
         *,
