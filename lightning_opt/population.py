@@ -241,6 +241,8 @@ class PopulationClassifier(LightningModule):
 
     @override
     def teardown(self, stage: str) -> None:
+        for logger in self.member_loggers or []:
+            logger.finalize("success")  # flush and close; a later test() reopens the writer
         data = self.trainer.datamodule
         if data is not None and getattr(data, "population_seeds", None) is self._data_seeds:
             data.population_seeds = None  # the next single-model fit shuffles as usual
@@ -501,4 +503,3 @@ class PopulationClassifier(LightningModule):
             for name, values in self.member_clipping.items():
                 params[name] = values[member]
             logger.log_hyperparams(params, results)
-            logger.finalize("success")

@@ -8,7 +8,7 @@ import matplotlib.image
 import optuna
 import pytest
 import yaml
-from conftest import TINY_SAMPLES
+from conftest import TINY_SAMPLES, read_scalars
 
 from lightning_opt import compare
 from lightning_opt.cli import cli_main
@@ -174,6 +174,10 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
                 assert pop[key] == pytest.approx(sep[key], rel=1e-3), (arm, key)
             assert pop["val_loss_curve"] == pytest.approx(sep["val_loss_curve"], rel=1e-3)
         assert (results["arms"][arm]["clip_rate"] is None) == (arm == "adam")
+        for run in results["arms"][arm]["runs"]:  # each seed's own TensorBoard run, test included
+            scalars = read_scalars(Path(run["log_dir"]))
+            assert scalars["test/loss"][-1][1] == pytest.approx(run["test_loss"], rel=1e-6)
+            assert [v for _, v in scalars["val/loss"]] == pytest.approx(run["val_loss_curve"])
 
 
 @pytest.mark.slow
