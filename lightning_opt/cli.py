@@ -132,11 +132,11 @@ class LightningOptCLI(LightningCLI):
         dropped = getattr(self.model, "dropped", None)
         if dropped is None:
             return
-        for member, seed in enumerate(self.model.hparams.seeds):
+        for member, seed in enumerate(self.model.all_seeds):
             history = self.model.history[member]["val/loss"]
             status = dropped.get(member, f"val/loss {history[-1]:.4f}" if history else "")
             print(f"seed {seed}: {status}")
-        failed = [self.model.hparams.seeds[m] for m, why in dropped.items() if "non-finite" in why]
+        failed = [self.model.all_seeds[m] for m, why in dropped.items() if "non-finite" in why]
         if failed:
             raise NonFiniteLossError(
                 f"the training loss of seed(s) {failed} became non-finite; the other members "

@@ -120,7 +120,10 @@ class PopulationClassifier(LightningModule):
         log_internals: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # The population's own arguments go into the checkpoint under "population" (see
+        # on_save_checkpoint): LightningCLI gives a checkpoint's hyper_parameters to the model's
+        # arguments on resume, which are those of a single model.
+        self.save_hyperparameters(ignore=["seeds", "member_hparams"])
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
             raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
         if activation not in ACTIVATIONS:
@@ -160,6 +163,8 @@ class PopulationClassifier(LightningModule):
                 nets.append(build_mlp(input_size, hidden_sizes, num_classes, activation))
         self.net = stack_mlps(nets)
         self.seeds = list(seeds)
+        self.all_seeds = list(seeds)  # by member index, including dropped members
+        self.member_hparams = {name: list(v) for name, v in member_hparams.items()}
         self.member_ids = list(range(k))
         self.member_loggers: list[Logger] | None = None
         self.dropped: dict[int, str] = {}
@@ -479,6 +484,39 @@ class PopulationClassifier(LightningModule):
         self._params = list(self.net.parameters())
         self._clip_overrides = None
 
+    # -- checkpoints --------------------------------------------------------------------------
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["population"] = {
+            "seeds": self.all_seeds,
+            "member_hparams": self.member_hparams,
+            "member_ids": self.member_ids,
+            "dropped": self.dropped,
+            "history": self.history,
+        }
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume: the members still alive when the checkpoint was saved, with their history.
+
+        Runs before the weights and optimizer state are loaded, so their shapes then match.
+        """
+        saved = checkpoint.get("population")
+        if saved is None:
+            raise ValueError("not a population checkpoint (it has no 'population' entry)")
+        if saved["seeds"] != self.all_seeds or saved["member_hparams"] != self.member_hparams:
+            raise ValueError(
+                f"the checkpoint is of a population with seeds {saved['seeds']} and "
+                f"member_hparams {saved['member_hparams']}; this one has {self.all_seeds} and "
+                f"{self.member_hparams}"
+            )
+        positions = [self.member_ids.index(m) for m in saved["member_ids"]]
+        if positions != list(range(self.num_members)):
+            self.select_members(positions)
+        self.dropped = {int(m): why for m, why in saved["dropped"].items()}
+        self.history = {int(m): h for m, h in saved["history"].items()}
+
     # -- HPARAMS ----------------------------------------------------------------------------
 
     @override
@@ -495,7 +533,7 @@ class PopulationClassifier(LightningModule):
             }
             params = {"optimizer": self.hparams.optimizer, **self.member_kwargs[member]}
             params["hidden_sizes"] = str(list(self.hparams.hidden_sizes))
-            params["seed"] = self.hparams.seeds[member]
+            params["seed"] = self.all_seeds[member]
             if data is not None:
                 params.update({f"data/{k}": v for k, v in data.hparams.items()})
             for callback in self._clippers():

@@ -267,3 +267,20 @@ def test_seeds_is_for_fit_only(tiny_fit_args, capsys):
         cli_main(["validate", "--seeds=[0, 1]", *tiny_fit_args])
     assert exit_info.value.code == 2
     assert "--seeds trains a population: it applies to fit, not validate" in capsys.readouterr().err
+
+
+def test_fit_seeds_resumes_from_its_checkpoint(tiny_fit_args, tmp_path, capsys):
+    args = [a for a in tiny_fit_args if not a.startswith("--trainer.max_epochs")]
+    args = ["--optimizer=gnw", "--seeds=[0, 1]", *args]
+    straight = _run(["--trainer.max_epochs=4", *args], tmp_path)
+    stopped = _run(["--trainer.max_epochs=2", *args], tmp_path)
+    (ckpt,) = (stopped / "checkpoints").glob("*.ckpt")
+    resumed = _run(["--trainer.max_epochs=4", f"--ckpt_path={ckpt}", *args], tmp_path)
+    for seed in (0, 1):
+        a, b = read_scalars(straight / f"seed_{seed}"), read_scalars(resumed / f"seed_{seed}")
+        assert b["val/loss"][-1] == a["val/loss"][-1] and b["train/loss"][-1] == a["train/loss"][-1]
+    with pytest.raises(SystemExit) as exit_info:  # another population's checkpoint
+        cli_main(["fit", *[a for a in args if "seeds" not in a], "--seeds=[0, 2]",
+                  f"--ckpt_path={ckpt}", "--trainer.max_epochs=4"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "the checkpoint is of a population with seeds [0, 1]" in capsys.readouterr().err
