@@ -23,6 +23,11 @@ what any fit adds (Lightning's lazy imports, thread pools) and the K rows the po
 tensors on top. A child that only sets up the data gives the "(data)" row. The issue's target,
 K=16 costing at most 3x a single fit (>= 5x throughput per model), is checked and printed.
 
+``--threads N`` sets torch's intra-op threads for the parent and the children (default: torch's
+own choice, recorded in the JSON). The population's batched matmuls use the second core and the
+single fit's tiny ones hardly do, so the ratios depend on it; on a busy machine torch's threads
+also contend with other processes, and single fits can then take 10x longer: re-run when quiet.
+
 ``--profile K`` instead runs one fit of population K (or ``single``) under cProfile and prints
 the functions with the most cumulative and own time.
 """
