@@ -14,7 +14,7 @@ steps, and over members for a model with ``member_dims = 1``) and keeps ``clip_r
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
@@ -33,6 +33,7 @@ from lightning_opt.clipping import (
 from lightning_opt.search_space import SearchParam
 
 FixedMode = Literal["per_tensor", "global"]
+Overrides = Mapping[str, Tensor] | None  # per-member values of a population's settings
 
 
 class GradientClippingCallback(Callback, ABC):
@@ -64,7 +65,7 @@ class GradientClippingCallback(Callback, ABC):
 
     @abstractmethod
     def clip_(
-        self, parameters: Sequence[Tensor], member_dims: int, overrides: dict[str, Tensor]
+        self, parameters: Sequence[Tensor], member_dims: int = 0, overrides: Overrides = None
     ) -> ClipStats:
         """Clip the gradients of ``parameters`` in place; ``overrides`` holds per-member values
         of the callback's ``member_hparams`` that replace its own."""
@@ -175,9 +176,9 @@ class WeightNormClipping(GradientClippingCallback):
 
     @override
     def clip_(
-        self, parameters: Sequence[Tensor], member_dims: int, overrides: dict[str, Tensor]
+        self, parameters: Sequence[Tensor], member_dims: int = 0, overrides: Overrides = None
     ) -> ClipStats:
-        factor = overrides.get("clip_factor", self.clip_factor)
+        factor = (overrides or {}).get("clip_factor", self.clip_factor)
         return clip_grad_by_weight_norm_(parameters, factor, self.eps, member_dims=member_dims)
 
 
@@ -217,9 +218,8 @@ class FixedNormClipping(GradientClippingCallback):
 
     @override
     def clip_(
-        self, parameters: Sequence[Tensor], member_dims: int, overrides: dict[str, Tensor]
+        self, parameters: Sequence[Tensor], member_dims: int = 0, overrides: Overrides = None
     ) -> ClipStats:
         clip = clip_grad_norm_per_tensor_ if self.mode == "per_tensor" else clip_grad_norm_global_
-        return clip(
-            parameters, overrides.get("clip_value", self.clip_value), member_dims=member_dims
-        )
+        value = (overrides or {}).get("clip_value", self.clip_value)
+        return clip(parameters, value, member_dims=member_dims)

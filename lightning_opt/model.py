@@ -10,6 +10,7 @@ so the training step never waits on the host.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,68 @@ class _EpochSums:
         return means
 
 
-class MNIST1DClassifier(LightningModule):
+class DirectStepping:
+    """One optimizer step per minibatch without Lightning's per-step dispatch, where that changes
+    nothing.
+
+    Under manual optimization ``manual_backward`` and ``LightningOptimizer.step`` route every step
+    through the strategy and precision plugin and dispatch five hooks to every callback, about
+    half of a tiny model's step. With one device and full precision (32 or 64 bit) and no
+    ``on_before_backward`` / ``on_after_backward`` / ``backward`` overrides, that machinery reduces
+    to ``loss.backward()``, the ``on_before_optimizer_step`` hooks (callbacks first, then the
+    module: the clipping callbacks run there) and ``optimizer.step()``, with the loop's own step
+    counting around it (``global_step``, checkpoints and the profiler see every step). This mixin
+    does exactly that, and falls back to Lightning's path in any other setting.
+    """
+
+    _BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
+
+    def _setup_stepping(self) -> None:
+        from lightning.pytorch import Callback
+        from lightning.pytorch.plugins.precision import DoublePrecision, Precision
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        trainer = self.trainer
+        callbacks = trainer.callbacks
+        backward_hooked = any(
+            is_overridden(hook, cb, Callback) for hook in self._BACKWARD_HOOKS for cb in callbacks
+        ) or any(
+            is_overridden(hook, self, LightningModule)
+            for hook in (*self._BACKWARD_HOOKS, "backward")
+        )
+        self._direct = (
+            type(trainer.strategy) is SingleDeviceStrategy
+            and type(trainer.precision_plugin) in (Precision, DoublePrecision)
+            and not backward_hooked
+        )
+        self._before_step_hooks = [
+            cb.on_before_optimizer_step
+            for cb in callbacks
+            if is_overridden("on_before_optimizer_step", cb, Callback)
+        ]
+
+    def _backward(self, loss: Tensor) -> None:
+        if self._direct:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
+
+    def _step(self, optimizer: Any) -> None:
+        """``optimizer.step()`` of the ``LightningOptimizer`` ``optimizer``."""
+        if not self._direct:
+            optimizer.step()
+            return
+        raw = optimizer.optimizer
+        optimizer._on_before_step()  # the manual-optimization loop counts the step
+        for hook in self._before_step_hooks:
+            hook(self.trainer, self, raw)
+        self.on_before_optimizer_step(raw)
+        raw.step()
+        optimizer._on_after_step()
+
+
+class MNIST1DClassifier(DirectStepping, LightningModule):
     """An MLP on mnist1d trained with a registered optimizer.
 
     Optimizer hyperparameters left at ``None`` take the optimizer's registered default
@@ -174,10 +236,10 @@ class MNIST1DClassifier(LightningModule):
         for x, y in batch if isinstance(batch, MiniBatches) else [batch]:
             loss = self._shared_step((x, y), "train")
             optimizer.zero_grad()
-            self.manual_backward(loss)
+            self._backward(loss)
             if internals:
                 before.append(global_norm(self._grads()))
-            optimizer.step()  # the clipping callbacks run first, in on_before_optimizer_step
+            self._step(optimizer)  # the clipping callbacks run first, in on_before_optimizer_step
             losses.append(loss.detach())
             sizes.append(len(y))
             if internals and effective_lr is not None:
@@ -217,6 +279,7 @@ class MNIST1DClassifier(LightningModule):
             isinstance(c, GradientClippingCallback) for c in self.trainer.callbacks
         )
         self._clipped_norms: list[Tensor] = []
+        self._setup_stepping()
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

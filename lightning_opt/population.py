@@ -27,7 +27,7 @@ from typing_extensions import override
 
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
-from lightning_opt.model import ACTIVATIONS, NonFiniteLossError, build_mlp
+from lightning_opt.model import ACTIVATIONS, DirectStepping, NonFiniteLossError, build_mlp
 from lightning_opt.norms import global_norm, tensor_norms
 from lightning_opt.optim.hypers import select
 from lightning_opt.optim.registry import get_optimizer
@@ -75,7 +75,7 @@ def _per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
     return list(values)
 
 
-class PopulationClassifier(LightningModule):
+class PopulationClassifier(DirectStepping, LightningModule):
     """K members of ``MNIST1DClassifier`` trained at once (see the module docstring).
 
     Metrics go to ``member_loggers``, one per member; ``self.log`` only feeds the progress bar
@@ -272,6 +272,7 @@ class PopulationClassifier(LightningModule):
         self._clip_overrides = None  # built on the training device at the first step
         self._clipping = bool(self._clippers())
         self._clipped_norms: list[Tensor] = []
+        self._setup_stepping()
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor] | MiniBatches, batch_idx: int) -> None:
@@ -287,10 +288,10 @@ class PopulationClassifier(LightningModule):
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             loss = loss.view(k, -1).mean(1)  # each member's mean loss
             optimizer.zero_grad()
-            self.manual_backward(loss.sum())  # the sum gives each member its own gradient
+            self._backward(loss.sum())  # the sum gives each member its own gradient
             if internals:
                 before.append(global_norm(self._grads(), 1))
-            optimizer.step()
+            self._step(optimizer)
             losses.append(loss.detach())
             sizes.append(y.shape[1])
             lr = effective_lr() if internals and effective_lr is not None else None

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError, build_mlp
@@ -127,3 +127,51 @@ def test_non_finite_loss_stops_the_run_and_names_the_step(data_cache):
     with pytest.raises(NonFiniteLossError, match=r"non-finite at global step \d+ \(epoch 0\)"):
         trainer.fit(model, datamodule=data)
     assert trainer.current_epoch == 0  # stopped at the end of the first epoch, not after 3
+
+
+class _CountingHooks(Callback):
+    """Overrides on_after_backward, which makes the model take Lightning's own stepping path."""
+
+    def __init__(self) -> None:
+        self.backward = self.before_step = 0
+
+    def on_after_backward(self, trainer, pl_module):
+        self.backward += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before_step += 1
+
+
+class _CountingStep(Callback):
+    def __init__(self) -> None:
+        self.before_step = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before_step += 1
+
+
+@pytest.mark.parametrize("clipping", [False, True])
+def test_direct_stepping_equals_lightnings_path(data_cache, clipping):
+    """The direct path (loss.backward, hooks, optimizer.step, the loop's step count) gives the
+    numbers, global_step and hook calls of manual_backward + LightningOptimizer.step."""
+    from lightning_opt.callbacks import WeightNormClipping
+
+    runs = {}
+    for path, counter in (("direct", _CountingStep()), ("lightning", _CountingHooks())):
+        torch.manual_seed(0)
+        data = MNIST1DDataModule(num_samples=500, batch_size=50, cache_dir=str(data_cache))
+        model = MNIST1DClassifier(optimizer="gnw")
+        callbacks = [counter] + ([WeightNormClipping(clip_factor=0.05)] if clipping else [])
+        trainer = Trainer(
+            max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=callbacks,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=data)
+        assert model._direct == (path == "direct")
+        assert trainer.global_step == 2 * 7 == counter.before_step  # 320 examples / 50
+        assert getattr(counter, "backward", 14) == 14
+        if clipping:
+            assert callbacks[1].clip_rate() > 0
+        runs[path] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(runs["direct"], runs["lightning"], strict=True):
+        assert torch.equal(a, b)

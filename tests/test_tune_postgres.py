@@ -190,7 +190,7 @@ def _tune_args(url: str, data_cache: Path, tmp_path: Path, n_trials: int) -> lis
         f"--data.num_samples={TINY_SAMPLES}",
         f"--data.cache_dir={data_cache}",
         "--data.batch_size=10",
-        "--trainer.max_epochs=50",  # about 2 s a trial on one core
+        "--trainer.max_epochs=150",  # about 2.5 s a trial on one core: longer than B takes to start
         "--seed_everything=0",
         "--pruner=none",
         f"--n_trials={n_trials}",
