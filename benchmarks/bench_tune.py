@@ -125,6 +125,7 @@ class _Clock(Callback):
 def _instrumented(events: list[dict]):
     """Record per trial: claim, run start, Trainer built, fit loop start/end, run end."""
     claim, run, trainer_cls = studies.claim_waiting_trial, tune.TrialRunner.run, tune.Trainer
+    suggest = tune.TrialRunner.suggest
 
     def timed_claim(*args, **kwargs):
         now = time.perf_counter()
@@ -133,10 +134,13 @@ def _instrumented(events: list[dict]):
         events.append({"claim": now})
         return claim(*args, **kwargs)
 
-    def timed_run(self, trial):
-        events[-1]["run_start"] = time.perf_counter()
+    def timed_suggest(self, trial):
+        events[-1]["run_start"] = time.perf_counter()  # sampling starts the trial's own work
+        return suggest(self, trial)
+
+    def timed_run(self, trial, params):
         try:
-            return run(self, trial)
+            return run(self, trial, params)
         finally:
             events[-1]["run_end"] = time.perf_counter()
 
@@ -149,10 +153,12 @@ def _instrumented(events: list[dict]):
     studies.claim_waiting_trial, tune.TrialRunner.run, tune.Trainer = (
         timed_claim, timed_run, timed_trainer,
     )  # fmt: skip
+    tune.TrialRunner.suggest = timed_suggest
     try:
         yield
     finally:
         studies.claim_waiting_trial, tune.TrialRunner.run, tune.Trainer = claim, run, trainer_cls
+        tune.TrialRunner.suggest = suggest
 
 
 PIECES = {  # name -> (from, to)
