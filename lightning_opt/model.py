@@ -75,23 +75,36 @@ class _EpochSums:
         return means
 
 
-class DirectStepping:
-    """One optimizer step per minibatch without Lightning's per-step dispatch, where that changes
-    nothing.
+class MinibatchTraining:
+    """The training loop shared by the single model and the population (``member_dims`` 0 or 1).
 
-    Under manual optimization ``manual_backward`` and ``LightningOptimizer.step`` route every step
-    through the strategy and precision plugin and dispatch five hooks to every callback, about
-    half of a tiny model's step. With one device and full precision (32 or 64 bit) and no
-    ``on_before_backward`` / ``on_after_backward`` / ``backward`` overrides, that machinery reduces
-    to ``loss.backward()``, the ``on_before_optimizer_step`` hooks (callbacks first, then the
-    module: the clipping callbacks run there) and ``optimizer.step()``, with the loop's own step
-    counting around it (``global_step``, checkpoints and the profiler see every step). This mixin
-    does exactly that, and falls back to Lightning's path in any other setting.
+    One Lightning batch is a ``MiniBatches`` chunk; ``_train_chunk`` takes one optimizer step per
+    minibatch and sums per-step values (training loss, gradient norms, GNW's effective step size)
+    on the device, for the epoch-end logging. Subclasses give ``_minibatch_loss`` (each member's
+    mean loss: 0-dim, or ``(K,)``) and ``_add_total``, and keep a ``_first_bad_step`` buffer.
+
+    **Direct stepping.** Under manual optimization ``manual_backward`` and
+    ``LightningOptimizer.step`` route every step through the strategy and precision plugin and
+    dispatch five hooks to every callback, about half of a tiny model's step. With one device,
+    full precision (32 or 64 bit) and no ``on_before_backward`` / ``on_after_backward`` /
+    ``backward`` overrides, that machinery reduces to ``loss.backward()``, the
+    ``on_before_optimizer_step`` hooks (callbacks first, then the module: the clipping callbacks
+    run there) and ``optimizer.step()``, with the loop's own step counting around it
+    (``global_step``, checkpoints and the profiler see every step). That is what runs then; any
+    other setting takes Lightning's path.
     """
 
+    member_dims = 0
     _BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
 
-    def _setup_stepping(self) -> None:
+    def _minibatch_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _add_total(self, name: str, total: Tensor, count: int) -> None:
+        raise NotImplementedError
+
+    def _start_training(self) -> None:
+        """Call from ``on_train_start``."""
         from lightning.pytorch import Callback
         from lightning.pytorch.plugins.precision import DoublePrecision, Precision
         from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -99,6 +112,9 @@ class DirectStepping:
 
         trainer = self.trainer
         callbacks = trainer.callbacks
+        self._params = list(self.net.parameters())  # walking the module tree costs ~70 us a step
+        self._clipping = any(isinstance(c, GradientClippingCallback) for c in callbacks)
+        self._clipped_norms: list[Tensor] = []
         backward_hooked = any(
             is_overridden(hook, cb, Callback) for hook in self._BACKWARD_HOOKS for cb in callbacks
         ) or any(
@@ -116,11 +132,8 @@ class DirectStepping:
             if is_overridden("on_before_optimizer_step", cb, Callback)
         ]
 
-    def _backward(self, loss: Tensor) -> None:
-        if self._direct:
-            loss.backward()
-        else:
-            self.manual_backward(loss)
+    def _grads(self) -> list[Tensor]:
+        return [p.grad for p in self._params if p.grad is not None]
 
     def _step(self, optimizer: Any) -> None:
         """``optimizer.step()`` of the ``LightningOptimizer`` ``optimizer``."""
@@ -135,8 +148,53 @@ class DirectStepping:
         raw.step()
         optimizer._on_after_step()
 
+    def _record_clipped_norm(self) -> None:
+        """From ``on_before_optimizer_step``, after the clipping callbacks': the norm the
+        optimizer sees."""
+        if self.hparams.log_internals and self._clipping:
+            self._clipped_norms.append(global_norm(self._grads(), self.member_dims))
 
-class MNIST1DClassifier(DirectStepping, LightningModule):
+    def _train_chunk(self, batch: tuple[Tensor, Tensor] | MiniBatches) -> None:
+        optimizer = self.optimizers()
+        effective_lr = getattr(optimizer.optimizer, "effective_lr", None)
+        internals = self.hparams.log_internals
+        first_step = self.global_step
+        losses, sizes, before, after, lrs = [], [], [], [], []
+        for x, y in batch if isinstance(batch, MiniBatches) else [batch]:
+            loss = self._minibatch_loss(x, y)
+            optimizer.zero_grad()
+            total = loss.sum()  # a population's sum gives each member its own gradient
+            if self._direct:
+                total.backward()
+            else:
+                self.manual_backward(total)
+            if internals:
+                before.append(global_norm(self._grads(), self.member_dims))
+            self._step(optimizer)  # the clipping callbacks run first, in on_before_optimizer_step
+            losses.append(loss.detach())
+            sizes.append(y.shape[self.member_dims])
+            lr = effective_lr() if internals and effective_lr is not None else None
+            if lr is not None:
+                lrs.append(lr.expand(loss.shape))
+                after.append(optimizer.optimizer.last_grad_norm)  # the norm GNW-Adam used
+            elif internals:
+                after.append(self._clipped_norms.pop() if self._clipped_norms else before[-1])
+        losses = torch.stack(losses)  # (steps,) or (steps, K)
+        self._add_total("train/loss", losses.new_tensor(sizes) @ losses, sum(sizes))
+        # Remember the first global step whose loss is not finite, without a host sync.
+        bad = ~torch.isfinite(losses)
+        first = torch.where(bad.any(0), first_step + bad.int().argmax(0), -1)
+        self._first_bad_step = torch.where(self._first_bad_step < 0, first, self._first_bad_step)
+        for name, values in (
+            ("optim/grad_norm_before_clip", before),
+            ("optim/grad_norm_after_clip", after),
+            ("optim/effective_lr", lrs),
+        ):
+            if values:
+                self._add_total(name, torch.stack(values).sum(0), len(values))
+
+
+class MNIST1DClassifier(MinibatchTraining, LightningModule):
     """An MLP on mnist1d trained with a registered optimizer.
 
     Optimizer hyperparameters left at ``None`` take the optimizer's registered default
@@ -224,42 +282,14 @@ class MNIST1DClassifier(DirectStepping, LightningModule):
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor] | MiniBatches, batch_idx: int) -> None:
-        """One optimizer step per minibatch (a ``MiniBatches`` chunk holds several).
+        """One optimizer step per minibatch (a ``MiniBatches`` chunk holds several)."""
+        self._train_chunk(batch)
 
-        Per-step values are collected in lists and reduced once per chunk, on the device.
-        """
-        optimizer = self.optimizers()
-        effective_lr = getattr(optimizer.optimizer, "effective_lr", None)
-        internals = self.hparams.log_internals
-        first_step = self.global_step
-        losses, sizes, before, after, lrs = [], [], [], [], []
-        for x, y in batch if isinstance(batch, MiniBatches) else [batch]:
-            loss = self._shared_step((x, y), "train")
-            optimizer.zero_grad()
-            self._backward(loss)
-            if internals:
-                before.append(global_norm(self._grads()))
-            self._step(optimizer)  # the clipping callbacks run first, in on_before_optimizer_step
-            losses.append(loss.detach())
-            sizes.append(len(y))
-            if internals and effective_lr is not None:
-                lrs.append(effective_lr())
-                after.append(optimizer.optimizer.last_grad_norm)  # the norm GNW-Adam used
-            elif internals:
-                after.append(self._clipped_norms.pop() if self._clipped_norms else before[-1])
-        losses = torch.stack(losses)
-        self._epoch.add_total("train/loss", losses @ losses.new_tensor(sizes), sum(sizes))
-        # Remember the first global step whose loss is not finite, without a host sync.
-        bad = ~torch.isfinite(losses)
-        first = torch.where(bad.any(), first_step + bad.int().argmax(), -1)
-        self._first_bad_step = torch.where(self._first_bad_step < 0, first, self._first_bad_step)
-        for name, values in (
-            ("optim/grad_norm_before_clip", before),
-            ("optim/grad_norm_after_clip", after),
-            ("optim/effective_lr", lrs),
-        ):
-            if values:
-                self._epoch.add_total(name, torch.stack(values).sum(), len(values))
+    def _minibatch_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._shared_step((x, y), "train")
+
+    def _add_total(self, name: str, total: Tensor, count: int) -> None:
+        self._epoch.add_total(name, total, count)
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -269,23 +299,13 @@ class MNIST1DClassifier(DirectStepping, LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def _grads(self) -> list[Tensor]:
-        return [p.grad for p in self._params if p.grad is not None]
-
     @override
     def on_train_start(self) -> None:
-        self._params = list(self.net.parameters())  # walking the module tree costs ~70 us a step
-        self._clipping = any(
-            isinstance(c, GradientClippingCallback) for c in self.trainer.callbacks
-        )
-        self._clipped_norms: list[Tensor] = []
-        self._setup_stepping()
+        self._start_training()
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs after the clipping callbacks' on_before_optimizer_step: the norm the optimizer sees.
-        if self.hparams.log_internals and self._clipping:
-            self._clipped_norms.append(global_norm(self._grads()))
+        self._record_clipped_norm()
 
     @override
     def on_validation_epoch_end(self) -> None:

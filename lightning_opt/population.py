@@ -27,8 +27,8 @@ from typing_extensions import override
 
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
-from lightning_opt.model import ACTIVATIONS, DirectStepping, NonFiniteLossError, build_mlp
-from lightning_opt.norms import global_norm, tensor_norms
+from lightning_opt.model import ACTIVATIONS, MinibatchTraining, NonFiniteLossError, build_mlp
+from lightning_opt.norms import tensor_norms
 from lightning_opt.optim.hypers import select
 from lightning_opt.optim.registry import get_optimizer
 
@@ -75,7 +75,7 @@ def _per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
     return list(values)
 
 
-class PopulationClassifier(DirectStepping, LightningModule):
+class PopulationClassifier(MinibatchTraining, LightningModule):
     """K members of ``MNIST1DClassifier`` trained at once (see the module docstring).
 
     Metrics go to ``member_loggers``, one per member; ``self.log`` only feeds the progress bar
@@ -259,64 +259,28 @@ class PopulationClassifier(DirectStepping, LightningModule):
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
 
-    def _add(self, name: str, total: Tensor, count: int) -> None:
+    def _add_total(self, name: str, total: Tensor, count: int) -> None:
         self._sums[name] = self._sums[name] + total if name in self._sums else total
         self._counts[name] = self._counts.get(name, 0) + count
 
-    def _grads(self) -> list[Tensor]:
-        return [p.grad for p in self._params if p.grad is not None]
-
     @override
     def on_train_start(self) -> None:
-        self._params = list(self.net.parameters())
         self._clip_overrides = None  # built on the training device at the first step
-        self._clipping = bool(self._clippers())
-        self._clipped_norms: list[Tensor] = []
-        self._setup_stepping()
+        self._start_training()
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor] | MiniBatches, batch_idx: int) -> None:
         """One optimizer step per minibatch, for every member at once."""
-        optimizer = self.optimizers()
-        effective_lr = getattr(optimizer.optimizer, "effective_lr", None)
-        internals = self.hparams.log_internals
-        first_step = self.global_step
-        k = self.num_members
-        losses, sizes, before, after, lrs = [], [], [], [], []
-        for x, y in batch if isinstance(batch, MiniBatches) else [batch]:
-            logits = self(x)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            loss = loss.view(k, -1).mean(1)  # each member's mean loss
-            optimizer.zero_grad()
-            self._backward(loss.sum())  # the sum gives each member its own gradient
-            if internals:
-                before.append(global_norm(self._grads(), 1))
-            self._step(optimizer)
-            losses.append(loss.detach())
-            sizes.append(y.shape[1])
-            lr = effective_lr() if internals and effective_lr is not None else None
-            if lr is not None:
-                lrs.append(lr.expand(k))
-                after.append(optimizer.optimizer.last_grad_norm)
-            elif internals:
-                after.append(self._clipped_norms.pop() if self._clipped_norms else before[-1])
-        losses = torch.stack(losses)  # (steps, K)
-        self._add("train/loss", losses.new_tensor(sizes) @ losses, sum(sizes))
-        bad = ~torch.isfinite(losses)
-        first = torch.where(bad.any(0), first_step + bad.int().argmax(0), -1)
-        self._first_bad_step = torch.where(self._first_bad_step < 0, first, self._first_bad_step)
-        for name, values in (
-            ("optim/grad_norm_before_clip", before),
-            ("optim/grad_norm_after_clip", after),
-            ("optim/effective_lr", lrs),
-        ):
-            if values:
-                self._add(name, torch.stack(values).sum(0), len(values))
+        self._train_chunk(batch)
+
+    def _minibatch_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        logits = self(x)  # (K, B, C)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        return loss.view(self.num_members, -1).mean(1)  # each member's mean loss
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.hparams.log_internals and self._clipping:
-            self._clipped_norms.append(global_norm(self._grads(), 1))
+        self._record_clipped_norm()
 
     def log_member_metrics(self, metrics: dict[str, Tensor]) -> None:
         """Per-member values ``(K,)`` to log with this epoch's (used by the clipping callbacks)."""
@@ -379,8 +343,8 @@ class PopulationClassifier(DirectStepping, LightningModule):
         logits = self(x)  # (K, N, C): every member on the same examples
         k = self.num_members
         loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-        self._add("loss", loss.view(k, -1).sum(1), len(y))
-        self._add("acc", (logits.argmax(-1) == y).sum(1).to(loss.dtype), len(y))
+        self._add_total("loss", loss.view(k, -1).sum(1), len(y))
+        self._add_total("acc", (logits.argmax(-1) == y).sum(1).to(loss.dtype), len(y))
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -24,15 +24,11 @@ from torch import Tensor
 from lightning_opt.norms import global_norm
 from lightning_opt.optim.hypers import (
     Hyper,
+    MemberOptimizer,
     check_hyper,
-    check_member_dims,
-    count_members,
     is_per_member,
     per_param,
-    place,
 )
-
-_TENSOR_HYPERS = ("lr", "gamma", "weight_decay", "betas", "eps")  # the ones that may be per member
 
 
 def scaled_lr(lr: Hyper, gamma: Hyper | None, grad_norm: Tensor | None) -> Hyper:
@@ -138,7 +134,7 @@ def _check_group(group: dict[str, Any], members: int | None) -> None:
         check_hyper("gamma value", group["gamma"], lambda v: v > 0, "> 0", members)
 
 
-class GNWAdam(torch.optim.Optimizer):
+class GNWAdam(MemberOptimizer):
     """Adam with step size ``lr * gamma / (gamma + ||g||)`` (``||g||``: global gradient norm).
 
     Args:
@@ -160,6 +156,8 @@ class GNWAdam(torch.optim.Optimizer):
             and when no group weights by the norm.
     """
 
+    tensor_hypers = ("lr", "gamma", "weight_decay", "betas", "eps")
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -172,9 +170,6 @@ class GNWAdam(torch.optim.Optimizer):
         decoupled_weight_decay: bool = False,
         member_dims: int = 0,
     ) -> None:
-        check_member_dims(member_dims)
-        self.member_dims = member_dims
-        self.members: int | None = None  # K, from the first parameter when member_dims=1
         self.last_grad_norm: Tensor | None = None
         defaults = {
             "lr": lr,
@@ -184,36 +179,9 @@ class GNWAdam(torch.optim.Optimizer):
             "gamma": gamma,
             "decoupled_weight_decay": bool(decoupled_weight_decay),
         }
-        _check_group(defaults, None if member_dims == 0 else -1)  # K is checked per group
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, member_dims)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add and validate a param group (also its per-member shapes)."""
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            if self.member_dims:
-                self.members = count_members(group["params"], self.members)
-            _check_group(
-                group,
-                None if self.member_dims == 0 else (-1 if self.members is None else self.members),
-            )
-        except ValueError:
-            self.param_groups.pop()
-            raise
-        self._place_hypers(group)
-
-    @staticmethod
-    def _place_hypers(group: dict[str, Any]) -> None:
-        """Move per-member hyperparameter tensors to the group's device and dtype once."""
-        if group["params"]:
-            for key in _TENSOR_HYPERS:
-                group[key] = place(group[key], group["params"][0])
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            self._place_hypers(group)
+    check_group = staticmethod(_check_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -96,3 +96,51 @@ def select(value: Any, index: Tensor) -> Any:
     if isinstance(value, tuple):
         return tuple(select(v, index) for v in value)
     return value
+
+
+class MemberOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose parameters may stack K members (``member_dims=1``).
+
+    Subclasses name their per-member hyperparameters in ``tensor_hypers`` and check a param
+    group in ``check_group``; this class checks every group (and that all params share K) as it
+    is added, and keeps per-member tensors on the params' device and dtype, also after
+    ``load_state_dict``.
+    """
+
+    tensor_hypers: tuple[str, ...] = ()
+
+    def __init__(self, params: Any, defaults: dict[str, Any], member_dims: int) -> None:
+        check_member_dims(member_dims)
+        self.member_dims = member_dims
+        self.members: int | None = None  # K, from the first parameter when member_dims=1
+        self.check_group(defaults, None if member_dims == 0 else -1)  # K is checked per group
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def check_group(group: dict[str, Any], members: int | None) -> None:
+        """Raise ``ValueError`` for a bad hyperparameter (``members``: as in ``check_hyper``)."""
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add and validate a param group (also its per-member shapes)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            if self.member_dims:
+                self.members = count_members(group["params"], self.members)
+            members = None if self.member_dims == 0 else (self.members or -1)
+            self.check_group(group, members)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        self._place_hypers(group)
+
+    def _place_hypers(self, group: dict[str, Any]) -> None:
+        if group["params"]:
+            for key in self.tensor_hypers:
+                group[key] = place(group[key], group["params"][0])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            self._place_hypers(group)

@@ -14,17 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_opt.optim.hypers import (
-    Hyper,
-    check_hyper,
-    check_member_dims,
-    count_members,
-    is_per_member,
-    per_param,
-    place,
-)
-
-_TENSOR_HYPERS = ("lr", "momentum", "weight_decay")
+from lightning_opt.optim.hypers import Hyper, MemberOptimizer, check_hyper, is_per_member, per_param
 
 
 def sgd_(
@@ -57,7 +47,7 @@ def sgd_(
         torch._foreach_add_(params, grads, alpha=-lr)
 
 
-class MemberSGD(torch.optim.Optimizer):
+class MemberSGD(MemberOptimizer):
     """SGD with momentum; hyperparameters may be per member (see the module docstring).
 
     Args:
@@ -68,6 +58,8 @@ class MemberSGD(torch.optim.Optimizer):
         member_dims: 1 when every parameter stacks K members along its first dimension.
     """
 
+    tensor_hypers = ("lr", "momentum", "weight_decay")
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -77,33 +69,15 @@ class MemberSGD(torch.optim.Optimizer):
         *,
         member_dims: int = 0,
     ) -> None:
-        check_member_dims(member_dims)
-        self.member_dims = member_dims
-        self.members: int | None = None
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        self._check(defaults, None if member_dims == 0 else -1)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, member_dims)
 
     @staticmethod
-    def _check(group: dict[str, Any], members: int | None) -> None:
+    def check_group(group: dict[str, Any], members: int | None) -> None:
         check_hyper("learning rate", group["lr"], lambda v: v > 0, "> 0", members)
         check_hyper("momentum value", group["momentum"], lambda v: (v >= 0) & (v < 1),
                     "in [0, 1)", members)  # fmt: skip
         check_hyper("weight_decay value", group["weight_decay"], lambda v: v >= 0, ">= 0", members)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            if self.member_dims:
-                self.members = count_members(group["params"], self.members)
-            self._check(group, None if self.member_dims == 0 else (self.members or -1))
-        except ValueError:
-            self.param_groups.pop()
-            raise
-        if group["params"]:
-            for key in _TENSOR_HYPERS:
-                group[key] = place(group[key], group["params"][0])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
