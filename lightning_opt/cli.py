@@ -62,9 +62,9 @@ class LightningOptCLI(LightningCLI):
             "--seeds",
             type=list[int] | None,
             default=None,
-            help="fit only: train these seeds of the configuration at once as a population "
-            "(e.g. [0,1,2,3,4]); member k equals `fit --seed_everything SEED_k`, and logs to "
-            "its own run <log_dir>/seed_<SEED_k>",
+            help="train (or validate/test a checkpoint of) these seeds of the configuration at "
+            "once as a population (e.g. [0,1,2,3,4]); member k equals `fit --seed_everything "
+            "SEED_k`, and logs to its own run <log_dir>/seed_<SEED_k>",
         )
 
     @staticmethod
@@ -86,10 +86,8 @@ class LightningOptCLI(LightningCLI):
             raise _UsageError(str(err)) from None
         seeds = config.get("seeds")
         if seeds is not None:
-            if self.subcommand != "fit":
-                raise _UsageError(
-                    f"--seeds trains a population: it applies to fit, not {self.subcommand}"
-                )
+            if self.subcommand == "predict":
+                raise _UsageError("--seeds applies to fit, validate and test, not predict")
             if not seeds or len(set(seeds)) != len(seeds):
                 raise _UsageError(
                     f"--seeds must be a non-empty list of distinct integers, got {seeds}"
@@ -142,6 +140,27 @@ class LightningOptCLI(LightningCLI):
                 f"the training loss of seed(s) {failed} became non-finite; the other members "
                 "finished"
             )
+
+    def after_validate(self) -> None:
+        self._print_members("val")
+
+    def after_test(self) -> None:
+        self._print_members("test")
+
+    def _print_members(self, stage: str) -> None:
+        """Each population member's result (Lightning's table shows the members' mean)."""
+        model = self.model
+        if not hasattr(model, "dropped"):
+            return
+        for member in model.member_ids:
+            if stage == "test":
+                values = model.test_results[member]
+            else:
+                values = {
+                    f"val/{k}": model.history[member][f"val/{k}"][-1] for k in ("loss", "acc")
+                }
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+            print(f"seed {model.all_seeds[member]}: {shown}")
 
 
 class _UsageError(Exception):

@@ -304,6 +304,15 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         self._start_training()
 
     @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        population = checkpoint.get("population")
+        if population is not None:
+            raise ValueError(
+                f"the checkpoint holds a population of seeds {population['seeds']}: load it with "
+                f"--seeds {population['seeds']} (PopulationClassifier)"
+            )
+
+    @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self._record_clipped_norm()
 

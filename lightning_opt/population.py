@@ -439,6 +439,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         if self._trainer:
             for clipper in self._clippers():
                 clipper.select_members(index)
+        # The optimizer's arguments too: a resumed run builds its optimizer after this.
+        self.optimizer_kwargs = {k: select(v, index) for k, v in self.optimizer_kwargs.items()}
         self._first_bad_step = self._first_bad_step.index_select(0, index)
         self.member_ids = [self.member_ids[i] for i in keep]
         self.seeds = [self.seeds[i] for i in keep]

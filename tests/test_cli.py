@@ -262,11 +262,11 @@ def test_fit_seeds_all_members_non_finite_exits_1_and_keeps_the_logs(
     assert all(list((run / f"seed_{s}").glob("events.out.tfevents.*")) for s in (0, 1))
 
 
-def test_seeds_is_for_fit_only(tiny_fit_args, capsys):
+def test_seeds_is_not_for_predict(tiny_fit_args, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["validate", "--seeds=[0, 1]", *tiny_fit_args])
+        cli_main(["predict", "--seeds=[0, 1]", *tiny_fit_args])
     assert exit_info.value.code == 2
-    assert "--seeds trains a population: it applies to fit, not validate" in capsys.readouterr().err
+    assert "--seeds applies to fit, validate and test, not predict" in capsys.readouterr().err
 
 
 def test_fit_seeds_resumes_from_its_checkpoint(tiny_fit_args, tmp_path, capsys):
@@ -284,3 +284,13 @@ def test_fit_seeds_resumes_from_its_checkpoint(tiny_fit_args, tmp_path, capsys):
                   f"--ckpt_path={ckpt}", "--trainer.max_epochs=4"])  # fmt: skip
     assert exit_info.value.code == 2
     assert "the checkpoint is of a population with seeds [0, 1]" in capsys.readouterr().err
+
+    # test and validate evaluate each member of the checkpoint; a single model refuses it
+    base = [a for a in args if "seeds" not in a]
+    cli_main(["test", *args, f"--ckpt_path={ckpt}"])
+    out = capsys.readouterr().out
+    assert "seed 0: test/loss" in out and "seed 1: test/loss" in out
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["test", *base, f"--ckpt_path={ckpt}"])
+    assert exit_info.value.code == 2
+    assert "holds a population of seeds [0, 1]: load it with --seeds" in capsys.readouterr().err

@@ -549,3 +549,36 @@ def test_population_batches_follow_dropped_seeds_in_place():
     before = _order(batches)
     seeds[:] = [seeds[0], seeds[2]]  # what select_members does to the population's data seeds
     assert torch.equal(_order(batches), before[[0, 2]])
+
+
+def test_resume_after_a_member_was_dropped_equals_an_uninterrupted_run(data, tmp_path):
+    """A checkpoint saved after member 1 went non-finite resumes with the two survivors, their
+    optimizer state and history, and ends where an uninterrupted run ends."""
+    seeds, hparams = [1, 2, 3], {"lr": [0.05, HUGE_LR, 0.2]}
+
+    def build() -> PopulationClassifier:
+        return PopulationClassifier(seeds, optimizer="sgd", member_hparams=hparams, momentum=0.9)
+
+    # float32: with 64-true Lightning loads a checkpoint into the module before converting it to
+    # float64, so a float64 resume is rounded through float32 (single models alike).
+    straight = build()
+    _trainer(4, "32-true").fit(straight, datamodule=data)
+
+    first = build()
+    trainer = _trainer(2, "32-true")
+    trainer.fit(first, datamodule=data)
+    ckpt = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(ckpt)
+    resumed = build()
+    _trainer(4, "32-true").fit(resumed, datamodule=data, ckpt_path=ckpt)
+
+    assert resumed.member_ids == straight.member_ids == [0, 2]
+    assert 1 in resumed.dropped and "non-finite" in resumed.dropped[1]
+    for member in (0, 2):
+        assert resumed.history[member] == straight.history[member]  # 4 epochs, bit for bit
+    for p, q in zip(resumed.net.parameters(), straight.net.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+    other = PopulationClassifier([1, 2, 4], optimizer="sgd", member_hparams=hparams)
+    with pytest.raises(ValueError, match="the checkpoint is of a population with seeds"):
+        _trainer(4).fit(other, datamodule=data, ckpt_path=ckpt)
