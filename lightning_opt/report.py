@@ -163,13 +163,8 @@ def write_html(results: dict[str, Any], bands: dict[tuple[str, str], Band], path
     for (name, _), color in zip(results["arms"].items(), itertools.cycle(qualitative.Plotly)):
         for col, (key, _) in enumerate(PANELS, start=1):
             band = bands[name, key]
-            curves, epochs, mean, low, high = (
-                band.curves,
-                band.epochs,
-                band.mean,
-                band.low,
-                band.high,
-            )
+            curves, epochs, mean, low, high = (band.curves, band.epochs, band.mean, band.low,
+                                               band.high)  # fmt: skip
             first = col == 1
             for seed, curve in zip(results["settings"]["seeds"], curves, strict=True):
                 fig.add_trace(go.Scatter(
@@ -201,13 +196,8 @@ def write_png(results: dict[str, Any], bands: dict[tuple[str, str], Band], path:
         color = f"C{index}"
         for ax, (key, title) in zip(axes, PANELS, strict=True):
             band = bands[name, key]
-            curves, epochs, mean, low, high = (
-                band.curves,
-                band.epochs,
-                band.mean,
-                band.low,
-                band.high,
-            )
+            curves, epochs, mean, low, high = (band.curves, band.epochs, band.mean, band.low,
+                                               band.high)  # fmt: skip
             for curve in curves:
                 ax.plot(epochs, curve, color=color, alpha=0.25, linewidth=0.7)
             ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
