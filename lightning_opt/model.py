@@ -275,7 +275,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         loss = F.cross_entropy(logits, y)
         if stage != "train":
             accuracy = self.accuracy[stage]
-            accuracy(logits, y)
+            accuracy.update(logits, y)
             self.log(f"{stage}/loss", loss, batch_size=len(y), prog_bar=stage == "val")
             self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
         return loss
