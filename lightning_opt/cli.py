@@ -15,6 +15,7 @@ from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_opt.data import MNIST1DDataModule
@@ -88,9 +89,14 @@ class LightningOptCLI(LightningCLI):
         if seeds is not None:
             if self.subcommand == "predict":
                 raise _UsageError("--seeds applies to fit, validate and test, not predict")
-            if not seeds or len(set(seeds)) != len(seeds):
+            if (
+                not seeds
+                or len(set(seeds)) != len(seeds)
+                or not 0 <= min(seeds) <= max(seeds) <= MAX_SEED
+            ):
                 raise _UsageError(
-                    f"--seeds must be a non-empty list of distinct integers, got {seeds}"
+                    f"--seeds must be a non-empty list of distinct integers from 0 to {MAX_SEED}, "
+                    f"got {seeds}"
                 )
         logger = config.trainer.logger
         if (

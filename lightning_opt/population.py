@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
@@ -124,8 +125,12 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         # on_save_checkpoint): LightningCLI gives a checkpoint's hyper_parameters to the model's
         # arguments on resume, which are those of a single model.
         self.save_hyperparameters(ignore=["seeds", "member_hparams"])
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+        if not seeds or any(
+            isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds
+        ):
+            raise ValueError(
+                f"seeds must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}"
+            )
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}"

@@ -148,8 +148,10 @@ BAD_INPUTS = [
         "use the callback lightning_opt.callbacks.FixedNormClipping with mode: global",
     ),
     (["--trainer.accumulate_grad_batches=2"], "raise data.batch_size instead"),
-    (["--seeds=[]"], "--seeds must be a non-empty list of distinct integers, got []"),
-    (["--seeds=[1, 1]"], "--seeds must be a non-empty list of distinct integers, got [1, 1]"),
+    (["--seeds=[]"], "--seeds must be a non-empty list of distinct integers from 0 to"),
+    (["--seeds=[1, 1]"], "from 0 to 4294967295, got [1, 1]"),
+    (["--seeds=[0, -1]"], "from 0 to 4294967295, got [0, -1]"),
+    (["--seeds=[4294967296]"], "from 0 to 4294967295, got [4294967296]"),
     (["--seeds=[0, 1]", "--model.lr=-1"], "lr must be a positive finite number"),
 ]
 

@@ -348,6 +348,7 @@ def test_select_members_before_fit():
     [
         ({"seeds": []}, "seeds must be a non-empty list of integers"),
         ({"seeds": [1, 2.5]}, "seeds must be a non-empty list of integers"),
+        ({"seeds": [0, -1]}, "seeds must be a non-empty list of integers from 0 to 4294967295"),
         (
             {"member_hparams": {"momentum": [0.9, 0.5]}},
             r"member_hparams momentum are not taken by optimizer 'adam'.*allowed: lr, betas",
