@@ -43,8 +43,8 @@ ARMS = {  # name -> (optimizer, fit arguments for the clipping callback)
 }
 
 
-def _splits(cache: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    data = MNIST1DDataModule(cache_dir=cache)
+def _splits(cache: str, **data_args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    data = MNIST1DDataModule(cache_dir=cache, **data_args)
     data.setup()
     return data.splits
 

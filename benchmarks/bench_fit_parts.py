@@ -1,6 +1,7 @@
 """Where an epoch of ``fit`` goes: the training steps, validation, checkpoint, logging, the rest.
 
     python benchmarks/bench_fit_parts.py [--epochs 100] [--repeats 3] [--optimizer adam]
+                                         [--num_samples 5000]
                                          [--out benchmarks/results/fit_parts.json]
 
 Runs ``python -m lightning_opt fit`` (in this process, through ``cli_main``, all standard logging
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--num_samples", type=int, default=5000, help="data.num_samples")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fit_parts.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -82,9 +84,10 @@ def main() -> None:
     _instrument(totals)
     samples: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
-        splits = _splits(tmp)
+        splits = _splits(tmp, num_samples=args.num_samples)
         fit_args = [
             "fit", f"--optimizer={args.optimizer}", f"--data.cache_dir={tmp}",
+            f"--data.num_samples={args.num_samples}",
             f"--trainer.logger.init_args.save_dir={tmp}", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
         ]  # fmt: skip
@@ -104,7 +107,10 @@ def main() -> None:
     depths = {label: depth for label, *_, depth in PARTS}
     depths.update({"loop machinery (the rest)": 1, "bare PyTorch loop (reference)": 0})
     rows = []
-    print(f"{args.optimizer}, {args.epochs} epochs of {steps} steps, median of {args.repeats}")
+    print(
+        f"{args.optimizer}, {args.num_samples} samples, {args.epochs} epochs of {steps} steps, "
+        f"median of {args.repeats}"
+    )
     print(f"{'part':<50} {'ms/epoch':>9} {'ms/step':>8}")
     order = [label for label, *_ in PARTS]
     order.insert(order.index("LightningModule.log (all calls)"), "loop machinery (the rest)")
@@ -117,6 +123,7 @@ def main() -> None:
     write_json(
         args.out,
         {"machine": machine, "optimizer": args.optimizer, "epochs": args.epochs,
+         "num_samples": args.num_samples,
          "steps_per_epoch": steps, "rows": rows},
     )  # fmt: skip
 
