@@ -132,7 +132,18 @@ class LightningOptCLI(LightningCLI):
         return model
 
     def after_fit(self) -> None:
-        print(f"TensorBoard logs: {self.trainer.log_dir}  (tensorboard --logdir lightning_logs)")
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        trainer = self.trainer
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                print(
+                    f"TensorBoard logs: {logger.log_dir}  (tensorboard --logdir {logger.save_dir})"
+                )
+        checkpoint = trainer.checkpoint_callback
+        path = checkpoint and (checkpoint.best_model_path or checkpoint.last_model_path)
+        if path:
+            print(f"checkpoint: {path}")
         dropped = getattr(self.model, "dropped", None)
         if dropped is None:
             return

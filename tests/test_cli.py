@@ -25,6 +25,16 @@ def _final(scalars, tag):
     return scalars[tag][-1][1]
 
 
+def test_fit_without_a_logger_names_no_tensorboard_run(tiny_fit_args, tmp_path, capsys):
+    cli_main(
+        ["fit", *tiny_fit_args, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    )
+    out = capsys.readouterr().out
+    assert "TensorBoard logs" not in out
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    assert f"checkpoint: {checkpoint}" in out
+
+
 def test_module_entry_point_writes_tensorboard_tags(tiny_fit_args, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_opt", "fit", "--optimizer", "gnw", *tiny_fit_args],
@@ -36,7 +46,9 @@ def test_module_entry_point_writes_tensorboard_tags(tiny_fit_args, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run,) = version_dirs(tmp_path / "logs")
     assert run.parent.name == "gnw"  # logs are grouped by optimizer
-    assert f"TensorBoard logs: {run}" in proc.stdout
+    assert f"TensorBoard logs: {run}  (tensorboard --logdir {tmp_path / 'logs'})" in proc.stdout
+    (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
+    assert f"checkpoint: {checkpoint}" in proc.stdout
     scalars = read_scalars(run)
     for tag in (
         "train/loss",
