@@ -56,7 +56,7 @@ def build_mlp(
     return nn.Sequential(*layers)
 
 
-class _EpochSums:
+class EpochSums:
     """Per-epoch running sums of on-device scalars; read (one host sync) at epoch end."""
 
     def __init__(self) -> None:
@@ -68,6 +68,9 @@ class _EpochSums:
         total = total.detach()
         self.sums[name] = self.sums[name] + total if name in self.sums else total
         self.counts[name] = self.counts.get(name, 0) + count
+
+    def pop_mean(self, name: str) -> Tensor:
+        return self.sums.pop(name) / self.counts.pop(name)
 
     def pop_means(self) -> dict[str, Tensor]:
         means = {k: s / self.counts[k] for k, s in self.sums.items()}
@@ -81,7 +84,8 @@ class MinibatchTraining:
     One Lightning batch is a ``MiniBatches`` chunk; ``_train_chunk`` takes one optimizer step per
     minibatch and sums per-step values (training loss, gradient norms, GNW's effective step size)
     on the device, for the epoch-end logging. Subclasses give ``_minibatch_loss`` (each member's
-    mean loss: 0-dim, or ``(K,)``) and ``_add_total``, and keep a ``_first_bad_step`` buffer.
+    mean loss: 0-dim, or ``(K,)``) and keep the sums in ``_epoch`` (an ``EpochSums``) and a
+    ``_first_bad_step`` buffer.
 
     **Direct stepping.** Under manual optimization ``manual_backward`` and
     ``LightningOptimizer.step`` route every step through the strategy and precision plugin and
@@ -101,7 +105,7 @@ class MinibatchTraining:
         raise NotImplementedError
 
     def _add_total(self, name: str, total: Tensor, count: int) -> None:
-        raise NotImplementedError
+        self._epoch.add_total(name, total, count)
 
     def _start_training(self) -> None:
         """Call from ``on_train_start``."""
@@ -244,7 +248,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
             }
         )
         self.automatic_optimization = False  # training_step steps once per minibatch
-        self._epoch = _EpochSums()
+        self._epoch = EpochSums()
         self._clipping, self._clipped_norms = False, []
         # The first global step with a non-finite loss (-1: none); moves with the module.
         self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
@@ -287,9 +291,6 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
 
     def _minibatch_loss(self, x: Tensor, y: Tensor) -> Tensor:
         return self._shared_step((x, y), "train")
-
-    def _add_total(self, name: str, total: Tensor, count: int) -> None:
-        self._epoch.add_total(name, total, count)
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

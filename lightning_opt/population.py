@@ -28,7 +28,13 @@ from typing_extensions import override
 
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
-from lightning_opt.model import ACTIVATIONS, MinibatchTraining, NonFiniteLossError, build_mlp
+from lightning_opt.model import (
+    ACTIVATIONS,
+    EpochSums,
+    MinibatchTraining,
+    NonFiniteLossError,
+    build_mlp,
+)
 from lightning_opt.norms import tensor_norms
 from lightning_opt.optim.hypers import select
 from lightning_opt.optim.registry import get_optimizer
@@ -181,7 +187,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         self._to_drop: dict[int, str] = {}
         self._member_metrics: dict[str, Tensor] = {}
         self._clip_overrides: dict[str, Tensor] | None = None
-        self._reset_epoch()
+        self._epoch = EpochSums()  # training sums, then each evaluation's loss and acc
         self.register_buffer("_first_bad_step", torch.full((k,), -1), persistent=False)
 
     @staticmethod
@@ -260,14 +266,6 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def _clippers(self) -> list[GradientClippingCallback]:
         return [c for c in self.trainer.callbacks if isinstance(c, GradientClippingCallback)]
 
-    def _reset_epoch(self) -> None:
-        self._sums: dict[str, Tensor] = {}
-        self._counts: dict[str, int] = {}
-
-    def _add_total(self, name: str, total: Tensor, count: int) -> None:
-        self._sums[name] = self._sums[name] + total if name in self._sums else total
-        self._counts[name] = self._counts.get(name, 0) + count
-
     @override
     def on_train_start(self) -> None:
         self._clip_overrides = None  # built on the training device at the first step
@@ -310,8 +308,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        means = {name: s / self._counts[name] for name, s in self._sums.items()}
-        self._reset_epoch()
+        means = self._epoch.pop_means()
         self.log("train/loss", means["train/loss"].mean(), prog_bar=True, logger=False)
         metrics: dict[str, Tensor | float] = {"train/loss": means.pop("train/loss")}
         if self.hparams.log_internals:
@@ -360,9 +357,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         self._eval_step(batch)
 
     def _pop_eval(self) -> tuple[Tensor, Tensor]:
-        loss = self._sums.pop("loss") / self._counts.pop("loss")
-        acc = self._sums.pop("acc") / self._counts.pop("acc")
-        return loss, acc
+        return self._epoch.pop_mean("loss"), self._epoch.pop_mean("acc")
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -434,7 +429,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                     if isinstance(value, Tensor) and value.dim() > 0 and len(value) == k:
                         state[key] = value.index_select(0, index.to(value.device))
             for group in optimizer.param_groups:
-                for key in ("lr", "eps", "gamma", "weight_decay", "betas", "momentum"):
+                for key in _MODEL_HPARAMS:
                     if key in group:
                         group[key] = select(group[key], index)
             if hasattr(optimizer, "members"):
