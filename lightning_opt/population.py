@@ -82,6 +82,16 @@ def _per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
     return list(values)
 
 
+def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy of logits ``(K, B, C)`` against labels ``(K, B)``: ``(K, B)``.
+
+    The classes go on dimension 1, where the log-softmax vectorises over the examples: over a
+    last dimension of 10 classes it is 2-3x slower on CPU for the whole loss and its gradient
+    (K=16: 118 vs 252 microseconds a step), with the same values to float rounding.
+    """
+    return F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+
+
 class PopulationClassifier(MinibatchTraining, LightningModule):
     """K members of ``MNIST1DClassifier`` trained at once (see the module docstring).
 
@@ -277,9 +287,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         self._train_chunk(batch)
 
     def _minibatch_loss(self, x: Tensor, y: Tensor) -> Tensor:
-        logits = self(x)  # (K, B, C)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        return loss.view(self.num_members, -1).mean(1)  # each member's mean loss
+        return _member_losses(self(x), y).mean(1)  # each member's mean loss
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -343,9 +351,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
         x, y = batch
         logits = self(x)  # (K, N, C): every member on the same examples
-        k = self.num_members
-        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-        self._add_total("loss", loss.view(k, -1).sum(1), len(y))
+        loss = _member_losses(logits, y.expand(self.num_members, -1))
+        self._add_total("loss", loss.sum(1), len(y))
         self._add_total("acc", (logits.argmax(-1) == y).sum(1).to(loss.dtype), len(y))
 
     @override
