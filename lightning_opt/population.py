@@ -426,23 +426,11 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         """Keep only the live members at positions ``keep``: parameters, optimizer state,
         hyperparameters, data orders, loggers and clipping statistics are narrowed together."""
         index = torch.tensor(keep, device=self.device)
-        k = self.num_members
         for p in self.net.parameters():
             p.data = p.data.index_select(0, index)
             p.grad = None
         for optimizer in self.trainer.optimizers if self._trainer else []:
-            for state in optimizer.state.values():
-                for key, value in state.items():
-                    if isinstance(value, Tensor) and value.dim() > 0 and len(value) == k:
-                        state[key] = value.index_select(0, index.to(value.device))
-            for group in optimizer.param_groups:
-                for key in _MODEL_HPARAMS:
-                    if key in group:
-                        group[key] = select(group[key], index)
-            if hasattr(optimizer, "members"):
-                optimizer.members = len(keep)
-            if hasattr(optimizer, "last_grad_norm"):
-                optimizer.last_grad_norm = None
+            optimizer.select_members(index)  # a MemberOptimizer (the registry's population)
         if self._trainer:
             for clipper in self._clippers():
                 clipper.select_members(index)

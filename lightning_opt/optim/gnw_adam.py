@@ -183,6 +183,10 @@ class GNWAdam(MemberOptimizer):
 
     check_group = staticmethod(_check_group)
 
+    def select_members(self, index: Tensor) -> None:
+        super().select_members(index)
+        self.last_grad_norm = None  # the norm of the members before
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None

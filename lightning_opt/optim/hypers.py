@@ -144,3 +144,16 @@ class MemberOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             self._place_hypers(group)
+
+    @torch.no_grad()
+    def select_members(self, index: Tensor) -> None:
+        """Keep the members at positions ``index`` of its state and per-member hyperparameters,
+        after the caller has narrowed the parameters themselves (``member_dims=1``)."""
+        for state in self.state.values():
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.dim() > 0 and len(value) == self.members:
+                    state[key] = value.index_select(0, index.to(value.device))
+        for group in self.param_groups:
+            for key in self.tensor_hypers:
+                group[key] = select(group[key], index)
+        self.members = len(index)
