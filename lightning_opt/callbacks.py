@@ -1,5 +1,9 @@
 """Lightning callbacks that clip gradients before each optimizer step (see ``clipping.py``).
 
+``GradientClippingCallback`` is the extension point: a rule of one's own subclasses it, takes its
+settings as constructor arguments and implements ``clip_``; fit, tune, compare and populations
+then work with it, its study name, per-member settings and messages coming from the class.
+
 Add one to ``trainer.callbacks``; from YAML::
 
     trainer:
@@ -14,7 +18,8 @@ steps, and over members for a model with ``member_dims = 1``) and keeps ``clip_r
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
@@ -25,11 +30,12 @@ from typing_extensions import override
 
 from lightning_opt.clipping import (
     ClipStats,
-    _check_positive,
+    check_positive,
     clip_grad_by_weight_norm_,
     clip_grad_norm_global_,
     clip_grad_norm_per_tensor_,
 )
+from lightning_opt.optim.registry import constructor_arguments
 from lightning_opt.search_space import SearchParam
 
 FixedMode = Literal["per_tensor", "global"]
@@ -39,17 +45,41 @@ Overrides = Mapping[str, Tensor] | None  # per-member values of a population's s
 class GradientClippingCallback(Callback, ABC):
     """Clips in ``on_before_optimizer_step``, after AMP unscaling and before the module's own hook.
 
-    Subclasses implement ``clip_``. Per-step stats are summed on the device (no host sync) and
-    logged at the end of each training epoch.
+    Subclasses take their settings as constructor arguments, store each under its own name
+    (``self.clip_factor = clip_factor``) and implement ``clip_``. Per-step stats are summed on the
+    device (no host sync) and logged at the end of each training epoch.
+
+    Class attributes a subclass may set:
+
+    - ``search_space``: what ``tune`` searches by default when this callback is on.
+    - ``member_hparams``: the settings a population may give per member; by default every
+      ``float`` or ``int`` constructor argument.
+    - ``short_name``: the tag of a study's default name (``adam-<short_name>``); by default the
+      class name in lowercase.
+    - ``stacked``: ``True`` if ``clip_`` handles ``member_dims=1`` (every tensor stacks K members)
+      with per-member ``overrides`` itself. Otherwise a population clips member by member: each
+      member's own tensors, with its own settings set on ``self`` for the call, so a rule written
+      for one model is exact for every member.
 
     Args:
         log_stats: log ``clip/fraction_clipped`` and ``clip/mean_scale`` each epoch.
     """
 
-    #: What ``tune`` searches by default when this callback is on (the seed note's setup).
     search_space: ClassVar[tuple[SearchParam, ...]] = ()
-    #: The settings a population may give per member (``PopulationClassifier.member_hparams``).
-    member_hparams: ClassVar[tuple[str, ...]] = ()
+    member_hparams: ClassVar[tuple[str, ...]]
+    short_name: ClassVar[str]
+    stacked: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "member_hparams" not in cls.__dict__:
+            cls.member_hparams = tuple(
+                name
+                for name, p in constructor_arguments(cls).items()
+                if p.annotation in (float, int, "float", "int")
+            )
+        if "short_name" not in cls.__dict__:
+            cls.short_name = cls.__name__.lower()
 
     def __init__(self, log_stats: bool = True) -> None:
         self.log_stats = log_stats
@@ -67,8 +97,11 @@ class GradientClippingCallback(Callback, ABC):
     def clip_(
         self, parameters: Sequence[Tensor], member_dims: int = 0, overrides: Overrides = None
     ) -> ClipStats:
-        """Clip the gradients of ``parameters`` in place; ``overrides`` holds per-member values
-        of the callback's ``member_hparams`` that replace its own."""
+        """Clip the gradients of ``parameters`` in place and say what was done.
+
+        Only a ``stacked`` rule is called with ``member_dims=1`` and ``overrides`` (per-member
+        values of its ``member_hparams`` that replace its own); any other rule always sees one
+        model's tensors and its own attributes."""
 
     def clip_rate(self) -> float:
         """Mean over the run's steps so far of the fraction of tensors clipped (syncs).
@@ -93,42 +126,60 @@ class GradientClippingCallback(Callback, ABC):
             self._run_fraction = self._run_fraction[index.to(self._run_fraction.device)]
 
     def hparams_for_logging(self) -> dict[str, Any]:
-        """The settings shown next to the model's in TensorBoard's HPARAMS tab."""
-        return {"clipping": type(self).__name__}
+        """The settings shown next to the model's in TensorBoard's HPARAMS tab: the class name
+        and every constructor argument kept under its own name."""
+        settings = {
+            f"clip/{name}": getattr(self, name)
+            for name in constructor_arguments(type(self))
+            if name != "log_stats" and hasattr(self, name)
+        }
+        return {"clipping": type(self).__name__, **settings}
+
+    @contextmanager
+    def settings(self, **values: Any) -> Iterator[None]:
+        """Set ``values`` on ``self`` for the block (one population member's settings)."""
+        saved = {name: getattr(self, name) for name in values}
+        for name, value in values.items():
+            setattr(self, name, value)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        name = type(self).__name__
-        if trainer.gradient_clip_val not in (None, 0):
-            raise ValueError(
-                f"{name} and Trainer(gradient_clip_val={trainer.gradient_clip_val}) both clip; "
-                "use one (remove the callback or set gradient_clip_val=None)"
-            )
-        clippers = [
-            type(cb).__name__
-            for cb in trainer.callbacks
-            if isinstance(cb, GradientClippingCallback)
-        ]
-        if len(clippers) > 1:
-            raise ValueError(
-                f"{len(clippers)} gradient clipping callbacks were given ({', '.join(clippers)}); "
-                "use one"
-            )
+        check_clipping_callbacks(trainer.callbacks, trainer.gradient_clip_val)
 
     @override
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        overrides = (
-            pl_module.clipping_overrides() if hasattr(pl_module, "clipping_overrides") else {}
-        )
-        stats = self.clip_(params, getattr(pl_module, "member_dims", 0), overrides)
+        if hasattr(pl_module, "gradient_parameters"):
+            params, member_dims = pl_module.gradient_parameters()
+        else:
+            params, member_dims = [p for g in optimizer.param_groups for p in g["params"]], 0
+        if member_dims == 0:
+            stats = self.clip_(params, 0, None)
+        elif self.stacked:
+            stats = self.clip_(params, member_dims, pl_module.clipping_overrides())
+        else:
+            stats = self._clip_each_member(pl_module)
         self._epoch_fraction = self._epoch_fraction + stats.fraction_clipped
         self._epoch_scale = self._epoch_scale + stats.mean_scale
         self._epoch_steps += 1
         self._run_fraction = self._run_fraction + stats.fraction_clipped
         self._run_steps += 1
+
+    def _clip_each_member(self, pl_module: LightningModule) -> ClipStats:
+        """Clip each member's own tensors with its own settings; the stats stacked ``(K,)``."""
+        values = pl_module.clipping_values()
+        stats = []
+        for member, params in enumerate(pl_module.member_parameters()):
+            with self.settings(**{n: v[member] for n, v in values.items()}):
+                stats.append(self.clip_(params, 0, None))
+        fraction, scale = zip(*stats, strict=True)
+        return ClipStats(torch.stack(fraction), torch.stack(scale))
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -145,6 +196,21 @@ class GradientClippingCallback(Callback, ABC):
         self._reset_epoch()
 
 
+def check_clipping_callbacks(callbacks: Sequence[Callback], gradient_clip_val: Any) -> None:
+    """Refuse two clipping rules at once, or one with the Trainer's own ``gradient_clip_val``."""
+    clippers = [type(c).__name__ for c in callbacks if isinstance(c, GradientClippingCallback)]
+    if clippers and gradient_clip_val not in (None, 0):
+        raise ValueError(
+            f"{clippers[0]} and Trainer(gradient_clip_val={gradient_clip_val}) both clip; "
+            "use one (remove the callback or set gradient_clip_val=None)"
+        )
+    if len(clippers) > 1:
+        raise ValueError(
+            f"{len(clippers)} gradient clipping callbacks were given ({', '.join(clippers)}); "
+            "use one"
+        )
+
+
 class WeightNormClipping(GradientClippingCallback):
     """Clip each parameter tensor's gradient norm to ``clip_factor * max(||W||_F, eps)``.
 
@@ -158,21 +224,15 @@ class WeightNormClipping(GradientClippingCallback):
 
     search_space = (SearchParam("clip_factor", 1e-3, 10.0, log=True),)
     member_hparams = ("clip_factor",)
+    short_name = "wnclip"
+    stacked = True
 
     def __init__(self, clip_factor: float, eps: float = 1e-3, log_stats: bool = True) -> None:
-        _check_positive("clip_factor", clip_factor)
-        _check_positive("eps", eps)
+        check_positive("clip_factor", clip_factor)
+        check_positive("eps", eps)
         super().__init__(log_stats)
         self.clip_factor = clip_factor
         self.eps = eps
-
-    @override
-    def hparams_for_logging(self) -> dict[str, Any]:
-        return {
-            **super().hparams_for_logging(),
-            "clip_factor": self.clip_factor,
-            "clip_eps": self.eps,
-        }
 
     @override
     def clip_(
@@ -195,11 +255,13 @@ class FixedNormClipping(GradientClippingCallback):
 
     search_space = (SearchParam("clip_value", 1e-2, 1e2, log=True),)
     member_hparams = ("clip_value",)
+    short_name = "fixedclip"
+    stacked = True
 
     def __init__(
         self, clip_value: float, mode: FixedMode = "per_tensor", log_stats: bool = True
     ) -> None:
-        _check_positive("clip_value", clip_value)
+        check_positive("clip_value", clip_value)
         if mode not in get_args(FixedMode):
             raise ValueError(
                 f"unknown mode {mode!r}; choose one of: {', '.join(get_args(FixedMode))}"
@@ -207,14 +269,6 @@ class FixedNormClipping(GradientClippingCallback):
         super().__init__(log_stats)
         self.clip_value = clip_value
         self.mode = mode
-
-    @override
-    def hparams_for_logging(self) -> dict[str, Any]:
-        return {
-            **super().hparams_for_logging(),
-            "clip_value": self.clip_value,
-            "clip_mode": self.mode,
-        }
 
     @override
     def clip_(

@@ -1,8 +1,9 @@
-"""The command line: LightningCLI's ``fit``/``validate``/``test`` with lightning_opt's defaults.
+"""The command line: LightningCLI's ``fit``/``validate``/``test`` plus ``tune`` and ``compare``.
 
-``--optimizer NAME`` is a top-level shortcut for ``model.optimizer`` (LightningCLI's own
-optimizer auto-configuration is off, so it cannot swallow the flag). Errors a user can fix are
-printed as one line with a non-zero exit; ``LIGHTNING_OPT_DEBUG=1`` shows the traceback instead.
+``--optimizer`` takes any ``torch.optim.Optimizer`` subclass by class path, or a short name
+(``parsing.py``). Bad input a user can fix is printed as one line with exit code 2; an error
+raised while training keeps its traceback (exit code 1). ``LIGHTNING_OPT_DEBUG=1`` shows the
+traceback of a usage error too.
 """
 
 from __future__ import annotations
@@ -16,46 +17,24 @@ from typing import Any
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 
-from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
-from lightning_opt.optim.registry import get_optimizer, list_optimizers
+from lightning_opt.callbacks import check_clipping_callbacks
+from lightning_opt.model import NonFiniteLossError
+from lightning_opt.parsing import (
+    OptimizerCLI,
+    UsageError,
+    build_cli,
+    check_trainer_settings,
+    run_name,
+)
 
 EXIT_USAGE = 2  # bad input: nothing was trained
 EXIT_FAILED = 1  # the run started and failed (e.g. non-finite loss); logs are kept
 
-TRAINER_DEFAULTS = {
-    "max_epochs": 50,  # the GNW-Adam seed note's final runs
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        # name null = the optimizer's name: lightning_logs/<optimizer>/version_N
-        "init_args": {"save_dir": "lightning_logs", "name": None, "default_hp_metric": False},
-    },
-}
 
-
-def check_trainer_settings(trainer: Any) -> None:
-    """Refuse Trainer settings the model cannot honour, before anything is built.
-
-    The model steps its optimizer itself (one step per minibatch, manual optimization), which
-    Lightning does not combine with its own gradient clipping or accumulation.
-    """
-    if trainer.get("gradient_clip_val") not in (None, 0, 0.0):
-        raise ValueError(
-            "Trainer(gradient_clip_val=...) is not supported: the model steps its optimizer "
-            "itself (one step per minibatch); use the callback "
-            "lightning_opt.callbacks.FixedNormClipping with mode: global for the same rule"
-        )
-    if trainer.get("accumulate_grad_batches", 1) != 1:
-        raise ValueError(
-            "Trainer(accumulate_grad_batches=...) is not supported: the model takes one optimizer "
-            "step per minibatch; raise data.batch_size instead"
-        )
-
-
-class LightningOptCLI(LightningCLI):
-    """LightningCLI for ``MNIST1DClassifier`` on ``MNIST1DDataModule``."""
+class LightningOptCLI(OptimizerCLI):
+    """``fit``, ``validate``, ``test`` and ``predict``, with ``--seeds`` for populations."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         self.add_optimizer_argument(parser)
@@ -68,33 +47,22 @@ class LightningOptCLI(LightningCLI):
             "SEED_k`, and logs to its own run <log_dir>/seed_<SEED_k>",
         )
 
-    @staticmethod
-    def add_optimizer_argument(parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--optimizer",
-            type=str,
-            default="adam",
-            help="Optimizer by name: "
-            + "; ".join(f"{n} ({get_optimizer(n).description})" for n in list_optimizers()),
-        )
-        parser.link_arguments("optimizer", "model.optimizer")
-
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         try:
             check_trainer_settings(config.trainer)
         except ValueError as err:
-            raise _UsageError(str(err)) from None
+            raise UsageError(str(err)) from None
         seeds = config.get("seeds")
         if seeds is not None:
             if self.subcommand == "predict":
-                raise _UsageError("--seeds applies to fit, validate and test, not predict")
+                raise UsageError("--seeds applies to fit, validate and test, not predict")
             if (
                 not seeds
                 or len(set(seeds)) != len(seeds)
                 or not 0 <= min(seeds) <= max(seeds) <= MAX_SEED
             ):
-                raise _UsageError(
+                raise UsageError(
                     f"--seeds must be a non-empty list of distinct integers from 0 to {MAX_SEED}, "
                     f"got {seeds}"
                 )
@@ -105,30 +73,27 @@ class LightningOptCLI(LightningCLI):
             and getattr(logger, "class_path", "").endswith("TensorBoardLogger")
             and logger.init_args.get("name") is None
         ):
-            logger.init_args.name = config.optimizer
+            logger.init_args.name = run_name(config)
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
             config = self.config[self.subcommand] if self.subcommand else self.config
+            check_clipping_callbacks(self.trainer.callbacks, self.trainer.gradient_clip_val)
             if config.get("seeds") is not None:
                 self.model = self._population(config)
+                self.model.check_clipping(self.trainer.callbacks)
         except (ValueError, TypeError) as err:
-            raise _UsageError(str(err)) from err
+            raise UsageError(str(err)) from err
 
     def _population(self, config: Any) -> Any:
         """The model for ``fit --seeds``: one member per seed, each logging to its own run."""
-        from lightning.pytorch.loggers import TensorBoardLogger
+        from lightning_opt.runs import build_population, run_logger
 
-        from lightning_opt.population import PopulationClassifier
-
-        model = PopulationClassifier(seeds=list(config.seeds), **config.model.as_dict())
+        model = build_population(config, config.seeds)
         if self.trainer.logger is not None:
             log_dir = self.trainer.log_dir  # lightning_logs/<optimizer>/version_N
-            model.member_loggers = [
-                TensorBoardLogger(log_dir, name=f"seed_{seed}", version="", default_hp_metric=False)
-                for seed in config.seeds
-            ]
+            model.member_loggers = [run_logger(log_dir, f"seed_{seed}") for seed in config.seeds]
         return model
 
     def after_fit(self) -> None:
@@ -180,10 +145,6 @@ class LightningOptCLI(LightningCLI):
             print(f"seed {model.all_seeds[member]}: {shown}")
 
 
-class _UsageError(Exception):
-    pass
-
-
 def _fail(code: int, message: str) -> None:
     print(f"lightning_opt: error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -208,21 +169,12 @@ def cli_main(args: list[str] | None = None) -> None:
 
             run_compare(argv[1:])
             return
-        LightningOptCLI(
-            MNIST1DClassifier,
-            MNIST1DDataModule,
-            args=args,
-            seed_everything_default=0,
-            trainer_defaults=TRAINER_DEFAULTS,
-            auto_configure_optimizers=False,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},
-        )
+        build_cli(LightningOptCLI, argv, save_config_kwargs={"overwrite": True})
     except ArgumentError as err:  # jsonargparse: an unknown key, a wrong type, ...
         if debug:
             raise
         _fail(EXIT_USAGE, f"{' '.join(str(err).split())} (see --help)")
-    except _UsageError as err:
+    except UsageError as err:
         if debug:
             raise
         _fail(EXIT_USAGE, str(err))
@@ -230,10 +182,6 @@ def cli_main(args: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(EXIT_FAILED, f"{err}. Logs and checkpoints so far are kept.")
-    except ValueError as err:  # raised by a hook's own checks (e.g. conflicting clipping)
-        if debug:
-            raise
-        _fail(EXIT_USAGE, str(err))
     except MisconfigurationException as err:  # Lightning's own configuration checks
         if debug:
             raise

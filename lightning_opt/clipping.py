@@ -35,7 +35,7 @@ class ClipStats(NamedTuple):
     mean_scale: Tensor  # mean factor applied over tensors (1.0 = untouched)
 
 
-def _check_positive(name: str, value: object) -> None:
+def check_positive(name: str, value: object) -> None:
     """Raise unless ``value`` is a positive finite number (or a tensor of them, checked on CPU)."""
     if isinstance(value, Tensor):
         if not value.is_floating_point():
@@ -60,20 +60,20 @@ def _as_threshold(name: str, value: Threshold, like: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
-def _with_grads(parameters: Parameters) -> tuple[list[Tensor], list[Tensor]]:
+def with_grads(parameters: Parameters) -> tuple[list[Tensor], list[Tensor]]:
     """All parameters, and those that have a gradient."""
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     return params, [p for p in params if p.grad is not None]
 
 
-def _no_grads(params: list[Tensor], member_dims: int) -> ClipStats:
+def no_grads(params: list[Tensor], member_dims: int) -> ClipStats:
     """Stats of a call that had nothing to clip, shaped like the members of the first parameter."""
     shape = params[0].shape[:member_dims] if params else ()
     device = params[0].device if params else None
     return ClipStats(torch.zeros(shape, device=device), torch.ones(shape, device=device))
 
 
-def _rescale_(
+def rescale_(
     grads: list[Tensor], norms: Tensor, thresholds: Tensor, member_dims: int
 ) -> ClipStats:
     """Rescale gradients whose norm exceeds their threshold to norm exactly the threshold.
@@ -104,16 +104,16 @@ def clip_grad_by_weight_norm_(
             threshold ``clip_factor * eps`` (AGC's fix) instead of a gradient zeroed forever.
         member_dims: leading dimensions of every tensor that index independent members.
     """
-    _check_positive("clip_factor", clip_factor)
-    _check_positive("eps", eps)
-    params, with_grads = _with_grads(parameters)
+    check_positive("clip_factor", clip_factor)
+    check_positive("eps", eps)
+    params, with_grads = with_grads(parameters)
     if not with_grads:
-        return _no_grads(params, member_dims)
+        return no_grads(params, member_dims)
     grads = [p.grad for p in with_grads]
     norms = torch.stack(tensor_norms(grads, member_dims))
     weight_norms = torch.stack(tensor_norms(with_grads, member_dims)).to(norms.dtype)
     thresholds = _as_threshold("clip_factor", clip_factor, norms) * weight_norms.clamp_min(eps)
-    return _rescale_(grads, norms, thresholds, member_dims)
+    return rescale_(grads, norms, thresholds, member_dims)
 
 
 @torch.no_grad()
@@ -125,13 +125,13 @@ def clip_grad_norm_per_tensor_(
     ``clip_value`` is a number, or a tensor of one value per member; see
     ``clip_grad_by_weight_norm_`` for the other arguments.
     """
-    _check_positive("clip_value", clip_value)
-    params, with_grads = _with_grads(parameters)
+    check_positive("clip_value", clip_value)
+    params, with_grads = with_grads(parameters)
     if not with_grads:
-        return _no_grads(params, member_dims)
+        return no_grads(params, member_dims)
     grads = [p.grad for p in with_grads]
     norms = torch.stack(tensor_norms(grads, member_dims))
-    return _rescale_(grads, norms, _as_threshold("clip_value", clip_value, norms), member_dims)
+    return rescale_(grads, norms, _as_threshold("clip_value", clip_value, norms), member_dims)
 
 
 @torch.no_grad()
@@ -142,10 +142,10 @@ def clip_grad_norm_global_(
 
     Like ``torch.nn.utils.clip_grad_norm_``; ``fraction_clipped`` is 1 where it fired, else 0.
     """
-    _check_positive("clip_value", clip_value)
-    params, with_grads = _with_grads(parameters)
+    check_positive("clip_value", clip_value)
+    params, with_grads = with_grads(parameters)
     if not with_grads:
-        return _no_grads(params, member_dims)
+        return no_grads(params, member_dims)
     grads = [p.grad for p in with_grads]
     norm = global_norm(grads, member_dims).unsqueeze(0)
-    return _rescale_(grads, norm, _as_threshold("clip_value", clip_value, norm), member_dims)
+    return rescale_(grads, norm, _as_threshold("clip_value", clip_value, norm), member_dims)

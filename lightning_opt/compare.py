@@ -20,25 +20,25 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.cli import LightningArgumentParser
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_opt import report, stats
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import NonFiniteLossError
-from lightning_opt.optim.registry import get_optimizer
-from lightning_opt.population import PopulationClassifier
-from lightning_opt.tune import (
-    TuneCLI,
-    _callback_class,
-    _parse,
-    _quiet_lightning,
-    build_trial,
-    options_from_config,
-    run_study,
+from lightning_opt.optim.registry import optimizer_class, optimizer_config, supports_population
+from lightning_opt.parsing import UsageError, optimizer_dict, run_name
+from lightning_opt.runs import (
+    build_model,
+    build_population,
+    build_trainer,
+    callback_class,
+    quiet_lightning,
+    run_logger,
     trainer_arguments,
-    trial_config,
+    with_values,
 )
+from lightning_opt.trials import options_from_config
+from lightning_opt.tune import TuneCLI, check_study, parse, run_study
 
 ARM_KEYS = {"name", "optimizer", "model", "callbacks", "search_space"}
 
@@ -53,7 +53,8 @@ class CompareCLI(TuneCLI):
                            help="Name; outputs go to <output_dir>/<experiment>/.")  # fmt: skip
         group.add_argument(
             "--arms", type=list[dict[str, Any]], default=[],
-            help="Each arm: {name, optimizer, model: {...}, callbacks: [...], search_space: [...]}.",
+            help="Each arm: {name, optimizer (a short name, a class path or {class_path, "
+            "init_args}), model: {...}, callbacks: [...], search_space: [...]}.",
         )  # fmt: skip
         group.add_argument("--seeds", type=int, default=5,
                            help="Final runs per arm, seeded seed_everything, +1, ...")  # fmt: skip
@@ -89,17 +90,20 @@ def validate_arms(config: Any) -> list[dict[str, Any]]:
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"arm names are letters, digits, '_', '-' or '.', got {name!r}")
         names.append(name)
-        get_optimizer(str(arm.get("optimizer", config.optimizer)))
-        for callback in arm.get("callbacks") or []:
-            path = dict(callback).get("class_path", "")
+        if "optimizer" in arm:
             try:
-                cls = _callback_class(Namespace(class_path=path))
-            except (ImportError, AttributeError, ValueError):
-                cls = None
-            if cls is None:
+                optimizer_class(optimizer_config(arm["optimizer"]))
+            except ValueError as err:
+                raise ValueError(f"arm {name!r}: {err}") from None
+        for callback in arm.get("callbacks") or []:
+            try:
+                cls = callback_class(dict(callback))
+            except ValueError as err:
+                raise ValueError(f"arm {name!r}: {err}") from None
+            if not (isinstance(cls, type) and issubclass(cls, Callback)):
                 raise ValueError(
-                    f"arm {name!r}: unknown clipping {path!r}; use "
-                    "lightning_opt.callbacks.WeightNormClipping or FixedNormClipping"
+                    f"arm {name!r}: callbacks are {{class_path, init_args}} of Lightning "
+                    f"Callback classes, got {callback!r}"
                 )
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -110,8 +114,14 @@ def validate_arms(config: Any) -> list[dict[str, Any]]:
 def arm_config(base: Any, arm: dict[str, Any], max_epochs: int) -> Any:
     """The fit/tune config of one arm: the shared config with the arm's settings on top."""
     cfg = copy.deepcopy(base)
-    cfg.optimizer = cfg.model.optimizer = arm.get("optimizer", base.optimizer)
+    if "optimizer" in arm:
+        resolved = optimizer_config(arm["optimizer"])
+        cfg.optimizer = Namespace(
+            class_path=resolved["class_path"], init_args=Namespace(**resolved["init_args"])
+        )
     for key, value in (arm.get("model") or {}).items():
+        if key == "optimizer":
+            raise ValueError(f"arm {arm['name']!r}: set the optimizer with the arm's `optimizer:`")
         if key not in cfg.model:
             raise ValueError(f"arm {arm['name']!r}: the model has no setting {key!r}")
         cfg.model[key] = value
@@ -149,18 +159,10 @@ def run_final(
     cfg = copy.deepcopy(cfg)
     cfg.seed_everything = seed
     seed_everything(seed, verbose=False)
-    model, trainer_kwargs = build_trial(cfg)
+    model = build_model(cfg)
     history = EpochHistory()
-    trainer_kwargs["callbacks"].append(history)
-    trainer_kwargs.update(
-        logger=TensorBoardLogger(
-            save_dir=str(exp_dir / arm), name="final", version=f"seed_{seed}",
-            default_hp_metric=False,
-        ),
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-    )  # fmt: skip
     start = time.perf_counter()
-    trainer = Trainer(**trainer_kwargs)
+    trainer = build_trainer(cfg, run_logger(exp_dir / arm, "final", f"seed_{seed}"), [history])
     trainer.fit(model, datamodule=data)
     tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
     clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
@@ -229,20 +231,10 @@ def run_final_population(
     cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule
 ) -> list[dict[str, Any]]:
     """Final runs of ``seeds`` trained as one population; the result of each seed."""
-    cfg = copy.deepcopy(cfg)
-    model = PopulationClassifier(seeds, **cfg.model.as_dict())
-    model.member_loggers = [
-        TensorBoardLogger(save_dir=str(exp_dir / arm), name="final", version=f"seed_{seed}",
-                          default_hp_metric=False)
-        for seed in seeds
-    ]  # fmt: skip
-    trainer_kwargs = trainer_arguments(cfg)
-    trainer_kwargs.update(
-        logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False,
-    )  # fmt: skip
+    model = build_population(cfg, seeds)
+    model.member_loggers = [run_logger(exp_dir / arm, "final", f"seed_{seed}") for seed in seeds]
     start = time.perf_counter()
-    trainer = Trainer(**trainer_kwargs)
+    trainer = build_trainer(cfg, False)
     with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
         trainer.fit(model, datamodule=data)
     if model.num_members:
@@ -283,28 +275,19 @@ def run_final_population(
 
 def run_compare(args: list[str]) -> Path:
     """``python -m lightning_opt compare --config EXPERIMENT.yaml``; the experiment directory."""
-    _quiet_lightning()
-    cli = _parse(args, CompareCLI)
+    quiet_lightning()
+    cli = parse(args, CompareCLI)
     config = cli.config
-    arms = validate_arms(config)
-    base_options = options_from_config(config)
+    try:
+        plans = plan_arms(config)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     exp_dir = Path(config.output_dir) / config.experiment
-    storage = config.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
-    plans = []
-    for arm in arms:  # validate every arm's configs before anything trains
-        tune_cfg = arm_config(config, arm, config.tune_max_epochs)
-        final_cfg = arm_config(config, arm, config.trainer.max_epochs)
-        build_trial(tune_cfg)
-        build_trial(final_cfg)
-        options = replace(
-            base_options, study_name=arm["name"], output_dir=str(exp_dir), storage=storage
-        )
-        plans.append((arm["name"], tune_cfg, final_cfg, options))
     data = MNIST1DDataModule(**config.data.as_dict())
     data.prepare_data()
 
     summary: dict[str, Any] = {}
-    for name, tune_cfg, final_cfg, options in plans:
+    for name, tune_cfg, final_cfg, options, population_finals in plans:
         print(
             f"== arm {name}: tuning ({options.n_trials} trials x {config.tune_max_epochs} epochs)"
         )
@@ -315,11 +298,12 @@ def run_compare(args: list[str]) -> Path:
         best = study.best_trial
         print(f"== arm {name}: {config.seeds} final runs x {config.trainer.max_epochs} epochs "
               f"with {best.params}")  # fmt: skip
-        tuned_cfg = trial_config(final_cfg, best.params)
+        tuned_cfg = with_values(final_cfg, best.params)
         seeds = [config.seed_everything + s for s in range(config.seeds)]
-        runs = run_finals(tuned_cfg, name, seeds, exp_dir, data, config.population_finals)
+        runs = run_finals(tuned_cfg, name, seeds, exp_dir, data, population_finals)
         summary[name] = {
-            "optimizer": tuned_cfg.optimizer,
+            "optimizer": run_name(tuned_cfg),
+            "optimizer_class": optimizer_dict(tuned_cfg)["class_path"],
             "clipping": [c.class_path.rsplit(".", 1)[-1] for c in tuned_cfg.trainer.callbacks],
             "tuned": best.params,
             "tuning": {
@@ -340,6 +324,38 @@ def run_compare(args: list[str]) -> Path:
         f"report: {exp_dir / 'results.md'}, {exp_dir / 'comparison.html'}, {exp_dir / 'comparison.png'}"
     )
     return exp_dir
+
+
+def plan_arms(config: Any) -> list[tuple[str, Any, Any, Any, bool]]:
+    """Each arm's name, tuning config, final config, study options and whether its finals train
+    as one population; everything that can fail is checked here, before the first trial of the
+    first arm (``ValueError``, one line)."""
+    arms = validate_arms(config)
+    base_options = options_from_config(config)
+    exp_dir = Path(config.output_dir) / config.experiment
+    storage = config.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
+    plans = []
+    for arm in arms:
+        name = arm["name"]
+        tune_cfg = arm_config(config, arm, config.tune_max_epochs)
+        final_cfg = arm_config(config, arm, config.trainer.max_epochs)
+        options = replace(base_options, study_name=name, output_dir=str(exp_dir), storage=storage)
+        try:
+            options = check_study(tune_cfg, options)
+            build_model(final_cfg)
+            population = config.population_finals
+            cls = optimizer_class(optimizer_dict(final_cfg))
+            if population and not supports_population(cls):
+                print(f"arm {name}: {cls.__name__} declares supports_population = False: "
+                      "its final runs train one seed at a time", flush=True)  # fmt: skip
+                population = False
+            if population:
+                model = build_population(final_cfg, [0, 1])
+                model.check_clipping(trainer_arguments(final_cfg)["callbacks"])
+        except ValueError as err:
+            raise ValueError(f"arm {name!r}: {err}") from None
+        plans.append((name, tune_cfg, final_cfg, options, population))
+    return plans
 
 
 def _settings(config: Any) -> dict[str, Any]:

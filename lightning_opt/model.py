@@ -1,4 +1,4 @@
-"""The MLP classifier for mnist1d, with the optimizer chosen by name.
+"""The MLP classifier for mnist1d, with any ``torch.optim.Optimizer`` by class path or short name.
 
 Training uses manual optimization: one Lightning batch can hold many minibatches
 (``MiniBatches``), and ``training_step`` takes one optimizer step per minibatch, so Lightning's
@@ -22,7 +22,7 @@ from typing_extensions import override
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
 from lightning_opt.norms import global_norm
-from lightning_opt.optim.registry import get_optimizer
+from lightning_opt.optim.registry import check_optimizer, resolve_optimizer
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -136,6 +136,18 @@ class MinibatchTraining:
             if is_overridden("on_before_optimizer_step", cb, Callback)
         ]
 
+    def _zero_grad(self, optimizer: Any) -> None:
+        optimizer.zero_grad()
+
+    def _share_grads(self) -> None:
+        """After backward: hand the gradients to the optimizer's parameters where they are not
+        the module's own (a population with one optimizer per member)."""
+
+    def gradient_parameters(self) -> tuple[list[Tensor], int]:
+        """The tensors whose gradients clipping acts on, and how many leading member dims they
+        have (a population's stacked parameters: 1)."""
+        return self._params, self.member_dims
+
     def _grads(self) -> list[Tensor]:
         return [p.grad for p in self._params if p.grad is not None]
 
@@ -166,12 +178,13 @@ class MinibatchTraining:
         losses, sizes, before, after, lrs = [], [], [], [], []
         for x, y in batch if isinstance(batch, MiniBatches) else [batch]:
             loss = self._minibatch_loss(x, y)
-            optimizer.zero_grad()
+            self._zero_grad(optimizer)
             total = loss.sum()  # a population's sum gives each member its own gradient
             if self._direct:
                 total.backward()
             else:
                 self.manual_backward(total)
+            self._share_grads()
             if internals:
                 before.append(global_norm(self._grads(), self.member_dims))
             self._step(optimizer)  # the clipping callbacks run first, in on_before_optimizer_step
@@ -199,20 +212,12 @@ class MinibatchTraining:
 
 
 class MNIST1DClassifier(MinibatchTraining, LightningModule):
-    """An MLP on mnist1d trained with a registered optimizer.
-
-    Optimizer hyperparameters left at ``None`` take the optimizer's registered default
-    (``python -m lightning_opt fit --optimizer gnw`` uses the GNW-Adam seed note's tuned lr);
-    setting one the chosen optimizer does not take is an error.
+    """An MLP on mnist1d trained with any ``torch.optim.Optimizer``.
 
     Args:
-        optimizer: registry name: adam, adamw, sgd, gnw (see ``lightning_opt.optim.list_optimizers``).
-        lr: base learning rate (``None`` = the optimizer's default).
-        weight_decay: L2 penalty (decoupled for adamw); ``0`` turns it off.
-        betas: Adam's moment decay rates, each in [0, 1).
-        eps: Adam's denominator term.
-        momentum: SGD momentum in [0, 1).
-        gamma: GNW-Adam's scale: step size ``lr * gamma / (gamma + ||g||)``.
+        optimizer: a short name (adam, adamw, sgd, gnw: ``lightning_opt.optim.list_optimizers``),
+            a class path (``my_opts.Lion``), or ``{class_path, init_args}``. On the command line
+            it is set with ``--optimizer`` / ``--optimizer.ARG`` (the class's own arguments).
         hidden_sizes: width of each hidden layer (mnist1d's reference MLP: one layer of 100).
         activation: relu, gelu, tanh or silu.
         input_size: length of an mnist1d signal (40 with the default generation arguments).
@@ -222,13 +227,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
 
     def __init__(
         self,
-        optimizer: str = "adam",
-        lr: float | None = None,
-        weight_decay: float | None = None,
-        betas: tuple[float, float] | None = None,
-        eps: float | None = None,
-        momentum: float | None = None,
-        gamma: float | None = None,
+        optimizer: str | dict[str, Any] = "adam",
         hidden_sizes: list[int] = [100],  # noqa: B006  (LightningCLI shows the default in --help)
         activation: str = "relu",
         input_size: int = 40,
@@ -236,11 +235,13 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         log_internals: bool = True,
     ) -> None:
         super().__init__()
+        self.optimizer_class, resolved = resolve_optimizer(optimizer)
         self.save_hyperparameters()
-        # Resolve now so an unknown name or a bad value fails before any training.
-        self.optimizer_spec = get_optimizer(optimizer)
-        self.optimizer_kwargs = self.optimizer_spec.resolve(self._optimizer_overrides())
+        self.hparams.optimizer = resolved  # the class path and every argument, defaults included
+        self.optimizer_kwargs = resolved["init_args"]
         self.net = build_mlp(input_size, hidden_sizes, num_classes, activation)
+        # Its own constructor checks the arguments now, before any training.
+        check_optimizer(self.optimizer_class, self.net.parameters(), self.optimizer_kwargs)
         self.accuracy = nn.ModuleDict(
             {
                 stage: MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -260,18 +261,13 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         step = int(self._first_bad_step)
         return step if step >= 0 else None
 
-    def _optimizer_overrides(self) -> dict:
-        hp = self.hparams
-        names = ("lr", "weight_decay", "betas", "eps", "momentum", "gamma")
-        return {name: hp[name] for name in names}
-
     @override
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_spec.factory(self.parameters(), **self.optimizer_kwargs)
+        return self.optimizer_class(self.parameters(), **self.optimizer_kwargs)
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
@@ -358,7 +354,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
             "hp/val_acc": float(metrics.get("val/acc", float("nan"))),
             "hp/best_val_loss": self.best_val_loss,
         }
-        params = {"optimizer": self.hparams.optimizer, **self.optimizer_kwargs}
+        params = {"optimizer": self.hparams.optimizer["class_path"], **self.optimizer_kwargs}
         params["hidden_sizes"] = str(list(self.hparams.hidden_sizes))
         if self.trainer.datamodule is not None:
             params.update({f"data/{k}": v for k, v in self.trainer.datamodule.hparams.items()})

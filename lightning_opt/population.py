@@ -3,9 +3,14 @@
 Every parameter stacks the K members along a leading dimension (``member_dims = 1``). Member k
 is initialised exactly as ``MNIST1DClassifier`` is after ``seed_everything(seeds[k])``, sees the
 batches of the data order of its seed, and is updated by the registry's optimizer with its own
-hyperparameters, using the same GNW-Adam and clipping code as the single model. So member k
+hyperparameters, using the same optimizer class and clipping code as the single model. So member k
 reproduces the single-model ``fit`` of its seed and hyperparameters (to float rounding: batched
 and single matrix products round differently), while K members cost little more than one.
+
+Any ``torch.optim.Optimizer`` trains a population: each member gets its own instance of the class
+over its own parameters (views of the stacked ones), built exactly as a single ``fit`` builds it
+(``MemberwiseOptimizer``). Adam, AdamW, SGD and GNW-Adam take a stacked fast path instead where it
+computes the same steps (``lightning_opt.optim.stacked``).
 
 The loss is the sum of the members' mean losses, so each member's gradient is its own. A member
 whose loss becomes NaN or infinite is dropped at the end of that epoch, as are members dropped
@@ -37,11 +42,14 @@ from lightning_opt.model import (
 )
 from lightning_opt.norms import tensor_norms
 from lightning_opt.optim.hypers import select
-from lightning_opt.optim.registry import get_optimizer
-
-#: Per-member settings of the clipping callbacks (see ``GradientClippingCallback.clip_``).
-CLIPPING_HPARAMS = ("clip_factor", "clip_value")
-_MODEL_HPARAMS = ("lr", "weight_decay", "betas", "eps", "momentum", "gamma")
+from lightning_opt.optim.memberwise import MemberwiseOptimizer
+from lightning_opt.optim.registry import (
+    check_optimizer,
+    constructor_arguments,
+    resolve_optimizer,
+    supports_population,
+)
+from lightning_opt.optim.stacked import stacked_optimizer
 
 
 class StackedLinear(nn.Module):
@@ -79,7 +87,7 @@ def _per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
         raise ValueError(
             f"member_hparams[{name!r}] must hold one value per member ({members}), got {values!r}"
         )
-    return list(values)
+    return [tuple(v) if isinstance(v, list) else v for v in values]  # betas=[0.9, 0.99]
 
 
 def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
@@ -101,12 +109,12 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     Args:
         seeds: one seed per member: its initialisation and (unless ``data.shuffle_seed`` is set)
             its data order, exactly as ``fit --seed_everything SEED``.
-        optimizer: registry name; every member uses it.
-        member_hparams: per-member values, one list entry per member: any hyperparameter the
-            optimizer takes (``lr``, ``betas``, ...) or a clipping callback's ``clip_factor`` /
-            ``clip_value``. The other arguments are shared by all members.
-        lr, weight_decay, betas, eps, momentum, gamma, hidden_sizes, activation, input_size,
-        num_classes, log_internals: as in ``MNIST1DClassifier``.
+        optimizer: as in ``MNIST1DClassifier``; every member uses the class.
+        member_hparams: per-member values, one list entry per member: any constructor argument
+            of the optimizer (``lr``, ``betas``, ...) or a ``member_hparams`` setting of the
+            clipping callback (``clip_factor``). The other arguments are shared by all members.
+        hidden_sizes, activation, input_size, num_classes, log_internals: as in
+        ``MNIST1DClassifier``.
 
     Attributes:
         member_loggers: one logger per member (set before ``fit``): each member's metrics go to
@@ -122,14 +130,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def __init__(
         self,
         seeds: list[int],
-        optimizer: str = "adam",
+        optimizer: str | dict[str, Any] = "adam",
         member_hparams: dict[str, list] | None = None,
-        lr: float | None = None,
-        weight_decay: float | None = None,
-        betas: tuple[float, float] | None = None,
-        eps: float | None = None,
-        momentum: float | None = None,
-        gamma: float | None = None,
         hidden_sizes: list[int] = [100],  # noqa: B006
         activation: str = "relu",
         input_size: int = 40,
@@ -140,7 +142,10 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         # The population's own arguments go into the checkpoint under "population" (see
         # on_save_checkpoint): LightningCLI gives a checkpoint's hyper_parameters to the model's
         # arguments on resume, which are those of a single model.
+        cls, resolved = resolve_optimizer(optimizer)
+        self.optimizer_class = cls
         self.save_hyperparameters(ignore=["seeds", "member_hparams"])
+        self.hparams.optimizer = resolved
         if not seeds or any(
             isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds
         ):
@@ -151,37 +156,38 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             raise ValueError(
                 f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}"
             )
-        self.optimizer_spec = spec = get_optimizer(optimizer)
-        if spec.population is None:
-            raise ValueError(f"optimizer '{optimizer}' cannot train a population")
-        k = len(seeds)
-        shared = {name: self.hparams[name] for name in _MODEL_HPARAMS}
-        member_hparams = dict(member_hparams or {})
-        unknown = sorted(set(member_hparams) - set(spec.hyperparameters) - set(CLIPPING_HPARAMS))
-        if unknown:
+        if not supports_population(cls):
             raise ValueError(
-                f"member_hparams {', '.join(unknown)} are not taken by optimizer '{optimizer}' "
-                f"or a clipping callback; allowed: "
-                f"{', '.join((*spec.hyperparameters, *CLIPPING_HPARAMS))}"
+                f"{cls.__name__} declares supports_population = False: train it one run at a time"
             )
+        k = len(seeds)
+        member_hparams = dict(member_hparams or {})
         columns = {name: _per_member(name, v, k) for name, v in member_hparams.items()}
-        # Each member's settings are checked as a single model's would be.
+        taken = constructor_arguments(cls)
+        # The rest are clipping settings, checked against the clipping callback in setup().
+        self.member_clipping = {n: v for n, v in columns.items() if n not in taken}
+        for name, values in self.member_clipping.items():
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+                raise ValueError(
+                    f"member_hparams[{name!r}]: {cls.__name__} takes no argument {name!r}, and a "
+                    f"clipping setting is a number per member, got {values}"
+                )
         self.member_kwargs = [
-            spec.resolve({**shared, **{n: v[i] for n, v in columns.items() if n in _MODEL_HPARAMS}})
+            {**resolved["init_args"], **{n: v[i] for n, v in columns.items() if n in taken}}
             for i in range(k)
         ]
-        self.member_clipping = {n: v for n, v in columns.items() if n in CLIPPING_HPARAMS}
-        for name, values in self.member_clipping.items():
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
-                   for v in values):  # fmt: skip
-                raise ValueError(f"{name} must be positive numbers, got {values}")
-        self.optimizer_kwargs = self._stack_hypers(self.member_kwargs, set(columns))
+        per_member = {n for n in columns if n in taken}
+        self.stacked = stacked_optimizer(cls, self.member_kwargs, per_member)
+        self._member_params: list[list[Tensor]] = []
+        self._share = False  # whether member views get the gradients (see on_train_start)
 
         with torch.random.fork_rng(devices=[]):
             nets = []
             for seed in seeds:
                 torch.manual_seed(seed)  # what seed_everything does before fit builds the model
                 nets.append(build_mlp(input_size, hidden_sizes, num_classes, activation))
+        for net, kwargs in zip(nets, self.member_kwargs, strict=True):
+            check_optimizer(cls, net.parameters(), kwargs)  # as a single fit would, first
         self.net = stack_mlps(nets)
         self.seeds = list(seeds)
         self.all_seeds = list(seeds)  # by member index, including dropped members
@@ -199,25 +205,6 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         self._clip_overrides: dict[str, Tensor] | None = None
         self._epoch = EpochSums()  # training sums, then each evaluation's loss and acc
         self.register_buffer("_first_bad_step", torch.full((k,), -1), persistent=False)
-
-    @staticmethod
-    def _stack_hypers(member_kwargs: list[dict[str, Any]], per_member: set[str]) -> dict[str, Any]:
-        """One value per hyperparameter: a tensor of the members' values for those given per
-        member, else the shared number. A tensor even when the values happen to be equal: a
-        number takes other kernels, so changing one member's value would round the others'
-        steps differently."""
-        stacked: dict[str, Any] = {}
-        for name in member_kwargs[0]:
-            values = [kw[name] for kw in member_kwargs]
-            if name not in per_member:
-                stacked[name] = values[0]
-            elif name == "betas":
-                stacked[name] = tuple(
-                    torch.tensor(b, dtype=torch.float64) for b in zip(*values, strict=True)
-                )
-            else:
-                stacked[name] = torch.tensor(values, dtype=torch.float64)
-        return stacked
 
     @property
     def num_members(self) -> int:
@@ -241,9 +228,42 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_spec.population(
-            self.net.parameters(), member_dims=1, **self.optimizer_kwargs
+        if self.stacked is not None:
+            factory, kwargs = self.stacked
+            return factory(self.net.parameters(), member_dims=1, **kwargs)
+        self._member_params = self._member_views()
+        return MemberwiseOptimizer(
+            [
+                self.optimizer_class(params, **self.member_kwargs[member])
+                for member, params in zip(self.member_ids, self._member_params, strict=True)
+            ]
         )
+
+    def _member_views(self) -> list[list[Tensor]]:
+        """Each member's parameters as leaf tensors sharing the stacked parameters' memory: what
+        member k's own optimizer updates in place."""
+        params = list(self.net.parameters())
+        return [[nn.Parameter(p.data[j]) for p in params] for j in range(len(params[0]))]
+
+    def _memberwise(self) -> MemberwiseOptimizer | None:
+        if not self._trainer:
+            return None
+        found = [o for o in self.trainer.optimizers if isinstance(o, MemberwiseOptimizer)]
+        return found[0] if found else None
+
+    @override
+    def _zero_grad(self, optimizer: Any) -> None:
+        optimizer.zero_grad()
+        for p in self._params:  # the stacked gradients, when member optimizers hold views
+            p.grad = None
+
+    @override
+    def _share_grads(self) -> None:
+        if not self._share:
+            return
+        for member, views in enumerate(self._member_params):
+            for view, p in zip(views, self._params, strict=True):
+                view.grad = None if p.grad is None else p.grad[member]
 
     @override
     def setup(self, stage: str) -> None:
@@ -258,12 +278,30 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             s % 2**31 if shuffle_seed is None else shuffle_seed for s in self.seeds
         ]
         data.population_seeds = self._data_seeds
-        names = {name for cb in self._clippers() for name in cb.member_hparams}
+        self.check_clipping(self.trainer.callbacks)
+
+    def check_clipping(self, callbacks: Sequence[Any]) -> None:
+        """Refuse per-member settings that neither the optimizer nor a clipping callback among
+        ``callbacks`` takes (before any training)."""
+        clippers = [c for c in callbacks if isinstance(c, GradientClippingCallback)]
+        names = {name for cb in clippers for name in cb.member_hparams}
         missing = sorted(set(self.member_clipping) - names)
         if missing:
+            takes = ", ".join(f"{type(c).__name__}: {', '.join(c.member_hparams) or 'nothing'}"
+                              for c in clippers) or "no clipping callback is on"  # fmt: skip
             raise ValueError(
-                f"member_hparams {', '.join(missing)} need the clipping callback that takes them"
+                f"member_hparams {', '.join(missing)}: {self.optimizer_class.__name__} takes no "
+                f"such argument and no clipping callback sets it per member ({takes})"
             )
+
+    def member_parameters(self) -> list[list[Tensor]]:
+        """Each live member's parameters as its own leaf tensors (views of the stacked ones),
+        whose ``.grad`` are views of the stacked gradients after each backward."""
+        return self._member_params
+
+    def clipping_values(self) -> dict[str, list[float]]:
+        """The live members' per-member clipping settings, ``{name: [value of each member]}``."""
+        return {n: [v[i] for i in self.member_ids] for n, v in self.member_clipping.items()}
 
     @override
     def teardown(self, stage: str) -> None:
@@ -280,6 +318,21 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def on_train_start(self) -> None:
         self._clip_overrides = None  # built on the training device at the first step
         self._start_training()
+        optimizer = self._memberwise()
+        self._share = optimizer is not None or any(not c.stacked for c in self._clippers())
+        if self._share and not self._views_current():
+            # The parameters were moved or converted (device, precision) after the optimizer
+            # was built: point every member's optimizer at views of the new tensors.
+            self._member_params = self._member_views()
+            if optimizer is not None:
+                optimizer.select_members(torch.arange(self.num_members), self._member_params)
+
+    def _views_current(self) -> bool:
+        return len(self._member_params) == self.num_members and all(
+            v.data_ptr() == p.data[j].data_ptr() and v.dtype == p.dtype
+            for j, views in enumerate(self._member_params)
+            for v, p in zip(views, self.net.parameters(), strict=True)
+        )
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor] | MiniBatches, batch_idx: int) -> None:
@@ -325,8 +378,14 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 self.net.named_parameters(), tensor_norms(self._params, 1), strict=True
             ):
                 metrics[f"weight_norm/{name}"] = norms
-            lr = self.optimizers().param_groups[0]["lr"]
-            metrics["optim/lr"] = lr.to(self.device) if isinstance(lr, Tensor) else lr
+            optimizer = self.optimizers().optimizer
+            if isinstance(optimizer, MemberwiseOptimizer):
+                metrics["optim/lr"] = torch.tensor(
+                    [float(o.param_groups[0]["lr"]) for o in optimizer.members], device=self.device
+                )
+            else:
+                lr = optimizer.param_groups[0]["lr"]
+                metrics["optim/lr"] = lr.to(self.device) if isinstance(lr, Tensor) else lr
         metrics.update(self._member_metrics)
         self._member_metrics = {}
         # The steps a single fit's loggers see: Lightning logs self.log values at the index of
@@ -429,13 +488,20 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         for p in self.net.parameters():
             p.data = p.data.index_select(0, index)
             p.grad = None
-        for optimizer in self.trainer.optimizers if self._trainer else []:
-            optimizer.select_members(index)  # a MemberOptimizer (the registry's population)
+        memberwise = self._memberwise()
+        if self._member_params:
+            self._member_params = self._member_views()
+        if memberwise is not None:
+            memberwise.select_members(index, self._member_params)
+        else:
+            for optimizer in self.trainer.optimizers if self._trainer else []:
+                optimizer.select_members(index)  # the stacked fast path's MemberOptimizer
         if self._trainer:
             for clipper in self._clippers():
                 clipper.select_members(index)
-        # The optimizer's arguments too: a resumed run builds its optimizer after this.
-        self.optimizer_kwargs = {k: select(v, index) for k, v in self.optimizer_kwargs.items()}
+        if self.stacked is not None:  # a resumed run builds its optimizer after this
+            factory, kwargs = self.stacked
+            self.stacked = factory, {k: select(v, index) for k, v in kwargs.items()}
         self._first_bad_step = self._first_bad_step.index_select(0, index)
         self.member_ids = [self.member_ids[i] for i in keep]
         self.seeds = [self.seeds[i] for i in keep]
@@ -493,7 +559,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 "hp/val_acc": history["val/acc"][-1] if history["val/acc"] else float("nan"),
                 "hp/best_val_loss": min(history["val/loss"], default=float("inf")),
             }
-            params = {"optimizer": self.hparams.optimizer, **self.member_kwargs[member]}
+            params = {"optimizer": self.hparams.optimizer["class_path"],
+                      **self.member_kwargs[member]}  # fmt: skip
             params["hidden_sizes"] = str(list(self.hparams.hidden_sizes))
             params["seed"] = self.all_seeds[member]
             if data is not None:

@@ -1,132 +1,215 @@
-"""Optimizers by name: one frozen entry each (timm's registry), plus hyperparameter checks.
+"""Optimizers by class path, with lowercase short names for the common ones (timm's registry).
 
-Each entry says which hyperparameters it accepts and its defaults, so the model can reject a
-hyperparameter the chosen optimizer would ignore, and tuning knows what it may search.
+Any ``torch.optim.Optimizer`` subclass works by import path (``my_opts.Lion``); its constructor
+says which hyperparameters exist and checks their values. A short name (``gnw``) is a frozen
+entry: a class path, a one-line description and the defaults this project chose for it (the seed
+notes' tuned learning rates). Installed packages add short names through the entry-point group
+``lightning_opt.optimizers`` (``name = "package.module:Class"``), read in every process that looks
+a name up, spawned workers included.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Mapping
+import importlib
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from importlib.metadata import entry_points
 from typing import Any
 
 import torch
 
-from lightning_opt.optim.gnw_adam import GNWAdam
-from lightning_opt.optim.sgd import MemberSGD
 from lightning_opt.search_space import SearchParam
 
-#: What ``tune`` searches by default: the learning rate, log-uniform (the seed notes' setup).
+#: Plugins register short names here: ``[project.entry-points."lightning_opt.optimizers"]``.
+ENTRY_POINT_GROUP = "lightning_opt.optimizers"
+
+#: What ``tune`` searches when neither the config nor the optimizer class says otherwise.
 LR_SEARCH = (SearchParam("lr", 1e-4, 1e-1, log=True),)
-
-#: The hyperparameters a registry entry may accept, with the rule each value must follow.
-HYPERPARAMETER_RULES: dict[str, str] = {
-    "lr": "a positive finite number",
-    "weight_decay": "a finite number >= 0",
-    "eps": "a positive finite number",
-    "betas": "two numbers in [0, 1)",
-    "momentum": "a number in [0, 1)",
-    "gamma": "a positive finite number",
-}
-
-
-def _is_valid(name: str, value: Any) -> bool:
-    if name == "betas":
-        return (
-            isinstance(value, (tuple, list))
-            and len(value) == 2
-            and all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in value)
-        )
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return False
-    if name in ("weight_decay",):
-        return value >= 0.0
-    if name == "momentum":
-        return 0.0 <= value < 1.0
-    return value > 0.0
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One registry entry.
+    """A short name for an optimizer class.
 
     Attributes:
         name: lowercase name used on the command line (``--optimizer NAME``).
-        factory: ``factory(params, **hyperparameters) -> torch.optim.Optimizer``.
+        class_path: the class's import path (``torch.optim.Adam``).
         description: one line for ``list_optimizers`` and ``--help``.
-        defaults: the value of every accepted hyperparameter when the user leaves it unset.
-        search_space: what ``tune`` searches by default for this optimizer.
-        population: ``population(params, member_dims=1, **hyperparameters)``: the same update for
-            stacked members, each hyperparameter a number or one value per member (``None``: the
-            optimizer cannot train a population).
+        defaults: constructor arguments this name sets unless the user does (the class's own
+            defaults apply to the rest).
     """
 
     name: str
-    factory: Callable[..., torch.optim.Optimizer]
+    class_path: str
     description: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    search_space: tuple[SearchParam, ...] = LR_SEARCH
-    population: Callable[..., torch.optim.Optimizer] | None = None
 
     @property
-    def hyperparameters(self) -> tuple[str, ...]:
-        return tuple(self.defaults)
-
-    def resolve(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults updated with the non-``None`` ``overrides``, each checked.
-
-        Raises ``ValueError`` for a hyperparameter this optimizer does not take or a bad value.
-        """
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = sorted(set(given) - set(self.defaults))
-        if unknown:
-            raise ValueError(
-                f"optimizer '{self.name}' does not take {', '.join(unknown)}; "
-                f"it takes: {', '.join(self.hyperparameters)}"
-            )
-        resolved = {**self.defaults, **given}
-        for key, value in resolved.items():
-            if not _is_valid(key, value):
-                raise ValueError(f"{key} must be {HYPERPARAMETER_RULES[key]}, got {value!r}")
-        if "betas" in resolved:
-            resolved["betas"] = tuple(float(b) for b in resolved["betas"])
-        return resolved
-
-    def build(self, params: Iterable, **overrides: Any) -> torch.optim.Optimizer:
-        return self.factory(params, **self.resolve(overrides))
+    def cls(self) -> type[torch.optim.Optimizer]:
+        return import_class(self.class_path)
 
 
 _REGISTRY: dict[str, OptimizerSpec] = {}
+_plugins_loaded = False
 
 
 def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
-    """Add ``spec`` to the registry (names are lowercase and unique)."""
+    """Add ``spec`` to the registry (names are lowercase identifiers, unique)."""
     if spec.name != spec.name.lower() or not spec.name.isidentifier():
         raise ValueError(f"optimizer names are lowercase identifiers, got {spec.name!r}")
     if spec.name in _REGISTRY:
         raise ValueError(f"optimizer '{spec.name}' is already registered")
-    unknown = set(spec.defaults) - set(HYPERPARAMETER_RULES)
-    if unknown:
-        raise ValueError(f"unknown hyperparameters {sorted(unknown)} in entry '{spec.name}'")
     _REGISTRY[spec.name] = spec
     return spec
 
 
+def _load_plugins() -> None:
+    """Register the short names installed packages declare (once per process)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in _REGISTRY:
+            continue  # the first registration wins; built-in names cannot be replaced
+        module, _, attr = entry.value.partition(":")
+        class_path = f"{module}.{attr}" if attr else module
+        register_optimizer(
+            OptimizerSpec(entry.name, class_path, f"{class_path} (from {entry.dist.name})")
+            if entry.dist is not None
+            else OptimizerSpec(entry.name, class_path, class_path)
+        )
+
+
 def list_optimizers() -> list[str]:
-    """Registered optimizer names, sorted."""
+    """Registered short names, sorted."""
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_optimizer(name: str) -> OptimizerSpec:
     """The registry entry called ``name``; an unknown name lists the valid ones."""
+    _load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"unknown optimizer {name!r}; choose one of: {', '.join(list_optimizers())}"
+            f"unknown optimizer {name!r}; give a class path (my_module.MyOptimizer) or one of: "
+            f"{', '.join(list_optimizers())}"
         ) from None
+
+
+def short_name_of(class_path: str) -> str:
+    """The registered short name of ``class_path``, else its class name in lowercase."""
+    cls = import_class(class_path)
+    for name in list_optimizers():
+        entry = _REGISTRY[name]
+        if entry.class_path == class_path or entry.cls is cls:
+            return name
+    return cls.__name__.lower()
+
+
+def is_short_name(name: Any) -> bool:
+    return isinstance(name, str) and "." not in name and name in list_optimizers()
+
+
+def import_class(class_path: str) -> type:
+    """The class at ``class_path`` (``package.module.Class``); one clear error if missing."""
+    module, _, name = class_path.rpartition(".")
+    if not module:
+        raise ValueError(f"{class_path!r} is not an import path (package.module.Class)")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {class_path!r}: {err}") from None
+    if not isinstance(cls, type):
+        raise ValueError(f"{class_path!r} is not a class")
+    return cls
+
+
+def optimizer_config(value: Any) -> dict[str, Any]:
+    """``value`` as ``{"class_path": ..., "init_args": {...}}`` with short names expanded.
+
+    ``value`` is a short name, a class path, an optimizer class, or a mapping with
+    ``class_path`` (a short name or a path) and optional ``init_args``. A short name's defaults
+    go under the given ``init_args``. Nothing is checked here but the shape.
+    """
+    if isinstance(value, type):
+        value = f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, str):
+        value = {"class_path": value}
+    if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
+        raise ValueError(
+            f"an optimizer is a short name, a class path or {{class_path, init_args}}, got {value!r}"
+        )
+    unknown = set(value) - {"class_path", "init_args"}
+    if unknown:
+        raise ValueError(f"optimizer keys are class_path and init_args, got {sorted(unknown)}")
+    class_path, init_args = value["class_path"], dict(value.get("init_args") or {})
+    if "." not in class_path:
+        spec = get_optimizer(class_path)
+        class_path, init_args = spec.class_path, {**spec.defaults, **init_args}
+    return {"class_path": class_path, "init_args": init_args}
+
+
+def optimizer_class(config: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
+    """The class of an ``optimizer_config``; refuses anything but an Optimizer subclass."""
+    cls = import_class(config["class_path"])
+    if not issubclass(cls, torch.optim.Optimizer):
+        raise ValueError(f"{config['class_path']} is not a torch.optim.Optimizer subclass")
+    return cls
+
+
+def constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword arguments of ``cls.__init__`` but ``self`` and ``params`` (the source of
+    truth for what an optimizer or callback takes)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        n: p
+        for n, p in params.items()
+        if n not in ("self", "params") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def default_search_space(cls: type) -> tuple[SearchParam, ...]:
+    """What ``tune`` searches for ``cls`` by default: its ``search_space`` attribute if it
+    declares one, else the learning rate (log-uniform 1e-4..1e-1) if it takes ``lr``."""
+    declared = getattr(cls, "search_space", None)
+    if declared is not None:
+        return tuple(declared)
+    return LR_SEARCH if "lr" in constructor_arguments(cls) else ()
+
+
+def supports_population(cls: type) -> bool:
+    """Whether a population may train ``cls`` with one instance per member (an optimizer that
+    needs more than its own parameters, say a closure that re-evaluates the loss, sets the class
+    attribute ``supports_population = False``)."""
+    return bool(getattr(cls, "supports_population", True))
+
+
+def resolve_optimizer(value: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The class and ``{class_path, init_args}`` of an optimizer given as a short name, a class
+    path or a mapping (see ``optimizer_config``), with every constructor default filled in, so
+    ``hparams.yaml`` and the HPARAMS tab show the values a run used."""
+    config = optimizer_config(value)
+    cls = optimizer_class(config)
+    defaults = {
+        n: p.default for n, p in constructor_arguments(cls).items() if p.default is not p.empty
+    }
+    return cls, {"class_path": config["class_path"], "init_args": {**defaults, **config["init_args"]}}
+
+
+def check_optimizer(cls: type[torch.optim.Optimizer], params: Any, init_args: dict) -> None:
+    """Build ``cls`` once so its own constructor checks ``init_args``; one line if it refuses."""
+    try:
+        cls(params, **init_args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{cls.__name__}({_show(init_args)}): {err}") from None
+
+
+def _show(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
 # The learning rates of adam and gnw are the ones the GNW-Adam seed note's Optuna search found
@@ -134,36 +217,27 @@ def get_optimizer(name: str) -> OptimizerSpec:
 register_optimizer(
     OptimizerSpec(
         "adam",
-        torch.optim.Adam,
+        "torch.optim.Adam",
         "Adam (Kingma & Ba, 2015), L2 weight decay added to the gradient",
-        {"lr": 0.00624, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-        population=partial(GNWAdam, gamma=None),
+        {"lr": 0.00624},
     )
 )
 register_optimizer(
     OptimizerSpec(
         "adamw",
-        torch.optim.AdamW,
+        "torch.optim.AdamW",
         "AdamW (Loshchilov & Hutter, 2019), decoupled weight decay",
-        {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
-        population=partial(GNWAdam, gamma=None, decoupled_weight_decay=True),
+        {"lr": 1e-3},
     )
 )
 register_optimizer(
-    OptimizerSpec(
-        "sgd",
-        torch.optim.SGD,
-        "SGD with heavy-ball momentum",
-        {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
-        population=MemberSGD,
-    )
+    OptimizerSpec("sgd", "torch.optim.SGD", "SGD with heavy-ball momentum", {"lr": 0.05, "momentum": 0.9})
 )
 register_optimizer(
     OptimizerSpec(
         "gnw",
-        GNWAdam,
+        "lightning_opt.optim.gnw_adam.GNWAdam",
         "GNW-Adam: Adam with step size lr * gamma / (gamma + ||g||)",
-        {"lr": 0.00585, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "gamma": 1.0},
-        population=GNWAdam,
+        {"lr": 0.00585},
     )
 )

@@ -1,0 +1,128 @@
+"""Any optimizer for a population: one instance of its class per member, stepped together.
+
+Member k's instance is built from member k's parameters and hyperparameters exactly as a single
+``fit`` builds it, so it takes the same steps: nothing about the class needs to be known, and an
+optimizer that computes something over all its parameters (GNW-Adam's ``||g||``) computes it per
+member. The members' param groups are this optimizer's ``param_groups`` (the same dicts), so
+``zero_grad``, LR schedulers and Lightning's per-group logging act on every member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class _MemberStates(MutableMapping):
+    """``state`` of every member's optimizer, keyed by parameter as ``Optimizer.state`` is."""
+
+    def __init__(self, owner: MemberwiseOptimizer) -> None:
+        self.owner = owner
+
+    def _state_of(self, param: Tensor) -> MutableMapping:
+        for optimizer in self.owner.members:
+            if any(p is param for g in optimizer.param_groups for p in g["params"]):
+                return optimizer.state
+        raise KeyError(param)
+
+    def __getitem__(self, param: Tensor) -> Any:
+        return self._state_of(param)[param]
+
+    def __setitem__(self, param: Tensor, value: Any) -> None:
+        self._state_of(param)[param] = value
+
+    def __delitem__(self, param: Tensor) -> None:
+        del self._state_of(param)[param]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for optimizer in self.owner.members:
+            yield from optimizer.state
+
+    def __len__(self) -> int:
+        return sum(len(o.state) for o in self.owner.members)
+
+
+class MemberwiseOptimizer(torch.optim.Optimizer):
+    """K optimizers, one per population member, that act as one.
+
+    Args:
+        members: member k's optimizer over member k's parameters.
+
+    ``step`` steps every member (a closure runs once, first); ``state_dict`` holds each member's.
+    ``select_members`` keeps some members after their parameters were rebuilt.
+    """
+
+    def __init__(self, members: Sequence[torch.optim.Optimizer]) -> None:
+        if not members:
+            raise ValueError("MemberwiseOptimizer needs at least one member optimizer")
+        self.members = list(members)
+        params = [p for o in self.members for g in o.param_groups for p in g["params"]]
+        super().__init__(params, {})
+        # The members' own group dicts, so a change made through either is seen by both.
+        self.param_groups[:] = [g for o in self.members for g in o.param_groups]
+        self.state = _MemberStates(self)  # type: ignore[assignment]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if hasattr(self, "members") and self.param_groups:
+            raise ValueError("a population's optimizer takes no param groups after it is built")
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.members:
+            optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"members": [o.state_dict() for o in self.members]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("members")
+        if saved is None or len(saved) != len(self.members):
+            found = "none" if saved is None else len(saved)
+            raise ValueError(
+                f"the optimizer state holds {found} member(s); this population has "
+                f"{len(self.members)}"
+            )
+        for optimizer, state in zip(self.members, saved, strict=True):
+            optimizer.load_state_dict(state)
+        self.param_groups[:] = [g for o in self.members for g in o.param_groups]
+
+    def select_members(self, index: Tensor, params: Sequence[Sequence[Tensor]]) -> None:
+        """Keep the members at positions ``index``; ``params[j]`` are the tensors that now hold
+        kept member j's parameters (in the order of its param groups)."""
+        kept = [self.members[i] for i in index.tolist()]
+        for optimizer, new in zip(kept, params, strict=True):
+            new = iter(new)
+            for group in optimizer.param_groups:
+                old = group["params"]
+                group["params"] = [next(new) for _ in old]
+                for before, after in zip(old, group["params"], strict=True):
+                    if before in optimizer.state:
+                        optimizer.state[after] = optimizer.state.pop(before)
+        self.members[:] = kept
+        self.param_groups[:] = [g for o in kept for g in o.param_groups]
+
+    @property
+    def last_grad_norm(self) -> Tensor | None:
+        """Each member's ``last_grad_norm``, ``(K,)``, where every member keeps one (GNW-Adam)."""
+        norms = [getattr(o, "last_grad_norm", None) for o in self.members]
+        return None if any(n is None for n in norms) else torch.stack(norms)
+
+    def effective_lr(self, group: int = 0) -> Tensor | None:
+        """Each member's ``effective_lr(group)``, ``(K,)``, where every member has one."""
+        rates = []
+        for optimizer in self.members:
+            rate = getattr(optimizer, "effective_lr", None)
+            value = rate(group) if rate is not None else None
+            if value is None:
+                return None
+            rates.append(torch.as_tensor(value))
+        return torch.stack(rates)

@@ -1,0 +1,178 @@
+"""What every command parses: LightningCLI's model/data/trainer options plus ``--optimizer``.
+
+``--optimizer`` is LightningCLI's own optimizer argument (``class_path`` / ``init_args``, any
+``torch.optim.Optimizer`` subclass, its arguments checked against the class's signature and shown
+by ``--optimizer.help CLASS``), linked into the model's ``optimizer`` argument. A registered short
+name (``gnw``) may stand for a class path on the command line and in config files.
+
+Before jsonargparse sees an optimizer (``--optimizer VALUE`` or a config file's ``optimizer:``),
+it is expanded to its class path with every constructor argument spelled out: the user's values,
+then the short name's defaults, then the class's. jsonargparse keeps the arguments of the
+previous class that the new one also takes when the class changes, which would silently give
+``--optimizer my_opts.Lion`` Adam's tuned learning rate and betas; spelled-out arguments cannot
+be carried over. Every saved ``config.yaml`` so holds the class path and all its arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jsonargparse import Namespace, get_loader, set_loader
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.model import MNIST1DClassifier
+from lightning_opt.optim.registry import (
+    get_optimizer,
+    list_optimizers,
+    resolve_optimizer,
+    short_name_of,
+)
+
+PARSER_MODE = "lightning_opt"  # YAML, with short optimizer names expanded
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 50,  # the GNW-Adam seed note's final runs
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        # name null = the optimizer's short name: lightning_logs/<optimizer>/version_N
+        "init_args": {"save_dir": "lightning_logs", "name": None, "default_hp_metric": False},
+    },
+}
+
+
+class UsageError(Exception):
+    """Bad input, found before anything ran: one line and exit code 2 on the command line."""
+
+
+def spell_out(value: Any) -> Any:
+    """An optimizer value as ``{class_path, init_args}`` with every argument spelled out (see
+    the module docstring); a value that does not name a class is left to jsonargparse's error."""
+    try:
+        return _lists(resolve_optimizer(value)[1])
+    except ValueError:
+        return value
+
+
+def _lists(value: Any) -> Any:
+    """Tuples as lists (what a YAML round trip gives), so dumped configs replay unchanged."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def expand_config(value: Any) -> Any:
+    """A loaded config file with its ``optimizer`` spelled out."""
+    if isinstance(value, dict) and value.get("optimizer") is not None:
+        value = {**value, "optimizer": spell_out(value["optimizer"])}
+    return value
+
+
+def _load(text: str) -> Any:
+    return expand_config(get_loader("yaml")(text))
+
+
+set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
+
+
+def expand_argv(args: Sequence[str]) -> list[str]:
+    """``--optimizer VALUE`` (or ``=VALUE``) spelled out (see the module docstring)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--optimizer" and i + 1 < len(out):
+            out[i + 1] = _expand_value(out[i + 1])
+        elif arg.startswith("--optimizer="):
+            out[i] = "--optimizer=" + _expand_value(arg.split("=", 1)[1])
+    return out
+
+
+def _expand_value(text: str) -> str:
+    if text.startswith("-"):
+        return text  # the next option: --optimizer had no value, jsonargparse says so
+    loaded = get_loader("yaml")(text)
+    expanded = spell_out(loaded)
+    return text if expanded is loaded else json.dumps(expanded)
+
+
+def optimizer_dict(config: Any) -> dict[str, Any]:
+    """A parsed ``optimizer`` (Namespace or dict) as ``{"class_path", "init_args"}``."""
+    value = config.optimizer if hasattr(config, "optimizer") else config
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    return {"class_path": value["class_path"], "init_args": dict(value.get("init_args") or {})}
+
+
+def run_name(config: Any) -> str:
+    """The optimizer's short name (or its class name, lowercase): logs and study names."""
+    return short_name_of(optimizer_dict(config)["class_path"])
+
+
+def check_trainer_settings(trainer: Any) -> None:
+    """Refuse Trainer settings the model cannot honour, before anything is built.
+
+    The model steps its optimizer itself (one step per minibatch, manual optimization), which
+    Lightning does not combine with its own gradient clipping or accumulation.
+    """
+    if trainer.get("gradient_clip_val") not in (None, 0, 0.0):
+        raise ValueError(
+            "Trainer(gradient_clip_val=...) is not supported: the model steps its optimizer "
+            "itself (one step per minibatch); use the callback "
+            "lightning_opt.callbacks.FixedNormClipping with mode: global for the same rule"
+        )
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError(
+            "Trainer(accumulate_grad_batches=...) is not supported: the model takes one optimizer "
+            "step per minibatch; raise data.batch_size instead"
+        )
+
+
+class OptimizerCLI(LightningCLI):
+    """LightningCLI for ``MNIST1DClassifier`` on ``MNIST1DDataModule`` with ``--optimizer``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.add_optimizer_argument(parser)
+
+    @staticmethod
+    def add_optimizer_argument(parser: LightningArgumentParser) -> None:
+        names = "; ".join(f"{n} ({get_optimizer(n).description})" for n in list_optimizers())
+        parser.add_subclass_arguments(
+            torch.optim.Optimizer,
+            "optimizer",
+            skip={"params"},
+            instantiate=False,
+            fail_untyped=False,
+            required=False,
+            default=spell_out("adam"),
+            help="Any torch.optim.Optimizer subclass by class path (my_module.MyOptimizer), or a "
+            f"short name: {names}. Its arguments: --optimizer.ARG; list them with "
+            "--optimizer.help CLASS.",
+        )
+        parser.link_arguments("optimizer", "model.optimizer", compute_fn=_plain)
+
+
+def _plain(value: Any) -> Any:
+    return _lists(value.as_dict() if isinstance(value, Namespace) else value)
+
+
+def build_cli(cli_class: type[LightningCLI], args: Sequence[str] | None, **kwargs: Any) -> Any:
+    """``cli_class`` over the model and data with the project's defaults (``args``: a list)."""
+    args = expand_argv(args) if args is not None else None
+    with warnings.catch_warnings():
+        # args come from our own dispatcher, which has already read sys.argv
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return cli_class(
+            MNIST1DClassifier,
+            MNIST1DDataModule,
+            args=args,
+            seed_everything_default=0,
+            trainer_defaults=TRAINER_DEFAULTS,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, "parser_mode": PARSER_MODE},
+            **kwargs,
+        )

@@ -1,0 +1,145 @@
+"""One run's objects, built from a parsed config: the one place for fit, tune and compare.
+
+``tune`` and ``compare`` build the runs of a study or an experiment here, from the same config
+``fit`` parses, so a trial or a final run is the ``fit`` its config describes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+
+from lightning_opt.callbacks import GradientClippingCallback
+from lightning_opt.model import MNIST1DClassifier
+from lightning_opt.optim.registry import constructor_arguments, import_class, optimizer_class
+from lightning_opt.parsing import optimizer_dict
+from lightning_opt.population import PopulationClassifier
+
+#: A run that reports through its own lines and logger: no bar, summary or per-epoch checkpoint.
+QUIET_TRAINER = {
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "enable_checkpointing": False,
+}
+
+
+def quiet_lightning() -> None:
+    """One line per run is the progress report: silence Lightning's and Optuna's chatter."""
+    import optuna
+
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
+
+
+def instantiate(value: Any) -> Any:
+    """Instantiate ``{class_path, init_args}`` entries (recursively); other values as they are."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        if "class_path" in value:
+            cls = import_class(value["class_path"])
+            return cls(**{k: instantiate(v) for k, v in (value.get("init_args") or {}).items()})
+        return {k: instantiate(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [instantiate(v) for v in value]
+    return value
+
+
+def callback_class(callback_config: Any) -> type | None:
+    """The class a ``{class_path, init_args}`` callback entry names (``None`` if it has none)."""
+    path = getattr(callback_config, "class_path", None)
+    if path is None and isinstance(callback_config, dict):
+        path = callback_config.get("class_path")
+    return import_class(str(path)) if path else None
+
+
+def clipping_callbacks(config: Any) -> list[Any]:
+    """The entries of ``trainer.callbacks`` that are gradient clipping rules."""
+    found = []
+    for entry in config.trainer.get("callbacks") or []:
+        cls = callback_class(entry)
+        if isinstance(cls, type) and issubclass(cls, GradientClippingCallback):
+            found.append(entry)
+    return found
+
+
+def settable(config: Any) -> dict[str, str]:
+    """``{name: where}`` for every argument a trial may set: the optimizer's constructor
+    arguments first, then each clipping callback's (a name both take goes to the optimizer)."""
+    where = {}
+    for entry in clipping_callbacks(config):
+        cls = callback_class(entry)
+        for name in constructor_arguments(cls):
+            where.setdefault(name, cls.__name__)
+    cls = optimizer_class(optimizer_dict(config))
+    where.update(dict.fromkeys(constructor_arguments(cls), "optimizer"))
+    return where
+
+
+def with_values(config: Any, values: dict[str, Any]) -> Any:
+    """A copy of ``config`` with ``values`` set on the optimizer or the clipping callback that
+    takes each name (see ``settable``)."""
+    cfg = copy.deepcopy(config)
+    where = settable(cfg)
+    for name, value in values.items():
+        if where.get(name) == "optimizer":
+            cfg.optimizer.init_args[name] = value
+            continue
+        for entry in clipping_callbacks(cfg):
+            if callback_class(entry).__name__ == where.get(name):
+                entry.init_args[name] = value
+    return cfg
+
+
+def model_arguments(cfg: Any) -> dict[str, Any]:
+    """The model's arguments, the optimizer taken from ``cfg.optimizer`` (its one place)."""
+    return {**cfg.model.as_dict(), "optimizer": optimizer_dict(cfg)}
+
+
+def build_model(cfg: Any) -> MNIST1DClassifier:
+    """The model a ``fit`` of ``cfg`` would train (its own constructor checks everything)."""
+    return MNIST1DClassifier(**model_arguments(cfg))
+
+
+def build_population(
+    cfg: Any, seeds: Sequence[int], member_hparams: dict[str, list] | None = None
+) -> PopulationClassifier:
+    """A population whose member k is the ``fit`` of ``cfg`` with seed ``seeds[k]`` and the
+    k-th value of each ``member_hparams`` entry."""
+    return PopulationClassifier(list(seeds), member_hparams=member_hparams, **model_arguments(cfg))
+
+
+def trainer_arguments(cfg: Any) -> dict[str, Any]:
+    """The Trainer's arguments of ``cfg``, its callbacks instantiated."""
+    trainer_kwargs = instantiate(cfg.trainer)
+    trainer_kwargs["callbacks"] = list(trainer_kwargs.get("callbacks") or [])
+    return trainer_kwargs
+
+
+def run_logger(save_dir: Any, name: str, version: str = "") -> TensorBoardLogger:
+    """The TensorBoard run of one trial, final run or population member: ``save_dir/name/version``."""
+    return TensorBoardLogger(
+        save_dir=str(save_dir), name=name, version=version, default_hp_metric=False
+    )
+
+
+def build_trainer(
+    cfg: Any, logger: Logger | bool, callbacks: Sequence[Callback] = ()
+) -> Trainer:
+    """The quiet Trainer of one run of ``cfg``: its own callbacks plus ``callbacks``."""
+    kwargs = trainer_arguments(cfg)
+    kwargs["callbacks"] += list(callbacks)
+    kwargs.update(QUIET_TRAINER, logger=logger)
+    return Trainer(**kwargs)

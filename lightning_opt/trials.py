@@ -1,0 +1,253 @@
+"""The trials of a study: their options, search space, hyperparameters and how each one runs.
+
+A trial is the ``fit`` its config describes with the sampled values set where they belong (the
+optimizer's or a clipping callback's constructor argument, see ``runs.settable``); ``--population
+K`` trains K trials at once as one population, each reporting to its own Optuna trial.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from optuna.trial import TrialState
+from typing_extensions import override
+
+from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.model import NonFiniteLossError
+from lightning_opt.optim.registry import default_search_space, optimizer_class
+from lightning_opt.parsing import optimizer_dict, run_name
+from lightning_opt.runs import (
+    build_model,
+    build_population,
+    build_trainer,
+    callback_class,
+    clipping_callbacks,
+    run_logger,
+    settable,
+    with_values,
+)
+from lightning_opt.search_space import SearchParam, parse_search_space
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """The study's settings (the rest of the command line is the ``fit`` config of a trial)."""
+
+    n_trials: int
+    n_workers: int
+    storage: str
+    study_name: str
+    seed: int
+    pruner: str
+    objective: str
+    output_dir: str
+    heartbeat_interval: int
+    grace_period: int | None
+    max_retry: int
+    population: int = 1
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.output_dir) / self.study_name
+
+
+def default_study_name(config: Any) -> str:
+    """The optimizer's short name, then each clipping rule's ``short_name`` (adam-wnclip)."""
+    clip = [callback_class(cb).short_name for cb in clipping_callbacks(config)]
+    return "-".join([run_name(config), *clip])
+
+
+def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
+    """The config's ``search_space``, else the defaults of the optimizer and clipping callback.
+
+    Every name must be something the trial can set: a constructor argument of the optimizer or
+    of a clipping callback.
+    """
+    cls = optimizer_class(optimizer_dict(config))
+    clippers = [callback_class(cb) for cb in clipping_callbacks(config)]
+    if config.search_space is not None:
+        space = parse_search_space(config.search_space)
+    else:
+        space = (*default_search_space(cls), *(p for c in clippers for p in c.search_space))
+    where = settable(config)
+    for param in space:
+        if param.name not in where:
+            raise ValueError(
+                f"search space parameter {param.name!r} is not an argument of "
+                f"{cls.__name__} or of a clipping callback; choose from: "
+                f"{', '.join(sorted(where))}"
+            )
+    if not space:
+        raise ValueError("the search space is empty: give search_space entries in the config")
+    return space
+
+
+def options_from_config(config: Any) -> TuneOptions:
+    for key in ("n_trials", "n_workers", "population"):
+        if config[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {config[key]}")
+    if config.heartbeat_interval < 1:
+        raise ValueError(f"heartbeat_interval must be >= 1 second, got {config.heartbeat_interval}")
+    if config.grace_period is not None and config.grace_period <= config.heartbeat_interval:
+        raise ValueError(
+            f"grace_period must be longer than heartbeat_interval ({config.heartbeat_interval}), "
+            f"got {config.grace_period}"
+        )
+    if config.max_retry < 0:
+        raise ValueError(f"max_retry must be >= 0, got {config.max_retry}")
+    return TuneOptions(
+        n_trials=config.n_trials,
+        n_workers=config.n_workers,
+        storage=config.storage or f"sqlite:///{config.output_dir}/optuna.db",
+        study_name=config.study_name or default_study_name(config),
+        seed=config.seed,
+        pruner=config.pruner,
+        objective=config.objective,
+        output_dir=config.output_dir,
+        heartbeat_interval=config.heartbeat_interval,
+        grace_period=config.grace_period,
+        max_retry=config.max_retry,
+        population=config.population,
+    )
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def format_params(params: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3g}" for k, v in sorted(params.items()))
+
+
+class TrialRunner:
+    """Runs the trials one worker claims; the data is generated and split once per worker."""
+
+    def __init__(self, config: Any, options: TuneOptions) -> None:
+        self.config, self.options = config, options
+        self.space = resolve_search_space(config)
+        self.data = MNIST1DDataModule(**config.data.as_dict())
+        self.data.prepare_data()
+        self.trainer: Trainer | None = None
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the running trial at the next batch (never inside a database write)."""
+        self.interrupted = True
+        if self.trainer is not None:
+            self.trainer.should_stop = True
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, float]:
+        """Sample the trial's hyperparameters and record where it logs."""
+        trial.set_user_attr("log_dir", str(self.options.study_dir / f"trial_{trial.number}"))
+        return {p.name: p.suggest(trial) for p in self.space}
+
+    def _logger(self, trial: optuna.Trial) -> Any:
+        return run_logger(self.options.study_dir, f"trial_{trial.number}")
+
+    def run_population(
+        self, trials: list[optuna.Trial], params: list[dict[str, float]]
+    ) -> list[tuple[TrialState, float | None]]:
+        """Train ``trials`` as one population; each trial's outcome, as ``run`` gives it."""
+        seed = self.config.seed_everything
+        seed_everything(seed, verbose=False)
+        member_hparams = {name: [p[name] for p in params] for name in params[0]}
+        model = build_population(self.config, [seed] * len(trials), member_hparams)
+        model.member_loggers = [self._logger(trial) for trial in trials]
+        trainer = self.trainer = build_trainer(self.config, False, [PopulationPruning(trials)])
+        start = time.perf_counter()
+        try:
+            trainer.fit(model, datamodule=self.data)
+        except NonFiniteLossError:
+            pass  # every member is dropped; each one's reason is in model.dropped
+        finally:
+            self.trainer = None
+        if self.interrupted:
+            raise KeyboardInterrupt
+        elapsed = time.perf_counter() - start
+        outcomes = []
+        for member, (trial, p) in enumerate(zip(trials, params, strict=True)):
+            losses = model.history[member]["val/loss"]
+            reason = model.dropped.get(member)
+            if reason is None:
+                state = TrialState.COMPLETE
+                value = min(losses) if self.options.objective == "best" else losses[-1]
+                note = f"val/loss {value:.4f}"
+            else:
+                state, value, note = TrialState.PRUNED, None, reason
+                if "non-finite" in reason:
+                    trial.set_user_attr("pruned_reason", "non-finite training loss")
+            outcomes.append((state, value))
+            print(
+                f"trial {trial.number:>3}  {format_params(p)}  {note}  "
+                f"(population of {len(trials)}: {elapsed:.1f} s)",
+                flush=True,
+            )
+        return outcomes
+
+    def run(self, trial: optuna.Trial, params: dict[str, float]) -> tuple[TrialState, float | None]:
+        cfg = with_values(self.config, params)
+        seed_everything(cfg.seed_everything, verbose=False)  # as `fit` does before building
+        model = build_model(cfg)
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        pruning = PyTorchLightningPruningCallback(trial, monitor="val/loss")
+        trainer = self.trainer = build_trainer(cfg, self._logger(trial), [pruning])
+        start = time.perf_counter()
+        state, value, note = TrialState.COMPLETE, None, ""
+        try:
+            trainer.fit(model, datamodule=self.data)
+        except optuna.TrialPruned:
+            state, note = TrialState.PRUNED, f"pruned at epoch {trainer.current_epoch}"
+        except NonFiniteLossError as err:
+            state, note = TrialState.PRUNED, str(err)
+        finally:
+            self.trainer = None
+        if self.interrupted:
+            raise KeyboardInterrupt
+        if model.first_nonfinite_step is not None:
+            trial.set_user_attr("pruned_reason", "non-finite training loss")
+            note = note or "non-finite loss"
+        if state == TrialState.COMPLETE:
+            final = trainer.callback_metrics.get("val/loss")
+            value = model.best_val_loss if self.options.objective == "best" else float(final)
+            note = f"val/loss {value:.4f}"
+        elapsed = time.perf_counter() - start
+        print(
+            f"trial {trial.number:>3}  {format_params(params)}  {note}  ({elapsed:.1f} s)",
+            flush=True,
+        )
+        return state, value
+
+
+class PopulationPruning(Callback):
+    """Optuna pruning for a population: each epoch, report every live member's val/loss to its
+    trial (as ``PyTorchLightningPruningCallback`` does for one) and drop the members to prune."""
+
+    def __init__(self, trials: list[optuna.Trial]) -> None:
+        self.trials = trials
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        drop = {}
+        for member, loss in zip(pl_module.member_ids, pl_module.val_loss.tolist(), strict=True):
+            if not math.isfinite(loss):
+                continue  # the model drops a member whose loss is not finite, with its reason
+            trial = self.trials[member]
+            trial.report(loss, step=epoch)
+            if trial.should_prune():
+                drop[member] = f"pruned at epoch {epoch}"
+        pl_module.drop_members(drop)
+
+

@@ -1,0 +1,143 @@
+"""Worker processes of a study: claim WAITING trials, run them, tell Optuna; Ctrl-C handling.
+
+Each worker (the tune process itself, or a forked/spawned child per ``--n_workers``) opens its
+own storage connection, claims trials atomically (``study.claim_waiting_trial``) and runs them
+with a ``TrialRunner``; a database storage gets a heartbeat per running trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from lightning_opt import study as studies
+from lightning_opt.runs import quiet_lightning
+from lightning_opt.trials import TrialRunner, TuneOptions, make_pruner
+
+def run_worker(config: Any, options: TuneOptions) -> int:
+    """Claim and run trials until none is left; the number run."""
+    quiet_lightning()
+    storage = studies.open_storage(
+        options.storage, options.heartbeat_interval, options.grace_period, options.max_retry
+    )
+    study = optuna.load_study(
+        study_name=options.study_name, storage=storage,
+        pruner=make_pruner(options.pruner),
+    )  # fmt: skip
+    runner = TrialRunner(config, options)
+    with on_sigint(runner.interrupt):
+        return claim_and_run(study, storage, runner, options)
+
+
+@contextlib.contextmanager
+def on_sigint(callback: Callable[[], None]) -> Iterator[None]:
+    """First Ctrl-C calls ``callback``; a second one interrupts at once (the default)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        callback()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def claim_and_run(
+    study: optuna.Study, storage: Any, runner: TrialRunner, options: TuneOptions
+) -> int:
+    done = 0
+    while True:
+        if runner.interrupted:
+            raise KeyboardInterrupt
+        if studies.has_heartbeat(storage):
+            optuna.storages.fail_stale_trials(study)  # re-enqueues trials of dead workers
+        claimed = studies.claim_waiting_trial(study, storage, options.n_trials, options.seed)
+        if claimed is None:
+            running = studies.count_states(study)[TrialState.RUNNING]
+            if running and studies.has_heartbeat(storage):
+                time.sleep(
+                    min(0.5, options.heartbeat_interval)
+                )  # a dead worker's trial may come back
+                continue
+            return done
+        batch = [claimed]
+        params = [runner.suggest(claimed[0])]  # now: the next claim reseeds the sampler
+        while len(batch) < options.population:
+            more = studies.claim_waiting_trial(study, storage, options.n_trials, options.seed)
+            if more is None:
+                break
+            batch.append(more)
+            params.append(runner.suggest(more[0]))
+        trials = [trial for trial, _ in batch]
+        with contextlib.ExitStack() as beats:
+            for _, trial_id in batch:
+                beats.enter_context(
+                    studies.heartbeat(storage, trial_id, options.heartbeat_interval)
+                )
+            try:
+                if options.population == 1:
+                    outcomes = [runner.run(trials[0], params[0])]
+                else:
+                    outcomes = runner.run_population(trials, params)
+            except (KeyboardInterrupt, SystemExit):
+                for trial in trials:
+                    trial.set_user_attr("fail_reason", "interrupted")
+                    study.tell(trial, state=TrialState.FAIL)
+                raise KeyboardInterrupt from None
+            except BaseException as err:
+                for trial in trials:
+                    trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+        for trial, (state, value) in zip(trials, outcomes, strict=True):
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        done += len(trials)
+
+
+def _worker_process(config: Any, options: TuneOptions) -> None:
+    """Entry point of a spawned worker process."""
+    torch.set_num_threads(1)  # one core per worker
+    try:
+        run_worker(config, options)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(config: Any, options: TuneOptions) -> None:
+    """Run ``options.n_workers`` workers until the study has no trial left to claim.
+
+    Raises ``KeyboardInterrupt`` after Ctrl-C (finished trials are kept).
+    """
+    if options.n_workers == 1:
+        run_worker(config, options)
+        return
+    # fork where there is one: a spawned worker re-imports torch and Lightning (~3 s).
+    # Safe here: each child opens its own storage connection and runs torch on one
+    # thread, so it never enters the OpenMP pool it inherited.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    workers = [
+        context.Process(target=_worker_process, args=(config, options))
+        for _ in range(options.n_workers)
+    ]
+    for worker in workers:
+        worker.start()
+    with on_sigint(lambda: None):  # the workers get Ctrl-C too and stop cleanly
+        for worker in workers:
+            worker.join()
+    if any(w.exitcode == 130 for w in workers):
+        raise KeyboardInterrupt
+    failed = [w.exitcode for w in workers if w.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker(s) failed (exit codes {failed})")
