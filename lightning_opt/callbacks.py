@@ -158,11 +158,13 @@ class GradientClippingCallback(Callback, ABC):
         if hasattr(pl_module, "gradient_parameters"):
             params, member_dims = pl_module.gradient_parameters()
         else:
-            params, member_dims = [p for g in optimizer.param_groups for p in g["params"]], 0
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            member_dims = getattr(pl_module, "member_dims", 0)
         if member_dims == 0:
             stats = self.clip_(params, 0, None)
         elif self.stacked:
-            stats = self.clip_(params, member_dims, pl_module.clipping_overrides())
+            overrides = getattr(pl_module, "clipping_overrides", dict)()
+            stats = self.clip_(params, member_dims, overrides)
         else:
             stats = self._clip_each_member(pl_module)
         self._epoch_fraction = self._epoch_fraction + stats.fraction_clipped

@@ -96,6 +96,35 @@ class LightningOptCLI(OptimizerCLI):
             model.member_loggers = [run_logger(log_dir, f"seed_{seed}") for seed in config.seeds]
         return model
 
+    def _check_ckpt(self) -> None:
+        """A checkpoint the model cannot load is bad input: one line, before anything runs."""
+        import torch
+
+        config = self.config[self.subcommand]
+        path = config.get("ckpt_path")
+        if not path or path in ("last", "best", "hpc", "registry"):
+            return
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UsageError(f"--ckpt_path {path}: no such file") from None
+        except Exception as err:  # a text file, a truncated file, ...
+            reason = " ".join(str(err).split())[:200]
+            raise UsageError(f"--ckpt_path {path} is not a readable checkpoint: {reason}") from None
+        try:
+            self.model.check_checkpoint(checkpoint)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+    def before_fit(self) -> None:
+        self._check_ckpt()
+
+    def before_validate(self) -> None:
+        self._check_ckpt()
+
+    def before_test(self) -> None:
+        self._check_ckpt()
+
     def after_fit(self) -> None:
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -158,6 +187,8 @@ def cli_main(args: list[str] | None = None) -> None:
     # Metrics are logged once per epoch, so Lightning's step-logging interval does not apply.
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
     argv = sys.argv[1:] if args is None else list(args)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --optimizer my_opts.Lion, as under `python -m`
     try:
         if argv[:1] == ["tune"]:
             from lightning_opt.tune import run_tune

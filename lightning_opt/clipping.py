@@ -60,7 +60,7 @@ def _as_threshold(name: str, value: Threshold, like: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
-def with_grads(parameters: Parameters) -> tuple[list[Tensor], list[Tensor]]:
+def params_with_grads(parameters: Parameters) -> tuple[list[Tensor], list[Tensor]]:
     """All parameters, and those that have a gradient."""
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     return params, [p for p in params if p.grad is not None]
@@ -73,9 +73,7 @@ def no_grads(params: list[Tensor], member_dims: int) -> ClipStats:
     return ClipStats(torch.zeros(shape, device=device), torch.ones(shape, device=device))
 
 
-def rescale_(
-    grads: list[Tensor], norms: Tensor, thresholds: Tensor, member_dims: int
-) -> ClipStats:
+def rescale_(grads: list[Tensor], norms: Tensor, thresholds: Tensor, member_dims: int) -> ClipStats:
     """Rescale gradients whose norm exceeds their threshold to norm exactly the threshold.
 
     ``norms`` has shape ``(N, *members)`` with one row per gradient, or ``(1, *members)`` for one
@@ -106,7 +104,7 @@ def clip_grad_by_weight_norm_(
     """
     check_positive("clip_factor", clip_factor)
     check_positive("eps", eps)
-    params, with_grads = with_grads(parameters)
+    params, with_grads = params_with_grads(parameters)
     if not with_grads:
         return no_grads(params, member_dims)
     grads = [p.grad for p in with_grads]
@@ -126,7 +124,7 @@ def clip_grad_norm_per_tensor_(
     ``clip_grad_by_weight_norm_`` for the other arguments.
     """
     check_positive("clip_value", clip_value)
-    params, with_grads = with_grads(parameters)
+    params, with_grads = params_with_grads(parameters)
     if not with_grads:
         return no_grads(params, member_dims)
     grads = [p.grad for p in with_grads]
@@ -143,7 +141,7 @@ def clip_grad_norm_global_(
     Like ``torch.nn.utils.clip_grad_norm_``; ``fraction_clipped`` is 1 where it fired, else 0.
     """
     check_positive("clip_value", clip_value)
-    params, with_grads = with_grads(parameters)
+    params, with_grads = params_with_grads(parameters)
     if not with_grads:
         return no_grads(params, member_dims)
     grads = [p.grad for p in with_grads]

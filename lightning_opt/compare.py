@@ -103,7 +103,7 @@ def validate_arms(config: Any) -> list[dict[str, Any]]:
             if not (isinstance(cls, type) and issubclass(cls, Callback)):
                 raise ValueError(
                     f"arm {name!r}: callbacks are {{class_path, init_args}} of Lightning "
-                    f"Callback classes, got {callback!r}"
+                    f"Callback classes, got {dict(callback).get('class_path', callback)}"
                 )
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:

@@ -302,6 +302,10 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint(checkpoint)
+
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a population's checkpoint (``ValueError``)."""
         population = checkpoint.get("population")
         if population is not None:
             raise ValueError(

@@ -29,6 +29,7 @@ from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.optim.registry import (
     get_optimizer,
     list_optimizers,
+    optimizer_config,
     resolve_optimizer,
     short_name_of,
 )
@@ -96,6 +97,11 @@ def _expand_value(text: str) -> str:
     if text.startswith("-"):
         return text  # the next option: --optimizer had no value, jsonargparse says so
     loaded = get_loader("yaml")(text)
+    if isinstance(loaded, str) and "." not in loaded:
+        try:
+            optimizer_config(loaded)
+        except ValueError as err:
+            raise UsageError(f"--optimizer: {err}") from None
     expanded = spell_out(loaded)
     return text if expanded is loaded else json.dumps(expanded)
 

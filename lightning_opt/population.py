@@ -293,6 +293,16 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 f"member_hparams {', '.join(missing)}: {self.optimizer_class.__name__} takes no "
                 f"such argument and no clipping callback sets it per member ({takes})"
             )
+        for clipper in clippers:  # each member's settings, checked by the rule's constructor
+            cls = type(clipper)
+            own = {
+                n: getattr(clipper, n) for n in constructor_arguments(cls) if hasattr(clipper, n)
+            }
+            for member in range(len(self.all_seeds)):
+                values = {n: v[member] for n, v in self.member_clipping.items()
+                          if n in clipper.member_hparams}  # fmt: skip
+                if values:
+                    cls(**{**own, **values})
 
     def member_parameters(self) -> list[list[Tensor]]:
         """Each live member's parameters as its own leaf tensors (views of the stacked ones),
@@ -524,12 +534,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             "history": self.history,
         }
 
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume: the members still alive when the checkpoint was saved, with their history.
-
-        Runs before the weights and optimizer state are loaded, so their shapes then match.
-        """
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of a single model or of another population (``ValueError``)."""
         saved = checkpoint.get("population")
         if saved is None:
             raise ValueError("not a population checkpoint (it has no 'population' entry)")
@@ -539,6 +545,15 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 f"member_hparams {saved['member_hparams']}; this one has {self.all_seeds} and "
                 f"{self.member_hparams}"
             )
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume: the members still alive when the checkpoint was saved, with their history.
+
+        Runs before the weights and optimizer state are loaded, so their shapes then match.
+        """
+        self.check_checkpoint(checkpoint)
+        saved = checkpoint["population"]
         positions = [self.member_ids.index(m) for m in saved["member_ids"]]
         if positions != list(range(self.num_members)):
             self.select_members(positions)

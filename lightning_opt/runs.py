@@ -76,16 +76,24 @@ def clipping_callbacks(config: Any) -> list[Any]:
 
 
 def settable(config: Any) -> dict[str, str]:
-    """``{name: where}`` for every argument a trial may set: the optimizer's constructor
-    arguments first, then each clipping callback's (a name both take goes to the optimizer)."""
+    """``{name: where}`` for every number a trial may set: the optimizer's constructor arguments
+    first, then each clipping callback's (a name both take goes to the optimizer)."""
     where = {}
     for entry in clipping_callbacks(config):
         cls = callback_class(entry)
-        for name in constructor_arguments(cls):
+        for name in _numbers(cls):
             where.setdefault(name, cls.__name__)
-    cls = optimizer_class(optimizer_dict(config))
-    where.update(dict.fromkeys(constructor_arguments(cls), "optimizer"))
+    where.update(dict.fromkeys(_numbers(optimizer_class(optimizer_dict(config))), "optimizer"))
     return where
+
+
+def _numbers(cls: type) -> list[str]:
+    """Constructor arguments that are not flags (a search space samples numbers)."""
+    return [
+        name
+        for name, p in constructor_arguments(cls).items()
+        if not isinstance(p.default, bool) and p.annotation not in (bool, "bool")
+    ]
 
 
 def with_values(config: Any, values: dict[str, Any]) -> Any:
@@ -135,9 +143,7 @@ def run_logger(save_dir: Any, name: str, version: str = "") -> TensorBoardLogger
     )
 
 
-def build_trainer(
-    cfg: Any, logger: Logger | bool, callbacks: Sequence[Callback] = ()
-) -> Trainer:
+def build_trainer(cfg: Any, logger: Logger | bool, callbacks: Sequence[Callback] = ()) -> Trainer:
     """The quiet Trainer of one run of ``cfg``: its own callbacks plus ``callbacks``."""
     kwargs = trainer_arguments(cfg)
     kwargs["callbacks"] += list(callbacks)

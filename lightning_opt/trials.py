@@ -34,6 +34,7 @@ from lightning_opt.runs import (
 )
 from lightning_opt.search_space import SearchParam, parse_search_space
 
+
 @dataclass(frozen=True)
 class TuneOptions:
     """The study's settings (the rest of the command line is the ``fit`` config of a trial)."""
@@ -249,5 +250,3 @@ class PopulationPruning(Callback):
             if trial.should_prune():
                 drop[member] = f"pruned at epoch {epoch}"
         pl_module.drop_members(drop)
-
-

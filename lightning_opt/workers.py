@@ -23,6 +23,7 @@ from lightning_opt import study as studies
 from lightning_opt.runs import quiet_lightning
 from lightning_opt.trials import TrialRunner, TuneOptions, make_pruner
 
+
 def run_worker(config: Any, options: TuneOptions) -> int:
     """Claim and run trials until none is left; the number run."""
     quiet_lightning()

@@ -117,21 +117,26 @@ def test_presets_stack(tiny_fit_args, tmp_path, capsys):
         cli_main(["fit", f"--config={config}", f"--config={quick}", "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert "optimizer: gnw" in printed and "max_epochs: 2" in printed
+    assert "class_path: lightning_opt.optim.gnw_adam.GNWAdam" in printed
+    assert "gamma: 1.0" in printed and "max_epochs: 2" in printed
     assert "num_samples: 1000" in printed and "lr: 0.00585" in printed
 
 
 BAD_INPUTS = [
-    (["--optimizer=adamm"], "unknown optimizer 'adamm'; choose one of: adam, adamw, gnw, sgd"),
-    (["--model.lr=-1"], "lr must be a positive finite number, got -1.0"),
-    (["--model.lr=0"], "lr must be a positive finite number"),
-    (["--optimizer=gnw", "--model.gamma=0"], "gamma must be a positive finite number"),
-    (["--model.eps=0"], "eps must be a positive finite number"),
-    (["--model.betas=[0.9, 1.5]"], r"betas must be two numbers in [0, 1)"),
+    (
+        ["--optimizer=adamm"],
+        "unknown optimizer 'adamm'; give a class path (my_module.MyOptimizer) "
+        "or one of: adam, adamw, gnw, sgd",
+    ),
+    (["--optimizer=torch.optim.Nope"], "torch.optim.Nope"),
+    (["--optimizer.lr=-1"], "Invalid learning rate: -1.0"),
+    (["--optimizer=gnw", "--optimizer.gamma=0"], "Invalid gamma value: 0.0"),
+    (["--optimizer.eps=-1"], "Invalid epsilon value: -1.0"),
+    (["--optimizer.betas=[0.9, 1.5]"], "Invalid beta parameter at index 1: 1.5"),
+    (["--optimizer.momentum=0.9"], "momentum"),
     (["--data.val_fraction=1.2"], "val_fraction must be in (0, 1), got 1.2"),
     (["--model.hidden_sizes=[]"], "hidden_sizes must be a non-empty list of positive integers"),
     (["--model.hidden_sizes=[-3]"], "hidden_sizes must be a non-empty list of positive integers"),
-    (["--model.momentum=0.9"], "optimizer 'adam' does not take momentum"),
     (["--model.no_such_key=1"], "no_such_key"),
     (
         [
@@ -164,7 +169,7 @@ BAD_INPUTS = [
     (["--seeds=[1, 1]"], "from 0 to 4294967295, got [1, 1]"),
     (["--seeds=[0, -1]"], "from 0 to 4294967295, got [0, -1]"),
     (["--seeds=[4294967296]"], "from 0 to 4294967295, got [4294967296]"),
-    (["--seeds=[0, 1]", "--model.lr=-1"], "lr must be a positive finite number"),
+    (["--seeds=[0, 1]", "--optimizer.lr=-1"], "Invalid learning rate: -1.0"),
 ]
 
 
@@ -188,13 +193,14 @@ def test_bad_input_from_the_shell_prints_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "lightning_opt: error: unknown optimizer 'adamm'; choose one of: adam, adamw, gnw, sgd"
+        "lightning_opt: error: --optimizer: unknown optimizer 'adamm'; give a class path "
+        "(my_module.MyOptimizer) or one of: adam, adamw, gnw, sgd"
     ]
     assert not (tmp_path / "lightning_logs").exists()  # failed before anything ran
 
 
 def test_non_finite_loss_exits_nonzero_and_keeps_the_logs(tiny_fit_args, tmp_path, capsys):
-    args = ["--optimizer=sgd", "--model.lr=1e6", "--model.momentum=0", *tiny_fit_args]
+    args = ["--optimizer=sgd", "--optimizer.lr=1e6", "--optimizer.momentum=0", *tiny_fit_args]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", *args])
     assert exit_info.value.code == 1
@@ -213,7 +219,7 @@ def test_debug_env_shows_the_traceback(tiny_fit_args, monkeypatch):
 def test_fit_gives_the_same_losses_as_a_plain_pytorch_loop(tiny_fit_args, tmp_path, data_cache):
     """The fast path (chunked batches, manual optimization, on-device logging) changes no number."""
     run = _run(
-        ["--optimizer=adam", "--model.lr=0.01", "--seed_everything=3", *tiny_fit_args], tmp_path
+        ["--optimizer=adam", "--optimizer.lr=0.01", "--seed_everything=3", *tiny_fit_args], tmp_path
     )
     logged = read_scalars(run)
 
@@ -266,9 +272,9 @@ def test_fit_seeds_all_members_non_finite_exits_1_and_keeps_the_logs(
     tiny_fit_args, tmp_path, capsys
 ):
     """(One member failing while the others finish is tested in test_population.py.)"""
-    args = ["--optimizer=sgd", "--model.momentum=0", "--seeds=[0, 1]", *tiny_fit_args]
+    args = ["--optimizer=sgd", "--optimizer.momentum=0", "--seeds=[0, 1]", *tiny_fit_args]
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", *args, "--model.lr=1e6"])
+        cli_main(["fit", *args, "--optimizer.lr=1e6"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "every member's training loss became non-finite" in err and "Traceback" not in err

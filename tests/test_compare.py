@@ -200,7 +200,7 @@ BAD = [
      "arm names must be unique; repeated: a"),
     ({"arms": [{"name": "a", "optimizer": "adamm"}]}, "unknown optimizer 'adamm'"),
     ({"arms": [{"name": "a", "callbacks": [{"class_path": "torch.nn.ReLU"}]}]},
-     "arm 'a': unknown clipping 'torch.nn.ReLU'"),
+     "arm 'a': callbacks are {class_path, init_args} of Lightning Callback classes, got torch.nn.ReLU"),
     ({"arms": [{"name": "a", "colour": "red"}]}, "arm 'a' has unknown keys ['colour']"),
     ({"arms": [{"name": "a", "model": {"depth": 3}}]}, "arm 'a': the model has no setting 'depth'"),
     ({"seeds": 0}, "seeds must be a positive integer, got 0"),

@@ -7,7 +7,6 @@ for), bad input, the per-member optimizers against torch's, and the per-member d
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -16,12 +15,10 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import Tensor
 
-import lightning_opt.population as population
 from lightning_opt.callbacks import FixedNormClipping, GradientClippingCallback, WeightNormClipping
 from lightning_opt.compare import EpochHistory
 from lightning_opt.data import MiniBatches, MNIST1DDataModule, PopulationBatches, TensorBatches
 from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
-from lightning_opt.optim import get_optimizer
 from lightning_opt.optim.gnw_adam import GNWAdam
 from lightning_opt.optim.sgd import MemberSGD
 from lightning_opt.population import PopulationClassifier
@@ -76,7 +73,11 @@ def fit_population(
     callbacks: list | None = None,
     **shared,
 ) -> PopulationClassifier:
-    pop = PopulationClassifier(seeds, optimizer=optimizer, member_hparams=member_hparams, **shared)
+    pop = PopulationClassifier(
+        seeds,
+        optimizer={"class_path": optimizer, "init_args": shared},
+        member_hparams=member_hparams,
+    )
     _trainer(epochs, precision, callbacks).fit(pop, datamodule=data)
     return pop
 
@@ -92,7 +93,7 @@ def fit_single(
 ) -> list[float]:
     """The per-epoch validation losses of ``fit --seed_everything seed``."""
     seed_everything(seed, verbose=False)
-    model = MNIST1DClassifier(optimizer=optimizer, **hparams)
+    model = MNIST1DClassifier(optimizer={"class_path": optimizer, "init_args": hparams})
     history = EpochHistory()
     _trainer(epochs, precision, [history, *([clipper] if clipper else [])]).fit(
         model, datamodule=data
@@ -350,17 +351,18 @@ def test_select_members_before_fit():
         ({"seeds": [1, 2.5]}, "seeds must be a non-empty list of integers"),
         ({"seeds": [0, -1]}, "seeds must be a non-empty list of integers from 0 to 4294967295"),
         (
-            {"member_hparams": {"momentum": [0.9, 0.5]}},
-            r"member_hparams momentum are not taken by optimizer 'adam'.*allowed: lr, betas",
+            {"member_hparams": {"momentum": ["a", 0.5]}},
+            r"member_hparams\['momentum'\]: Adam takes no argument 'momentum'",
         ),
         (
             {"member_hparams": {"lr": [0.1]}},
             r"member_hparams\['lr'\] must hold one value per member \(2\)",
         ),
         ({"member_hparams": {"lr": 0.1}}, r"must hold one value per member"),
-        ({"member_hparams": {"lr": [0.1, -1.0]}}, "lr must be a positive finite number"),
-        ({"member_hparams": {"clip_factor": [0.1, 0.0]}}, "clip_factor must be positive"),
+        ({"member_hparams": {"lr": [0.1, -1.0]}}, "Invalid learning rate: -1.0"),
+        ({"member_hparams": {"betas": [(0.9, 0.99), (0.9, 1.5)]}}, "Invalid beta parameter"),
         ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
+        ({"optimizer": "torch.optim.NoSuch"}, "cannot import 'torch.optim.NoSuch'"),
         ({"activation": "swish"}, "unknown activation 'swish'"),
     ],
 )
@@ -370,11 +372,13 @@ def test_bad_arguments_fail_at_construction(kwargs, match):
         PopulationClassifier(**kwargs)
 
 
-def test_an_optimizer_without_population_support_is_rejected(monkeypatch):
-    spec = dataclasses.replace(get_optimizer("adam"), population=None)
-    monkeypatch.setattr(population, "get_optimizer", lambda name: spec)
-    with pytest.raises(ValueError, match="optimizer 'adam' cannot train a population"):
-        PopulationClassifier([1, 2])
+class NoPopulationAdam(torch.optim.Adam):
+    supports_population = False
+
+
+def test_an_optimizer_without_population_support_is_rejected():
+    with pytest.raises(ValueError, match="NoPopulationAdam declares supports_population = False"):
+        PopulationClassifier([1, 2], optimizer=f"{__name__}.NoPopulationAdam")
 
 
 @pytest.mark.parametrize(
@@ -387,8 +391,15 @@ def test_an_optimizer_without_population_support_is_rejected(monkeypatch):
 )
 def test_per_member_clipping_without_its_callback_fails_at_fit(data, member_hparams, callbacks):
     name = next(iter(member_hparams))
-    with pytest.raises(ValueError, match=f"member_hparams {name} need the clipping callback"):
+    with pytest.raises(ValueError, match=f"member_hparams {name}: Adam takes no such argument"):
         fit_population(data, [1, 2], "adam", member_hparams, 1, callbacks=callbacks)
+
+
+def test_a_bad_per_member_clipping_value_fails_before_training(data):
+    with pytest.raises(ValueError, match=r"clip_factor must be a positive finite number, got 0\.0"):
+        fit_population(
+            data, [1, 2], "adam", {"clip_factor": [0.1, 0.0]}, 1, callbacks=[WeightNormClipping(1)]
+        )
 
 
 def test_a_plain_dataloader_is_rejected():
@@ -558,7 +569,8 @@ def test_resume_after_a_member_was_dropped_equals_an_uninterrupted_run(data, tmp
     seeds, hparams = [1, 2, 3], {"lr": [0.05, HUGE_LR, 0.2]}
 
     def build() -> PopulationClassifier:
-        return PopulationClassifier(seeds, optimizer="sgd", member_hparams=hparams, momentum=0.9)
+        sgd = {"class_path": "sgd", "init_args": {"momentum": 0.9}}
+        return PopulationClassifier(seeds, optimizer=sgd, member_hparams=hparams)
 
     # float32: with 64-true Lightning loads a checkpoint into the module before converting it to
     # float64, so a float64 resume is rounded through float32 (single models alike).

@@ -137,6 +137,8 @@ def optimizer_config(value: Any) -> dict[str, Any]:
     """
     if isinstance(value, type):
         value = f"{value.__module__}.{value.__qualname__}"
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
     if isinstance(value, str):
         value = {"class_path": value}
     if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
@@ -148,9 +150,29 @@ def optimizer_config(value: Any) -> dict[str, Any]:
         raise ValueError(f"optimizer keys are class_path and init_args, got {sorted(unknown)}")
     class_path, init_args = value["class_path"], dict(value.get("init_args") or {})
     if "." not in class_path:
-        spec = get_optimizer(class_path)
-        class_path, init_args = spec.class_path, {**spec.defaults, **init_args}
+        if class_path in list_optimizers():
+            spec = get_optimizer(class_path)
+            class_path, init_args = spec.class_path, {**spec.defaults, **init_args}
+        else:
+            class_path = _path_of_class_named(class_path)
     return {"class_path": class_path, "init_args": init_args}
+
+
+def _path_of_class_named(name: str) -> str:
+    """The import path of the imported Optimizer subclass called ``name`` (``Adam``), as
+    jsonargparse resolves a bare class name; else the short names' error."""
+    found, todo = set(), [torch.optim.Optimizer]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            todo.append(sub)
+            if sub.__name__ == name and not sub.__module__.startswith("torch.optim._"):
+                found.add(f"{sub.__module__}.{sub.__qualname__}")
+    if len(found) == 1:
+        return found.pop()
+    if len(found) > 1:
+        raise ValueError(f"several optimizers are called {name!r}: {', '.join(sorted(found))}")
+    get_optimizer(name)  # raises: an unknown name, listing the short names
+    raise AssertionError(name)
 
 
 def optimizer_class(config: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
@@ -197,7 +219,10 @@ def resolve_optimizer(value: Any) -> tuple[type[torch.optim.Optimizer], dict[str
     defaults = {
         n: p.default for n, p in constructor_arguments(cls).items() if p.default is not p.empty
     }
-    return cls, {"class_path": config["class_path"], "init_args": {**defaults, **config["init_args"]}}
+    return cls, {
+        "class_path": config["class_path"],
+        "init_args": {**defaults, **config["init_args"]},
+    }
 
 
 def check_optimizer(cls: type[torch.optim.Optimizer], params: Any, init_args: dict) -> None:
@@ -231,7 +256,9 @@ register_optimizer(
     )
 )
 register_optimizer(
-    OptimizerSpec("sgd", "torch.optim.SGD", "SGD with heavy-ball momentum", {"lr": 0.05, "momentum": 0.9})
+    OptimizerSpec(
+        "sgd", "torch.optim.SGD", "SGD with heavy-ball momentum", {"lr": 0.05, "momentum": 0.9}
+    )
 )
 register_optimizer(
     OptimizerSpec(

@@ -27,16 +27,26 @@ _ADAM_OFF = {"amsgrad": False, "maximize": False, "capturable": False, "differen
 _ADAM_ARGS = ("lr", "betas", "eps", "weight_decay")
 _TABLE: dict[type, tuple[StackedFactory, tuple[str, ...], dict[str, Any]]] = {
     torch.optim.Adam: (
-        partial(GNWAdam, gamma=None), _ADAM_ARGS, {**_ADAM_OFF, "decoupled_weight_decay": False}
+        partial(GNWAdam, gamma=None),
+        _ADAM_ARGS,
+        {**_ADAM_OFF, "decoupled_weight_decay": False},
     ),
-    torch.optim.AdamW: (partial(GNWAdam, gamma=None, decoupled_weight_decay=True), _ADAM_ARGS,
-                        _ADAM_OFF),  # fmt: skip
+    torch.optim.AdamW: (
+        partial(GNWAdam, gamma=None, decoupled_weight_decay=True),
+        _ADAM_ARGS,
+        _ADAM_OFF,
+    ),
     torch.optim.SGD: (
         MemberSGD,
         ("lr", "momentum", "weight_decay"),
-        {"dampening": 0, "nesterov": False, "maximize": False, "differentiable": False,
-         "fused": None},
-    ),  # fmt: skip
+        {
+            "dampening": 0,
+            "nesterov": False,
+            "maximize": False,
+            "differentiable": False,
+            "fused": None,
+        },
+    ),
     GNWAdam: (GNWAdam, (*_ADAM_ARGS, "gamma", "decoupled_weight_decay"), {}),
 }
 _IGNORED = ("foreach", "member_dims")  # how a kernel runs, not what it computes
