@@ -28,7 +28,7 @@ from lightning_opt.callbacks import WeightNormClipping
 from lightning_opt.cli import cli_main
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import build_mlp
-from lightning_opt.optim import get_optimizer
+from lightning_opt.optim.registry import resolve_optimizer
 
 ARMS = {  # name -> (optimizer, fit arguments for the clipping callback)
     "adam": ("adam", []),
@@ -49,13 +49,18 @@ def _splits(cache: str, **data_args) -> dict[str, tuple[torch.Tensor, torch.Tens
     return data.splits
 
 
+def _build_optimizer(name: str, params) -> torch.optim.Optimizer:
+    cls, config = resolve_optimizer(name)
+    return cls(params, **config["init_args"])
+
+
 def bare_loop(splits, optimizer: str, clip: bool, epochs: int) -> float:
     """Seconds per step of a plain PyTorch loop (with per-epoch validation)."""
     torch.manual_seed(0)
     x, y = splits["train"]
     xv, yv = splits["val"]
     net = build_mlp(40, [100], 10)
-    opt = get_optimizer(optimizer).build(net.parameters())
+    opt = _build_optimizer(optimizer, net.parameters())
     clipper = WeightNormClipping(0.1) if clip else None
     steps = 0
     start = time.perf_counter()
@@ -100,7 +105,7 @@ class _Textbook(LightningModule):
         self.log("val_loss", F.cross_entropy(self.net(x), y))
 
     def configure_optimizers(self):
-        return get_optimizer(self.optimizer_name).build(self.parameters())
+        return _build_optimizer(self.optimizer_name, self.parameters())
 
     def train_dataloader(self):
         return DataLoader(TensorDataset(*self.splits["train"]), batch_size=100, shuffle=True)

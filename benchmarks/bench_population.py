@@ -1,6 +1,7 @@
 """Time a population of K members against one single-model fit of the same epochs.
 
     python benchmarks/bench_population.py [--members 1 4 16 64] [--optimizer adam] [--clipping wn]
+    python benchmarks/bench_population.py --members 16 --optimizer examples.lion.Lion   # any class
         [--epochs 50] [--repeats 3] [--memory-epochs 3] [--out benchmarks/results/population.json]
 
 Every configuration trains the seed-1 MLP setup (40 -> 100 -> 10, batch 100, mnist1d with 5,000
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import statistics
 import subprocess
@@ -49,6 +51,8 @@ from typing import Any
 import torch
 from _report import machine_info, write_json
 from lightning.pytorch import Trainer, seed_everything
+
+sys.path.insert(0, os.getcwd())  # --optimizer examples.lion.Lion from the repository root
 
 from lightning_opt.callbacks import WeightNormClipping
 from lightning_opt.data import MNIST1DDataModule
@@ -168,7 +172,9 @@ def profile(config: str, data: MNIST1DDataModule, args: argparse.Namespace) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument(
+        "--optimizer", default="adam", help="a short name or a class path (from the repo root)"
+    )
     parser.add_argument("--clipping", choices=["none", "wn"], default="none")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)

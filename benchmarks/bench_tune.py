@@ -46,7 +46,7 @@ from _report import machine_info, write_json
 from lightning.pytorch import Callback
 
 import lightning_opt.study as studies
-import lightning_opt.tune as tune
+from lightning_opt import runs, trials
 from lightning_opt.cli import cli_main
 from lightning_opt.data import MNIST1DDataModule
 
@@ -124,8 +124,8 @@ class _Clock(Callback):
 @contextlib.contextmanager
 def _instrumented(events: list[dict]):
     """Record per trial: claim, run start, Trainer built, fit loop start/end, run end."""
-    claim, run, trainer_cls = studies.claim_waiting_trial, tune.TrialRunner.run, tune.Trainer
-    suggest = tune.TrialRunner.suggest
+    claim, run, trainer_cls = studies.claim_waiting_trial, trials.TrialRunner.run, runs.Trainer
+    suggest = trials.TrialRunner.suggest
 
     def timed_claim(*args, **kwargs):
         now = time.perf_counter()
@@ -150,15 +150,15 @@ def _instrumented(events: list[dict]):
         events[-1]["trainer_built"] = time.perf_counter()
         return trainer
 
-    studies.claim_waiting_trial, tune.TrialRunner.run, tune.Trainer = (
+    studies.claim_waiting_trial, trials.TrialRunner.run, runs.Trainer = (
         timed_claim, timed_run, timed_trainer,
     )  # fmt: skip
-    tune.TrialRunner.suggest = timed_suggest
+    trials.TrialRunner.suggest = timed_suggest
     try:
         yield
     finally:
-        studies.claim_waiting_trial, tune.TrialRunner.run, tune.Trainer = claim, run, trainer_cls
-        tune.TrialRunner.suggest = suggest
+        studies.claim_waiting_trial, trials.TrialRunner.run, runs.Trainer = claim, run, trainer_cls
+        trials.TrialRunner.suggest = suggest
 
 
 PIECES = {  # name -> (from, to)

@@ -541,3 +541,67 @@ def test_a_search_space_name_nothing_takes_is_refused_before_any_trial(
     listed = set(lines[0].rsplit("choose from:", 1)[1].replace(",", " ").split())
     assert choices <= listed and name not in listed
     assert not (tmp_path / "out").exists()  # no study, no trial directory
+
+
+# -- errors raised while training, and plugins ------------------------------------------------
+
+
+class FailsAtStep(torch.optim.SGD):
+    """SGD that raises its own ValueError at step ``fail_at``: a bug in a user's optimizer."""
+
+    def __init__(self, params: Any, lr: float = 0.01, fail_at: int = 3) -> None:
+        super().__init__(params, lr=lr)
+        self.fail_at, self.steps = fail_at, 0
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        self.steps += 1
+        if self.steps == self.fail_at:
+            raise ValueError("FailsAtStep: something inside the update went wrong")
+        return super().step(closure)
+
+
+def test_an_error_inside_training_keeps_its_traceback_and_exits_1(tiny_fit_args, tmp_path):
+    """Only bad input is one line with exit 2; a user's optimizer raising at step 3 is a bug
+    to debug, so Python's own traceback and exit code 1 stay."""
+    import subprocess
+
+    args = ["fit", f"--optimizer={__name__}.FailsAtStep", *tiny_fit_args]
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_opt", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "ValueError: FailsAtStep: something inside the update went wrong" in proc.stderr
+    assert "lightning_opt: error" not in proc.stderr
+
+
+def test_installed_packages_register_short_names_through_entry_points(
+    tmp_path, monkeypatch, tiny_fit_args
+):
+    """A distribution declaring ``[lightning_opt.optimizers] qhm = module:Class`` makes
+    ``--optimizer qhm`` work, with no import of it anywhere."""
+    from lightning_opt.optim import registry
+
+    dist = tmp_path / "qhm_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: qhm-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        f"[lightning_opt.optimizers]\nqhm = {__name__}:QHMomentum\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    assert "qhm" in registry.list_optimizers()
+    assert registry.get_optimizer("qhm").cls is QHMomentum
+    run = _fit(["--optimizer=qhm", "--optimizer.nu=0.25", *tiny_fit_args], tmp_path / "logs")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["optimizer"]["class_path"].endswith("QHMomentum")
+    assert config["optimizer"]["init_args"]["nu"] == 0.25
+    assert run.parent.name == "qhm"  # the short name names the run's folder
