@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.callbacks import check_clipping_callbacks
 from lightning_opt.model import NonFiniteLossError
+from lightning_opt.optim.registry import import_class
 from lightning_opt.parsing import (
     OptimizerCLI,
     UsageError,
@@ -115,6 +116,18 @@ class LightningOptCLI(OptimizerCLI):
             self.model.check_checkpoint(checkpoint)
         except ValueError as err:
             raise UsageError(str(err)) from None
+        saved = (checkpoint.get("hyper_parameters") or {}).get("optimizer")
+        if self.subcommand == "fit" and isinstance(saved, dict) and "class_path" in saved:
+            try:
+                saved_class = import_class(saved["class_path"])
+            except ValueError as err:
+                raise UsageError(f"--ckpt_path {path}: {err}") from None
+            if saved_class is not self.model.optimizer_class:
+                raise UsageError(
+                    f"--ckpt_path {path} was trained with {saved['class_path']}; its state cannot "
+                    f"resume {self.model.optimizer_class.__name__}: leave --optimizer out to "
+                    "resume with the checkpoint's"
+                )
 
     def before_fit(self) -> None:
         self._check_ckpt()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,6 +91,34 @@ def expand_argv(args: Sequence[str]) -> list[str]:
             out[i + 1] = _expand_value(out[i + 1])
         elif arg.startswith("--optimizer="):
             out[i] = "--optimizer=" + _expand_value(arg.split("=", 1)[1])
+    return out
+
+
+def with_checkpoint_optimizer(args: Sequence[str]) -> list[str]:
+    """``args`` plus the checkpoint's ``--optimizer`` when ``--ckpt_path`` names one and the
+    command line sets no optimizer itself.
+
+    LightningCLI gives a checkpoint's hyperparameters to the model's arguments, but the model's
+    ``optimizer`` is linked from ``--optimizer``, whose default (adam) would then replace the
+    checkpoint's: ``fit --ckpt_path`` of a Lion run would resume Adam from Lion's state.
+    """
+    out = list(args)
+    path = None
+    for i, arg in enumerate(out):
+        if arg == "--ckpt_path" and i + 1 < len(out):
+            path = out[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            path = arg.split("=", 1)[1]
+    given = any(a == "--optimizer" or a.startswith("--optimizer=") for a in out)
+    if not path or given or not Path(path).is_file():
+        return out
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a checkpoint: the command says so in one line later
+        return out
+    optimizer = (checkpoint.get("hyper_parameters") or {}).get("optimizer")
+    if isinstance(optimizer, dict) and "class_path" in optimizer:
+        out.append("--optimizer=" + json.dumps(_lists(optimizer)))
     return out
 
 
@@ -168,7 +197,7 @@ def _plain(value: Any) -> Any:
 
 def build_cli(cli_class: type[LightningCLI], args: Sequence[str] | None, **kwargs: Any) -> Any:
     """``cli_class`` over the model and data with the project's defaults (``args``: a list)."""
-    args = expand_argv(args) if args is not None else None
+    args = expand_argv(with_checkpoint_optimizer(args)) if args is not None else None
     with warnings.catch_warnings():
         # args come from our own dispatcher, which has already read sys.argv
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

@@ -202,6 +202,28 @@ def test_outside_optimizer_trains_saves_its_argument_and_replays(
     assert _values(read_scalars(replay), "val/loss") == logged  # bit-identical
 
 
+def test_a_checkpoint_resumes_with_its_own_optimizer(tiny_fit_args, tmp_path, capsys):
+    """``fit --ckpt_path`` with no --optimizer resumes the checkpoint's class and arguments
+    (not the default adam) and ends where a straight run ends; another class is refused."""
+    base = [a for a in tiny_fit_args if not a.startswith("--trainer.max_epochs")]
+    qhm = ["--optimizer", QHM, "--optimizer.nu", "0.3", "--optimizer.lr", "0.1"]
+    straight = _fit([*base, *qhm, "--trainer.max_epochs=4"], tmp_path / "straight")
+    first = _fit([*base, *qhm, "--trainer.max_epochs=2"], tmp_path / "first")
+    (ckpt,) = (first / "checkpoints").glob("*.ckpt")
+    resumed = _fit([*base, "--trainer.max_epochs=4", f"--ckpt_path={ckpt}"], tmp_path / "resumed")
+    saved = yaml.safe_load((resumed / "config.yaml").read_text())
+    assert saved["optimizer"]["class_path"] == QHM and saved["optimizer"]["init_args"]["nu"] == 0.3
+    assert _values(read_scalars(resumed), "val/loss")[-1] == pytest.approx(
+        _values(read_scalars(straight), "val/loss")[-1], rel=1e-6
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *base, "--optimizer=adam", f"--ckpt_path={ckpt}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("leave --optimizer out to resume with the checkpoint's")
+    assert f"was trained with {QHM}; its state cannot resume Adam" in err[-1]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
