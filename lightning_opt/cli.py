@@ -27,7 +27,8 @@ from lightning_opt.parsing import (
     UsageError,
     build_cli,
     check_trainer_settings,
-    run_name,
+    place_loggers,
+    summarize_argument_error,
 )
 
 EXIT_USAGE = 2  # bad input: nothing was trained
@@ -67,14 +68,7 @@ class LightningOptCLI(OptimizerCLI):
                     f"--seeds must be a non-empty list of distinct integers from 0 to {MAX_SEED}, "
                     f"got {seeds}"
                 )
-        logger = config.trainer.logger
-        if (
-            logger
-            and not isinstance(logger, bool)
-            and getattr(logger, "class_path", "").endswith("TensorBoardLogger")
-            and logger.init_args.get("name") is None
-        ):
-            logger.init_args.name = run_name(config)
+        place_loggers(config)
 
     def instantiate_classes(self) -> None:
         try:
@@ -217,7 +211,7 @@ def cli_main(args: list[str] | None = None) -> None:
     except ArgumentError as err:  # jsonargparse: an unknown key, a wrong type, ...
         if debug:
             raise
-        _fail(EXIT_USAGE, f"{' '.join(str(err).split())} (see --help)")
+        _fail(EXIT_USAGE, f"{summarize_argument_error(str(err))} (see --help)")
     except UsageError as err:
         if debug:
             raise

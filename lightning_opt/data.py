@@ -256,9 +256,12 @@ class MNIST1DDataModule(LightningDataModule):
             trial sees the same split.
         shuffle_seed: seed of the training order; ``None`` = follow the run's seed
             (``--seed_everything``), so a new seed changes the data order but never the split.
-        steps_per_chunk: optimizer steps per Lightning training batch; ``0`` = a whole epoch in
-            one batch (fastest: Lightning's per-batch work runs once per epoch), ``null`` = plain
-            ``(x, y)`` minibatches, one per Lightning batch. The math is the same either way.
+        steps_per_chunk: ``null`` (the default) = plain ``(x, y)`` minibatches, one per Lightning
+            batch, as in any Lightning project. A number N hands Lightning N minibatches per
+            batch (``0``: the whole epoch) and the model steps once per minibatch: the same
+            math, faster for a tiny model, but Lightning then counts chunks, not steps, wherever
+            it counts batches (progress bar, ``on_train_batch_*`` hooks, ``max_steps``,
+            ``limit_train_batches``, ``val_check_interval``, the x-axis of epoch-level logs).
         num_samples: examples generated in total (mnist1d default 5000; 80% train, 20% test).
         generation_seed: mnist1d's generation seed (42 reproduces the published data).
         cache_dir: where generated arrays are cached as ``.npz``; ``None`` = ``$LIGHTNING_OPT_CACHE``
@@ -272,7 +275,7 @@ class MNIST1DDataModule(LightningDataModule):
         val_fraction: float = 0.2,
         split_seed: int = 0,
         shuffle_seed: int | None = None,
-        steps_per_chunk: int | None = 0,
+        steps_per_chunk: int | None = None,
         num_samples: int = 5000,
         generation_seed: int = 42,
         cache_dir: str | None = None,

@@ -136,6 +136,12 @@ class MinibatchTraining:
             if is_overridden("on_before_optimizer_step", cb, Callback)
         ]
 
+    def _lightning_step(self) -> int:
+        """The step Lightning's logger connector gives ``self.log`` values right now: epoch-end
+        values go to this minus one, the index of the epoch's last batch (with one minibatch per
+        batch, the last optimizer step's). Everything the model logs itself uses the same x-axis."""
+        return self.trainer.fit_loop.epoch_loop._batches_that_stepped
+
     def _zero_grad(self, optimizer: Any) -> None:
         optimizer.zero_grad()
 
@@ -345,12 +351,12 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         internals = dict(zip([*means, *names], values, strict=True))
         internals["optim/lr"] = self.optimizers().param_groups[0]["lr"]
         for logger in self.loggers:
-            logger.log_metrics(internals, step=self.global_step)
+            logger.log_metrics(internals, step=self._lightning_step() - 1)
 
     @override
     def on_train_end(self) -> None:
         # The HPARAMS dashboard: hyperparameters together with the run's final metrics.
-        if self.logger is None:
+        if not self.loggers:
             return
         metrics = self.trainer.callback_metrics
         results = {
@@ -358,10 +364,50 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
             "hp/val_acc": float(metrics.get("val/acc", float("nan"))),
             "hp/best_val_loss": self.best_val_loss,
         }
-        params = {"optimizer": self.hparams.optimizer["class_path"], **self.optimizer_kwargs}
-        params["hidden_sizes"] = str(list(self.hparams.hidden_sizes))
-        if self.trainer.datamodule is not None:
-            params.update({f"data/{k}": v for k, v in self.trainer.datamodule.hparams.items()})
-        for callback in self.trainer.callbacks:
-            params.update(getattr(callback, "hparams_for_logging", dict)())
-        self.logger.log_hyperparams(params, results)
+        params = run_hparams(self, self.optimizer_kwargs, seed=_global_seed())
+        for logger in self.loggers:
+            log_hyperparams(logger, params, results, self._lightning_step() - 1)
+
+
+def _global_seed() -> int | None:
+    """The seed ``seed_everything`` set (Lightning records it in ``PL_GLOBAL_SEED``)."""
+    import os
+
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None else None
+
+
+def run_hparams(module: LightningModule, optimizer_kwargs: dict[str, Any], seed: Any) -> dict:
+    """One run's settings for the HPARAMS tab, flat and resolved: the optimizer's class and every
+    argument, the model's and the data's settings, the seed, and each callback's
+    ``hparams_for_logging``. Sequences become one entry per item (``optimizer/betas.0``)."""
+    hp = module.hparams
+    params: dict[str, Any] = {"optimizer": hp.optimizer["class_path"], "seed": seed}
+    params.update({f"optimizer/{k}": v for k, v in optimizer_kwargs.items()})
+    params.update({k: v for k, v in hp.items() if k != "optimizer" and not k.startswith("_")})
+    trainer = module.trainer
+    if trainer.datamodule is not None:
+        data = trainer.datamodule.hparams
+        params.update({f"data/{k}": v for k, v in data.items() if not k.startswith("_")})
+    for callback in trainer.callbacks:
+        params.update(getattr(callback, "hparams_for_logging", dict)())
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, (list, tuple)):
+            flat.update({f"{key}.{i}": v for i, v in enumerate(value)})
+        else:
+            flat[key] = value
+    return flat
+
+
+def log_hyperparams(logger: Any, params: dict, metrics: dict, step: int) -> None:
+    """``params`` with ``metrics`` to any Lightning logger: TensorBoard takes the metrics with the
+    hyperparameters (its HPARAMS tab); CSV, MLflow and the others take hyperparameters alone, so
+    the metrics go to them as metrics."""
+    import inspect
+
+    if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
+        logger.log_hyperparams(params, metrics)
+    else:
+        logger.log_hyperparams(params)
+        logger.log_metrics(metrics, step=step)

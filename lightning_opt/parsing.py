@@ -16,6 +16,7 @@ be carried over. Every saved ``config.yaml`` so holds the class path and all its
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,11 +37,13 @@ from lightning_opt.optim.registry import (
 )
 
 PARSER_MODE = "lightning_opt"  # YAML, with short optimizer names expanded
+DEFAULT_SAVE_DIR = "lightning_logs"  # under trainer.default_root_dir
 
 TRAINER_DEFAULTS = {
     "max_epochs": 50,  # the GNW-Adam seed note's final runs
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        # save_dir lightning_logs = <trainer.default_root_dir>/lightning_logs (./lightning_logs);
         # name null = the optimizer's short name: lightning_logs/<optimizer>/version_N
         "init_args": {"save_dir": "lightning_logs", "name": None, "default_hp_metric": False},
     },
@@ -146,6 +149,73 @@ def optimizer_dict(config: Any) -> dict[str, Any]:
 def run_name(config: Any) -> str:
     """The optimizer's short name (or its class name, lowercase): logs and study names."""
     return short_name_of(optimizer_dict(config)["class_path"])
+
+
+def summarize_argument_error(message: str) -> str:
+    """jsonargparse's error for a class's argument, which lists every type of a Union it tried,
+    cut to the line a person needs: the key, the class and what was wrong with the value.
+
+    ``Parser key "trainer.callbacks": Does not validate against any of the Union subtypes ...
+    Problem with given class_path 'X': Parser key "clip_factor": Expected a <class 'float'>. Got
+    value: abc ...`` becomes ``trainer.callbacks: X: clip_factor: expected a float, got abc``.
+    """
+    text = " ".join(message.split())
+    outer = re.match(r'Parser key "([^"]+)": ', text)
+    problems = re.findall(
+        r"Problem with given class_path '([^']+)': (.*?)(?= - Problem with| - Expected a <class"
+        r"| Given value type:|$)",
+        text,
+    )
+    if not outer or not problems:
+        return text
+    seen, parts = set(), []
+    for class_path, reason in problems:
+        if class_path.startswith("lightning.") and class_path.count(".") == 1:
+            continue  # the base class jsonargparse also tried (lightning.Callback)
+        reason = _short_reason(reason)
+        if (class_path, reason) not in seen:
+            seen.add((class_path, reason))
+            parts.append(f"{class_path}: {reason}")
+    return f"{outer.group(1)}: {'; '.join(parts)}" if parts else text
+
+
+def _short_reason(reason: str) -> str:
+    key = re.match(r'Parser key "([^"]+)": (.*)', reason)
+    if not key:
+        return reason.strip(" -")
+    name, rest = key.groups()
+    expected = (
+        re.search(r"Subtypes: \[<class '([\w.]+)'>", rest)
+        or re.search(r"Expected an? <class '([\w.]+)'>", rest)
+        or re.search(r"Expected an? typing\.(Literal\[[^\]]*\])", rest)
+    )
+    value = re.search(r"(?:Got|Given) value: (\S+)", rest) or re.search(
+        r"Expected a path but (\S+)", rest
+    )
+    if expected:
+        got = value.group(1) if value else "another value"
+        return f"{name}: expected {expected.group(1)}, got {got}"
+    return f"{name}: {rest.strip(' -')}"
+
+
+def place_loggers(config: Any) -> None:
+    """Where each configured logger writes, as in Lightning: a ``save_dir`` left at its default
+    (``lightning_logs``) goes under ``trainer.default_root_dir`` (``<root>/lightning_logs``), and a
+    ``name`` left unset is the optimizer's (``lightning_logs/<optimizer>/version_N``). Loggers
+    given as a list all count. (jsonargparse requires a logger's ``save_dir``, so the default is a
+    value, not null: one explicitly set to ``lightning_logs`` also follows ``default_root_dir``.)"""
+    loggers = config.trainer.get("logger")
+    if not loggers or isinstance(loggers, bool):
+        return
+    root = Path(config.trainer.get("default_root_dir") or "")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None:
+            continue
+        if "save_dir" in init_args and init_args.save_dir in (None, DEFAULT_SAVE_DIR):
+            init_args.save_dir = str(root / DEFAULT_SAVE_DIR)
+        if "name" in init_args and init_args.name is None:
+            init_args.name = run_name(config)
 
 
 def check_trainer_settings(trainer: Any) -> None:

@@ -39,6 +39,8 @@ from lightning_opt.model import (
     MinibatchTraining,
     NonFiniteLossError,
     build_mlp,
+    log_hyperparams,
+    run_hparams,
 )
 from lightning_opt.norms import tensor_norms
 from lightning_opt.optim.hypers import select
@@ -360,10 +362,6 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         """Per-member values ``(K,)`` to log with this epoch's (used by the clipping callbacks)."""
         self._member_metrics.update(metrics)
 
-    def _lightning_step(self) -> int:
-        """The step Lightning's logger connector gives ``self.log`` values right now."""
-        return self.trainer.fit_loop.epoch_loop._batches_that_stepped
-
     def _log_members(self, metrics: dict[str, Tensor | float], step: int) -> None:
         """Send ``metrics`` (per-member tensors ``(K,)`` or shared numbers) to member loggers."""
         if not self.member_loggers:
@@ -398,13 +396,10 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 metrics["optim/lr"] = lr.to(self.device) if isinstance(lr, Tensor) else lr
         metrics.update(self._member_metrics)
         self._member_metrics = {}
-        # The steps a single fit's loggers see: Lightning logs self.log values at the index of
-        # the last Lightning batch, and the model logs its internals at the global step.
-        internal = {n: v for n, v in metrics.items() if n.startswith(("optim/", "weight_norm/"))}
-        self._log_members(internal, self.global_step)
-        logged = {n: v for n, v in metrics.items() if n not in internal}
-        logged["epoch"] = float(self.current_epoch)
-        self._log_members(logged, self._lightning_step() - 1)
+        # The step a single fit's loggers see: Lightning logs epoch-end self.log values at the
+        # index of the epoch's last batch, and the model logs its internals there too.
+        metrics["epoch"] = float(self.current_epoch)
+        self._log_members(metrics, self._lightning_step() - 1)
 
         first_bad = self._first_bad_step.tolist()
         for member, step in zip(list(self.member_ids), first_bad, strict=True):
@@ -566,7 +561,6 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def on_train_end(self) -> None:
         if not self.member_loggers:
             return
-        data = self.trainer.datamodule
         for logger, member in zip(self.member_loggers, self.member_ids, strict=True):
             history = self.history[member]
             results = {
@@ -574,14 +568,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 "hp/val_acc": history["val/acc"][-1] if history["val/acc"] else float("nan"),
                 "hp/best_val_loss": min(history["val/loss"], default=float("inf")),
             }
-            params = {"optimizer": self.hparams.optimizer["class_path"],
-                      **self.member_kwargs[member]}  # fmt: skip
-            params["hidden_sizes"] = str(list(self.hparams.hidden_sizes))
-            params["seed"] = self.all_seeds[member]
-            if data is not None:
-                params.update({f"data/{k}": v for k, v in data.hparams.items()})
-            for callback in self._clippers():
-                params.update(callback.hparams_for_logging())
+            params = run_hparams(self, self.member_kwargs[member], seed=self.all_seeds[member])
             for name, values in self.member_clipping.items():
-                params[name] = values[member]
-            logger.log_hyperparams(params, results)
+                params[f"clip/{name}"] = values[member]
+            log_hyperparams(logger, params, results, self._lightning_step() - 1)

@@ -533,8 +533,8 @@ def test_compare_an_outside_optimizer_arm_and_an_outside_rule_arm(
         hparams = yaml.safe_load(
             (exp_dir / "qhm" / "final" / f"seed_{seed}" / "hparams.yaml").read_text()
         )
-        assert hparams["momentum"] == momentum
-        assert hparams["nu"] == pytest.approx(arms["qhm"]["tuned"]["nu"])
+        assert hparams["optimizer/momentum"] == momentum
+        assert hparams["optimizer/nu"] == pytest.approx(arms["qhm"]["tuned"]["nu"])
     assert "final qhm seed 1" in capsys.readouterr().out
 
 

@@ -105,7 +105,7 @@ def _epoch_orders(loader, epochs):
     orders = []
     for epoch in epochs:
         loader.sampler.set_epoch(epoch)
-        orders.append(torch.cat([y for chunk in loader for _, y in chunk]))
+        orders.append(torch.cat([y for _, y in loader]))  # (x, y) minibatches by default
     return orders
 
 
