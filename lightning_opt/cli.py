@@ -83,12 +83,15 @@ class LightningOptCLI(OptimizerCLI):
 
     def _population(self, config: Any) -> Any:
         """The model for ``fit --seeds``: one member per seed, each logging to its own run."""
-        from lightning_opt.runs import build_population, run_logger
+        from lightning_opt.runs import build_population, check_run_loggers, run_loggers
 
         model = build_population(config, config.seeds)
         if self.trainer.logger is not None:
+            check_run_loggers(config)
             log_dir = self.trainer.log_dir  # lightning_logs/<optimizer>/version_N
-            model.member_loggers = [run_logger(log_dir, f"seed_{seed}") for seed in config.seeds]
+            model.member_loggers = [
+                run_loggers(config, log_dir, f"seed_{seed}") for seed in config.seeds
+            ]
         return model
 
     def _check_ckpt(self) -> None:

@@ -32,13 +32,17 @@ from lightning_opt.runs import (
     build_population,
     build_trainer,
     callback_class,
+    check_run_loggers,
     quiet_lightning,
-    run_logger,
+    run_loggers,
+    save_final_checkpoint,
+    save_member_checkpoint,
     trainer_arguments,
+    user_callbacks,
     with_values,
 )
 from lightning_opt.trials import options_from_config
-from lightning_opt.tune import TuneCLI, check_study, parse, run_study
+from lightning_opt.tune import TuneCLI, check_study, parse, run_study, write_fit_config
 
 ARM_KEYS = {"name", "optimizer", "model", "callbacks", "search_space"}
 
@@ -48,6 +52,7 @@ class CompareCLI(TuneCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
+        parser.set_defaults(output_dir="lightning_logs/compare")  # <output_dir>/<experiment>/
         group = parser.add_argument_group("Experiment")
         group.add_argument("--experiment", type=str, default="experiment",
                            help="Name; outputs go to <output_dir>/<experiment>/.")  # fmt: skip
@@ -125,9 +130,13 @@ def arm_config(base: Any, arm: dict[str, Any], max_epochs: int) -> Any:
         if key not in cfg.model:
             raise ValueError(f"arm {arm['name']!r}: the model has no setting {key!r}")
         cfg.model[key] = value
+    # The experiment's own callbacks run in every arm; each arm adds its own.
     cfg.trainer.callbacks = [
-        Namespace(class_path=c["class_path"], init_args=Namespace(**(c.get("init_args") or {})))
-        for c in (arm.get("callbacks") or [])
+        *(cfg.trainer.get("callbacks") or []),
+        *(
+            Namespace(class_path=c["class_path"], init_args=Namespace(**(c.get("init_args") or {})))
+            for c in (arm.get("callbacks") or [])
+        ),
     ]
     cfg.search_space = arm.get("search_space")
     cfg.trainer.max_epochs = max_epochs
@@ -162,7 +171,8 @@ def run_final(
     model = build_model(cfg)
     history = EpochHistory()
     start = time.perf_counter()
-    trainer = build_trainer(cfg, run_logger(exp_dir / arm, "final", f"seed_{seed}"), [history])
+    loggers = run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}")
+    trainer = build_trainer(cfg, loggers or False, [history])
     trainer.fit(model, datamodule=data)
     tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
     clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
@@ -178,6 +188,7 @@ def run_final(
         "val_acc_curve": history.val_acc,
         "seconds": time.perf_counter() - start,
         "log_dir": str(out),
+        "checkpoint": save_final_checkpoint(trainer, out),
     }
     _write_result(result, out)
     _print_result(arm, result)
@@ -232,7 +243,9 @@ def run_final_population(
 ) -> list[dict[str, Any]]:
     """Final runs of ``seeds`` trained as one population; the result of each seed."""
     model = build_population(cfg, seeds)
-    model.member_loggers = [run_logger(exp_dir / arm, "final", f"seed_{seed}") for seed in seeds]
+    model.member_loggers = [
+        run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}") for seed in seeds
+    ]
     start = time.perf_counter()
     trainer = build_trainer(cfg, False)
     with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
@@ -261,6 +274,9 @@ def run_final_population(
             "seconds": seconds,
             "population": len(seeds),
             "log_dir": str(exp_dir / arm / "final" / f"seed_{seed}"),
+            "checkpoint": save_member_checkpoint(
+                model, member, exp_dir / arm / "final" / f"seed_{seed}"
+            ),
         }
         _write_result(result, Path(result["log_dir"]))
         _print_result(arm, result)
@@ -301,6 +317,15 @@ def run_compare(args: list[str]) -> Path:
         tuned_cfg = with_values(final_cfg, best.params)
         seeds = [config.seed_everything + s for s in range(config.seeds)]
         runs = run_finals(tuned_cfg, name, seeds, exp_dir, data, population_finals)
+        for run in runs:  # each final run's fit config, next to its checkpoint
+            seed_cfg = copy.deepcopy(tuned_cfg)
+            seed_cfg.seed_everything = run["seed"]
+            header = (
+                f"# Final run of arm {name!r} of experiment {config.experiment!r}, seed "
+                f"{run['seed']}.\n# Its weights: python -m lightning_opt test --config "
+                f"{run['log_dir']}/config.yaml --ckpt_path {run['checkpoint']}\n"
+            )
+            write_fit_config(cli.parser, seed_cfg, Path(run["log_dir"]) / "config.yaml", header)
         summary[name] = {
             "optimizer": run_name(tuned_cfg),
             "optimizer_class": optimizer_dict(tuned_cfg)["class_path"],
@@ -343,11 +368,17 @@ def plan_arms(config: Any) -> list[tuple[str, Any, Any, Any, bool]]:
         try:
             options = check_study(tune_cfg, options)
             build_model(final_cfg)
+            check_run_loggers(final_cfg)
             population = config.population_finals
             cls = optimizer_class(optimizer_dict(final_cfg))
             if population and not supports_population(cls):
                 print(f"arm {name}: {cls.__name__} declares supports_population = False: "
                       "its final runs train one seed at a time", flush=True)  # fmt: skip
+                population = False
+            if population and user_callbacks(final_cfg):
+                print(f"arm {name}: callbacks {', '.join(user_callbacks(final_cfg))} would see "
+                      "all seeds of a population at once: its final runs train one seed at a "
+                      "time", flush=True)  # fmt: skip
                 population = False
             if population:
                 model = build_population(final_cfg, [0, 1])

@@ -92,6 +92,10 @@ def _per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
     return [tuple(v) if isinstance(v, list) else v for v in values]  # betas=[0.9, 0.99]
 
 
+def _as_list(loggers: Logger | list[Logger]) -> list[Logger]:
+    return loggers if isinstance(loggers, list) else [loggers]
+
+
 def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
     """Cross-entropy of logits ``(K, B, C)`` against labels ``(K, B)``: ``(K, B)``.
 
@@ -119,8 +123,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         ``MNIST1DClassifier``.
 
     Attributes:
-        member_loggers: one logger per member (set before ``fit``): each member's metrics go to
-            its own, with the names and steps a single ``fit`` logs.
+        member_loggers: one entry per member (set before ``fit``): a logger or a list of loggers;
+            each member's metrics go to its own, with the names and steps a single ``fit`` logs.
         member_ids: the original index of each live member.
         dropped: ``{member index: reason}`` for the members dropped so far.
         history: ``{member index: {"val/loss": [...], "val/acc": [...]}}``, one entry per epoch.
@@ -195,7 +199,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         self.all_seeds = list(seeds)  # by member index, including dropped members
         self.member_hparams = {name: list(v) for name, v in member_hparams.items()}
         self.member_ids = list(range(k))
-        self.member_loggers: list[Logger] | None = None
+        self.member_loggers: list[Logger | list[Logger]] | None = None
         self.dropped: dict[int, str] = {}
         self.history: dict[int, dict[str, list[float]]] = {i: {"val/loss": [], "val/acc": []}
                                                            for i in range(k)}  # fmt: skip
@@ -317,8 +321,9 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
 
     @override
     def teardown(self, stage: str) -> None:
-        for logger in self.member_loggers or []:
-            logger.finalize("success")  # flush and close; a later test() reopens the writer
+        for loggers in self.member_loggers or []:
+            for logger in _as_list(loggers):
+                logger.finalize("success")  # flush and close; a later test() reopens the writer
         data = self.trainer.datamodule
         if data is not None and getattr(data, "population_seeds", None) is self._data_seeds:
             data.population_seeds = None  # the next single-model fit shuffles as usual
@@ -373,7 +378,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             values = iter(row)
             record = {n: next(values) if isinstance(metrics[n], Tensor) else metrics[n]
                       for n in names}  # fmt: skip
-            self.member_loggers[member].log_metrics(record, step=step)
+            for logger in _as_list(self.member_loggers[member]):
+                logger.log_metrics(record, step=step)
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -469,8 +475,9 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         for member, reason in self._to_drop.items():
             self.dropped[member] = reason
             if self.member_loggers:
-                logger = self.member_loggers[self.member_ids.index(member)]
-                logger.finalize("failed" if "non-finite" in reason else "success")
+                loggers = self.member_loggers[self.member_ids.index(member)]
+                for logger in _as_list(loggers):
+                    logger.finalize("failed" if "non-finite" in reason else "success")
         self._to_drop = {}
         if not keep:
             self.trainer.should_stop = True
@@ -555,13 +562,34 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         self.dropped = {int(m): why for m, why in saved["dropped"].items()}
         self.history = {int(m): h for m, h in saved["history"].items()}
 
+    def member_checkpoint(self, member: int) -> dict[str, Any]:
+        """A single-model checkpoint of live member ``member`` (its original index): its weights
+        and the ``MNIST1DClassifier`` hyperparameters it trained with, so ``test``, ``validate``
+        and ``predict --ckpt_path`` load it as the run of its own seed."""
+        import lightning
+
+        position = self.member_ids.index(member)
+        state = {k: v[position].detach().clone() for k, v in self.net.state_dict().items()}
+        hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        hparams["optimizer"] = {
+            "class_path": self.hparams.optimizer["class_path"],
+            "init_args": dict(self.member_kwargs[member]),
+        }
+        return {
+            "epoch": self.current_epoch,
+            "global_step": self.global_step,
+            "pytorch-lightning_version": lightning.__version__,
+            "state_dict": {f"net.{k}": v for k, v in state.items()},
+            "hyper_parameters": hparams,
+        }
+
     # -- HPARAMS ----------------------------------------------------------------------------
 
     @override
     def on_train_end(self) -> None:
         if not self.member_loggers:
             return
-        for logger, member in zip(self.member_loggers, self.member_ids, strict=True):
+        for loggers, member in zip(self.member_loggers, self.member_ids, strict=True):
             history = self.history[member]
             results = {
                 "hp/val_loss": history["val/loss"][-1] if history["val/loss"] else float("nan"),
@@ -571,4 +599,5 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             params = run_hparams(self, self.member_kwargs[member], seed=self.all_seeds[member])
             for name, values in self.member_clipping.items():
                 params[f"clip/{name}"] = values[member]
-            log_hyperparams(logger, params, results, self._lightning_step() - 1)
+            for logger in _as_list(loggers):
+                log_hyperparams(logger, params, results, self._lightning_step() - 1)

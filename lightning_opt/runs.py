@@ -136,11 +136,82 @@ def trainer_arguments(cfg: Any) -> dict[str, Any]:
     return trainer_kwargs
 
 
-def run_logger(save_dir: Any, name: str, version: str = "") -> TensorBoardLogger:
-    """The TensorBoard run of one trial, final run or population member: ``save_dir/name/version``."""
-    return TensorBoardLogger(
-        save_dir=str(save_dir), name=name, version=version, default_hp_metric=False
-    )
+def _logger_entries(cfg: Any) -> list[dict[str, Any]]:
+    entries = cfg.trainer.get("logger")
+    if entries is None or entries is False:
+        return []
+    if entries is True:  # Lightning's default logger
+        entries = [{"class_path": "lightning.pytorch.loggers.TensorBoardLogger"}]
+    entries = entries if isinstance(entries, list) else [entries]
+    return [e.as_dict() if isinstance(e, Namespace) else dict(e) for e in entries]
+
+
+def check_run_loggers(cfg: Any) -> None:
+    """Refuse, before anything runs, a configured logger that cannot give each trial or seed a
+    run of its own (one that takes no ``save_dir``, ``name`` and ``version``)."""
+    for entry in _logger_entries(cfg):
+        cls = import_class(entry["class_path"])
+        missing = [
+            k for k in ("save_dir", "name", "version") if k not in constructor_arguments(cls)
+        ]
+        if missing:
+            raise ValueError(
+                f"trainer.logger {cls.__name__} takes no {', '.join(missing)}, so it cannot log "
+                "each trial or seed to a run of its own; use TensorBoardLogger or CSVLogger "
+                "(or fit, which runs it as configured)"
+            )
+
+
+def run_loggers(cfg: Any, save_dir: Any, name: str, version: str = "") -> list[Logger]:
+    """The configured loggers (``trainer.logger``: one, a list, or none) of one trial, final run
+    or population member, each writing to ``save_dir/name/version`` with its other settings as
+    configured. Every logger a user gives ``fit`` so also serves ``tune`` and ``compare``."""
+    loggers = []
+    entries = _logger_entries(cfg)
+    for entry in entries:
+        cls = import_class(entry["class_path"])
+        args = instantiate(dict(entry.get("init_args") or {}))
+        # Several loggers: each in a folder of its own (trial_3/csvlogger/), so none overwrites
+        # another's files (both TensorBoard and CSV write hparams.yaml).
+        own = f"{version}/{cls.__name__.lower()}" if len(entries) > 1 else version
+        args.update(save_dir=str(save_dir), name=name, version=own.strip("/"))
+        if cls is TensorBoardLogger:
+            args.setdefault("default_hp_metric", False)
+        loggers.append(cls(**args))
+    return loggers
+
+
+def user_callbacks(cfg: Any) -> list[str]:
+    """The class names of the configured callbacks that are not clipping rules."""
+    names = []
+    for entry in cfg.trainer.get("callbacks") or []:
+        cls = callback_class(entry)
+        if not (isinstance(cls, type) and issubclass(cls, GradientClippingCallback)):
+            names.append(cls.__name__ if isinstance(cls, type) else str(cls))
+    return names
+
+
+def save_final_checkpoint(trainer: Trainer, log_dir: Any) -> str:
+    """One checkpoint of the run's last weights: ``<log_dir>/checkpoints/final.ckpt``."""
+    from pathlib import Path
+
+    path = Path(log_dir) / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def save_member_checkpoint(model: PopulationClassifier, member: int, log_dir: Any) -> str:
+    """Member ``member``'s single-model checkpoint: ``<log_dir>/checkpoints/final.ckpt``."""
+    from pathlib import Path
+
+    import torch
+
+    path = Path(log_dir) / "checkpoints" / "final.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.member_checkpoint(member), tmp)
+    tmp.replace(path)
+    return str(path)
 
 
 def build_trainer(cfg: Any, logger: Logger | bool, callbacks: Sequence[Callback] = ()) -> Trainer:

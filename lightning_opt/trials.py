@@ -28,7 +28,9 @@ from lightning_opt.runs import (
     build_trainer,
     callback_class,
     clipping_callbacks,
-    run_logger,
+    run_loggers,
+    save_final_checkpoint,
+    save_member_checkpoint,
     settable,
     with_values,
 )
@@ -151,8 +153,12 @@ class TrialRunner:
         trial.set_user_attr("log_dir", str(self.options.study_dir / f"trial_{trial.number}"))
         return {p.name: p.suggest(trial) for p in self.space}
 
-    def _logger(self, trial: optuna.Trial) -> Any:
-        return run_logger(self.options.study_dir, f"trial_{trial.number}")
+    def _loggers(self, trial: optuna.Trial) -> list[Any]:
+        """The configured loggers (``trainer.logger``), writing to ``<study>/trial_<n>/``."""
+        return run_loggers(self.config, self.options.study_dir, f"trial_{trial.number}")
+
+    def _log_dir(self, trial: optuna.Trial) -> Path:
+        return self.options.study_dir / f"trial_{trial.number}"
 
     def run_population(
         self, trials: list[optuna.Trial], params: list[dict[str, float]]
@@ -162,7 +168,7 @@ class TrialRunner:
         seed_everything(seed, verbose=False)
         member_hparams = {name: [p[name] for p in params] for name in params[0]}
         model = build_population(self.config, [seed] * len(trials), member_hparams)
-        model.member_loggers = [self._logger(trial) for trial in trials]
+        model.member_loggers = [self._loggers(trial) for trial in trials]
         trainer = self.trainer = build_trainer(self.config, False, [PopulationPruning(trials)])
         start = time.perf_counter()
         try:
@@ -182,6 +188,8 @@ class TrialRunner:
                 state = TrialState.COMPLETE
                 value = min(losses) if self.options.objective == "best" else losses[-1]
                 note = f"val/loss {value:.4f}"
+                path = save_member_checkpoint(model, member, self._log_dir(trial))
+                trial.set_user_attr("checkpoint", path)
             else:
                 state, value, note = TrialState.PRUNED, None, reason
                 if "non-finite" in reason:
@@ -201,7 +209,7 @@ class TrialRunner:
         from optuna_integration import PyTorchLightningPruningCallback
 
         pruning = PyTorchLightningPruningCallback(trial, monitor="val/loss")
-        trainer = self.trainer = build_trainer(cfg, self._logger(trial), [pruning])
+        trainer = self.trainer = build_trainer(cfg, self._loggers(trial) or False, [pruning])
         start = time.perf_counter()
         state, value, note = TrialState.COMPLETE, None, ""
         try:
@@ -221,6 +229,7 @@ class TrialRunner:
             final = trainer.callback_metrics.get("val/loss")
             value = model.best_val_loss if self.options.objective == "best" else float(final)
             note = f"val/loss {value:.4f}"
+            trial.set_user_attr("checkpoint", save_final_checkpoint(trainer, self._log_dir(trial)))
         elapsed = time.perf_counter() - start
         print(
             f"trial {trial.number:>3}  {format_params(params)}  {note}  ({elapsed:.1f} s)",

@@ -32,8 +32,10 @@ from lightning_opt.parsing import (
 from lightning_opt.runs import (
     build_model,
     build_population,
+    check_run_loggers,
     quiet_lightning,
     trainer_arguments,
+    user_callbacks,
     with_values,
 )
 from lightning_opt.trials import (
@@ -49,6 +51,8 @@ TUNE_KEYS = (
     "n_trials", "n_workers", "storage", "study_name", "seed", "pruner", "objective",
     "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry", "population",
 )  # fmt: skip
+#: compare's own options (see ``compare.CompareCLI``).
+EXPERIMENT_KEYS = ("experiment", "arms", "seeds", "tune_max_epochs", "population_finals")
 
 
 class TuneCLI(OptimizerCLI):
@@ -100,8 +104,9 @@ class TuneCLI(OptimizerCLI):
         group.add_argument(
             "--output_dir",
             type=str,
-            default="lightning_logs",
-            help="Trial logs go to <output_dir>/<study_name>/.",
+            default="lightning_logs/tune",
+            help="Trial logs, checkpoints and best.yaml go to <output_dir>/<study_name>/ (fit's "
+            "runs are in lightning_logs/<optimizer>/version_N).",
         )
         group.add_argument(
             "--heartbeat_interval",
@@ -151,21 +156,35 @@ def write_outputs(parser: LightningArgumentParser, config: Any, options: TuneOpt
         return None
     best = study.best_trial
     options.study_dir.mkdir(parents=True, exist_ok=True)
-    best_cfg = with_values(config, best.params)
-    dumped = yaml.safe_load(parser.dump(best_cfg, skip_check=True))
-    for key in (*TUNE_KEYS, "config"):
-        dumped.pop(key, None)
     path = options.study_dir / "best.yaml"
     header = (
         f"# Best trial {best.number} of study {options.study_name!r} "
         f"(val/loss {best.value:.6g}, objective: {options.objective}).\n"
         f"# Retrain it: python -m lightning_opt fit --config {path}\n"
     )
-    path.write_text(header + yaml.safe_dump(dumped, sort_keys=False))
+    checkpoint = best.user_attrs.get("checkpoint")
+    if checkpoint:
+        header += (
+            f"# Its weights: python -m lightning_opt test --config {path} "
+            f"--ckpt_path {checkpoint}\n"
+        )
+    write_fit_config(parser, with_values(config, best.params), path, header)
     print(f"best trial {best.number}: val/loss {best.value:.4f}  {format_params(best.params)}")
     print(f"best config: {path}")
     write_plots(study, options.study_dir)
     return path
+
+
+def write_fit_config(parser: LightningArgumentParser, cfg: Any, path: Path, header: str) -> None:
+    """``cfg`` as the ``fit`` config that replays it (the study's and experiment's own keys
+    left out), written atomically to ``path`` under ``header``."""
+    dumped = yaml.safe_load(parser.dump(cfg, skip_check=True))
+    for key in (*TUNE_KEYS, *EXPERIMENT_KEYS, "config"):
+        dumped.pop(key, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(header + yaml.safe_dump(dumped, sort_keys=False))
+    tmp.replace(path)
 
 
 def write_plots(study: optuna.Study, out: Path) -> None:
@@ -214,11 +233,19 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
             population = build_population(cfg, [0, 1], {n: [v, v] for n, v in values.items()})
             population.check_clipping(callbacks)
     MNIST1DDataModule(**config.data.as_dict())
+    check_run_loggers(config)
     cls = optimizer_class(optimizer_dict(config))
     if options.population > 1 and not supports_population(cls):
         print(
             f"{cls.__name__} declares supports_population = False: "
             f"the trials run one at a time (--population {options.population} ignored)",
+            flush=True,
+        )
+        options = replace(options, population=1)
+    if options.population > 1 and user_callbacks(config):
+        print(
+            f"callbacks {', '.join(user_callbacks(config))} would see all trials of a population "
+            f"at once: the trials run one at a time (--population {options.population} ignored)",
             flush=True,
         )
         options = replace(options, population=1)

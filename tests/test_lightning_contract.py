@@ -1,0 +1,315 @@
+"""The Lightning contract, through the CLI: one Lightning batch is one optimizer step, so every
+Trainer setting that counts batches counts steps; any logger (or several) works; every scalar
+is on Lightning's x-axis; bad callback and logger values are one line; a population member logs
+what the single fit with its seed logs.
+
+With ``--data.num_samples=500`` the fit split is about 320 examples (319: the validation split
+is rounded per class): at ``--data.batch_size=50`` an epoch is 7 optimizer steps, 6 of 50
+examples and a last, smaller one.
+"""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_SAMPLES, read_scalars, version_dirs
+from lightning.pytorch import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from lightning_opt.cli import cli_main
+from lightning_opt.data import MNIST1DDataModule
+
+STEPS_PER_EPOCH = 7  # ceil(319 / 50)
+CLIP = [
+    "--trainer.callbacks+=lightning_opt.callbacks.WeightNormClipping",
+    "--trainer.callbacks.clip_factor=0.1",
+]
+COUNTER = "--trainer.callbacks+=test_lightning_contract.Counter"
+
+#: What ``Counter`` saw in the current test (reset before each test).
+EVENTS: list[tuple] = []
+
+
+class Counter(Callback):
+    """Records each training batch it is handed, each validation run and the final step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        x, y = batch
+        EVENTS.append(("start", trainer.current_epoch, batch_idx, trainer.global_step,
+                       tuple(x.shape), tuple(y.shape), id(batch)))  # fmt: skip
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        x, y = batch
+        EVENTS.append(("end", trainer.current_epoch, batch_idx, trainer.global_step,
+                       tuple(x.shape), tuple(y.shape), id(batch)))  # fmt: skip
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            EVENTS.append(("val", trainer.current_epoch, trainer.global_step))
+
+    def on_fit_end(self, trainer, pl_module):
+        EVENTS.append(("fit_end", trainer.global_step))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_events():
+    EVENTS.clear()
+    yield
+    EVENTS.clear()
+
+
+def _events(kind):
+    return [e[1:] for e in EVENTS if e[0] == kind]
+
+
+def _final_step():
+    (step,) = [e[0] for e in _events("fit_end")]
+    return step
+
+
+@pytest.fixture
+def base_args(data_cache):
+    """A run of seconds with no logger setting of its own (``tiny_fit_args`` less its save_dir)."""
+    return [
+        f"--data.num_samples={TINY_SAMPLES}",
+        f"--data.cache_dir={data_cache}",
+        "--data.batch_size=50",
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+# --- 1. one Lightning batch is one minibatch -----------------------------------------------------
+
+
+def test_steps_per_chunk_defaults_to_null(base_args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *base_args, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["steps_per_chunk"] is None
+
+
+def _train_size(data_cache: Path) -> int:
+    data = MNIST1DDataModule(num_samples=TINY_SAMPLES, cache_dir=str(data_cache))
+    data.setup()
+    return len(data.splits["train"][1])
+
+
+def test_each_batch_hook_gets_one_minibatch_and_takes_one_step(tiny_fit_args, data_cache):
+    n_train = _train_size(data_cache)
+    assert -(-n_train // 50) == STEPS_PER_EPOCH
+    sizes = [50] * (STEPS_PER_EPOCH - 1) + [n_train - 50 * (STEPS_PER_EPOCH - 1)]
+    cli_main(["fit", *tiny_fit_args, COUNTER])
+    starts, ends = _events("start"), _events("end")
+    assert len(starts) == len(ends) == 2 * STEPS_PER_EPOCH
+    for epoch in range(2):
+        mine = [s for s in starts if s[0] == epoch]
+        assert [s[1] for s in mine] == list(range(STEPS_PER_EPOCH))  # batch_idx
+        assert [s[3] for s in mine] == [(n, 40) for n in sizes]  # x: the minibatch
+        assert [s[4] for s in mine] == [(n,) for n in sizes]  # y
+    # the step counter moves by exactly one per batch: before it k, after it k + 1
+    assert [s[2] for s in starts] == list(range(2 * STEPS_PER_EPOCH))
+    assert [e[2] for e in ends] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert [e[:2] + e[3:5] for e in ends] == [s[:2] + s[3:5] for s in starts]
+    assert _final_step() == 2 * STEPS_PER_EPOCH
+
+
+def test_max_steps_counts_optimizer_steps(tiny_fit_args):
+    cli_main(["fit", *tiny_fit_args, COUNTER, "--trainer.max_steps=5"])
+    assert _final_step() == 5
+    assert len(_events("start")) == 5
+    assert [s[3] for s in _events("start")] == [(50, 40)] * 5
+
+
+@pytest.mark.parametrize("limit", ["3", "0.5"])
+def test_limit_train_batches_counts_optimizer_steps(tiny_fit_args, limit):
+    cli_main(["fit", *tiny_fit_args, COUNTER, f"--trainer.limit_train_batches={limit}"])
+    per_epoch = 3  # 3, or int(0.5 * 7)
+    starts = _events("start")
+    assert [(s[0], s[1]) for s in starts] == [(e, b) for e in range(2) for b in range(per_epoch)]
+    assert [s[3] for s in starts] == [(50, 40)] * 2 * per_epoch
+    assert _final_step() == 2 * per_epoch
+
+
+def test_fast_dev_run_takes_exactly_one_step(tiny_fit_args):
+    cli_main(["fit", *tiny_fit_args, COUNTER, "--trainer.fast_dev_run=true"])
+    (start,) = _events("start")
+    assert start[3] == (50, 40)
+    assert _final_step() == 1
+
+
+def test_val_check_interval_validates_mid_epoch(tiny_fit_args):
+    cli_main(["fit", *tiny_fit_args, COUNTER, "--trainer.val_check_interval=3"])
+    steps = [v[1] for v in _events("val")]
+    # after the 3rd and 6th step of each epoch (a step count, not a chunk count)
+    assert {3, 6, 10, 13} <= set(steps), steps
+    assert steps == sorted(steps)
+    assert all(s % STEPS_PER_EPOCH != 0 for s in steps if s in (3, 6, 10, 13))
+
+
+def test_check_val_every_n_epoch_validates_only_every_second_epoch(tiny_fit_args):
+    args = [a for a in tiny_fit_args if not a.startswith("--trainer.max_epochs")]
+    cli_main(
+        ["fit", *args, COUNTER, "--trainer.max_epochs=4", "--trainer.check_val_every_n_epoch=2"]
+    )
+    assert _events("val") == [(1, 2 * STEPS_PER_EPOCH), (3, 4 * STEPS_PER_EPOCH)]
+
+
+# --- 2. loggers ------------------------------------------------------------------------------------
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _check_hparams(hparams: dict) -> None:
+    assert not [k for k in hparams if "_instantiator" in str(k)], sorted(hparams)
+    assert hparams["seed"] == 0
+    assert isinstance(hparams["optimizer/lr"], float) and hparams["optimizer/lr"] > 0
+    assert hparams["optimizer/betas.0"] == pytest.approx(0.9)
+    assert "optimizer/betas.1" in hparams
+
+
+def test_csv_logger_gets_the_metrics_and_resolved_hparams(base_args, tmp_path):
+    save_dir = tmp_path / "csv"
+    cli_main(["fit", *base_args, "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+              f"--trainer.logger.save_dir={save_dir}"])  # fmt: skip
+    (run,) = version_dirs(save_dir)
+    rows = _csv_rows(run / "metrics.csv")
+    columns = set(rows[0])
+    assert {"train/loss", "val/loss", "hp/val_loss", "hp/val_acc", "hp/best_val_loss"} <= columns
+    assert [r["val/loss"] for r in rows if r["val/loss"]].__len__() == 2
+    text = (run / "hparams.yaml").read_text()
+    assert "null" not in "".join(line for line in text.splitlines() if "lr" in line), text
+    _check_hparams(yaml.safe_load(text))
+
+
+def test_several_loggers_at_once(base_args, tmp_path):
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    config = tmp_path / "loggers.yaml"
+    loggers = [
+        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+         "init_args": {"save_dir": str(d1), "name": "tb"}},
+        {"class_path": "lightning.pytorch.loggers.CSVLogger",
+         "init_args": {"save_dir": str(d2), "name": "csv"}},
+    ]  # fmt: skip
+    config.write_text(yaml.safe_dump({"trainer": {"logger": loggers}}))
+    cli_main(["fit", f"--config={config}", *base_args])
+    (tb,) = version_dirs(d1 / "tb")
+    scalars = read_scalars(tb)
+    assert {"train/loss", "val/loss", "val/acc", "hp/val_loss"} <= set(scalars)
+    (run,) = version_dirs(d2 / "csv")
+    rows = _csv_rows(run / "metrics.csv")
+    assert {"train/loss", "val/loss", "hp/val_loss"} <= set(rows[0])
+    _check_hparams(yaml.safe_load((run / "hparams.yaml").read_text()))
+
+
+def _epoch_ends(epochs: int) -> list[int]:
+    return [(e + 1) * STEPS_PER_EPOCH - 1 for e in range(epochs)]
+
+
+def test_every_tensorboard_scalar_is_at_each_epochs_last_step(tiny_fit_args, tmp_path):
+    cli_main(["fit", *tiny_fit_args, *CLIP])
+    (run,) = version_dirs(tmp_path / "logs")
+    scalars = read_scalars(run)
+    prefixes = ("train/", "val/", "optim/", "weight_norm/", "clip/")
+    for prefix in prefixes:
+        assert any(tag.startswith(prefix) for tag in scalars), (prefix, sorted(scalars))
+    steps = {tag: [s for s, _ in points] for tag, points in scalars.items()}
+    assert {t: s for t, s in steps.items() if not t.startswith("hp/")} == {
+        t: _epoch_ends(2) for t in steps if not t.startswith("hp/")
+    }
+    assert _epoch_ends(2) == [6, 13]
+
+
+def test_tensorboard_hparams_are_flat_resolved_and_seeded(tiny_fit_args, tmp_path):
+    cli_main(["fit", *tiny_fit_args])
+    (run,) = version_dirs(tmp_path / "logs")
+    _check_hparams(yaml.safe_load((run / "hparams.yaml").read_text()))
+    # the HPARAMS tab: what the event file's hparams plugin holds
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    keys = set()
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        keys |= set(data.session_start_info.hparams)
+    assert keys, "no HPARAMS entry"
+    assert not [k for k in keys if "_instantiator" in k], sorted(keys)
+    assert {"seed", "optimizer/betas.0", "optimizer/lr"} <= keys
+
+
+# --- 3. default_root_dir ---------------------------------------------------------------------------
+
+
+def test_default_root_dir_holds_the_logs_and_the_checkpoint(base_args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    cli_main(["fit", *base_args, "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}"])
+    run = root / "lightning_logs" / "adam" / "version_0"
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "hparams.yaml").exists()
+    assert list((run / "checkpoints").glob("*.ckpt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # nothing outside ROOT
+
+
+# --- 4. bad callback and logger values --------------------------------------------------------------
+
+BAD_VALUES = [
+    (
+        ["--trainer.callbacks=lightning_opt.callbacks.WeightNormClipping",
+         "--trainer.callbacks.clip_factor=abc"],
+        "clip_factor: expected float, got abc",
+    ),
+    (
+        ["--trainer.callbacks=lightning_opt.callbacks.FixedNormClipping",
+         "--trainer.callbacks.clip_value=1", "--trainer.callbacks.mode=bogus"],
+        "mode: expected Literal['per_tensor', 'global'], got bogus",
+    ),
+    (
+        ["--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+         "--trainer.logger.flush_logs_every_n_steps=x"],
+        "flush_logs_every_n_steps: expected int, got x",
+    ),
+    (["--optimizer.lr=abc"], "lr: expected float, got abc"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), BAD_VALUES, ids=[m.split(":")[0] for _, m in BAD_VALUES]
+)
+def test_bad_value_is_one_line_exit_2(args, message, base_args, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *base_args, *args])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("lightning_opt: error: ")
+    assert message in lines[0]
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+# --- 5. a population under the same default ------------------------------------------------------
+
+
+def test_population_member_logs_what_its_single_fit_logs(tiny_fit_args, tmp_path):
+    cli_main(["fit", *tiny_fit_args, "--seeds=[0, 1]"])
+    (population,) = version_dirs(tmp_path / "logs")
+    cli_main(["fit", *tiny_fit_args, "--seed_everything=0"])
+    single = read_scalars(version_dirs(tmp_path / "logs")[-1])
+    member = read_scalars(population / "seed_0")
+    assert member.keys() == single.keys()
+    for tag, points in single.items():
+        assert [s for s, _ in member[tag]] == [s for s, _ in points], tag
+        values = [v for _, v in member[tag]]
+        assert values == pytest.approx([v for _, v in points], rel=1e-4), tag
+    assert single["val/loss"][-1][0] == _epoch_ends(2)[-1]
+    other = read_scalars(population / "seed_1")
+    assert {t: [s for s, _ in p] for t, p in other.items()} == {
+        t: [s for s, _ in p] for t, p in member.items()
+    }
