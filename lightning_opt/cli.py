@@ -44,7 +44,7 @@ class LightningOptCLI(OptimizerCLI):
             "--seeds",
             type=list[int] | None,
             default=None,
-            help="train (or validate/test a checkpoint of) these seeds of the configuration at "
+            help="train (or validate/test/predict a checkpoint of) these seeds of the configuration at "
             "once as a population (e.g. [0,1,2,3,4]); member k equals `fit --seed_everything "
             "SEED_k`, and logs to its own run <log_dir>/seed_<SEED_k>",
         )
@@ -56,18 +56,15 @@ class LightningOptCLI(OptimizerCLI):
         except ValueError as err:
             raise UsageError(str(err)) from None
         seeds = config.get("seeds")
-        if seeds is not None:
-            if self.subcommand == "predict":
-                raise UsageError("--seeds applies to fit, validate and test, not predict")
-            if (
-                not seeds
-                or len(set(seeds)) != len(seeds)
-                or not 0 <= min(seeds) <= max(seeds) <= MAX_SEED
-            ):
-                raise UsageError(
-                    f"--seeds must be a non-empty list of distinct integers from 0 to {MAX_SEED}, "
-                    f"got {seeds}"
-                )
+        if seeds is not None and (
+            not seeds
+            or len(set(seeds)) != len(seeds)
+            or not 0 <= min(seeds) <= max(seeds) <= MAX_SEED
+        ):
+            raise UsageError(
+                f"--seeds must be a non-empty list of distinct integers from 0 to {MAX_SEED}, "
+                f"got {seeds}"
+            )
         place_loggers(config)
 
     def instantiate_classes(self) -> None:
@@ -100,6 +97,12 @@ class LightningOptCLI(OptimizerCLI):
 
         config = self.config[self.subcommand]
         path = config.get("ckpt_path")
+        if not path and self.subcommand != "fit":
+            raise UsageError(
+                f"{self.subcommand} needs --ckpt_path, the weights to evaluate (fit writes "
+                "lightning_logs/<optimizer>/version_N/checkpoints/*.ckpt); without it the model "
+                "would be freshly initialised"
+            )
         if not path or path in ("last", "best", "hpc", "registry"):
             return
         try:
@@ -134,6 +137,18 @@ class LightningOptCLI(OptimizerCLI):
 
     def before_test(self) -> None:
         self._check_ckpt()
+
+    def before_predict(self) -> None:
+        from pathlib import Path
+
+        from lightning_opt.callbacks import PredictionCSV
+
+        self._check_ckpt()
+        self._predictions = str(Path(self.trainer.log_dir or ".") / "predictions.csv")
+        self.trainer.callbacks.append(PredictionCSV(self._predictions))
+
+    def after_predict(self) -> None:
+        print(f"predictions: {self._predictions}")
 
     def after_fit(self) -> None:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -189,6 +204,23 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
+SUBCOMMANDS = {
+    "fit": "train a model (--seeds [..]: several seeds at once as a population)",
+    "validate": "evaluate a checkpoint (--ckpt_path) on the validation split",
+    "test": "evaluate a checkpoint (--ckpt_path) on the held-out test split",
+    "predict": "write per-example test-split predictions of a checkpoint as CSV",
+    "tune": "Optuna search of a fit configuration (pruning, workers, populations, resume)",
+    "compare": "an experiment: tune each arm, retrain over seeds, test once, report",
+}
+
+
+def _print_help() -> None:
+    print("usage: python -m lightning_opt SUBCOMMAND [options]   (SUBCOMMAND --help: its options)")
+    print("\nsubcommands:")
+    for name, what in SUBCOMMANDS.items():
+        print(f"  {name:<9} {what}")
+
+
 def cli_main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lightning_opt`` and ``lightning-opt``; ``args`` for tests."""
     debug = os.environ.get("LIGHTNING_OPT_DEBUG") == "1"
@@ -199,6 +231,11 @@ def cli_main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # --optimizer my_opts.Lion, as under `python -m`
+    if argv[:1] in ([], ["-h"], ["--help"]):
+        _print_help()
+        if not argv:
+            sys.exit(EXIT_USAGE)
+        return
     try:
         if argv[:1] == ["tune"]:
             from lightning_opt.tune import run_tune

@@ -293,7 +293,7 @@ class MNIST1DDataModule(LightningDataModule):
             raise ValueError(f"steps_per_chunk must be >= 0 or null, got {steps_per_chunk}")
         if num_samples < 10 * NUM_CLASSES:
             raise ValueError(f"num_samples must be at least {10 * NUM_CLASSES}, got {num_samples}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the model logs them, flat, with its own
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         #: Set by a ``PopulationClassifier`` while it trains: one shuffle seed per member.
         self.population_seeds: list[int] | None = None
@@ -347,4 +347,8 @@ class MNIST1DDataModule(LightningDataModule):
         return self._eval_loader("val")
 
     def test_dataloader(self) -> TensorBatches:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> TensorBatches:
+        """The test split, in its stored order: ``predict`` writes one row per example."""
         return self._eval_loader("test")

@@ -10,7 +10,7 @@ so the training step never waits on the host.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,12 @@ from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
 from lightning_opt.norms import global_norm
 from lightning_opt.optim.registry import check_optimizer, resolve_optimizer
+from lightning_opt.optim.schedulers import (
+    check_scheduler,
+    needs_metric,
+    resolve_scheduler,
+    step_scheduler,
+)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -76,6 +82,10 @@ class EpochSums:
         means = {k: s / self.counts[k] for k, s in self.sums.items()}
         self.sums, self.counts = {}, {}
         return means
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 class MinibatchTraining:
@@ -135,6 +145,31 @@ class MinibatchTraining:
             for cb in callbacks
             if is_overridden("on_before_optimizer_step", cb, Callback)
         ]
+        schedulers = self.lr_schedulers()
+        self._schedulers = [] if schedulers is None else list(_as_list(schedulers))
+        self._step_schedulers = bool(self._schedulers) and self.hparams.lr_interval == "step"
+        self._validated = False
+
+    def _scheduler_step(self) -> None:
+        """Step the LR schedulers (manual optimization: Lightning leaves it to the module). A
+        ``ReduceLROnPlateau`` steps only after a validation, with its ``val/loss``."""
+        for scheduler in self._schedulers:
+            metric = None
+            if needs_metric(scheduler):
+                if not self._validated:
+                    continue
+                metric = self._plateau_metric()
+            step_scheduler(scheduler, metric)
+        self._validated = False
+
+    def _plateau_metric(self) -> Tensor:
+        return self.trainer.callback_metrics["val/loss"]
+
+    def _epoch_end_schedulers(self) -> None:
+        """Call last in ``on_train_epoch_end``: after validation and the epoch's logging, as
+        Lightning steps an epoch-interval scheduler."""
+        if self._schedulers and self.hparams.lr_interval == "epoch":
+            self._scheduler_step()
 
     def _lightning_step(self) -> int:
         """The step Lightning's logger connector gives ``self.log`` values right now: epoch-end
@@ -194,6 +229,8 @@ class MinibatchTraining:
             if internals:
                 before.append(global_norm(self._grads(), self.member_dims))
             self._step(optimizer)  # the clipping callbacks run first, in on_before_optimizer_step
+            if self._step_schedulers:
+                self._scheduler_step()
             losses.append(loss.detach())
             sizes.append(y.shape[self.member_dims])
             lr = effective_lr() if internals and effective_lr is not None else None
@@ -224,6 +261,10 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         optimizer: a short name (adam, adamw, sgd, gnw: ``lightning_opt.optim.list_optimizers``),
             a class path (``my_opts.Lion``), or ``{class_path, init_args}``. On the command line
             it is set with ``--optimizer`` / ``--optimizer.ARG`` (the class's own arguments).
+        lr_scheduler: ``None`` (a constant learning rate), or any torch LR scheduler as a class
+            path or ``{class_path, init_args}`` (``--lr_scheduler`` / ``--lr_scheduler.ARG``).
+        lr_interval: step the scheduler after every ``step`` or at the end of every ``epoch``
+            (after validation: ``ReduceLROnPlateau`` follows ``val/loss``).
         hidden_sizes: width of each hidden layer (mnist1d's reference MLP: one layer of 100).
         activation: relu, gelu, tanh or silu.
         input_size: length of an mnist1d signal (40 with the default generation arguments).
@@ -234,6 +275,8 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
     def __init__(
         self,
         optimizer: str | dict[str, Any] = "adam",
+        lr_scheduler: str | dict[str, Any] | None = None,
+        lr_interval: Literal["epoch", "step"] = "epoch",
         hidden_sizes: list[int] = [100],  # noqa: B006  (LightningCLI shows the default in --help)
         activation: str = "relu",
         input_size: int = 40,
@@ -242,9 +285,17 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
     ) -> None:
         super().__init__()
         self.optimizer_class, resolved = resolve_optimizer(optimizer)
-        self.save_hyperparameters()
+        scheduler = resolve_scheduler(lr_scheduler)
+        if lr_interval not in ("epoch", "step"):
+            raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
+        # Logged flat and resolved by the model itself (on_train_start), not as Lightning would
+        # log them (nested, with LightningCLI's _instantiator).
+        self.save_hyperparameters(logger=False)
         self.hparams.optimizer = resolved  # the class path and every argument, defaults included
         self.optimizer_kwargs = resolved["init_args"]
+        self.scheduler_class, self.hparams.lr_scheduler = scheduler or (None, None)
+        if scheduler is not None:
+            check_scheduler(self.scheduler_class, self.hparams.lr_scheduler["init_args"])
         self.net = build_mlp(input_size, hidden_sizes, num_classes, activation)
         # Its own constructor checks the arguments now, before any training.
         check_optimizer(self.optimizer_class, self.net.parameters(), self.optimizer_kwargs)
@@ -272,8 +323,15 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         return self.net(x)
 
     @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_class(self.parameters(), **self.optimizer_kwargs)
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_class(self.parameters(), **self.optimizer_kwargs)
+        if self.scheduler_class is None:
+            return optimizer
+        scheduler = self.scheduler_class(optimizer, **self.hparams.lr_scheduler["init_args"])
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_interval},
+        }
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
@@ -303,6 +361,12 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         self._shared_step(batch, "test")
 
     @override
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Each example's label and class probabilities (``predict`` writes them as CSV)."""
+        x, y = batch
+        return {"label": y, "probs": self(x).softmax(-1)}
+
+    @override
     def on_train_start(self) -> None:
         self._start_training()
 
@@ -330,6 +394,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         val_loss = self.trainer.callback_metrics.get("val/loss")
         if val_loss is not None:
             self.best_val_loss = min(self.best_val_loss, float(val_loss))
+            self._validated = True
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -341,8 +406,11 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
             )
         means = self._epoch.pop_means()
         self.log("train/loss", means.pop("train/loss"), prog_bar=True)  # monitors can use it
-        if not self.hparams.log_internals:
-            return
+        if self.hparams.log_internals:
+            self._log_internals(means)
+        self._epoch_end_schedulers()
+
+    def _log_internals(self, means: dict[str, Tensor]) -> None:
         # The internals go straight to the loggers in one call: self.log costs ~0.4 ms per
         # metric, which would dominate a tiny model's epoch.
         names = [f"weight_norm/{name}" for name, _ in self.net.named_parameters()]
@@ -352,6 +420,14 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         internals["optim/lr"] = self.optimizers().param_groups[0]["lr"]
         for logger in self.loggers:
             logger.log_metrics(internals, step=self._lightning_step() - 1)
+
+    @override
+    def on_fit_start(self) -> None:
+        # Every logger gets the run's settings when it starts (TensorBoard writes hparams.yaml
+        # from the first call); on_train_end adds the final metrics.
+        params = run_hparams(self, self.optimizer_kwargs, seed=_global_seed())
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
 
     @override
     def on_train_end(self) -> None:

@@ -35,6 +35,7 @@ from lightning_opt.optim.registry import (
     resolve_optimizer,
     short_name_of,
 )
+from lightning_opt.optim.schedulers import SCHEDULER_BASES
 
 PARSER_MODE = "lightning_opt"  # YAML, with short optimizer names expanded
 DEFAULT_SAVE_DIR = "lightning_logs"  # under trainer.default_root_dir
@@ -259,6 +260,19 @@ class OptimizerCLI(LightningCLI):
             "--optimizer.help CLASS.",
         )
         parser.link_arguments("optimizer", "model.optimizer", compute_fn=_plain)
+        parser.add_subclass_arguments(
+            SCHEDULER_BASES,
+            "lr_scheduler",
+            skip={"optimizer"},
+            instantiate=False,
+            fail_untyped=False,
+            required=False,
+            default=None,
+            help="Any torch LR scheduler by class path (torch.optim.lr_scheduler.CosineAnnealingLR) "
+            "or ReduceLROnPlateau (on val/loss); its arguments: --lr_scheduler.ARG. Stepped at "
+            "the end of every epoch, or after every step with --model.lr_interval step.",
+        )
+        parser.link_arguments("lr_scheduler", "model.lr_scheduler", compute_fn=_plain)
 
 
 def _plain(value: Any) -> Any:

@@ -21,7 +21,7 @@ optimizer state are narrowed, so dropped members stop costing compute and never 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,12 @@ from lightning_opt.optim.registry import (
     constructor_arguments,
     resolve_optimizer,
     supports_population,
+)
+from lightning_opt.optim.schedulers import (
+    MemberwiseScheduler,
+    check_scheduler,
+    resolve_scheduler,
+    scheduler_arguments,
 )
 from lightning_opt.optim.stacked import stacked_optimizer
 
@@ -117,10 +123,11 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             its data order, exactly as ``fit --seed_everything SEED``.
         optimizer: as in ``MNIST1DClassifier``; every member uses the class.
         member_hparams: per-member values, one list entry per member: any constructor argument
-            of the optimizer (``lr``, ``betas``, ...) or a ``member_hparams`` setting of the
+            of the optimizer (``lr``, ``betas``, ...), else of the LR scheduler (``gamma`` of
+            StepLR where the optimizer takes none), else a ``member_hparams`` setting of the
             clipping callback (``clip_factor``). The other arguments are shared by all members.
-        hidden_sizes, activation, input_size, num_classes, log_internals: as in
-        ``MNIST1DClassifier``.
+        lr_scheduler, lr_interval, hidden_sizes, activation, input_size, num_classes,
+        log_internals: as in ``MNIST1DClassifier``; each member gets its own scheduler.
 
     Attributes:
         member_loggers: one entry per member (set before ``fit``): a logger or a list of loggers;
@@ -138,6 +145,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         seeds: list[int],
         optimizer: str | dict[str, Any] = "adam",
         member_hparams: dict[str, list] | None = None,
+        lr_scheduler: str | dict[str, Any] | None = None,
+        lr_interval: Literal["epoch", "step"] = "epoch",
         hidden_sizes: list[int] = [100],  # noqa: B006
         activation: str = "relu",
         input_size: int = 40,
@@ -150,8 +159,12 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         # arguments on resume, which are those of a single model.
         cls, resolved = resolve_optimizer(optimizer)
         self.optimizer_class = cls
-        self.save_hyperparameters(ignore=["seeds", "member_hparams"])
+        scheduler = resolve_scheduler(lr_scheduler)
+        if lr_interval not in ("epoch", "step"):
+            raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
+        self.save_hyperparameters(ignore=["seeds", "member_hparams"], logger=False)
         self.hparams.optimizer = resolved
+        self.scheduler_class, self.hparams.lr_scheduler = scheduler or (None, None)
         if not seeds or any(
             isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds
         ):
@@ -170,8 +183,18 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         member_hparams = dict(member_hparams or {})
         columns = {name: _per_member(name, v, k) for name, v in member_hparams.items()}
         taken = constructor_arguments(cls)
+        scheduled = scheduler_arguments(self.scheduler_class) if scheduler else {}
+        scheduled = {n: v for n, v in columns.items() if n in scheduled and n not in taken}
+        self.member_scheduler_kwargs = [
+            {**self.hparams.lr_scheduler["init_args"], **{n: v[i] for n, v in scheduled.items()}}
+            for i in range(len(seeds))
+        ] if scheduler else []  # fmt: skip
+        for kwargs in self.member_scheduler_kwargs:
+            check_scheduler(self.scheduler_class, kwargs)
         # The rest are clipping settings, checked against the clipping callback in setup().
-        self.member_clipping = {n: v for n, v in columns.items() if n not in taken}
+        self.member_clipping = {
+            n: v for n, v in columns.items() if n not in taken and n not in scheduled
+        }
         for name, values in self.member_clipping.items():
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
                 raise ValueError(
@@ -183,7 +206,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             for i in range(k)
         ]
         per_member = {n for n in columns if n in taken}
-        self.stacked = stacked_optimizer(cls, self.member_kwargs, per_member)
+        # A scheduler sets each param group's lr as one number: the per-member optimizers then.
+        self.stacked = None if scheduler else stacked_optimizer(cls, self.member_kwargs, per_member)
         self._member_params: list[list[Tensor]] = []
         self._share = False  # whether member views get the gradients (see on_train_start)
 
@@ -238,12 +262,29 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             factory, kwargs = self.stacked
             return factory(self.net.parameters(), member_dims=1, **kwargs)
         self._member_params = self._member_views()
-        return MemberwiseOptimizer(
+        optimizer = MemberwiseOptimizer(
             [
                 self.optimizer_class(params, **self.member_kwargs[member])
                 for member, params in zip(self.member_ids, self._member_params, strict=True)
             ]
         )
+        if self.scheduler_class is None:
+            return optimizer
+        scheduler = MemberwiseScheduler(
+            [
+                self.scheduler_class(member_optimizer, **self.member_scheduler_kwargs[member])
+                for member, member_optimizer in zip(self.member_ids, optimizer.members, strict=True)
+            ],
+            optimizer,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_interval},
+        }
+
+    @override
+    def _plateau_metric(self) -> Tensor:
+        return self.val_loss  # each member's own
 
     def _member_views(self) -> list[list[Tensor]]:
         """Each member's parameters as leaf tensors sharing the stacked parameters' memory: what
@@ -406,6 +447,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         # index of the epoch's last batch, and the model logs its internals there too.
         metrics["epoch"] = float(self.current_epoch)
         self._log_members(metrics, self._lightning_step() - 1)
+        self._epoch_end_schedulers()
 
         first_bad = self._first_bad_step.tolist()
         for member, step in zip(list(self.member_ids), first_bad, strict=True):
@@ -433,6 +475,14 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch)
 
+    @override
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Each live member's class probabilities ``(K, N, C)`` for the batch, with the labels
+        and the members' seeds."""
+        x, y = batch
+        seeds = [self.all_seeds[m] for m in self.member_ids]
+        return {"label": y, "probs": self(x).softmax(-1), "seeds": seeds}
+
     def _pop_eval(self) -> tuple[Tensor, Tensor]:
         return self._epoch.pop_mean("loss"), self._epoch.pop_mean("acc")
 
@@ -444,6 +494,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         self.log("val/loss", loss.mean(), prog_bar=True, logger=False)
         self.log("val/acc", acc.mean(), prog_bar=True, logger=False)
         self.val_loss, self.val_acc = loss, acc  # (K,) for callbacks (tune's pruning)
+        self._validated = True
         for member, lv, av in zip(self.member_ids, loss.tolist(), acc.tolist(), strict=True):
             self.history[member]["val/loss"].append(lv)
             self.history[member]["val/acc"].append(av)
@@ -505,6 +556,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             self._member_params = self._member_views()
         if memberwise is not None:
             memberwise.select_members(index, self._member_params)
+            for scheduler in self.lr_schedulers() if self.scheduler_class else []:
+                scheduler.select_members(index)
         else:
             for optimizer in self.trainer.optimizers if self._trainer else []:
                 optimizer.select_members(index)  # the stacked fast path's MemberOptimizer
@@ -585,6 +638,18 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
 
     # -- HPARAMS ----------------------------------------------------------------------------
 
+    def _member_hparams_for_logging(self, member: int) -> dict[str, Any]:
+        params = run_hparams(self, self.member_kwargs[member], seed=self.all_seeds[member])
+        for name, values in self.member_clipping.items():
+            params[f"clip/{name}"] = values[member]
+        return params
+
+    @override
+    def on_fit_start(self) -> None:
+        for loggers, member in zip(self.member_loggers or [], self.member_ids, strict=True):
+            for logger in _as_list(loggers):
+                logger.log_hyperparams(self._member_hparams_for_logging(member))
+
     @override
     def on_train_end(self) -> None:
         if not self.member_loggers:
@@ -596,8 +661,6 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 "hp/val_acc": history["val/acc"][-1] if history["val/acc"] else float("nan"),
                 "hp/best_val_loss": min(history["val/loss"], default=float("inf")),
             }
-            params = run_hparams(self, self.member_kwargs[member], seed=self.all_seeds[member])
-            for name, values in self.member_clipping.items():
-                params[f"clip/{name}"] = values[member]
+            params = self._member_hparams_for_logging(member)
             for logger in _as_list(loggers):
                 log_hyperparams(logger, params, results, self._lightning_step() - 1)

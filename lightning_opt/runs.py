@@ -77,22 +77,36 @@ def clipping_callbacks(config: Any) -> list[Any]:
 
 def settable(config: Any) -> dict[str, str]:
     """``{name: where}`` for every number a trial may set: the optimizer's constructor arguments
-    first, then each clipping callback's (a name both take goes to the optimizer)."""
+    first, then the LR scheduler's, then each clipping callback's (a name several take goes to
+    the first of these)."""
     where = {}
     for entry in clipping_callbacks(config):
         cls = callback_class(entry)
         for name in _numbers(cls):
             where.setdefault(name, cls.__name__)
+    scheduler = scheduler_dict(config)
+    if scheduler is not None:
+        cls = import_class(scheduler["class_path"])
+        where.update(dict.fromkeys(_numbers(cls, skip="optimizer"), "lr_scheduler"))
     where.update(dict.fromkeys(_numbers(optimizer_class(optimizer_dict(config))), "optimizer"))
     return where
 
 
-def _numbers(cls: type) -> list[str]:
+def scheduler_dict(config: Any) -> dict[str, Any] | None:
+    """The config's ``lr_scheduler`` as ``{class_path, init_args}`` (``None``: no scheduler)."""
+    value = config.get("lr_scheduler")
+    if value is None:
+        return None
+    value = value.as_dict() if isinstance(value, Namespace) else dict(value)
+    return {"class_path": value["class_path"], "init_args": dict(value.get("init_args") or {})}
+
+
+def _numbers(cls: type, skip: str = "") -> list[str]:
     """Constructor arguments that are not flags (a search space samples numbers)."""
     return [
         name
         for name, p in constructor_arguments(cls).items()
-        if not isinstance(p.default, bool) and p.annotation not in (bool, "bool")
+        if name != skip and not isinstance(p.default, bool) and p.annotation not in (bool, "bool")
     ]
 
 
@@ -105,6 +119,9 @@ def with_values(config: Any, values: dict[str, Any]) -> Any:
         if where.get(name) == "optimizer":
             cfg.optimizer.init_args[name] = value
             continue
+        if where.get(name) == "lr_scheduler":
+            cfg.lr_scheduler.init_args[name] = value
+            continue
         for entry in clipping_callbacks(cfg):
             if callback_class(entry).__name__ == where.get(name):
                 entry.init_args[name] = value
@@ -112,8 +129,13 @@ def with_values(config: Any, values: dict[str, Any]) -> Any:
 
 
 def model_arguments(cfg: Any) -> dict[str, Any]:
-    """The model's arguments, the optimizer taken from ``cfg.optimizer`` (its one place)."""
-    return {**cfg.model.as_dict(), "optimizer": optimizer_dict(cfg)}
+    """The model's arguments, the optimizer and scheduler taken from ``cfg.optimizer`` and
+    ``cfg.lr_scheduler`` (their one place)."""
+    return {
+        **cfg.model.as_dict(),
+        "optimizer": optimizer_dict(cfg),
+        "lr_scheduler": scheduler_dict(cfg),
+    }
 
 
 def build_model(cfg: Any) -> MNIST1DClassifier:

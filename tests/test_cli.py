@@ -282,11 +282,19 @@ def test_fit_seeds_all_members_non_finite_exits_1_and_keeps_the_logs(
     assert all(list((run / f"seed_{s}").glob("events.out.tfevents.*")) for s in (0, 1))
 
 
-def test_seeds_is_not_for_predict(tiny_fit_args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["predict", "--seeds=[0, 1]", *tiny_fit_args])
-    assert exit_info.value.code == 2
-    assert "--seeds applies to fit, validate and test, not predict" in capsys.readouterr().err
+def test_evaluation_needs_a_checkpoint(tiny_fit_args, capsys):
+    for subcommand in ("validate", "test", "predict"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main([subcommand, *tiny_fit_args])
+        assert exit_info.value.code == 2
+        assert f"{subcommand} needs --ckpt_path" in capsys.readouterr().err
+
+
+def test_help_lists_every_subcommand(capsys):
+    cli_main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("fit", "validate", "test", "predict", "tune", "compare"):
+        assert f"\n  {name} " in out
 
 
 def test_fit_seeds_resumes_from_its_checkpoint(tiny_fit_args, tmp_path, capsys):

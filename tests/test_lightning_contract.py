@@ -9,6 +9,7 @@ examples and a last, smaller one.
 """
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -32,18 +33,21 @@ COUNTER = "--trainer.callbacks+=test_lightning_contract.Counter"
 EVENTS: list[tuple] = []
 
 
+def _shapes(batch) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    x, y = batch if isinstance(batch, (tuple, list)) else (batch.x, batch.y)  # or a chunk
+    return tuple(x.shape), tuple(y.shape)
+
+
 class Counter(Callback):
     """Records each training batch it is handed, each validation run and the final step."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        x, y = batch
         EVENTS.append(("start", trainer.current_epoch, batch_idx, trainer.global_step,
-                       tuple(x.shape), tuple(y.shape), id(batch)))  # fmt: skip
+                       *_shapes(batch), id(batch)))  # fmt: skip
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        x, y = batch
         EVENTS.append(("end", trainer.current_epoch, batch_idx, trainer.global_step,
-                       tuple(x.shape), tuple(y.shape), id(batch)))  # fmt: skip
+                       *_shapes(batch), id(batch)))  # fmt: skip
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
@@ -114,7 +118,8 @@ def test_each_batch_hook_gets_one_minibatch_and_takes_one_step(tiny_fit_args, da
     # the step counter moves by exactly one per batch: before it k, after it k + 1
     assert [s[2] for s in starts] == list(range(2 * STEPS_PER_EPOCH))
     assert [e[2] for e in ends] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
-    assert [e[:2] + e[3:5] for e in ends] == [s[:2] + s[3:5] for s in starts]
+    # the end hook gets the very batch (object) the start hook got
+    assert [e[:2] + e[3:] for e in ends] == [s[:2] + s[3:] for s in starts]
     assert _final_step() == 2 * STEPS_PER_EPOCH
 
 
@@ -138,17 +143,15 @@ def test_limit_train_batches_counts_optimizer_steps(tiny_fit_args, limit):
 def test_fast_dev_run_takes_exactly_one_step(tiny_fit_args):
     cli_main(["fit", *tiny_fit_args, COUNTER, "--trainer.fast_dev_run=true"])
     (start,) = _events("start")
-    assert start[3] == (50, 40)
+    (end,) = _events("end")
+    assert start[3] == end[3] == (50, 40)
     assert _final_step() == 1
 
 
 def test_val_check_interval_validates_mid_epoch(tiny_fit_args):
     cli_main(["fit", *tiny_fit_args, COUNTER, "--trainer.val_check_interval=3"])
-    steps = [v[1] for v in _events("val")]
-    # after the 3rd and 6th step of each epoch (a step count, not a chunk count)
-    assert {3, 6, 10, 13} <= set(steps), steps
-    assert steps == sorted(steps)
-    assert all(s % STEPS_PER_EPOCH != 0 for s in steps if s in (3, 6, 10, 13))
+    # (epoch, global_step): after the 3rd and the 6th optimizer step of each 7-step epoch
+    assert _events("val") == [(0, 3), (0, 6), (1, 10), (1, 13)]
 
 
 def test_check_val_every_n_epoch_validates_only_every_second_epoch(tiny_fit_args):
@@ -168,11 +171,15 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _check_hparams(hparams: dict) -> None:
-    assert not [k for k in hparams if "_instantiator" in str(k)], sorted(hparams)
-    assert hparams["seed"] == 0
+    """Resolved values: the seed, the optimizer's learning rate (not null), sequences flattened."""
+    assert hparams["seed"] == 0, sorted(hparams)
     assert isinstance(hparams["optimizer/lr"], float) and hparams["optimizer/lr"] > 0
     assert hparams["optimizer/betas.0"] == pytest.approx(0.9)
-    assert "optimizer/betas.1" in hparams
+    assert hparams["optimizer/betas.1"] == pytest.approx(0.999)
+
+
+def _no_instantiator(hparams) -> None:
+    assert not [k for k in hparams if "_instantiator" in str(k)], sorted(hparams)
 
 
 def test_csv_logger_gets_the_metrics_and_resolved_hparams(base_args, tmp_path):
@@ -183,9 +190,12 @@ def test_csv_logger_gets_the_metrics_and_resolved_hparams(base_args, tmp_path):
     rows = _csv_rows(run / "metrics.csv")
     columns = set(rows[0])
     assert {"train/loss", "val/loss", "hp/val_loss", "hp/val_acc", "hp/best_val_loss"} <= columns
-    assert [r["val/loss"] for r in rows if r["val/loss"]].__len__() == 2
+    assert len([r for r in rows if r["val/loss"]]) == 2  # one per epoch
+    assert len([r for r in rows if r["hp/val_loss"]]) == 1
     text = (run / "hparams.yaml").read_text()
-    assert "null" not in "".join(line for line in text.splitlines() if "lr" in line), text
+    # every learning rate the file holds (flat `optimizer/lr`, nested `lr`) is a number
+    lr_lines = re.findall(r"^\s*(?:optimizer/)?lr:.*$", text, flags=re.MULTILINE)
+    assert lr_lines and not [line for line in lr_lines if "null" in line], lr_lines
     _check_hparams(yaml.safe_load(text))
 
 
@@ -202,10 +212,10 @@ def test_several_loggers_at_once(base_args, tmp_path):
     cli_main(["fit", f"--config={config}", *base_args])
     (tb,) = version_dirs(d1 / "tb")
     scalars = read_scalars(tb)
-    assert {"train/loss", "val/loss", "val/acc", "hp/val_loss"} <= set(scalars)
+    assert {"train/loss", "val/loss", "val/acc", "optim/lr", "hp/val_loss"} <= set(scalars)
     (run,) = version_dirs(d2 / "csv")
     rows = _csv_rows(run / "metrics.csv")
-    assert {"train/loss", "val/loss", "hp/val_loss"} <= set(rows[0])
+    assert {"train/loss", "val/loss", "optim/lr", "hp/val_loss"} <= set(rows[0])
     _check_hparams(yaml.safe_load((run / "hparams.yaml").read_text()))
 
 
@@ -217,30 +227,52 @@ def test_every_tensorboard_scalar_is_at_each_epochs_last_step(tiny_fit_args, tmp
     cli_main(["fit", *tiny_fit_args, *CLIP])
     (run,) = version_dirs(tmp_path / "logs")
     scalars = read_scalars(run)
-    prefixes = ("train/", "val/", "optim/", "weight_norm/", "clip/")
-    for prefix in prefixes:
-        assert any(tag.startswith(prefix) for tag in scalars), (prefix, sorted(scalars))
+    for tag in ("train/loss", "val/loss", "val/acc", "optim/lr", "optim/grad_norm_before_clip",
+                "weight_norm/0.weight", "clip/fraction_clipped", "hp/val_loss"):  # fmt: skip
+        assert tag in scalars, sorted(scalars)
+    assert _epoch_ends(2) == [6, 13]  # global_step - 1 at each epoch's end
     steps = {tag: [s for s, _ in points] for tag, points in scalars.items()}
+    # Lightning's own `epoch` goes with each self.log call (training and validation): twice
+    assert sorted(set(steps.pop("epoch", _epoch_ends(2)))) == _epoch_ends(2)
     assert {t: s for t, s in steps.items() if not t.startswith("hp/")} == {
         t: _epoch_ends(2) for t in steps if not t.startswith("hp/")
     }
-    assert _epoch_ends(2) == [6, 13]
 
 
-def test_tensorboard_hparams_are_flat_resolved_and_seeded(tiny_fit_args, tmp_path):
-    cli_main(["fit", *tiny_fit_args])
-    (run,) = version_dirs(tmp_path / "logs")
-    _check_hparams(yaml.safe_load((run / "hparams.yaml").read_text()))
-    # the HPARAMS tab: what the event file's hparams plugin holds
+def _tensorboard_hparams(run: Path) -> set[str]:
+    """The keys of the run's HPARAMS entry (the event file's hparams plugin)."""
     acc = EventAccumulator(str(run))
     acc.Reload()
     keys = set()
     for content in acc.PluginTagToContent("hparams").values():
         data = plugin_data_pb2.HParamsPluginData.FromString(content)
         keys |= set(data.session_start_info.hparams)
+    return keys
+
+
+def test_tensorboard_hparams_entry_is_flat_resolved_and_seeded(tiny_fit_args, tmp_path):
+    cli_main(["fit", *tiny_fit_args])
+    (run,) = version_dirs(tmp_path / "logs")
+    keys = _tensorboard_hparams(run)
     assert keys, "no HPARAMS entry"
-    assert not [k for k in keys if "_instantiator" in k], sorted(keys)
-    assert {"seed", "optimizer/betas.0", "optimizer/lr"} <= keys
+    _no_instantiator(keys)
+    assert {"seed", "optimizer", "optimizer/lr", "optimizer/betas.0", "optimizer/betas.1"} <= keys
+
+
+def test_tensorboard_hparams_yaml_is_flat_resolved_and_seeded(tiny_fit_args, tmp_path):
+    cli_main(["fit", *tiny_fit_args])
+    (run,) = version_dirs(tmp_path / "logs")
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())
+    _check_hparams(hparams)
+    _no_instantiator(hparams)
+
+
+def test_csv_hparams_yaml_has_no_instantiator(base_args, tmp_path):
+    save_dir = tmp_path / "csv"
+    cli_main(["fit", *base_args, "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+              f"--trainer.logger.save_dir={save_dir}"])  # fmt: skip
+    (run,) = version_dirs(save_dir)
+    _no_instantiator(yaml.safe_load((run / "hparams.yaml").read_text()))
 
 
 # --- 3. default_root_dir ---------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""Learning-rate schedulers by class path (``--lr_scheduler``), and one per population member.
+
+Any ``torch.optim.lr_scheduler.LRScheduler`` subclass or ``ReduceLROnPlateau`` works, with its
+constructor arguments (less ``optimizer``) in ``init_args``, checked by its own constructor. The
+model steps it itself (manual optimization): after every optimizer step, or at the end of every
+training epoch (after validation, so ``ReduceLROnPlateau`` sees that epoch's ``val/loss``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from lightning_opt.optim.registry import constructor_arguments, import_class
+
+SCHEDULER_BASES = (LRScheduler, ReduceLROnPlateau)
+
+
+def resolve_scheduler(value: Any) -> tuple[type, dict[str, Any]] | None:
+    """``(class, {class_path, init_args})`` of a scheduler given as a class path or a mapping,
+    every constructor default filled in; ``None`` for no scheduler."""
+    if value is None:
+        return None
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, str):
+        value = {"class_path": value}
+    if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
+        raise ValueError(f"a scheduler is a class path or {{class_path, init_args}}, got {value!r}")
+    cls = import_class(value["class_path"])
+    if not issubclass(cls, SCHEDULER_BASES):
+        raise ValueError(f"{value['class_path']} is not a torch LRScheduler or ReduceLROnPlateau")
+    args = {n: p.default for n, p in scheduler_arguments(cls).items() if p.default is not p.empty}
+    args.update(value.get("init_args") or {})
+    return cls, {"class_path": value["class_path"], "init_args": args}
+
+
+def scheduler_arguments(cls: type) -> dict[str, Any]:
+    """The constructor arguments of a scheduler class but ``optimizer``."""
+    return {n: p for n, p in constructor_arguments(cls).items() if n != "optimizer"}
+
+
+def check_scheduler(cls: type, init_args: dict[str, Any]) -> None:
+    """Build ``cls`` once on a throwaway optimizer so its own constructor checks ``init_args``."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    try:
+        cls(optimizer, **init_args)
+    except (TypeError, ValueError, KeyError) as err:
+        shown = ", ".join(f"{k}={v!r}" for k, v in init_args.items())
+        raise ValueError(f"{cls.__name__}({shown}): {err}") from None
+
+
+def step_scheduler(scheduler: Any, metric: Tensor | float | None) -> None:
+    """One step; ``ReduceLROnPlateau`` (and a ``MemberwiseScheduler`` of them) with ``metric``."""
+    if isinstance(scheduler, MemberwiseScheduler):
+        scheduler.step(metric)
+    elif isinstance(scheduler, ReduceLROnPlateau):
+        scheduler.step(float(metric))
+    else:
+        scheduler.step()
+
+
+def needs_metric(scheduler: Any) -> bool:
+    if isinstance(scheduler, MemberwiseScheduler):
+        return any(isinstance(s, ReduceLROnPlateau) for s in scheduler.members)
+    return isinstance(scheduler, ReduceLROnPlateau)
+
+
+class MemberwiseScheduler:
+    """One scheduler per population member (over that member's own optimizer), stepped together.
+
+    Args:
+        members: member k's scheduler, over member k's optimizer.
+        optimizer: the ``MemberwiseOptimizer`` of those optimizers.
+
+    ``step(metrics)`` gives member k ``metrics[k]`` (a ``ReduceLROnPlateau`` per member);
+    ``state_dict`` holds every member's, so a checkpoint resumes each member's schedule.
+    """
+
+    def __init__(self, members: Sequence[Any], optimizer: torch.optim.Optimizer) -> None:
+        self.members = list(members)
+        self.optimizer = optimizer  # the MemberwiseOptimizer the members' optimizers make up
+
+    def step(self, metrics: Tensor | Sequence[float] | None = None) -> None:
+        values = metrics.tolist() if isinstance(metrics, Tensor) else metrics
+        for k, scheduler in enumerate(self.members):
+            step_scheduler(scheduler, None if values is None else values[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"members": [s.state_dict() for s in self.members]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict["members"]
+        if len(saved) != len(self.members):
+            raise ValueError(
+                f"the scheduler state holds {len(saved)} member(s); this population has "
+                f"{len(self.members)}"
+            )
+        for scheduler, state in zip(self.members, saved, strict=True):
+            scheduler.load_state_dict(state)
+
+    def select_members(self, index: Tensor) -> None:
+        self.members[:] = [self.members[i] for i in index.tolist()]
