@@ -26,6 +26,7 @@ from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import NonFiniteLossError
 from lightning_opt.optim.registry import optimizer_class, optimizer_config, supports_population
+from lightning_opt.optim.schedulers import resolve_scheduler
 from lightning_opt.parsing import UsageError, optimizer_dict, run_name
 from lightning_opt.runs import (
     build_model,
@@ -37,6 +38,7 @@ from lightning_opt.runs import (
     run_loggers,
     save_final_checkpoint,
     save_member_checkpoint,
+    scheduler_dict,
     trainer_arguments,
     user_callbacks,
     with_values,
@@ -44,7 +46,7 @@ from lightning_opt.runs import (
 from lightning_opt.trials import options_from_config
 from lightning_opt.tune import TuneCLI, check_study, parse, run_study, write_fit_config
 
-ARM_KEYS = {"name", "optimizer", "model", "callbacks", "search_space"}
+ARM_KEYS = {"name", "optimizer", "lr_scheduler", "model", "callbacks", "search_space"}
 
 
 class CompareCLI(TuneCLI):
@@ -59,7 +61,8 @@ class CompareCLI(TuneCLI):
         group.add_argument(
             "--arms", type=list[dict[str, Any]], default=[],
             help="Each arm: {name, optimizer (a short name, a class path or {class_path, "
-            "init_args}), model: {...}, callbacks: [...], search_space: [...]}.",
+            "init_args}), lr_scheduler (the same; null: none), model: {...}, callbacks: [...], "
+            "search_space: [...]}.",
         )  # fmt: skip
         group.add_argument("--seeds", type=int, default=5,
                            help="Final runs per arm, seeded seed_everything, +1, ...")  # fmt: skip
@@ -95,11 +98,12 @@ def validate_arms(config: Any) -> list[dict[str, Any]]:
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"arm names are letters, digits, '_', '-' or '.', got {name!r}")
         names.append(name)
-        if "optimizer" in arm:
-            try:
+        try:
+            if "optimizer" in arm:
                 optimizer_class(optimizer_config(arm["optimizer"]))
-            except ValueError as err:
-                raise ValueError(f"arm {name!r}: {err}") from None
+            resolve_scheduler(arm.get("lr_scheduler"))
+        except ValueError as err:
+            raise ValueError(f"arm {name!r}: {err}") from None
         for callback in arm.get("callbacks") or []:
             try:
                 cls = callback_class(dict(callback))
@@ -138,6 +142,11 @@ def arm_config(base: Any, arm: dict[str, Any], max_epochs: int) -> Any:
             for c in (arm.get("callbacks") or [])
         ),
     ]
+    if "lr_scheduler" in arm:  # the arm's own schedule (null: none) replaces the experiment's
+        scheduler = resolve_scheduler(arm["lr_scheduler"])
+        cfg.lr_scheduler = None if scheduler is None else Namespace(
+            class_path=scheduler[1]["class_path"], init_args=Namespace(**scheduler[1]["init_args"])
+        )  # fmt: skip
     cfg.search_space = arm.get("search_space")
     cfg.trainer.max_epochs = max_epochs
     return cfg
@@ -329,6 +338,7 @@ def run_compare(args: list[str]) -> Path:
         summary[name] = {
             "optimizer": run_name(tuned_cfg),
             "optimizer_class": optimizer_dict(tuned_cfg)["class_path"],
+            "lr_scheduler": (scheduler_dict(tuned_cfg) or {}).get("class_path"),
             "clipping": [c.class_path.rsplit(".", 1)[-1] for c in tuned_cfg.trainer.callbacks],
             "tuned": best.params,
             "tuning": {

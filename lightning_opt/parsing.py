@@ -162,6 +162,9 @@ def summarize_argument_error(message: str) -> str:
     """
     text = " ".join(message.split())
     outer = re.match(r'Parser key "([^"]+)": ', text)
+    ambiguous = re.search(r"(Multiple subclasses with name .*?)(?: - |$)", text)
+    if outer and ambiguous:
+        return f"{outer.group(1)}: {ambiguous.group(1).rstrip('.')}"
     problems = re.findall(
         r"Problem with given class_path '([^']+)': (.*?)(?= - Problem with| - Expected a <class"
         r"| Given value type:|$)",

@@ -646,7 +646,9 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
 
     @override
     def on_fit_start(self) -> None:
-        for loggers, member in zip(self.member_loggers or [], self.member_ids, strict=True):
+        if not self.member_loggers:
+            return
+        for loggers, member in zip(self.member_loggers, self.member_ids, strict=True):
             for logger in _as_list(loggers):
                 logger.log_hyperparams(self._member_hparams_for_logging(member))
 

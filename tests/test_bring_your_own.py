@@ -188,7 +188,7 @@ def test_outside_optimizer_trains_saves_its_argument_and_replays(
         "init_args": {"lr": 0.1, "momentum": 0.9, "nu": 0.3},  # the class's default spelled out
     }
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())
-    assert hparams["optimizer"]["init_args"]["nu"] == 0.3
+    assert hparams["optimizer"] == QHM and hparams["optimizer/nu"] == 0.3
 
     # The run is the plain loop with QHMomentum(nu=0.3), and not with the default nu.
     logged = _values(read_scalars(run), "val/loss")

@@ -191,7 +191,7 @@ def test_quick_preset_of_each_seed_experiment(experiment, tmp_path, data_cache, 
         f"--data.cache_dir={data_cache}",
     ])  # fmt: skip
     arms = ["adam", "gnw"] if experiment == "gnw_vs_adam" else ["wnclip", "fixedclip"]
-    _check_outputs(tmp_path / "lightning_logs" / experiment, arms, seeds=5)
+    _check_outputs(tmp_path / "lightning_logs" / "compare" / experiment, arms, seeds=5)
 
 
 BAD = [
