@@ -34,6 +34,7 @@ from lightning_opt.runs import (
     build_trainer,
     callback_class,
     check_run_loggers,
+    chunk_where_invisible,
     quiet_lightning,
     run_loggers,
     save_final_checkpoint,
@@ -325,6 +326,7 @@ def run_compare(args: list[str]) -> Path:
               f"with {best.params}")  # fmt: skip
         tuned_cfg = with_values(final_cfg, best.params)
         seeds = [config.seed_everything + s for s in range(config.seeds)]
+        chunk_where_invisible(tuned_cfg, data)  # the arm's own callbacks decide
         runs = run_finals(tuned_cfg, name, seeds, exp_dir, data, population_finals)
         for run in runs:  # each final run's fit config, next to its checkpoint
             seed_cfg = copy.deepcopy(tuned_cfg)

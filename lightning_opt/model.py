@@ -239,19 +239,28 @@ class MinibatchTraining:
                 after.append(optimizer.optimizer.last_grad_norm)  # the norm GNW-Adam used
             elif internals:
                 after.append(self._clipped_norms.pop() if self._clipped_norms else before[-1])
+        if len(losses) > 1:
+            # A chunk of n minibatches is n optimizer steps: Lightning counted one batch, so its
+            # loggers' x-axis (the step of epoch-level values) moves on by the other n - 1, and
+            # every scalar lands where one-minibatch batches would put it.
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
+        # Added step by step, in order: the epoch's sums are the same bits whether a Lightning
+        # batch holds one minibatch or many.
+        per_step = (
+            ("optim/grad_norm_before_clip", before),
+            ("optim/grad_norm_after_clip", after),
+            ("optim/effective_lr", lrs),
+        )
+        for i, (loss, size) in enumerate(zip(losses, sizes, strict=True)):
+            self._add_total("train/loss", loss * size, size)
+            for name, values in per_step:
+                if values:
+                    self._add_total(name, values[i], 1)
         losses = torch.stack(losses)  # (steps,) or (steps, K)
-        self._add_total("train/loss", losses.new_tensor(sizes) @ losses, sum(sizes))
         # Remember the first global step whose loss is not finite, without a host sync.
         bad = ~torch.isfinite(losses)
         first = torch.where(bad.any(0), first_step + bad.int().argmax(0), -1)
         self._first_bad_step = torch.where(self._first_bad_step < 0, first, self._first_bad_step)
-        for name, values in (
-            ("optim/grad_norm_before_clip", before),
-            ("optim/grad_norm_after_clip", after),
-            ("optim/effective_lr", lrs),
-        ):
-            if values:
-                self._add_total(name, torch.stack(values).sum(0), len(values))
 
 
 class MNIST1DClassifier(MinibatchTraining, LightningModule):

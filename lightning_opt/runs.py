@@ -213,6 +213,31 @@ def user_callbacks(cfg: Any) -> list[str]:
     return names
 
 
+def chunk_where_invisible(cfg: Any, data: Any) -> bool:
+    """Hand ``data`` whole epochs per Lightning batch (``steps_per_chunk = 0``) for the runs of
+    ``cfg`` where nothing can tell the difference; whether it did.
+
+    A trial or final run shows no progress bar, and the model keeps Lightning's logging step at
+    the optimizer step, adds its epoch sums step by step and steps every clipping callback per
+    minibatch, so parameters, ``global_step`` and every logged scalar are the same bits either way
+    (``tests/test_lightning_contract.py``). What could still see it: a callback of the user's
+    (batch hooks), a Trainer flag that counts batches or time, or an explicit
+    ``data.steps_per_chunk``; any of those keeps one minibatch per batch.
+    """
+    trainer = cfg.trainer
+    counting = (
+        trainer.get("max_steps") not in (None, -1)
+        or trainer.get("min_steps") is not None
+        or trainer.get("limit_train_batches") not in (None, 1, 1.0)
+        or trainer.get("val_check_interval") not in (None, 1, 1.0)
+        or bool(trainer.get("fast_dev_run"))
+        or trainer.get("max_time") is not None
+    )
+    invisible = cfg.data.get("steps_per_chunk") is None and not counting and not user_callbacks(cfg)
+    data.hparams.steps_per_chunk = 0 if invisible else cfg.data.get("steps_per_chunk")
+    return invisible
+
+
 def save_final_checkpoint(trainer: Trainer, log_dir: Any) -> str:
     """One checkpoint of the run's last weights: ``<log_dir>/checkpoints/final.ckpt``."""
     from pathlib import Path

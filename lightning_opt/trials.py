@@ -27,6 +27,7 @@ from lightning_opt.runs import (
     build_population,
     build_trainer,
     callback_class,
+    chunk_where_invisible,
     clipping_callbacks,
     run_loggers,
     save_final_checkpoint,
@@ -139,6 +140,7 @@ class TrialRunner:
         self.space = resolve_search_space(config)
         self.data = MNIST1DDataModule(**config.data.as_dict())
         self.data.prepare_data()
+        chunk_where_invisible(config, self.data)  # every trial of a study has the same settings
         self.trainer: Trainer | None = None
         self.interrupted = False
 

@@ -345,3 +345,77 @@ def test_population_member_logs_what_its_single_fit_logs(tiny_fit_args, tmp_path
     assert {t: [s for s, _ in p] for t, p in other.items()} == {
         t: [s for s, _ in p] for t, p in member.items()
     }
+
+
+# --- the fast path tune and compare take where it is invisible ---------------------------------
+
+
+def _run_with_chunks(chunk, data_cache, log_dir, population: bool = False):
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_opt.callbacks import WeightNormClipping
+    from lightning_opt.data import MNIST1DDataModule
+    from lightning_opt.model import MNIST1DClassifier
+    from lightning_opt.population import PopulationClassifier
+
+    seed_everything(0, verbose=False)
+    data = MNIST1DDataModule(
+        num_samples=500, batch_size=50, steps_per_chunk=chunk, cache_dir=str(data_cache)
+    )
+    logger = TensorBoardLogger(str(log_dir), name="run", version="")
+    if population:
+        model = PopulationClassifier([0, 1], optimizer="gnw")
+        other = TensorBoardLogger(str(log_dir), name="member_1", version="")
+        model.member_loggers = [logger, other]  # member 0's run, as fit --seeds writes it
+        logger = False
+    else:
+        model = MNIST1DClassifier(optimizer="gnw")
+    trainer = Trainer(
+        max_epochs=3, logger=logger, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, callbacks=[WeightNormClipping(0.05)],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    params = [p.detach().clone() for p in model.parameters()]
+    return params, read_scalars(log_dir / "run"), trainer.global_step
+
+
+@pytest.mark.parametrize("population", [False, True], ids=["single", "population"])
+def test_chunked_batches_are_bit_identical_to_one_minibatch_per_batch(
+    population, data_cache, tmp_path
+):
+    """The fast path tune and compare use where nothing can observe it (runs.
+    chunk_where_invisible): whole epochs per Lightning batch give the same parameters,
+    global_step, and every logged scalar (tag, step and value) to the bit."""
+    import torch
+
+    plain = _run_with_chunks(None, data_cache, tmp_path / "plain", population)
+    for chunk in (0, 3):
+        chunked = _run_with_chunks(chunk, data_cache, tmp_path / f"chunk{chunk}", population)
+        assert all(torch.equal(a, b) for a, b in zip(plain[0], chunked[0], strict=True))
+        assert chunked[2] == plain[2] == 21
+        assert chunked[1] == plain[1]  # {tag: [(step, value), ...]} equal, bit for bit
+
+
+def test_tune_chunks_only_where_nothing_can_see_it(tmp_path):
+    from lightning_opt import runs
+    from lightning_opt.data import MNIST1DDataModule
+    from lightning_opt.tune import parse
+
+    def decided(*args):
+        config = parse([*args, f"--output_dir={tmp_path}"]).config
+        data = MNIST1DDataModule(num_samples=500)
+        return runs.chunk_where_invisible(config, data), data.hparams.steps_per_chunk
+
+    assert decided() == (True, 0)
+    assert decided("--trainer.max_steps=5") == (False, None)
+    assert decided("--trainer.limit_train_batches=3") == (False, None)
+    assert decided("--trainer.val_check_interval=3") == (False, None)
+    assert decided("--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor") == (
+        False,
+        None,
+    )
+    assert decided("--data.steps_per_chunk=2") == (False, 2)  # the user's own choice stands
+    clip = ["--trainer.callbacks+=lightning_opt.callbacks.WeightNormClipping",
+            "--trainer.callbacks.clip_factor=0.1"]  # fmt: skip
+    assert decided(*clip) == (True, 0)  # clipping rules step per minibatch either way
