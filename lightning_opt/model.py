@@ -165,6 +165,13 @@ class MinibatchTraining:
     def _plateau_metric(self) -> Tensor:
         return self.trainer.callback_metrics["val/loss"]
 
+    def _current_lr(self) -> Any:
+        return self.optimizers().param_groups[0]["lr"]
+
+    def _logged_lr(self) -> Any:
+        """The learning rate of the epoch's last step (a step-interval scheduler has moved on)."""
+        return self._lr_used if self._step_schedulers else self._current_lr()
+
     def _epoch_end_schedulers(self) -> None:
         """Call last in ``on_train_epoch_end``: after validation and the epoch's logging, as
         Lightning steps an epoch-interval scheduler."""
@@ -230,6 +237,7 @@ class MinibatchTraining:
                 before.append(global_norm(self._grads(), self.member_dims))
             self._step(optimizer)  # the clipping callbacks run first, in on_before_optimizer_step
             if self._step_schedulers:
+                self._lr_used = self._current_lr()  # what optim/lr reports for this epoch
                 self._scheduler_step()
             losses.append(loss.detach())
             sizes.append(y.shape[self.member_dims])
@@ -426,7 +434,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         norms = torch._foreach_norm([p.detach() for p in self._params])
         values = torch.stack([*means.values(), *norms]).tolist()  # one host sync
         internals = dict(zip([*means, *names], values, strict=True))
-        internals["optim/lr"] = self.optimizers().param_groups[0]["lr"]
+        internals["optim/lr"] = float(self._logged_lr())
         for logger in self.loggers:
             logger.log_metrics(internals, step=self._lightning_step() - 1)
 

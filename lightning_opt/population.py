@@ -286,6 +286,16 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def _plateau_metric(self) -> Tensor:
         return self.val_loss  # each member's own
 
+    @override
+    def _current_lr(self) -> Tensor | float:
+        """Each member's learning rate, ``(K,)`` (a shared number on the stacked path)."""
+        optimizer = self.optimizers().optimizer
+        if isinstance(optimizer, MemberwiseOptimizer):
+            rates = [float(o.param_groups[0]["lr"]) for o in optimizer.members]
+            return torch.tensor(rates, device=self.device)
+        lr = optimizer.param_groups[0]["lr"]
+        return lr.to(self.device) if isinstance(lr, Tensor) else lr
+
     def _member_views(self) -> list[list[Tensor]]:
         """Each member's parameters as leaf tensors sharing the stacked parameters' memory: what
         member k's own optimizer updates in place."""
@@ -433,14 +443,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 self.net.named_parameters(), tensor_norms(self._params, 1), strict=True
             ):
                 metrics[f"weight_norm/{name}"] = norms
-            optimizer = self.optimizers().optimizer
-            if isinstance(optimizer, MemberwiseOptimizer):
-                metrics["optim/lr"] = torch.tensor(
-                    [float(o.param_groups[0]["lr"]) for o in optimizer.members], device=self.device
-                )
-            else:
-                lr = optimizer.param_groups[0]["lr"]
-                metrics["optim/lr"] = lr.to(self.device) if isinstance(lr, Tensor) else lr
+            metrics["optim/lr"] = self._logged_lr()
         metrics.update(self._member_metrics)
         self._member_metrics = {}
         # The step a single fit's loggers see: Lightning logs epoch-end self.log values at the
@@ -628,6 +631,11 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             "class_path": self.hparams.optimizer["class_path"],
             "init_args": dict(self.member_kwargs[member]),
         }
+        if self.scheduler_class is not None:  # the member's own schedule
+            hparams["lr_scheduler"] = {
+                "class_path": self.hparams.lr_scheduler["class_path"],
+                "init_args": dict(self.member_scheduler_kwargs[member]),
+            }
         return {
             "epoch": self.current_epoch,
             "global_step": self.global_step,

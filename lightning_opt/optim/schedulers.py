@@ -45,13 +45,18 @@ def scheduler_arguments(cls: type) -> dict[str, Any]:
 
 
 def check_scheduler(cls: type, init_args: dict[str, Any]) -> None:
-    """Build ``cls`` once on a throwaway optimizer so its own constructor checks ``init_args``."""
+    """Build ``cls`` once on a throwaway optimizer and step it twice, so its own code checks
+    ``init_args`` (constructors do not check everything: StepLR divides by ``step_size`` only
+    when it steps)."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     try:
-        cls(optimizer, **init_args)
-    except (TypeError, ValueError, KeyError) as err:
+        scheduler = cls(optimizer, **init_args)
+        for _ in range(2):
+            optimizer.step()
+            step_scheduler(scheduler, 1.0)
+    except (TypeError, ValueError, KeyError, ArithmeticError, IndexError) as err:
         shown = ", ".join(f"{k}={v!r}" for k, v in init_args.items())
-        raise ValueError(f"{cls.__name__}({shown}): {err}") from None
+        raise ValueError(f"{cls.__name__}({shown}): {type(err).__name__}: {err}") from None
 
 
 def step_scheduler(scheduler: Any, metric: Tensor | float | None) -> None:
