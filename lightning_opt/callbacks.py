@@ -69,6 +69,8 @@ class GradientClippingCallback(Callback, ABC):
     member_hparams: ClassVar[tuple[str, ...]]
     short_name: ClassVar[str]
     stacked: ClassVar[bool] = False
+    #: What ``ClipStats.compared`` holds, for the report (``None``: the rule does not say).
+    compared_quantity: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -86,6 +88,9 @@ class GradientClippingCallback(Callback, ABC):
         # Sums of per-step stats; a 0-dim CPU zero plus a tensor on any device stays on that
         # device, and takes the shape (K,) of a population's per-member stats.
         self._run_fraction, self._run_steps = torch.zeros(()), 0
+        self._compared: list[Tensor] = []  # per step, (N, *members): for compared_quantiles
+        #: Each epoch's fraction of tensors clipped (a list per epoch; one value per member).
+        self.fraction_history: list[list[float]] = []
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
@@ -124,6 +129,22 @@ class GradientClippingCallback(Callback, ABC):
         """Keep the per-member statistics of the population members at ``index``."""
         if self._run_fraction.dim() > 0:
             self._run_fraction = self._run_fraction[index.to(self._run_fraction.device)]
+        self._compared = [c.index_select(1, index.to(c.device)) for c in self._compared]
+
+    def compared_quantiles(
+        self, qs: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
+    ) -> list[dict[str, float]] | None:
+        """Quantiles over the run's tensor-steps of what the rule compared with its setting
+        (``compared_quantity``), one dict per live member (one for a single model); ``None``
+        when the rule reports nothing. Lets a user choose a search range where the rule acts."""
+        if not self._compared:
+            return None
+        values = torch.stack(self._compared).double()  # (steps, N, *members)
+        values = values.reshape(-1, *values.shape[2:]) if values.dim() > 2 else values.reshape(-1)
+        members = values.reshape(len(values), -1).T if values.dim() > 1 else values.reshape(1, -1)
+        levels = torch.tensor(qs, dtype=values.dtype)
+        table = torch.quantile(members.cpu(), levels, dim=1).T.tolist()
+        return [{str(q): v for q, v in zip(qs, row, strict=True)} for row in table]
 
     def hparams_for_logging(self) -> dict[str, Any]:
         """The settings shown next to the model's in TensorBoard's HPARAMS tab: the class name
@@ -172,6 +193,8 @@ class GradientClippingCallback(Callback, ABC):
         self._epoch_steps += 1
         self._run_fraction = self._run_fraction + stats.fraction_clipped
         self._run_steps += 1
+        if getattr(stats, "compared", None) is not None:
+            self._compared.append(stats.compared.detach())
 
     def _clip_each_member(self, pl_module: LightningModule) -> ClipStats:
         """Clip each member's own tensors with its own settings; the stats stacked ``(K,)``."""
@@ -180,11 +203,19 @@ class GradientClippingCallback(Callback, ABC):
         for member, params in enumerate(pl_module.member_parameters()):
             with self.settings(**{n: v[member] for n, v in values.items()}):
                 stats.append(self.clip_(params, 0, None))
-        fraction, scale = zip(*stats, strict=True)
-        return ClipStats(torch.stack(fraction), torch.stack(scale))
+        fraction = torch.stack([st.fraction_clipped for st in stats])
+        scale = torch.stack([st.mean_scale for st in stats])
+        compared = [getattr(st, "compared", None) for st in stats]
+        if any(c is None for c in compared):
+            return ClipStats(fraction, scale)
+        return ClipStats(fraction, scale, torch.stack(compared, dim=-1))  # (N, K)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._epoch_steps:
+            self.fraction_history.append(
+                (self._epoch_fraction / self._epoch_steps).reshape(-1).tolist()
+            )
         if self.log_stats and self._epoch_steps:
             fraction = self._epoch_fraction / self._epoch_steps
             scale = self._epoch_scale / self._epoch_steps
@@ -228,6 +259,7 @@ class WeightNormClipping(GradientClippingCallback):
     member_hparams = ("clip_factor",)
     short_name = "wnclip"
     stacked = True
+    compared_quantity = "||g|| / max(||W||, eps) per tensor"
 
     def __init__(self, clip_factor: float, eps: float = 1e-3, log_stats: bool = True) -> None:
         check_positive("clip_factor", clip_factor)
@@ -259,6 +291,10 @@ class FixedNormClipping(GradientClippingCallback):
     member_hparams = ("clip_value",)
     short_name = "fixedclip"
     stacked = True
+
+    @property
+    def compared_quantity(self) -> str:  # type: ignore[override]
+        return "||g|| per tensor" if self.mode == "per_tensor" else "||g|| (all tensors)"
 
     def __init__(
         self, clip_value: float, mode: FixedMode = "per_tensor", log_stats: bool = True

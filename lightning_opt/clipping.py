@@ -33,6 +33,10 @@ class ClipStats(NamedTuple):
 
     fraction_clipped: Tensor  # fraction of tensors whose gradient was rescaled
     mean_scale: Tensor  # mean factor applied over tensors (1.0 = untouched)
+    #: What the rule compared with its setting, one row per tensor (or one for a global norm):
+    #: ``||g|| / max(||W||, eps)`` for weight-norm clipping, ``||g||`` for a fixed threshold;
+    #: shape ``(N, *members)``. ``None`` where a rule does not say.
+    compared: Tensor | None = None
 
 
 def check_positive(name: str, value: object) -> None:
@@ -73,7 +77,13 @@ def no_grads(params: list[Tensor], member_dims: int) -> ClipStats:
     return ClipStats(torch.zeros(shape, device=device), torch.ones(shape, device=device))
 
 
-def rescale_(grads: list[Tensor], norms: Tensor, thresholds: Tensor, member_dims: int) -> ClipStats:
+def rescale_(
+    grads: list[Tensor],
+    norms: Tensor,
+    thresholds: Tensor,
+    member_dims: int,
+    compared: Tensor | None = None,
+) -> ClipStats:
     """Rescale gradients whose norm exceeds their threshold to norm exactly the threshold.
 
     ``norms`` has shape ``(N, *members)`` with one row per gradient, or ``(1, *members)`` for one
@@ -85,7 +95,7 @@ def rescale_(grads: list[Tensor], norms: Tensor, thresholds: Tensor, member_dims
     torch._foreach_mul_(
         grads, [broadcast_to_members(s, g, member_dims) for s, g in zip(rows, grads, strict=True)]
     )
-    return ClipStats(clipped.to(scales.dtype).mean(0), scales.mean(0))
+    return ClipStats(clipped.to(scales.dtype).mean(0), scales.mean(0), compared)
 
 
 @torch.no_grad()
@@ -110,8 +120,9 @@ def clip_grad_by_weight_norm_(
     grads = [p.grad for p in with_grads]
     norms = torch.stack(tensor_norms(grads, member_dims))
     weight_norms = torch.stack(tensor_norms(with_grads, member_dims)).to(norms.dtype)
-    thresholds = _as_threshold("clip_factor", clip_factor, norms) * weight_norms.clamp_min(eps)
-    return rescale_(grads, norms, thresholds, member_dims)
+    floored = weight_norms.clamp_min(eps)
+    thresholds = _as_threshold("clip_factor", clip_factor, norms) * floored
+    return rescale_(grads, norms, thresholds, member_dims, compared=norms / floored)
 
 
 @torch.no_grad()
@@ -129,7 +140,8 @@ def clip_grad_norm_per_tensor_(
         return no_grads(params, member_dims)
     grads = [p.grad for p in with_grads]
     norms = torch.stack(tensor_norms(grads, member_dims))
-    return rescale_(grads, norms, _as_threshold("clip_value", clip_value, norms), member_dims)
+    threshold = _as_threshold("clip_value", clip_value, norms)
+    return rescale_(grads, norms, threshold, member_dims, compared=norms)
 
 
 @torch.no_grad()
@@ -146,4 +158,5 @@ def clip_grad_norm_global_(
         return no_grads(params, member_dims)
     grads = [p.grad for p in with_grads]
     norm = global_norm(grads, member_dims).unsqueeze(0)
-    return rescale_(grads, norm, _as_threshold("clip_value", clip_value, norm), member_dims)
+    threshold = _as_threshold("clip_value", clip_value, norm)
+    return rescale_(grads, norm, threshold, member_dims, compared=norm)

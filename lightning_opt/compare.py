@@ -13,7 +13,7 @@ import copy
 import json
 import re
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,14 @@ from lightning_opt.optim.registry import optimizer_class, optimizer_config, supp
 from lightning_opt.optim.schedulers import resolve_scheduler
 from lightning_opt.parsing import UsageError, optimizer_dict, run_name
 from lightning_opt.runs import (
+    QUIET_TRAINER,
     build_model,
     build_population,
     build_trainer,
     callback_class,
     check_run_loggers,
     chunk_where_invisible,
+    clipping_callbacks,
     quiet_lightning,
     run_loggers,
     save_final_checkpoint,
@@ -44,7 +46,7 @@ from lightning_opt.runs import (
     user_callbacks,
     with_values,
 )
-from lightning_opt.trials import options_from_config
+from lightning_opt.trials import options_from_config, resolve_search_space
 from lightning_opt.tune import TuneCLI, check_study, parse, run_study, write_fit_config
 
 ARM_KEYS = {"name", "optimizer", "lr_scheduler", "model", "callbacks", "search_space"}
@@ -69,6 +71,11 @@ class CompareCLI(TuneCLI):
                            help="Final runs per arm, seeded seed_everything, +1, ...")  # fmt: skip
         group.add_argument("--tune_max_epochs", type=int, default=25,
                            help="Epochs per tuning trial (trainer.max_epochs: final runs).")  # fmt: skip
+        group.add_argument(
+            "--robustness", type=bool, default=True,
+            help="When tune_max_epochs differs from trainer.max_epochs, also re-tune each arm at "
+            "the finals' budget and re-run its finals (a robustness check of the verdict).",
+        )  # fmt: skip
         group.add_argument(
             "--population_finals", type=bool, default=True,
             help="Train an arm's final seeds at once as one population (the same numbers as "
@@ -154,17 +161,36 @@ def arm_config(base: Any, arm: dict[str, Any], max_epochs: int) -> Any:
 
 
 class EpochHistory(Callback):
-    """Validation loss and accuracy after every epoch, for the curves of the report."""
+    """Validation loss and accuracy after every epoch, for the curves of the report, and the
+    weights of the epoch with the lowest validation loss (the early-stopping checkpoint)."""
 
     def __init__(self) -> None:
         self.val_loss: list[float] = []
         self.val_acc: list[float] = []
+        self.best_state: dict[str, Any] | None = None
+        self.best_epoch: int | None = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self.val_loss.append(float(trainer.callback_metrics["val/loss"]))
+        loss = float(trainer.callback_metrics["val/loss"])
+        if self.best_state is None or loss < min(self.val_loss):
+            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            self.best_epoch = len(self.val_loss)
+        self.val_loss.append(loss)
         self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
+
+
+def _clip_report(clipper: Any, member: int | None = None) -> dict[str, Any]:
+    """A clipping callback's per-epoch clip rate and the quantiles of what it compared."""
+    position = 0 if member is None else member
+    quantiles = clipper.compared_quantiles()
+    return {
+        "fraction_history": [epoch[position] for epoch in clipper.fraction_history],
+        "quantity": None
+        if quantiles is None
+        else {"name": clipper.compared_quantity, "quantiles": quantiles[position]},
+    }
 
 
 def run_final(
@@ -185,7 +211,17 @@ def run_final(
     trainer = build_trainer(cfg, loggers or False, [history])
     trainer.fit(model, datamodule=data)
     tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
+    checkpoint = save_final_checkpoint(trainer, out)
+    # The early-stopping view: the weights of the lowest val/loss epoch, tested once too (by a
+    # Trainer without loggers: the run's logs keep the last epoch's test metrics).
+    model.load_state_dict(history.best_state)
+    quiet = Trainer(logger=False, **QUIET_TRAINER)
+    best = quiet.test(model, datamodule=data, verbose=False)[0]
     clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
+    internals = dict(model.internals_history)
+    clip = _clip_report(clippers[0]) if clippers else None
+    if clip:
+        internals["clip/fraction_clipped"] = clip["fraction_history"]
     result = {
         "seed": seed,
         "final_val_loss": history.val_loss[-1],
@@ -193,12 +229,17 @@ def run_final(
         "final_val_acc": history.val_acc[-1],
         "test_loss": float(tested["test/loss"]),
         "test_acc": float(tested["test/acc"]),
+        "test_loss_best_epoch": float(best["test/loss"]),
+        "test_acc_best_epoch": float(best["test/acc"]),
+        "best_epoch": history.best_epoch,
         "clip_rate": clippers[0].clip_rate() if clippers else None,
+        "clip_quantity": clip["quantity"] if clip else None,
         "val_loss_curve": history.val_loss,
         "val_acc_curve": history.val_acc,
+        "internals": internals,
         "seconds": time.perf_counter() - start,
         "log_dir": str(out),
-        "checkpoint": save_final_checkpoint(trainer, out),
+        "checkpoint": checkpoint,
     }
     _write_result(result, out)
     _print_result(arm, result)
@@ -253,6 +294,7 @@ def run_final_population(
 ) -> list[dict[str, Any]]:
     """Final runs of ``seeds`` trained as one population; the result of each seed."""
     model = build_population(cfg, seeds)
+    model.track_best = True
     model.member_loggers = [
         run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}") for seed in seeds
     ]
@@ -260,8 +302,19 @@ def run_final_population(
     trainer = build_trainer(cfg, False)
     with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
         trainer.fit(model, datamodule=data)
+    checkpoints, last, best = {}, {}, {}
     if model.num_members:
         trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
+        last = dict(model.test_results)
+        for member in model.member_ids:
+            out = exp_dir / arm / "final" / f"seed_{seeds[member]}"
+            checkpoints[member] = save_member_checkpoint(model, member, out)
+        # The early-stopping view: each member's lowest val/loss epoch, tested without loggers.
+        model.use_best_weights()
+        loggers, model.member_loggers = model.member_loggers, None
+        trainer.test(model, datamodule=data, verbose=False)
+        model.member_loggers = loggers
+        best = dict(model.test_results)
     seconds = time.perf_counter() - start
     clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
     rates = dict(zip(model.member_ids, clippers[0].clip_rates(), strict=True)) if clippers else {}
@@ -270,7 +323,11 @@ def run_final_population(
         if member in model.dropped:
             failed.append(f"seed {seed}: {model.dropped[member]}")
             continue
-        history, tested = model.history[member], model.test_results[member]
+        history, tested = model.history[member], last[member]
+        internals = {n: v for n, v in history.items() if n.startswith("optim/")}
+        clip = _clip_report(clippers[0], model.member_ids.index(member)) if clippers else None
+        if clip:
+            internals["clip/fraction_clipped"] = clip["fraction_history"]
         result = {
             "seed": seed,
             "final_val_loss": history["val/loss"][-1],
@@ -278,15 +335,18 @@ def run_final_population(
             "final_val_acc": history["val/acc"][-1],
             "test_loss": tested["test/loss"],
             "test_acc": tested["test/acc"],
+            "test_loss_best_epoch": best[member]["test/loss"],
+            "test_acc_best_epoch": best[member]["test/acc"],
+            "best_epoch": history["val/loss"].index(min(history["val/loss"])),
             "clip_rate": rates.get(member),
+            "clip_quantity": clip["quantity"] if clip else None,
             "val_loss_curve": history["val/loss"],
             "val_acc_curve": history["val/acc"],
+            "internals": internals,
             "seconds": seconds,
             "population": len(seeds),
             "log_dir": str(exp_dir / arm / "final" / f"seed_{seed}"),
-            "checkpoint": save_member_checkpoint(
-                model, member, exp_dir / arm / "final" / f"seed_{seed}"
-            ),
+            "checkpoint": checkpoints[member],
         }
         _write_result(result, Path(result["log_dir"]))
         _print_result(arm, result)
@@ -313,96 +373,158 @@ def run_compare(args: list[str]) -> Path:
     data.prepare_data()
 
     summary: dict[str, Any] = {}
-    for name, tune_cfg, final_cfg, options, population_finals in plans:
-        print(
-            f"== arm {name}: tuning ({options.n_trials} trials x {config.tune_max_epochs} epochs)"
-        )
-        study = run_study(tune_cfg, options)
-        completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
-        if not completed:
-            raise ValueError(f"arm {name!r}: no tuning trial completed; widen the search space")
-        best = study.best_trial
-        print(f"== arm {name}: {config.seeds} final runs x {config.trainer.max_epochs} epochs "
-              f"with {best.params}")  # fmt: skip
-        tuned_cfg = with_values(final_cfg, best.params)
-        seeds = [config.seed_everything + s for s in range(config.seeds)]
-        chunk_where_invisible(tuned_cfg, data)  # the arm's own callbacks decide
-        runs = run_finals(tuned_cfg, name, seeds, exp_dir, data, population_finals)
-        for run in runs:  # each final run's fit config, next to its checkpoint
-            seed_cfg = copy.deepcopy(tuned_cfg)
-            seed_cfg.seed_everything = run["seed"]
-            header = (
-                f"# Final run of arm {name!r} of experiment {config.experiment!r}, seed "
-                f"{run['seed']}.\n# Its weights: python -m lightning_opt test --config "
-                f"{run['log_dir']}/config.yaml --ckpt_path {run['checkpoint']}\n"
+    for plan in plans:
+        summary[plan.name] = run_arm(cli.parser, config, plan, plan.name, exp_dir, data)
+        if plan.retune is not None:  # the robustness check: tuned at the finals' budget
+            summary[plan.name]["retuned"] = run_arm(
+                cli.parser, config, plan.retune, f"{plan.name}/retuned", exp_dir, data
             )
-            write_fit_config(cli.parser, seed_cfg, Path(run["log_dir"]) / "config.yaml", header)
-        summary[name] = {
-            "optimizer": run_name(tuned_cfg),
-            "optimizer_class": optimizer_dict(tuned_cfg)["class_path"],
-            "lr_scheduler": (scheduler_dict(tuned_cfg) or {}).get("class_path"),
-            "clipping": [c.class_path.rsplit(".", 1)[-1] for c in tuned_cfg.trainer.callbacks],
-            "tuned": best.params,
-            "tuning": {
-                "study": name,
-                "best_trial": best.number,
-                "best_val_loss": best.value,
-                "complete": len(completed),
-                "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
-            },
-            "runs": runs,
-        }
     results = report.summarize(config.experiment, summary, _settings(config))
     report.write_all(exp_dir, results)
     print(report.markdown_table(results))
     for line in results["verdicts"]:
         print(line)
+    for line in results.get("warnings", []):
+        print(f"warning: {line}")
     print(
         f"report: {exp_dir / 'results.md'}, {exp_dir / 'comparison.html'}, {exp_dir / 'comparison.png'}"
     )
     return exp_dir
 
 
-def plan_arms(config: Any) -> list[tuple[str, Any, Any, Any, bool]]:
-    """Each arm's name, tuning config, final config, study options and whether its finals train
-    as one population; everything that can fail is checked here, before the first trial of the
-    first arm (``ValueError``, one line)."""
+def run_arm(
+    parser: LightningArgumentParser, config: Any, plan: ArmPlan, label: str, exp_dir: Path,
+    data: MNIST1DDataModule,
+) -> dict[str, Any]:  # fmt: skip
+    """Tune one arm, run its finals over the seeds, and summarise both (``label``: where its
+    finals go under the experiment, ``<arm>`` or ``<arm>/retuned``)."""
+    epochs = plan.tune_cfg.trainer.max_epochs
+    print(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
+    study = run_study(plan.tune_cfg, plan.options)
+    completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
+    if not completed:
+        raise ValueError(f"arm {label!r}: no tuning trial completed; widen the search space")
+    best = study.best_trial
+    print(f"== arm {label}: {config.seeds} final runs x {config.trainer.max_epochs} epochs "
+          f"with {best.params}")  # fmt: skip
+    tuned_cfg = with_values(plan.final_cfg, best.params)
+    seeds = [config.seed_everything + s for s in range(config.seeds)]
+    chunk_where_invisible(tuned_cfg, data)  # the arm's own callbacks decide
+    runs = run_finals(tuned_cfg, label, seeds, exp_dir, data, plan.population_finals)
+    for run in runs:  # each final run's fit config, next to its checkpoint
+        seed_cfg = copy.deepcopy(tuned_cfg)
+        seed_cfg.seed_everything = run["seed"]
+        header = (
+            f"# Final run of arm {label!r} of experiment {config.experiment!r}, seed "
+            f"{run['seed']}.\n# Its weights: python -m lightning_opt test --config "
+            f"{run['log_dir']}/config.yaml --ckpt_path {run['checkpoint']}\n"
+        )
+        write_fit_config(parser, seed_cfg, Path(run["log_dir"]) / "config.yaml", header)
+    values = [t.value for t in sorted(completed, key=lambda t: t.number)]
+    return {
+        "optimizer": run_name(tuned_cfg),
+        "optimizer_class": optimizer_dict(tuned_cfg)["class_path"],
+        "lr_scheduler": (scheduler_dict(tuned_cfg) or {}).get("class_path"),
+        "clipping": [
+            c.class_path.rsplit(".", 1)[-1]
+            for c in tuned_cfg.trainer.callbacks
+            if c in clipping_callbacks(tuned_cfg)
+        ],
+        "tuned": best.params,
+        "tune_max_epochs": epochs,
+        "tuning": {
+            "study": plan.options.study_name,
+            "best_trial": best.number,
+            "best_val_loss": best.value,
+            "complete": len(completed),
+            "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+            "values": values,
+            "search_space": [p.as_dict() for p in resolve_search_space(plan.tune_cfg)],
+        },
+        "runs": runs,
+    }
+
+
+@dataclass(frozen=True)
+class ArmPlan:
+    """One arm, checked and ready: its tuning and final configs and study options; ``retune``
+    is the same arm tuned at the finals' budget (the robustness check), when it runs."""
+
+    name: str
+    tune_cfg: Any
+    final_cfg: Any
+    options: Any
+    population_finals: bool
+    retune: ArmPlan | None = None
+
+
+def plan_arms(config: Any) -> list[ArmPlan]:
+    """Every arm's plan; everything that can fail is checked here, before the first trial of
+    the first arm (``ValueError``, one line)."""
     arms = validate_arms(config)
     base_options = options_from_config(config)
     exp_dir = Path(config.output_dir) / config.experiment
     storage = config.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
+    retune = config.robustness and config.tune_max_epochs != config.trainer.max_epochs
     plans = []
     for arm in arms:
         name = arm["name"]
-        tune_cfg = arm_config(config, arm, config.tune_max_epochs)
         final_cfg = arm_config(config, arm, config.trainer.max_epochs)
-        options = replace(base_options, study_name=name, output_dir=str(exp_dir), storage=storage)
         try:
-            options = check_study(tune_cfg, options)
-            build_model(final_cfg)
-            check_run_loggers(final_cfg)
-            population = config.population_finals
-            cls = optimizer_class(optimizer_dict(final_cfg))
-            if population and not supports_population(cls):
-                print(f"arm {name}: {cls.__name__} declares supports_population = False: "
-                      "its final runs train one seed at a time", flush=True)  # fmt: skip
-                population = False
-            if population and user_callbacks(final_cfg):
-                print(f"arm {name}: callbacks {', '.join(user_callbacks(final_cfg))} would see "
-                      "all seeds of a population at once: its final runs train one seed at a "
-                      "time", flush=True)  # fmt: skip
-                population = False
-            if population:
-                model = build_population(final_cfg, [0, 1])
-                model.check_clipping(trainer_arguments(final_cfg)["callbacks"])
+            population = _check_finals(config, name, final_cfg)
+            plan = None
+            budgets = [(config.tune_max_epochs, "")]
+            if retune:
+                budgets.append((config.trainer.max_epochs, ".retuned"))
+            for epochs, suffix in reversed(budgets):
+                tune_cfg = arm_config(config, arm, epochs)
+                # Named after the experiment too: a shared storage holds many experiments.
+                study = f"{config.experiment}.{name}{suffix}"
+                options = replace(base_options, study_name=study, output_dir=str(exp_dir),
+                                  storage=storage)  # fmt: skip
+                options = check_study(tune_cfg, options)
+                plan = ArmPlan(name, tune_cfg, final_cfg, options, population, plan)
         except ValueError as err:
             raise ValueError(f"arm {name!r}: {err}") from None
-        plans.append((name, tune_cfg, final_cfg, options, population))
+        plans.append(plan)
     return plans
 
 
+def _check_finals(config: Any, name: str, final_cfg: Any) -> bool:
+    """Check an arm's final runs; whether they train as one population."""
+    build_model(final_cfg)
+    check_run_loggers(final_cfg)
+    population = config.population_finals
+    cls = optimizer_class(optimizer_dict(final_cfg))
+    if population and not supports_population(cls):
+        print(f"arm {name}: {cls.__name__} declares supports_population = False: "
+              "its final runs train one seed at a time", flush=True)  # fmt: skip
+        population = False
+    if population and user_callbacks(final_cfg):
+        print(f"arm {name}: callbacks {', '.join(user_callbacks(final_cfg))} would see "
+              "all seeds of a population at once: its final runs train one seed at a "
+              "time", flush=True)  # fmt: skip
+        population = False
+    if population:
+        model = build_population(final_cfg, [0, 1])
+        model.check_clipping(trainer_arguments(final_cfg)["callbacks"])
+    return population
+
+
 def _settings(config: Any) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    import lightning_opt
+
     return {
+        "tune_max_epochs": config.tune_max_epochs,
+        "max_epochs": config.trainer.max_epochs,
+        "robustness": config.robustness,
+        "split_seed": config.data.split_seed,
+        "versions": {
+            "lightning_opt": lightning_opt.__version__,
+            **{name: version(name) for name in ("torch", "lightning", "optuna", "mnist1d")},
+        },
         "seeds": [config.seed_everything + s for s in range(config.seeds)],
         "tuning_trials": config.n_trials,
         "tuning_epochs": config.tune_max_epochs,

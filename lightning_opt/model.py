@@ -328,6 +328,8 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         # The first global step with a non-finite loss (-1: none); moves with the module.
         self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
         self.best_val_loss = float("inf")
+        #: Each epoch's means of the logged optim/* values (the report's internals curves).
+        self.internals_history: dict[str, list[float]] = {}
 
     @property
     def first_nonfinite_step(self) -> int | None:
@@ -435,6 +437,9 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         values = torch.stack([*means.values(), *norms]).tolist()  # one host sync
         internals = dict(zip([*means, *names], values, strict=True))
         internals["optim/lr"] = float(self._logged_lr())
+        for name, value in internals.items():
+            if name.startswith("optim/"):
+                self.internals_history.setdefault(name, []).append(value)
         for logger in self.loggers:
             logger.log_metrics(internals, step=self._lightning_step() - 1)
 

@@ -209,6 +209,10 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         # A scheduler sets each param group's lr as one number: the per-member optimizers then.
         self.stacked = None if scheduler else stacked_optimizer(cls, self.member_kwargs, per_member)
         self._member_params: list[list[Tensor]] = []
+        #: Keep each member's weights of its lowest val/loss epoch (``use_best_weights``).
+        self.track_best = False
+        self._best_loss: Tensor | None = None
+        self._best_state: list[Tensor] = []
         self._share = False  # whether member views get the gradients (see on_train_start)
 
         with torch.random.fork_rng(devices=[]):
@@ -414,6 +418,20 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self._record_clipped_norm()
 
+    def _record_internals(self, metrics: dict[str, Tensor | float]) -> None:
+        """Each member's epoch means of the optim/* values, in ``history`` (one sync)."""
+        names = [n for n in metrics if n.startswith("optim/")]
+        if not names:
+            return
+        columns = [
+            metrics[n].tolist() if isinstance(metrics[n], Tensor) and metrics[n].dim() else None
+            for n in names
+        ]
+        for position, member in enumerate(self.member_ids):
+            for name, column in zip(names, columns, strict=True):
+                value = column[position] if column is not None else float(metrics[name])
+                self.history[member].setdefault(name, []).append(value)
+
     def log_member_metrics(self, metrics: dict[str, Tensor]) -> None:
         """Per-member values ``(K,)`` to log with this epoch's (used by the clipping callbacks)."""
         self._member_metrics.update(metrics)
@@ -446,6 +464,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             metrics["optim/lr"] = self._logged_lr()
         metrics.update(self._member_metrics)
         self._member_metrics = {}
+        self._record_internals(metrics)
         # The step a single fit's loggers see: Lightning logs epoch-end self.log values at the
         # index of the epoch's last batch, and the model logs its internals there too.
         metrics["epoch"] = float(self.current_epoch)
@@ -498,6 +517,8 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         self.log("val/acc", acc.mean(), prog_bar=True, logger=False)
         self.val_loss, self.val_acc = loss, acc  # (K,) for callbacks (tune's pruning)
         self._validated = True
+        if self.track_best:
+            self._keep_best(loss)
         for member, lv, av in zip(self.member_ids, loss.tolist(), acc.tolist(), strict=True):
             self.history[member]["val/loss"].append(lv)
             self.history[member]["val/acc"].append(av)
@@ -513,6 +534,27 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             self.test_results[member] = {"test/loss": lv, "test/acc": av}
         self._log_members({"test/loss": loss, "test/acc": acc, "epoch": float(self.current_epoch)},
                           self._lightning_step())  # fmt: skip
+
+    @torch.no_grad()
+    def _keep_best(self, loss: Tensor) -> None:
+        params = list(self.net.parameters())
+        if self._best_loss is None:
+            self._best_loss = torch.full_like(loss, float("inf"))
+            self._best_state = [p.detach().clone() for p in params]
+        improved = loss < self._best_loss  # NaN never improves
+        self._best_loss = torch.where(improved, loss, self._best_loss)
+        for best, p in zip(self._best_state, params, strict=True):
+            mask = improved.reshape(-1, *([1] * (p.dim() - 1)))
+            best.copy_(torch.where(mask, p.detach(), best))
+
+    @torch.no_grad()
+    def use_best_weights(self) -> None:
+        """Put each live member's weights of its lowest val/loss epoch in place (needs
+        ``track_best`` during the fit); the optimizer state is left as it is."""
+        if self._best_loss is None:
+            raise RuntimeError("use_best_weights needs track_best = True during fit")
+        for best, p in zip(self._best_state, self.net.parameters(), strict=True):
+            p.copy_(best)
 
     # -- members ----------------------------------------------------------------------------
 
@@ -571,6 +613,9 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             factory, kwargs = self.stacked
             self.stacked = factory, {k: select(v, index) for k, v in kwargs.items()}
         self._first_bad_step = self._first_bad_step.index_select(0, index)
+        if self._best_loss is not None:
+            self._best_loss = self._best_loss.index_select(0, index.to(self._best_loss.device))
+            self._best_state = [t.index_select(0, index) for t in self._best_state]
         self.member_ids = [self.member_ids[i] for i in keep]
         self.seeds = [self.seeds[i] for i in keep]
         if self._data_seeds:  # set up by a fit: the data order narrows in place

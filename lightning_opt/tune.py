@@ -52,7 +52,9 @@ TUNE_KEYS = (
     "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry", "population",
 )  # fmt: skip
 #: compare's own options (see ``compare.CompareCLI``).
-EXPERIMENT_KEYS = ("experiment", "arms", "seeds", "tune_max_epochs", "population_finals")
+EXPERIMENT_KEYS = (
+    "experiment", "arms", "seeds", "tune_max_epochs", "population_finals", "robustness",
+)  # fmt: skip
 
 
 class TuneCLI(OptimizerCLI):
