@@ -120,9 +120,13 @@ def options_from_config(config: Any) -> TuneOptions:
     )
 
 
+#: The median pruner prunes nothing until this many trials have completed.
+MEDIAN_STARTUP_TRIALS = 3
+
+
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner()
     return optuna.pruners.NopPruner()
@@ -171,7 +175,8 @@ class TrialRunner:
         member_hparams = {name: [p[name] for p in params] for name in params[0]}
         model = build_population(self.config, [seed] * len(trials), member_hparams)
         model.member_loggers = [self._loggers(trial) for trial in trials]
-        trainer = self.trainer = build_trainer(self.config, False, [PopulationPruning(trials)])
+        pruning = PopulationPruning(trials, self.options.pruner)
+        trainer = self.trainer = build_trainer(self.config, False, [pruning])
         start = time.perf_counter()
         try:
             trainer.fit(model, datamodule=self.data)
@@ -244,8 +249,21 @@ class PopulationPruning(Callback):
     """Optuna pruning for a population: each epoch, report every live member's val/loss to its
     trial (as ``PyTorchLightningPruningCallback`` does for one) and drop the members to prune."""
 
-    def __init__(self, trials: list[optuna.Trial]) -> None:
+    def __init__(self, trials: list[optuna.Trial], pruner: str = "median") -> None:
         self.trials = trials
+        self.pruner = pruner
+
+    def _may_prune(self) -> bool:
+        """Whether the study's pruner can prune now: ``none`` never does, and the median pruner
+        not before ``MEDIAN_STARTUP_TRIALS`` trials completed (one storage query an epoch,
+        instead of one ``should_prune`` per member, each reading every trial)."""
+        if self.pruner == "none":
+            return False
+        if self.pruner == "median":
+            study = self.trials[0].study
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            return len(complete) >= MEDIAN_STARTUP_TRIALS
+        return True
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -253,11 +271,12 @@ class PopulationPruning(Callback):
             return
         epoch = trainer.current_epoch
         drop = {}
+        may_prune = self._may_prune()
         for member, loss in zip(pl_module.member_ids, pl_module.val_loss.tolist(), strict=True):
             if not math.isfinite(loss):
                 continue  # the model drops a member whose loss is not finite, with its reason
             trial = self.trials[member]
             trial.report(loss, step=epoch)
-            if trial.should_prune():
+            if may_prune and trial.should_prune():
                 drop[member] = f"pruned at epoch {epoch}"
         pl_module.drop_members(drop)
