@@ -8,6 +8,7 @@ traceback of a usage error too.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -116,6 +117,7 @@ class LightningOptCLI(OptimizerCLI):
             self.model.check_checkpoint(checkpoint)
         except ValueError as err:
             raise UsageError(str(err)) from None
+        self._check_model_flags(path, checkpoint.get("hyper_parameters") or {})
         saved = (checkpoint.get("hyper_parameters") or {}).get("optimizer")
         if self.subcommand == "fit" and isinstance(saved, dict) and "class_path" in saved:
             try:
@@ -127,6 +129,31 @@ class LightningOptCLI(OptimizerCLI):
                     f"--ckpt_path {path} was trained with {saved['class_path']}; its state cannot "
                     f"resume {self.model.optimizer_class.__name__}: leave --optimizer out to "
                     "resume with the checkpoint's"
+                )
+
+    def _check_model_flags(self, path: str, hparams: dict[str, Any]) -> None:
+        """A ``--model.X`` the checkpoint also sets would be replaced by the checkpoint's value
+        (LightningCLI loads its hyperparameters over the command line): refuse a different one."""
+        import re
+
+        import yaml
+
+        argv = getattr(self, "argv", [])
+        for i, token in enumerate(argv):
+            match = re.fullmatch(r"--model\.(\w+)(?:=(.*))?", token)
+            if not match or match.group(1) not in hparams:
+                continue
+            key, text = match.group(1), match.group(2)
+            if text is None:
+                text = argv[i + 1] if i + 1 < len(argv) else ""
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                value = text
+            if value != hparams[key]:
+                raise UsageError(
+                    f"--model.{key} {text}: the weights of --ckpt_path {path} were trained with "
+                    f"{key}={hparams[key]!r}; leave the flag out (the checkpoint sets it)"
                 )
 
     def before_fit(self) -> None:
@@ -199,6 +226,9 @@ class LightningOptCLI(OptimizerCLI):
             print(f"seed {model.all_seeds[member]}: {shown}")
 
 
+_MACHINE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
 def _fail(code: int, message: str) -> None:
     print(f"lightning_opt: error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -264,3 +294,10 @@ def cli_main(args: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(EXIT_USAGE, " ".join(str(err).split()))
+    except OSError as err:
+        # The machine, not the run: a full disk, a read-only or forbidden folder. What was
+        # written before stays (outputs are written under temporary names and renamed).
+        if debug or err.errno not in _MACHINE_ERRORS:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        _fail(EXIT_FAILED, f"{err.strerror}{where}; free space or choose another directory")

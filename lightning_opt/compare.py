@@ -12,6 +12,8 @@ import contextlib
 import copy
 import json
 import re
+import shutil
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +37,7 @@ from lightning_opt.runs import (
     build_trainer,
     callback_class,
     check_run_loggers,
+    check_writable,
     chunk_where_invisible,
     clipping_callbacks,
     quiet_lightning,
@@ -47,7 +50,17 @@ from lightning_opt.runs import (
     with_values,
 )
 from lightning_opt.trials import options_from_config, resolve_search_space
-from lightning_opt.tune import TuneCLI, check_study, parse, run_study, write_fit_config
+from lightning_opt.tune import (
+    EXPERIMENT_KEYS,
+    TuneCLI,
+    check_study,
+    differences,
+    mismatch_message,
+    parse,
+    run_fingerprint,
+    run_study,
+    write_fit_config,
+)
 
 ARM_KEYS = {"name", "optimizer", "lr_scheduler", "model", "callbacks", "search_space"}
 
@@ -365,20 +378,33 @@ def run_compare(args: list[str]) -> Path:
     cli = parse(args, CompareCLI)
     config = cli.config
     try:
-        plans = plan_arms(config)
-    except ValueError as err:
+        plans = plan_arms(config, cli.parser)
+    except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     exp_dir = Path(config.output_dir) / config.experiment
+    try:
+        check_writable(exp_dir)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    check_experiment_record(exp_dir, run_fingerprint(cli.parser, config), config.overwrite)
     data = MNIST1DDataModule(**config.data.as_dict())
     data.prepare_data()
 
     summary: dict[str, Any] = {}
-    for plan in plans:
-        summary[plan.name] = run_arm(cli.parser, config, plan, plan.name, exp_dir, data)
-        if plan.retune is not None:  # the robustness check: tuned at the finals' budget
-            summary[plan.name]["retuned"] = run_arm(
-                cli.parser, config, plan.retune, f"{plan.name}/retuned", exp_dir, data
-            )
+    try:
+        for plan in plans:
+            summary[plan.name] = run_arm(cli.parser, config, plan, plan.name, exp_dir, data)
+            if plan.retune is not None:  # the robustness check: tuned at the finals' budget
+                summary[plan.name]["retuned"] = run_arm(
+                    cli.parser, config, plan.retune, f"{plan.name}/retuned", exp_dir, data
+                )
+    except KeyboardInterrupt:  # in the finals (tuning says so itself and exits)
+        print(
+            "interrupted: finished tuning trials and final runs are kept; run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     results = report.summarize(config.experiment, summary, _settings(config))
     report.write_all(exp_dir, results)
     print(report.markdown_table(results))
@@ -458,9 +484,37 @@ class ArmPlan:
     retune: ArmPlan | None = None
 
 
-def plan_arms(config: Any) -> list[ArmPlan]:
+def check_experiment_record(exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to reuse an experiment's results (tuning studies, final runs) made with other
+    settings, or start it afresh with ``overwrite``; record the settings of a new one."""
+    path = exp_dir / "experiment.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != json.loads(json.dumps(fingerprint)):
+            if not overwrite:
+                diffs = differences(recorded, json.loads(json.dumps(fingerprint)))
+                raise UsageError(
+                    mismatch_message(f"experiment {exp_dir.name!r}", diffs, "--experiment")
+                )
+            shutil.rmtree(exp_dir)
+    elif exp_dir.exists() and any((exp_dir).iterdir()) and not overwrite:
+        raise UsageError(
+            f"{exp_dir} holds results of an experiment with no record of its settings (made by "
+            "an older version); choose another --experiment, or pass --overwrite"
+        )
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=1))
+    tmp.replace(path)
+
+
+def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> list[ArmPlan]:
     """Every arm's plan; everything that can fail is checked here, before the first trial of
     the first arm (``ValueError``, one line)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.experiment) or set(config.experiment) == {"."}:
+        raise ValueError(
+            f"experiment names are letters, digits, '_', '-' or '.', got {config.experiment!r}"
+        )
     arms = validate_arms(config)
     base_options = options_from_config(config)
     exp_dir = Path(config.output_dir) / config.experiment
@@ -483,6 +537,9 @@ def plan_arms(config: Any) -> list[ArmPlan]:
                 options = replace(base_options, study_name=study, output_dir=str(exp_dir),
                                   storage=storage)  # fmt: skip
                 options = check_study(tune_cfg, options)
+                if parser is not None:
+                    fingerprint = run_fingerprint(parser, tune_cfg, drop=EXPERIMENT_KEYS)
+                    options = replace(options, fingerprint=fingerprint)
                 plan = ArmPlan(name, tune_cfg, final_cfg, options, population, plan)
         except ValueError as err:
             raise ValueError(f"arm {name!r}: {err}") from None

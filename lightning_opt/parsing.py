@@ -247,6 +247,10 @@ class OptimizerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         self.add_optimizer_argument(parser)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self.argv = list(args) if isinstance(args, (list, tuple)) else []  # as typed
+        super().parse_arguments(parser, args)
+
     @staticmethod
     def add_optimizer_argument(parser: LightningArgumentParser) -> None:
         names = "; ".join(f"{n} ({get_optimizer(n).description})" for n in list_optimizers())

@@ -238,12 +238,30 @@ def chunk_where_invisible(cfg: Any, data: Any) -> bool:
     return invisible
 
 
+def check_writable(directory: Any) -> None:
+    """Refuse, before anything runs, an output directory that is a file or cannot be written."""
+    import os
+    from pathlib import Path
+
+    path = Path(directory)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"output directory {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"output directory {path}: {parent} is not writable")
+            return
+
+
 def save_final_checkpoint(trainer: Trainer, log_dir: Any) -> str:
-    """One checkpoint of the run's last weights: ``<log_dir>/checkpoints/final.ckpt``."""
+    """One checkpoint of the run's last weights: ``<log_dir>/checkpoints/final.ckpt``, written
+    under a temporary name and renamed (never half a file under the final name)."""
     from pathlib import Path
 
     path = Path(log_dir) / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(path)
+    tmp = path.with_suffix(".tmp")
+    trainer.save_checkpoint(tmp)
+    tmp.replace(path)
     return str(path)
 
 

@@ -8,6 +8,8 @@ K`` trains K trials at once as one population, each reporting to its own Optuna 
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,10 @@ class TuneOptions:
     grace_period: int | None
     max_retry: int
     population: int = 1
+    overwrite: bool = False
+    connect_timeout: int = 10
+    #: Everything that determines the trials' values (see ``tune.run_fingerprint``).
+    fingerprint: dict[str, Any] | None = None
 
     @property
     def study_dir(self) -> Path:
@@ -102,6 +108,8 @@ def options_from_config(config: Any) -> TuneOptions:
             f"grace_period must be longer than heartbeat_interval ({config.heartbeat_interval}), "
             f"got {config.grace_period}"
         )
+    if config.connect_timeout < 1:
+        raise ValueError(f"connect_timeout must be >= 1 second, got {config.connect_timeout}")
     if config.max_retry < 0:
         raise ValueError(f"max_retry must be >= 0, got {config.max_retry}")
     return TuneOptions(
@@ -117,6 +125,8 @@ def options_from_config(config: Any) -> TuneOptions:
         grace_period=config.grace_period,
         max_retry=config.max_retry,
         population=config.population,
+        overwrite=config.overwrite,
+        connect_timeout=config.connect_timeout,
     )
 
 
@@ -157,6 +167,8 @@ class TrialRunner:
     def suggest(self, trial: optuna.Trial) -> dict[str, float]:
         """Sample the trial's hyperparameters and record where it logs."""
         trial.set_user_attr("log_dir", str(self.options.study_dir / f"trial_{trial.number}"))
+        # Who runs it: a later launch on this machine re-runs it if this process dies.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return {p.name: p.suggest(trial) for p in self.space}
 
     def _loggers(self, trial: optuna.Trial) -> list[Any]:

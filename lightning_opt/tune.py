@@ -9,6 +9,7 @@ best trial exactly. The trials themselves are in ``trials.py``, the worker proce
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from lightning_opt.runs import (
     build_model,
     build_population,
     check_run_loggers,
+    check_writable,
     quiet_lightning,
     trainer_arguments,
     user_callbacks,
@@ -50,6 +52,14 @@ from lightning_opt.workers import run_workers
 TUNE_KEYS = (
     "n_trials", "n_workers", "storage", "study_name", "seed", "pruner", "objective",
     "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry", "population",
+    "overwrite", "connect_timeout",
+)  # fmt: skip
+#: Settings that change where a run writes or how fast it goes, not its values.
+NOT_IN_FINGERPRINT = (
+    "config", "n_trials", "n_workers", "storage", "study_name", "output_dir", "heartbeat_interval",
+    "grace_period", "max_retry", "overwrite", "connect_timeout", "population", "population_finals",
+    "experiment", "trainer.logger", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.enable_checkpointing", "trainer.default_root_dir", "data.cache_dir",
 )  # fmt: skip
 #: compare's own options (see ``compare.CompareCLI``).
 EXPERIMENT_KEYS = (
@@ -130,12 +140,64 @@ class TuneCLI(OptimizerCLI):
             help="Trials trained at once as one population (TPE with constant liar samples "
             "them); pruned members stop costing compute. 1: one trial at a time.",
         )
+        group.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="Start the study (or experiment) afresh when one of this name exists with other "
+            "settings: its trials, logs and results are deleted. Default: refuse, with the "
+            "first differences.",
+        )
+        group.add_argument(
+            "--connect_timeout",
+            type=int,
+            default=10,
+            help="Seconds to wait for a database storage (PostgreSQL, MySQL) to answer.",
+        )
 
     def before_instantiate_classes(self) -> None:
         pass  # trials name their own logger
 
     def instantiate_classes(self) -> None:
         pass  # each trial instantiates its own classes
+
+
+def run_fingerprint(
+    parser: LightningArgumentParser, config: Any, drop: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Everything in ``config`` that determines a trial's (or final run's) values, resolved, as
+    plain data: model, data, trainer budget and callbacks, optimizer, scheduler, search space,
+    seeds, objective, pruner; with the package version. Where runs go and how fast (loggers,
+    workers, populations, storage) is left out."""
+    import lightning_opt
+
+    dumped = yaml.safe_load(parser.dump(config, skip_check=True))
+    for key in (*NOT_IN_FINGERPRINT, *drop):
+        section, _, name = key.rpartition(".")
+        holder = dumped.get(section) if section else dumped
+        if isinstance(holder, dict):
+            holder.pop(name, None)
+    dumped["lightning_opt"] = lightning_opt.__version__
+    return dumped
+
+
+def differences(recorded: Any, now: Any, prefix: str = "") -> list[str]:
+    """``key: recorded -> now`` for each setting that differs (dotted keys, in order)."""
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        out = []
+        for key in [*recorded, *(k for k in now if k not in recorded)]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += differences(recorded.get(key, "<unset>"), now.get(key, "<unset>"), name)
+        return out
+    return [] if recorded == now else [f"{prefix}: {recorded!r} -> {now!r}"]
+
+
+def mismatch_message(what: str, diffs: list[str], rename: str) -> str:
+    shown = "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "")
+    return (
+        f"{what} was run with other settings ({shown}); its results cannot be reused: choose "
+        f"another {rename}, or pass --overwrite to start it afresh"
+    )
 
 
 def parse(args: list[str], cli_class: type[TuneCLI] = TuneCLI) -> TuneCLI:
@@ -189,12 +251,18 @@ def write_fit_config(parser: LightningArgumentParser, cfg: Any, path: Path, head
     tmp.replace(path)
 
 
+def _write_html(figure: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    figure.write_html(tmp, include_plotlyjs=True)
+    tmp.replace(path)  # a full disk never leaves half a page under the final name
+
+
 def write_plots(study: optuna.Study, out: Path) -> None:
     try:
         from optuna.visualization import plot_optimization_history, plot_param_importances
     except ImportError:  # plotly missing
         return
-    plot_optimization_history(study).write_html(out / "history.html", include_plotlyjs=True)
+    _write_html(plot_optimization_history(study), out / "history.html")
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(completed) >= 2 and len(study.best_trial.params) >= 1:
         try:
@@ -202,7 +270,7 @@ def write_plots(study: optuna.Study, out: Path) -> None:
         except (RuntimeError, ValueError) as err:  # e.g. every completed trial has one value
             print(f"parameter importance skipped: {err}")
         else:
-            figure.write_html(out / "importance.html", include_plotlyjs=True)
+            _write_html(figure, out / "importance.html")
     print(f"plots: {out / 'history.html'}")
 
 
@@ -212,8 +280,9 @@ def run_tune(args: list[str]) -> None:
     cli = parse(args)
     try:
         options = check_study(cli.config, options_from_config(cli.config))
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
+    options = replace(options, fingerprint=run_fingerprint(cli.parser, cli.config))
     study = run_study(cli.config, options)
     write_outputs(cli.parser, cli.config, options, study)
 
@@ -236,6 +305,7 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
             population.check_clipping(callbacks)
     MNIST1DDataModule(**config.data.as_dict())
     check_run_loggers(config)
+    check_writable(options.output_dir)
     cls = optimizer_class(optimizer_dict(config))
     if options.population > 1 and not supports_population(cls):
         print(
@@ -254,6 +324,103 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
     return options
 
 
+def open_study_storage(options: TuneOptions) -> Any:
+    """The study's storage (``ValueError``, one line, where it cannot be opened in time)."""
+    import inspect
+
+    kwargs = {}
+    if "connect_timeout" in inspect.signature(studies.open_storage).parameters:
+        kwargs["connect_timeout"] = options.connect_timeout
+    return studies.open_storage(
+        options.storage, options.heartbeat_interval, options.grace_period, options.max_retry,
+        **kwargs,
+    )  # fmt: skip
+
+
+_CONFIG_ATTR = "run_config"
+
+
+def _check_recorded(
+    study: optuna.Study, storage: Any, space: Any, options: TuneOptions
+) -> optuna.Study:
+    """Refuse a study that recorded other settings (or start it afresh with ``--overwrite``);
+    record them in a new one."""
+    if options.fingerprint is None:
+        return study
+    recorded = study.user_attrs.get(_CONFIG_ATTR)
+    if recorded is not None and recorded != options.fingerprint:
+        if not options.overwrite:
+            raise ValueError(
+                mismatch_message(
+                    f"study {options.study_name!r}",
+                    differences(recorded, options.fingerprint),
+                    "--study_name",
+                )
+            )
+        optuna.delete_study(study_name=options.study_name, storage=storage)
+        shutil.rmtree(options.study_dir, ignore_errors=True)
+        study = studies.open_study(storage, options.study_name, space, options.objective)
+        recorded = None
+    if recorded is None:
+        if study.trials and not options.overwrite:
+            raise ValueError(
+                f"study {options.study_name!r} has {len(study.trials)} trial(s) but no record of "
+                "their settings (made by an older version); choose another --study_name, or "
+                "pass --overwrite to start it afresh"
+            )
+        study.set_user_attr(_CONFIG_ATTR, options.fingerprint)
+    return study
+
+
+def retry_interrupted(study: optuna.Study, storage: Any) -> int:
+    """Enqueue the parameters of every trial that was interrupted (Ctrl-C: failed with
+    ``fail_reason: interrupted``; killed: still RUNNING, claimed by a process of this machine
+    that is gone), once each, so a resumed study runs the same trials an uninterrupted one
+    would; the number enqueued."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    count = 0
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if attrs.get("retried"):
+            continue
+        worker = attrs.get("worker", "")
+        owner_host, _, pid = worker.rpartition(":")
+        killed = (
+            trial.state == TrialState.RUNNING
+            and owner_host == host
+            and pid.isdigit()
+            and not _alive(int(pid))
+            and int(pid) != os.getpid()
+        )
+        interrupted = trial.state == TrialState.FAIL and attrs.get("fail_reason") == "interrupted"
+        if not (killed or interrupted) or not trial.params:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if killed:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "killed")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        storage.set_trial_user_attr(trial_id, "retried", True)
+        count += 1
+    return count
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_study(config: Any, options: TuneOptions) -> optuna.Study:
     """Top the study up to ``n_trials`` and run the workers; the finished study. The caller has
     checked ``config`` and ``options`` with ``check_study``.
@@ -263,13 +430,15 @@ def run_study(config: Any, options: TuneOptions) -> optuna.Study:
     quiet_lightning()
     space = resolve_search_space(config)
     try:
-        storage = studies.open_storage(
-            options.storage, options.heartbeat_interval, options.grace_period, options.max_retry
-        )
+        storage = open_study_storage(options)
         study = studies.open_study(storage, options.study_name, space, options.objective)
+        study = _check_recorded(study, storage, space, options)
     except ValueError as err:  # an unreachable storage, a study of other settings
         raise UsageError(str(err)) from None
+    rerun = retry_interrupted(study, storage)
     added = studies.top_up(study, options.n_trials)
+    if rerun:
+        print(f"re-running {rerun} interrupted trial(s) with their own parameters", flush=True)
     print(
         f"study {options.study_name!r} in {studies.redact(options.storage)}: "
         f"{options.n_trials - added} of {options.n_trials} trials already planned or finished, "
