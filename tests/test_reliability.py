@@ -1,0 +1,195 @@
+"""Results that cannot be silently wrong: changed settings never reuse old results, interrupted
+trials are re-run with their own parameters, and bad input is one line before anything runs."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import TINY_SAMPLES
+from optuna.trial import TrialState
+
+from lightning_opt import trials as trials_module
+from lightning_opt.cli import cli_main
+from lightning_opt.study import open_storage
+
+ROOT = Path(__file__).parents[1]
+
+
+def _tune(tmp_path: Path, data_cache: Path, *args: str) -> None:
+    cli_main([
+        "tune", f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}",
+        "--data.batch_size=50", f"--output_dir={tmp_path / 'out'}", "--pruner=none", *args,
+    ])  # fmt: skip
+
+
+def _study(tmp_path: Path, name: str = "adam") -> optuna.Study:
+    storage = open_storage(f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightning_opt: error: "), lines
+    return lines[0]
+
+
+def test_a_study_refuses_other_settings_and_overwrite_starts_afresh(tmp_path, data_cache, capsys):
+    _tune(tmp_path, data_cache, "--trainer.max_epochs=3", "--n_trials=2")
+    values = [t.value for t in _study(tmp_path).trials]
+    with pytest.raises(SystemExit) as exit_info:
+        _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys)
+    assert "study 'adam' was run with other settings (trainer.max_epochs: 3 -> 1)" in line
+    assert "choose another --study_name, or pass --overwrite" in line
+    assert [t.value for t in _study(tmp_path).trials] == values  # nothing lost
+
+    # another optimizer under the same study name is refused too
+    with pytest.raises(SystemExit):
+        _tune(tmp_path, data_cache, "--trainer.max_epochs=3", "--optimizer=gnw",
+              "--study_name=adam")  # fmt: skip
+    assert "optimizer.class_path: 'torch.optim.Adam' -> 'lightning_opt" in _one_error_line(capsys)
+
+    # more trials with the same settings extend the study
+    _tune(tmp_path, data_cache, "--trainer.max_epochs=3", "--n_trials=3")
+    assert [t.value for t in _study(tmp_path).trials][:2] == values
+
+    _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=2", "--overwrite=true")
+    study = _study(tmp_path)
+    assert len(study.trials) == 2 and study.user_attrs["run_config"]["trainer"]["max_epochs"] == 1
+    best = yaml.safe_load((tmp_path / "out" / "adam" / "best.yaml").read_text())
+    assert best["trainer"]["max_epochs"] == 1
+
+
+def test_an_interrupted_trial_is_rerun_with_its_own_parameters(
+    tmp_path, data_cache, monkeypatch, capsys
+):
+    real = trials_module.TrialRunner.run
+    calls = []
+
+    def interrupted_second(self, trial, params):
+        calls.append(params)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, trial, params)
+
+    monkeypatch.setattr(trials_module.TrialRunner, "run", interrupted_second)
+    with pytest.raises(SystemExit) as exit_info:
+        _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
+    assert exit_info.value.code == 130
+    monkeypatch.setattr(trials_module.TrialRunner, "run", real)
+    interrupted = next(t for t in _study(tmp_path).trials if t.state == TrialState.FAIL)
+    assert interrupted.user_attrs["fail_reason"] == "interrupted"
+
+    _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
+    assert "re-running 1 interrupted trial(s) with their own parameters" in capsys.readouterr().out
+    study = _study(tmp_path)
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == interrupted.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == interrupted.params
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 3
+
+    # the same parameters as an uninterrupted study of the same settings
+    _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3", "--study_name=straight")
+    straight = _study(tmp_path, "straight")
+    assert sorted(t.params["lr"] for t in finished) == sorted(
+        t.params["lr"] for t in straight.trials
+    )
+    assert sorted(t.value for t in finished) == pytest.approx(
+        sorted(t.value for t in straight.trials), rel=1e-6
+    )
+
+
+def test_a_trial_of_a_killed_worker_is_rerun(tmp_path, data_cache, capsys):
+    _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=1")
+    study = _study(tmp_path)
+    # What SIGKILL leaves in a SQLite study: a RUNNING trial of a process that is gone.
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    trial.set_user_attr("worker", f"{socket.gethostname()}:999999999")
+    lr = trial.params["lr"]
+    _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=2")
+    assert "re-running 1 interrupted trial(s)" in capsys.readouterr().out
+    study = _study(tmp_path)
+    killed = study.trials[trial.number]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_reason"] == "killed"
+    rerun = [t for t in study.trials if t.user_attrs.get("retry_of") == trial.number]
+    assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
+    assert rerun[0].params["lr"] == lr
+
+
+def _compare(tmp_path: Path, data_cache: Path, *args: str) -> None:
+    cli_main([
+        "compare", f"--config={ROOT / 'configs' / 'experiments' / 'gnw_vs_adam.yaml'}",
+        f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}",
+        "--data.batch_size=50", f"--output_dir={tmp_path / 'cmp'}", "--n_trials=2",
+        "--population=2", "--seeds=2", "--tune_max_epochs=1", "--robustness=false", *args,
+    ])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_experiment_refuses_other_settings(tmp_path, data_cache, capsys):
+    _compare(tmp_path, data_cache, "--trainer.max_epochs=2")
+    exp = tmp_path / "cmp" / "gnw_vs_adam"
+    results = json.loads((exp / "results.json").read_text())
+    with pytest.raises(SystemExit) as exit_info:
+        _compare(tmp_path, data_cache, "--trainer.max_epochs=3")
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys)
+    assert "experiment 'gnw_vs_adam' was run with other settings" in line
+    assert "trainer.max_epochs: 2 -> 3" in line and "--overwrite" in line
+    assert json.loads((exp / "results.json").read_text()) == results  # untouched
+    _compare(tmp_path, data_cache, "--trainer.max_epochs=3", "--overwrite=true")
+    runs = json.loads((exp / "results.json").read_text())["arms"]["adam"]["runs"]
+    assert all(len(run["val_loss_curve"]) == 3 for run in runs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--experiment=../../x"], "experiment names are letters, digits"),
+        (["--output_dir={file}/x"], "is a file, not a directory"),
+        (["--search_space=[{name: lr, low: abc, high: 1.0}]"], "low must be a number, got 'abc'"),
+    ],
+)
+def test_bad_experiment_input_is_one_line_before_anything_runs(
+    args, message, tmp_path, data_cache, capsys
+):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    args = [a.format(file=a_file) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        _compare(tmp_path, data_cache, *args)
+    assert exit_info.value.code == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_model_flag_the_checkpoint_overrides_is_refused(tiny_fit_args, tmp_path, capsys):
+    cli_main(["fit", *tiny_fit_args])
+    (ckpt,) = (tmp_path / "logs").rglob("*.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["test", *tiny_fit_args, f"--ckpt_path={ckpt}", "--model.hidden_sizes=[50]"])
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys)
+    assert "--model.hidden_sizes [50]: the weights of --ckpt_path" in line
+    assert "trained with hidden_sizes=[100]" in line
+    cli_main(["test", *tiny_fit_args, f"--ckpt_path={ckpt}", "--model.hidden_sizes=[100]"])
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b""], ids=["text", "empty"])
+def test_an_unreadable_checkpoint_is_one_line(content, tiny_fit_args, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    for subcommand in ("fit", "test"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main([subcommand, *tiny_fit_args, f"--ckpt_path={bad}"])
+        assert exit_info.value.code == 2
+        assert "is not a readable checkpoint" in _one_error_line(capsys)
+    with pytest.raises(SystemExit):
+        cli_main(["test", *tiny_fit_args, f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
+    assert "no such file" in _one_error_line(capsys)
