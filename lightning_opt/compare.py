@@ -23,7 +23,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lightning_opt import report, stats
+from lightning_opt import report, report_page, stats
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import NonFiniteLossError
@@ -406,7 +406,7 @@ def run_compare(args: list[str]) -> Path:
         )
         sys.exit(130)
     results = report.summarize(config.experiment, summary, _settings(config))
-    report.write_all(exp_dir, results)
+    report_page.write_all(exp_dir, results)
     print(report.markdown_table(results))
     for line in results["verdicts"]:
         print(line)

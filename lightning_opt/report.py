@@ -1,12 +1,15 @@
-"""The report of an experiment: results.json, results.md, comparison.html and comparison.png."""
+"""The report of an experiment: results.json, results.md, comparison.html and comparison.png.
+
+``summarize`` computes every number once (per-arm means with CIs, tuning curves, clip activity,
+pairwise differences Holm-corrected as one family, robustness checks, verdicts); the writers only
+format them. Run keys beyond the basic ones (best-epoch test metrics, internals, clip quantities,
+re-tuned runs) are optional: what is missing is left out of the report, never guessed.
+"""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,80 +20,456 @@ from lightning_opt import stats
 METRICS: dict[str, tuple[str, bool]] = {
     "test_loss": ("test loss", True),
     "test_acc": ("test accuracy", False),
+    "test_loss_best_epoch": ("test loss at the best-validation epoch", True),
+    "test_acc_best_epoch": ("test accuracy at the best-validation epoch", False),
     "final_val_loss": ("final validation loss", True),
     "best_val_loss": ("best validation loss", True),
 }
+# the same metrics of an arm's runs re-tuned at the final budget (arm["retuned"]["runs"])
+RETUNED: dict[str, tuple[str, bool]] = {
+    "test_loss_retuned": ("test loss, re-tuned at the final budget", True),
+    "test_acc_retuned": ("test accuracy, re-tuned at the final budget", False),
+}
+COMPARED = {**METRICS, **RETUNED}
+SHORT = {  # column heads of the per-arm table
+    "test_loss": "test loss", "test_acc": "test acc", "test_loss_best_epoch": "test loss @best",
+    "test_acc_best_epoch": "test acc @best", "final_val_loss": "final val loss",
+    "best_val_loss": "best val loss", "test_loss_retuned": "test loss re-tuned",
+    "test_acc_retuned": "test acc re-tuned",
+}  # fmt: skip
 PRIMARY = "test_loss"
+# (check, the difference it reads): each must reach the primary verdict's conclusion to hold
+CHECKS = (
+    ("last epoch", PRIMARY),
+    ("best-validation epoch", "test_loss_best_epoch"),
+    ("re-tuned at the final budget", "test_loss_retuned"),
+)
+CLIP_IDLE, CLIP_ALWAYS = 0.01, 0.99  # clip rates outside these make the clipping rule moot
+# optimizer internals a run may log per epoch -> (label, log-scale axis)
+INTERNALS: dict[str, tuple[str, bool]] = {
+    "optim/effective_lr": ("effective step size", True),
+    "optim/grad_norm_before_clip": ("gradient norm before clipping", True),
+    "optim/grad_norm_after_clip": ("gradient norm after clipping", True),
+    "clip/fraction_clipped": ("share of tensors clipped", False),
+}
+
+
+def _values(arm: dict[str, Any], key: str) -> list[float]:
+    """An arm's per-seed values of a compared metric; empty where its runs do not have it."""
+    runs = arm["runs"]
+    if key in RETUNED:
+        runs, key = (arm.get("retuned") or {}).get("runs") or [], key.removesuffix("_retuned")
+    return [r[key] for r in runs if r.get(key) is not None]
+
+
+def _clip_quantity(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The clipped quantity's quantiles, averaged over the runs that recorded them."""
+    found = [r["clip_quantity"] for r in runs if r.get("clip_quantity")]
+    if not found:
+        return None
+    keys = sorted(found[0]["quantiles"], key=float)
+    quantiles = {k: float(np.mean([q["quantiles"][k] for q in found])) for k in keys}
+    return {"name": found[0]["name"], "quantiles": quantiles, "runs": len(found)}
+
+
+def _tuning_curve(tuning: dict[str, Any] | None) -> dict[str, list[float]] | None:
+    values = [v for v in (tuning or {}).get("values") or [] if v is not None and math.isfinite(v)]
+    return stats.tuning_curve(values) if values else None
+
+
+def _summarize_arm(arm: dict[str, Any]) -> None:
+    runs = arm["runs"]
+    arm["metrics"] = {
+        key: stats.mean_ci(values).as_dict() for key in COMPARED if (values := _values(arm, key))
+    }
+    rates = [r["clip_rate"] for r in runs if r.get("clip_rate") is not None]
+    arm["clip_rate"] = stats.mean_ci(rates).as_dict() if rates else None
+    arm["clip_quantity"] = _clip_quantity(runs)
+    arm["tuning_curve"] = _tuning_curve(arm.get("tuning"))
+    if arm.get("retuned"):
+        arm["retuned"]["tuning_curve"] = _tuning_curve(arm["retuned"].get("tuning"))
 
 
 def summarize(experiment: str, arms: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """Every number of the report: per-arm means with CIs, pairwise differences, verdicts."""
+    """Every number of the report: per-arm means with CIs and tuning curves, pairwise
+    differences (Holm-adjusted over all of them), robustness checks, warnings and verdicts."""
     for arm in arms.values():
-        runs = arm["runs"]
-        arm["metrics"] = {key: stats.mean_ci([r[key] for r in runs]).as_dict() for key in METRICS}
-        rates = [r["clip_rate"] for r in runs if r["clip_rate"] is not None]
-        arm["clip_rate"] = stats.mean_ci(rates).as_dict() if rates else None
-    comparisons, verdicts = [], []
-    for name_a, name_b in itertools.combinations(arms, 2):
-        diffs = {
-            key: stats.compare(
-                label,
-                [r[key] for r in arms[name_a]["runs"]],
-                [r[key] for r in arms[name_b]["runs"]],
-            )
-            for key, (label, _) in METRICS.items()
+        _summarize_arm(arm)
+    pairs = list(itertools.combinations(arms, 2))
+    raw = {
+        pair: {
+            key: stats.compare(label, _values(arms[pair[0]], key), _values(arms[pair[1]], key))
+            for key, (label, _) in COMPARED.items()
+            if _values(arms[pair[0]], key) and _values(arms[pair[1]], key)
         }
-        sentences = {
-            key: stats.verdict(diffs[key], name_a, name_b, lower_is_better=lower)
-            for key, (_, lower) in METRICS.items()
-        }
-        comparisons.append(
-            {
-                "a": name_a,
-                "b": name_b,
-                "differences": {key: d.as_dict() for key, d in diffs.items()},
-                "verdict": sentences[PRIMARY],
-                "details": [v for key, v in sentences.items() if key != PRIMARY],
-            }
-        )
-        verdicts.append(sentences[PRIMARY])
+        for pair in pairs
+    }
+    family = [(pair, key) for pair in pairs for key in raw[pair]]
+    adjusted = stats.adjust([raw[pair][key] for pair, key in family])
+    for (pair, key), diff in zip(family, adjusted, strict=True):
+        raw[pair][key] = diff
+    warnings = [w for name, arm in arms.items() if (w := _clip_warning(name, arm))]
+    comparisons = [_comparison(a, b, raw[a, b], arms, settings) for a, b in pairs]
     return {
         "experiment": experiment,
         "settings": settings,
         "arms": arms,
         "comparisons": comparisons,
-        "verdicts": verdicts,
+        "verdicts": [c["verdict"] for c in comparisons],
+        "warnings": warnings,
+        "tests": len(family),
     }
 
 
-def _finite(value: Any) -> Any:
+def _comparison(
+    a: str, b: str, diffs: dict[str, stats.Difference], arms: dict[str, Any],
+    settings: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    sentences = {
+        key: stats.verdict(d, a, b, lower_is_better=COMPARED[key][1]) for key, d in diffs.items()
+    }
+    cross = _crossing(a, arms[a].get("tuning_curve"), b, arms[b].get("tuning_curve"))
+    details = [v for key, v in sentences.items() if key != PRIMARY]
+    if cross:
+        details.append(cross[1])
+    pair_warning = _pair_warning(a, b, arms)
+    verdict = sentences[PRIMARY]
+    provenance = _provenance(a, b, diffs, arms, settings)
+    for extra in (provenance, pair_warning and f"Warning: {pair_warning}."):
+        verdict += f" {extra}" if extra else ""
+    return {
+        "a": a,
+        "b": b,
+        "differences": {key: d.as_dict() for key, d in diffs.items()},
+        "verdict": verdict,
+        "primary": sentences[PRIMARY],
+        "robustness": _robustness(a, b, diffs, arms, settings),
+        "provenance": provenance,
+        "warnings": [pair_warning] if pair_warning else [],
+        "tuning_curves_cross_at": cross[0] if cross else None,
+        "details": details,
+    }
+
+
+def _lower(d: stats.Difference, a: str, b: str) -> str:
+    return a if d.difference < 0 else b
+
+
+def _finding(d: stats.Difference, a: str, b: str) -> str:
+    """The conclusion of a test-loss difference with its numbers, in a few words."""
+    p = stats.p_text(d)
+    if d.significant:
+        return f"{_lower(d, a, b)} lower by {abs(d.difference):.3g} ({p})"
+    return f"no significant difference ({a} - {b} = {d.difference:+.3g}, {p})"
+
+
+def _robustness(
+    a: str, b: str, diffs: dict[str, stats.Difference], arms: dict[str, Any],
+    settings: dict[str, Any],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Does each way of reading the test loss reach the primary verdict's conclusion?"""
+    primary = diffs[PRIMARY]
+    checks = []
+    for check, key in CHECKS:
+        d = diffs.get(key)
+        if d is None:
+            missing = "not run" if key in RETUNED else "not recorded by these runs"
+            checks.append({"check": check, "holds": None, "detail": missing})
+            continue
+        detail = _finding(d, a, b)
+        if key in RETUNED:
+            epochs = settings.get("max_epochs") or settings.get("final_epochs")
+            tuned = "; ".join(
+                f"{n}: "
+                + ", ".join(f"{k}={v:.3g}" for k, v in arms[n]["retuned"].get("tuned", {}).items())
+                for n in (a, b)
+            )
+            detail += f"; tuned for {epochs} epochs: {tuned}"
+        checks.append({"check": check, "holds": d.sign == primary.sign, "detail": detail})
+    return checks
+
+
+def _mean_curve(arm: dict[str, Any]) -> np.ndarray | None:
+    curves = [r["val_loss_curve"] for r in arm["runs"] if r.get("val_loss_curve")]
+    if not curves:
+        return None
+    length = min(map(len, curves))
+    return np.array([c[:length] for c in curves], dtype=float)
+
+
+def _tuned_words(*arms: dict[str, Any]) -> str:
+    """What the tuning chose, in words: "learning rates" where only lr was tuned."""
+    keys = {k for arm in arms for k in arm.get("tuned") or {}}
+    return "learning rates" if keys == {"lr"} else "hyperparameters"
+
+
+def _overfitting(worse: str, better: str, arms: dict[str, Any]) -> str:
+    """Where the worse arm's validation loss turns: the clause that names the overfitting, or
+    says plainly that the difference comes from the stopping point where there is none."""
+    curves = _mean_curve(arms[worse])
+    if curves is not None:
+        mean = curves.mean(axis=0)
+        turn = int(np.argmin(mean))
+        rise = float(mean[-1] - mean[turn])
+        spread = float(curves[:, -1].std(ddof=1)) if len(curves) > 1 else 0.0
+        if rise > spread:  # more than the seeds differ at the end: a real rise
+            return (
+                f"{worse}'s mean validation loss bottoms out at epoch {turn + 1} of {len(mean)} "
+                f"and then rises by {rise:.2g}, so {better} overfits less after epoch "
+                f"~{turn + 1} at these {_tuned_words(arms[worse], arms[better])}"
+            )
+    return (
+        "the last-epoch difference comes from where training stopped, not from the best "
+        "weights either arm reached"
+    )
+
+
+def _provenance(
+    a: str, b: str, diffs: dict[str, stats.Difference], arms: dict[str, Any],
+    settings: dict[str, Any],
+) -> str | None:  # fmt: skip
+    """One sentence on where the primary difference comes from, when the checks disagree."""
+    primary = diffs[PRIMARY]
+    clauses = []
+    best = diffs.get("test_loss_best_epoch")
+    if best is not None and best.sign != primary.sign:
+        if primary.sign and not best.sign:
+            better, worse = _lower(primary, a, b), b if _lower(primary, a, b) == a else a
+            same = []  # non-significant: the raw p says it, the correction only raises it
+            val = diffs.get("best_val_loss")
+            if val is not None and not val.significant:
+                means = (arms[n]["metrics"]["best_val_loss"]["mean"] for n in (a, b))
+                same.append("best validation loss ({:.4g} vs {:.4g}, ".format(*means)
+                            + f"p = {val.p_value:.2g})")  # fmt: skip
+            same.append(f"best-epoch test loss (p = {best.p_value:.2g})")
+            clauses.append(f"the same {' and '.join(same)}; {_overfitting(worse, better, arms)}")
+        elif best.sign and not primary.sign:
+            clauses.append(
+                f"at their best-validation epochs {_lower(best, a, b)} has a significantly lower "
+                f"test loss ({stats.p_text(best)}), a difference gone by the last epoch"
+            )
+        else:
+            clauses.append(
+                f"{_lower(best, a, b)} has the lower test loss at the best-validation epoch but "
+                f"{_lower(primary, a, b)} after the last epoch: the ranking depends on when "
+                "training stops"
+            )
+    retuned = diffs.get("test_loss_retuned")
+    if retuned is not None and retuned.sign != primary.sign:
+        final = settings.get("max_epochs") or settings.get("final_epochs")
+        tuning = settings.get("tune_max_epochs") or settings.get("tuning_epochs")
+        head, chosen = f"re-tuned for the final {final} epochs", _tuned_words(arms[a], arms[b])
+        p = stats.p_text(retuned)
+        if primary.sign and not retuned.sign:
+            clauses.append(
+                f"{head}, the test losses do not differ (p = {retuned.p_value:.2g}): the gap "
+                f"depends on {chosen} tuned for {tuning} epochs"
+            )
+        elif retuned.sign and not primary.sign:
+            clauses.append(
+                f"{head}, {_lower(retuned, a, b)} has a significantly lower test loss ({p}): the "
+                f"tie holds only at {chosen} tuned for {tuning} epochs"
+            )
+        else:
+            clauses.append(f"{head}, the ranking reverses ({_lower(retuned, a, b)} lower, {p})")
+    if not clauses:
+        return None
+    head = "Where the difference comes from" if primary.sign else "The checks disagree"
+    return f"{head}: {'; '.join(clauses)}."
+
+
+def _crossing(
+    a: str, curve_a: dict[str, Any] | None, b: str, curve_b: dict[str, Any] | None
+) -> tuple[int, str] | None:
+    """(n, sentence) where the expected-best tuning curves last change order, if they do."""
+    if not curve_a or not curve_b:
+        return None
+    m = min(len(curve_a["n"]), len(curve_b["n"]))
+    gap = np.sign(np.subtract(curve_a["expected_best"][:m], curve_b["expected_best"][:m]))
+    reversed_at = np.flatnonzero(gap == -gap[-1]) if gap[-1] else []
+    if not len(reversed_at):
+        return None
+    n = int(reversed_at[-1]) + 2  # from this many trials on, the order of the full budget holds
+    early, late = (a, b) if gap[-1] > 0 else (b, a)
+    return n, (
+        f"The tuning curves cross at n = {n}: with fewer trials {early} looks better, from {n} "
+        f"on {late} (expected best validation objective after n of {m} trials; the ranking "
+        "depends on the tuning budget)."
+    )
+
+
+def _clip_state(arm: dict[str, Any]) -> str | None:
+    """'inactive', 'always active', 'active', or None for an arm without a clipping rule."""
+    if not arm.get("clipping") or not arm.get("clip_rate"):
+        return None
+    rate = arm["clip_rate"]["mean"]
+    return "inactive" if rate < CLIP_IDLE else "always active" if rate > CLIP_ALWAYS else "active"
+
+
+def _range_hint(arm: dict[str, Any]) -> str:
+    quantity = arm.get("clip_quantity")
+    if not quantity:
+        return ""
+    q = quantity["quantiles"]
+    low, high = q[min(q, key=float)], q[max(q, key=float)]
+    span = f"{float(min(q, key=float)):.0%}-{float(max(q, key=float)):.0%}"
+    return (
+        f"; its clipped quantity ({quantity['name']}) ran from {low:.3g} to {high:.3g} "
+        f"({span} quantiles): a threshold search range there lets the rule act"
+    )
+
+
+def _clip_warning(name: str, arm: dict[str, Any]) -> str | None:
+    state = _clip_state(arm)
+    if state not in ("inactive", "always active"):
+        return None
+    rate = arm["clip_rate"]["mean"]
+    effect = (
+        f"{name} trained as plain {arm['optimizer']}"
+        if state == "inactive"
+        else f"{name} rescaled every gradient, which normalizes rather than clips"
+    )
+    return (
+        f"{name}: clipping was {state} ({rate:.1%} of tensor-steps rescaled): {effect}"
+        f"{_range_hint(arm)}"
+    )
+
+
+def _effective(arm: dict[str, Any]) -> str:
+    state = _clip_state(arm)
+    if state == "always active":
+        return f"{arm['optimizer']} on rescaled gradients"
+    return arm["optimizer"] + (" with clipping" if state == "active" else "")
+
+
+def _pair_warning(a: str, b: str, arms: dict[str, Any]) -> str | None:
+    """What a pair really compares where a clipping rule never or always acted; else None."""
+    moot: dict[str, list[str]] = {}
+    for name in (a, b):
+        state = _clip_state(arms[name])
+        if state in ("inactive", "always active"):
+            moot.setdefault(state, []).append(name)
+    if not moot:
+        return None
+    clauses = [
+        f"clipping was {state} in {' and '.join(names)} ("
+        + " and ".join(f"{arms[n]['clip_rate']['mean']:.1%}" for n in names)
+        + " of tensor-steps rescaled)"
+        for state, names in moot.items()
+    ]
+    return f"{'; '.join(clauses)}: this compares {_effective(arms[a])} with {_effective(arms[b])}"
+
+
+def json_safe(value: Any) -> Any:
     """JSON has no NaN: undefined numbers (e.g. a p-value without spread) become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
-def _ci(m: dict[str, float], digits: int = 4) -> str:
+def ci_text(m: dict[str, float] | None, digits: int = 4) -> str:
+    if not m:
+        return "-"
     half = (m["high"] - m["low"]) / 2
     return f"{m['mean']:.{digits}f} ± {half:.{digits}f}"
 
 
+def _p(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2g}"
+
+
+def _present(results: dict[str, Any]) -> list[str]:
+    """The compared metrics some arm has, in COMPARED's order."""
+    return [k for k in COMPARED if any(k in arm["metrics"] for arm in results["arms"].values())]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    head = "| arm | tuned | " + " | ".join(label for label, _ in METRICS.values()) + " | clipped |"
-    lines = [head, "|" + " --- |" * (len(METRICS) + 3)]
+    keys = _present(results)
+    head = "| arm | tuned | " + " | ".join(SHORT[k] for k in keys) + " | clipped |"
+    lines = [head, "|" + " --- |" * (len(keys) + 3)]
     for name, arm in results["arms"].items():
         tuned = ", ".join(f"{k}={v:.3g}" for k, v in arm["tuned"].items())
-        cells = [_ci(arm["metrics"][key]) for key in METRICS]
+        cells = [ci_text(arm["metrics"].get(key)) for key in keys]
         clip = f"{arm['clip_rate']['mean']:.1%}" if arm["clip_rate"] else "-"
         lines.append(f"| {name} | {tuned} | " + " | ".join(cells) + f" | {clip} |")
     return "\n".join(lines)
 
 
-def _markdown(results: dict[str, Any]) -> str:
+def differences_table(comparison: dict[str, Any]) -> list[list[str]]:
+    """Rows of one pair's differences: metric, A - B [CI], p, Holm p, A12, significant."""
+    rows = []
+    for d in comparison["differences"].values():
+        rows.append([
+            d["metric"], f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]",
+            _p(d["p_value"]), _p(d["p_adjusted"]), f"{d['a12']:.2f}",
+            "yes" if d["significant"] else "no",
+        ])  # fmt: skip
+    return rows
+
+
+DIFFERENCE_HEAD = ("metric", "A - B [95% CI]", "p", "Holm p", "A12", "significant")
+
+
+def _search_space(arm: dict[str, Any]) -> str:
+    space = (arm.get("tuning") or {}).get("search_space") or []
+    return ", ".join(
+        f"{s['name']} in [{s['low']:.3g}, {s['high']:.3g}]{' (log)' if s.get('log') else ''}"
+        for s in space
+    )
+
+
+def settings_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(setting, value) lines: budgets, seeds, search spaces, split, versions, statistics."""
+    s = results["settings"]
+    seeds = s.get("seeds", [])
+    rows = [
+        ("tuning", f"{s.get('tuning_trials')} trials x {s.get('tuning_epochs')} epochs per arm, "
+                   f"objective {s.get('objective')}, {s.get('pruner')} pruner, TPE seed "
+                   f"{s.get('sampler_seed')}, population {s.get('tuning_population')}"),
+        ("final runs", f"{s.get('final_epochs')} epochs x {len(seeds)} seeds "
+                       f"({', '.join(map(str, seeds))}), as one population: "
+                       f"{s.get('population_finals')}"),
+        ("re-tuned at the final budget", {True: "yes", False: "no"}.get(s.get("robustness"),
+                                                                         "not recorded")),
+        ("data split seed", str(s.get("split_seed", "not recorded"))),
+        ("data", ", ".join(f"{k}={v}" for k, v in (s.get("data") or {}).items())),
+        ("statistics", f"Welch's t-test, {s.get('confidence', stats.CONFIDENCE):.0%} CIs, "
+                       f"Holm over {results.get('tests', 0)} tests at alpha "
+                       f"{s.get('alpha', stats.ALPHA)}; detectable differences at "
+                       f"{stats.POWER:.0%} power"),
+    ]  # fmt: skip
+    for name, arm in results["arms"].items():
+        rows.append((f"{name}: search space", _search_space(arm) or "not recorded"))
+        quantity = arm.get("clip_quantity")
+        if quantity:
+            q = ", ".join(f"{float(k):.0%}: {v:.3g}" for k, v in quantity["quantiles"].items())
+            rows.append((f"{name}: {quantity['name']}", q))
+    versions = s.get("versions") or {}
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or "not recorded"))
+    return rows
+
+
+def methods(results: dict[str, Any]) -> str:
+    """How the numbers were made, in one paragraph (the foot of results.md and the page)."""
+    s = results["settings"]
+    return (
+        f"Differences: Welch's t-test (two-sided, alpha {s.get('alpha', stats.ALPHA)}) with its "
+        f"confidence interval; the p-values of all {results.get('tests', 0)} tests are "
+        "Holm-adjusted as one family and 'significant' reads the adjusted one. A12 is the "
+        "probability that a run of the first arm scores higher than one of the second (Vargha & "
+        f"Delaney; 0.5 = no effect). With {len(s.get('seeds', []))} seeds only large effects are "
+        "detectable: 'no significant difference' is not proof of equality, and each such "
+        f"verdict says how large a difference Welch's test finds with {stats.POWER:.0%} power "
+        "(at the uncorrected alpha). Tuning curves: the expected best validation objective "
+        "after n trials (Tang et al. 2020), with a 5-95% bootstrap band."
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     n = len(s["seeds"])
     parts = [
@@ -99,7 +478,8 @@ def _markdown(results: dict[str, Any]) -> str:
         f"Each arm was tuned on the validation split ({s['tuning_trials']} trials x "
         f"{s['tuning_epochs']} epochs, TPE seed {s['sampler_seed']}, {s['pruner']} pruner), then "
         f"retrained with its best hyperparameters for {s['final_epochs']} epochs over {n} seeds "
-        f"({', '.join(map(str, s['seeds']))}); the test set was evaluated once per run, at the end.",
+        f"({', '.join(map(str, s['seeds']))}); the test set was evaluated after the last epoch "
+        "and, where recorded, with the weights of the best-validation epoch, never to choose.",
         f"Cells are mean ± half-width of the {s['confidence']:.0%} confidence interval over seeds; "
         "'clipped' is the share of tensor-steps the clipping rule rescaled.",
         "",
@@ -108,114 +488,21 @@ def _markdown(results: dict[str, Any]) -> str:
         "## Verdict",
         "",
     ]
+    marks = {True: "holds", False: "does not hold", None: "not checked"}
     for comparison in results["comparisons"]:
         parts.append(f"- **{comparison['verdict']}**")
+        parts.extend(
+            f"  - robustness, {c['check']}: {marks[c['holds']]} ({c['detail']})"
+            for c in comparison["robustness"]
+        )
         parts.extend(f"  - {line}" for line in comparison["details"])
-    parts += [
-        "",
-        f"Differences: Welch's t-test (two-sided, alpha {s['alpha']}) with its confidence interval; "
-        "A12 is the probability that a run of the first arm scores higher than one of the second "
-        "(Vargha & Delaney; 0.5 = no effect). With "
-        f"{n} seeds only large effects are detectable: 'no significant difference' is not proof "
-        "of equality.",
-    ]
+    if results["warnings"]:
+        parts += ["", "## Warnings", "", *(f"- {w}" for w in results["warnings"])]
+    for comparison in results["comparisons"]:
+        parts += ["", f"## {comparison['a']} (A) vs {comparison['b']} (B)", ""]
+        parts.append("| " + " | ".join(DIFFERENCE_HEAD) + " |")
+        parts.append("|" + " --- |" * len(DIFFERENCE_HEAD))
+        parts.extend("| " + " | ".join(row) + " |" for row in differences_table(comparison))
+    parts += ["", "## Settings", "", *(f"- {k}: {v}" for k, v in settings_rows(results))]
+    parts += ["", methods(results)]
     return "\n".join(parts) + "\n"
-
-
-PANELS = (("val_loss_curve", "validation loss"), ("val_acc_curve", "validation accuracy"))
-
-
-@dataclass(frozen=True)
-class Band:
-    """One arm's curves of one metric (seeds x epochs) with the per-epoch mean and 95% CI."""
-
-    curves: np.ndarray
-    mean: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-
-    @property
-    def epochs(self) -> np.ndarray:
-        return np.arange(1, self.curves.shape[1] + 1)
-
-
-def bands(results: dict[str, Any]) -> dict[tuple[str, str], Band]:
-    """Every (arm, curve) band, computed once for both figures."""
-    out = {}
-    for name, arm in results["arms"].items():
-        for key, _ in PANELS:
-            curves = np.array([r[key] for r in arm["runs"]])
-            cis = [stats.mean_ci(curves[:, e]) for e in range(curves.shape[1])]
-            mean, low, high = (
-                np.array([getattr(c, f) for c in cis]) for f in ("mean", "low", "high")
-            )
-            out[name, key] = Band(curves, mean, low, high)
-    return out
-
-
-def write_html(results: dict[str, Any], bands: dict[tuple[str, str], Band], path: Path) -> None:
-    """A self-contained interactive page: plotly.js is inlined, nothing is fetched."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[t for _, t in PANELS])
-    for (name, _), color in zip(results["arms"].items(), itertools.cycle(qualitative.Plotly)):
-        for col, (key, _) in enumerate(PANELS, start=1):
-            band = bands[name, key]
-            curves, epochs, mean, low, high = (band.curves, band.epochs, band.mean, band.low,
-                                               band.high)  # fmt: skip
-            first = col == 1
-            for seed, curve in zip(results["settings"]["seeds"], curves, strict=True):
-                fig.add_trace(go.Scatter(
-                    x=epochs, y=curve, mode="lines", line={"color": color, "width": 0.7},
-                    opacity=0.35, name=f"{name} seed {seed}", legendgroup=name, showlegend=False,
-                ), row=1, col=col)  # fmt: skip
-            fig.add_trace(go.Scatter(
-                x=np.concatenate([epochs, epochs[::-1]]), y=np.concatenate([high, low[::-1]]),
-                fill="toself", fillcolor=color, opacity=0.2, line={"width": 0}, hoverinfo="skip",
-                name=f"{name} 95% CI", legendgroup=name, showlegend=False,
-            ), row=1, col=col)  # fmt: skip
-            fig.add_trace(go.Scatter(
-                x=epochs, y=mean, mode="lines", line={"color": color, "width": 2.5},
-                name=f"{name} (mean of {len(curves)})", legendgroup=name, showlegend=first,
-            ), row=1, col=col)  # fmt: skip
-    fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=results["experiment"], template="plotly_white", height=480)
-    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
-
-
-def write_png(results: dict[str, Any], bands: dict[tuple[str, str], Band], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    for index, name in enumerate(results["arms"]):
-        color = f"C{index}"
-        for ax, (key, title) in zip(axes, PANELS, strict=True):
-            band = bands[name, key]
-            curves, epochs, mean, low, high = (band.curves, band.epochs, band.mean, band.low,
-                                               band.high)  # fmt: skip
-            for curve in curves:
-                ax.plot(epochs, curve, color=color, alpha=0.25, linewidth=0.7)
-            ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
-            ax.plot(epochs, mean, color=color, linewidth=2, label=f"{name} (mean of {len(curves)})")
-            ax.set_title(title)
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"{results['experiment']}: mean, 95% CI band and each seed")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def write_all(out: Path, results: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_finite(results), indent=1))
-    (out / "results.md").write_text(_markdown(results))
-    curves = bands(results)
-    write_html(results, curves, out / "comparison.html")
-    write_png(results, curves, out / "comparison.png")
