@@ -158,6 +158,21 @@ class LightningOptCLI(OptimizerCLI):
 
     def before_fit(self) -> None:
         self._check_ckpt()
+        self._check_data()
+
+    def _check_data(self) -> None:
+        """Generate (or read) the data now: a split that comes out empty, or a population on
+        per-run validation splits, is bad input (one line), not a failure inside training."""
+        data = self.datamodule
+        try:
+            data.prepare_data()
+            if getattr(self.model, "member_dims", 0) and data.split_seed_is_per_run:
+                raise ValueError(
+                    "--seeds trains its members on one validation split: data.split_seed "
+                    "per_run needs one fit per seed"
+                )
+        except ValueError as err:
+            raise UsageError(str(err)) from None
 
     def before_validate(self) -> None:
         self._check_ckpt()

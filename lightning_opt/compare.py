@@ -557,6 +557,10 @@ def _check_finals(config: Any, name: str, final_cfg: Any) -> bool:
         print(f"arm {name}: {cls.__name__} declares supports_population = False: "
               "its final runs train one seed at a time", flush=True)  # fmt: skip
         population = False
+    if population and final_cfg.data.split_seed == "per_run":
+        print(f"arm {name}: data.split_seed per_run gives every seed its own validation split: "
+              "its final runs train one seed at a time", flush=True)  # fmt: skip
+        population = False
     if population and user_callbacks(final_cfg):
         print(f"arm {name}: callbacks {', '.join(user_callbacks(final_cfg))} would see "
               "all seeds of a population at once: its final runs train one seed at a "

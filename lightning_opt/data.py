@@ -2,13 +2,16 @@
 
 The data is made with ``mnist1d.data.make_dataset`` (never downloaded, never unpickled) and its
 4,000/1,000 train/test split is kept. A stratified validation split is carved out of the 4,000
-training examples with its own seed, so tuning never sees the test set.
+training examples with its own seed (or, with ``split_seed: per_run``, the run's seed), so
+tuning never sees the test set. A cache file with wrong contents is regenerated, and a split
+that would come out empty is refused before training.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import warnings
@@ -16,6 +19,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,6 +29,7 @@ from torch import Tensor
 CACHE_ENV = "LIGHTNING_OPT_CACHE"
 NUM_CLASSES = 10
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+PER_RUN = "per_run"  # split_seed value: the validation split follows the run's seed
 
 
 def default_cache_dir() -> Path:
@@ -70,12 +75,36 @@ def _generate(args: dict) -> dict[str, np.ndarray]:
     }
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray]:
+def _read_cache(path: Path, args: dict) -> dict[str, np.ndarray]:
     with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in ("x", "y", "x_test", "y_test")}
-    if len(arrays["x"]) != len(arrays["y"]) or len(arrays["x_test"]) != len(arrays["y_test"]):
-        raise ValueError("array lengths disagree")
+    check_arrays(arrays, args)
     return arrays
+
+
+def check_arrays(arrays: dict[str, np.ndarray], args: dict | None = None) -> None:
+    """Raise ``ValueError`` (one line) unless ``arrays`` look like mnist1d made with ``args``.
+
+    ``x`` and ``x_test``: 2-D float32, finite, one row per label, ``final_seq_length`` columns;
+    ``y`` and ``y_test``: 1-D int64 in ``0..9``; with ``args``, ``num_samples`` rows in all
+    (mnist1d rounds down to a multiple of 10 classes).
+    """
+    columns = args["final_seq_length"] if args else arrays["x"].shape[-1]
+    for split in ("", "_test"):
+        x, y = arrays[f"x{split}"], arrays[f"y{split}"]
+        if x.dtype != np.float32 or y.dtype != np.int64:
+            raise ValueError(f"x{split}/y{split} are {x.dtype}/{y.dtype}, not float32/int64")
+        if x.ndim != 2 or x.shape[1] != columns or y.shape != (len(x),):
+            raise ValueError(
+                f"x{split} has shape {x.shape} and y{split} {y.shape}, not (n, {columns}) and (n,)"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+            raise ValueError(f"y{split} has labels {y.min()}..{y.max()}, not 0..{NUM_CLASSES - 1}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"x{split} holds {x.size - np.isfinite(x).sum()} NaN/inf values")
+    total = len(arrays["y"]) + len(arrays["y_test"])
+    if args and total != args["num_samples"] // NUM_CLASSES * NUM_CLASSES:
+        raise ValueError(f"{total} examples in all, not num_samples={args['num_samples']}")
 
 
 def load_mnist1d(
@@ -83,17 +112,21 @@ def load_mnist1d(
 ) -> dict[str, np.ndarray]:
     """mnist1d arrays ``x, y, x_test, y_test``, from the cache or generated (and then cached).
 
-    A truncated or corrupt cache file is reported in one warning line and regenerated.
+    A cache file that is truncated, corrupt, or holds arrays of the wrong shape, dtype, label
+    range or with NaN/inf values (``check_arrays``) is reported in one warning line and
+    regenerated.
     """
     args = generation_args(num_samples, generation_seed)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"mnist1d-{_cache_key(args)}.npz"
     if path.exists():
         try:
-            return _read_cache(path)
+            return _read_cache(path, args)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            reason = " ".join(str(err).split())  # one line, whatever numpy or zipfile said
             warnings.warn(
-                f"mnist1d cache {path} is unreadable ({type(err).__name__}: {err}); regenerating it",
+                f"mnist1d cache {path} is unusable ({type(err).__name__}: {reason}); "
+                "regenerating it",
                 stacklevel=2,
             )
     arrays = _generate(args)
@@ -117,6 +150,43 @@ def stratified_split(
     held_out = np.sort(np.concatenate(held))
     keep = np.setdiff1d(np.arange(len(labels)), held_out)
     return keep, held_out
+
+
+def check_split_sizes(labels: np.ndarray, val_fraction: float) -> None:
+    """Raise ``ValueError`` (one line) if ``stratified_split`` of ``labels`` would leave the
+    validation or the training split empty; the sizes do not depend on the seed."""
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    counts = counts[counts > 0]
+    held = sum(round(val_fraction * n) for n in counts)
+    of = f"{len(labels)} training examples ({counts.min()} to {counts.max()} per class)"
+    if held == 0:  # with val_fraction >= 1/smallest class, every class holds out one or more
+        raise _empty_split("validation", val_fraction, of, math.ceil(1000 / counts.min()) / 1000)
+    if held == len(labels):
+        bound = math.floor(1000 * (1 - 1 / counts.min())) / 1000
+        raise _empty_split("training", val_fraction, of, bound)
+
+
+def _check_split_sizes_from_numbers(num_samples: int, val_fraction: float) -> None:
+    """What ``check_split_sizes`` finds, where the numbers alone already show it: a class
+    has at most ``num_samples // 10`` training examples (mnist1d makes that many a class and
+    keeps about 80% of them for training)."""
+    largest = num_samples // NUM_CLASSES
+    of = f"at most {largest} training examples per class"
+    if val_fraction * largest <= 0.5:  # rounds to 0 in every class
+        raise _empty_split("validation", val_fraction, of, math.ceil(2000 / largest) / 1000)
+    if (1 - val_fraction) * largest < 0.5:  # every class held out whole
+        raise _empty_split("training", val_fraction, of, math.floor(1000 - 2000 / largest) / 1000)
+
+
+def _empty_split(split: str, val_fraction: float, of: str, bound: float) -> ValueError:
+    if split == "validation":
+        what, op = "rounds to 0 in every class", ">="
+    else:
+        what, op = "holds out every one", "<="
+    return ValueError(
+        f"the {split} split is empty: val_fraction {val_fraction} of {of} {what}; "
+        f"use --data.val_fraction {op} {bound:g} or more --data.num_samples"
+    )
 
 
 class EpochPermutation:
@@ -252,8 +322,11 @@ class MNIST1DDataModule(LightningDataModule):
         eval_batch_size: examples per validation/test batch; ``None`` = the whole split at once.
         val_fraction: share of the 4,000 training examples held out for validation, per class,
             in (0, 1).
-        split_seed: seed of the validation split; fixed across runs so every seed and every
-            trial sees the same split.
+        split_seed: seed of the validation split (a non-negative integer): fixed across runs,
+            so every seed and every trial sees the same split. ``per_run``: the split follows
+            the run's seed (``--seed_everything``, read at ``setup``), so the seeds of a
+            comparison also vary the validation split (Bouthillier et al. 2021, "Accounting
+            for variance in machine learning benchmarks"); the test split never changes.
         shuffle_seed: seed of the training order; ``None`` = follow the run's seed
             (``--seed_everything``), so a new seed changes the data order but never the split.
         steps_per_chunk: ``null`` (the default) = plain ``(x, y)`` minibatches, one per Lightning
@@ -273,7 +346,7 @@ class MNIST1DDataModule(LightningDataModule):
         batch_size: int = 100,
         eval_batch_size: int | None = None,
         val_fraction: float = 0.2,
-        split_seed: int = 0,
+        split_seed: int | Literal["per_run"] = 0,
         shuffle_seed: int | None = None,
         steps_per_chunk: int | None = None,
         num_samples: int = 5000,
@@ -293,25 +366,50 @@ class MNIST1DDataModule(LightningDataModule):
             raise ValueError(f"steps_per_chunk must be >= 0 or null, got {steps_per_chunk}")
         if num_samples < 10 * NUM_CLASSES:
             raise ValueError(f"num_samples must be at least {10 * NUM_CLASSES}, got {num_samples}")
+        _check_split_sizes_from_numbers(num_samples, val_fraction)  # setup checks the labels
+        if split_seed != PER_RUN and (
+            isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0
+        ):
+            raise ValueError(
+                f"split_seed must be a non-negative integer or {PER_RUN!r}, got {split_seed!r}"
+            )
         self.save_hyperparameters(logger=False)  # the model logs them, flat, with its own
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        #: The seed the current validation split was drawn with (``None`` before ``setup``).
+        self.resolved_split_seed: int | None = None
+        self._loaded: dict[str, np.ndarray] | None = None
         #: Set by a ``PopulationClassifier`` while it trains: one shuffle seed per member.
         self.population_seeds: list[int] | None = None
 
+    @property
+    def split_seed_is_per_run(self) -> bool:
+        """Whether the validation split follows the run's seed (``split_seed: per_run``)."""
+        return self.hparams.split_seed == PER_RUN
+
     def prepare_data(self) -> None:
-        self._arrays()  # generate and cache once, before any process reads it
+        # Generate and cache once, before any process reads it; refuse an empty split now,
+        # before any training starts.
+        check_split_sizes(self._arrays()["y"], self.hparams.val_fraction)
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        hp = self.hparams
-        return load_mnist1d(hp.num_samples, hp.generation_seed, hp.cache_dir)
+        if self._loaded is None:
+            hp = self.hparams
+            self._loaded = load_mnist1d(hp.num_samples, hp.generation_seed, hp.cache_dir)
+        return self._loaded
+
+    def _split_seed(self) -> int:
+        if self.split_seed_is_per_run:
+            return torch.initial_seed() % 2**31  # the run's seed, as for shuffle_seed=None
+        return self.hparams.split_seed
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+        seed = self._split_seed()
+        if self.splits and seed == self.resolved_split_seed:
+            return  # one module serves many fits: split again only for a new per-run seed
         arrays = self._arrays()
-        train_idx, val_idx = stratified_split(
-            arrays["y"], self.hparams.val_fraction, self.hparams.split_seed
-        )
+        check_split_sizes(arrays["y"], self.hparams.val_fraction)
+        train_idx, val_idx = stratified_split(arrays["y"], self.hparams.val_fraction, seed)
+        self.resolved_split_seed = seed
 
         def pair(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
             return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(

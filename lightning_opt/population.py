@@ -334,6 +334,12 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
                 "PopulationClassifier needs a datamodule with population_seeds "
                 "(lightning_opt.data.MNIST1DDataModule)"
             )
+        if getattr(data, "split_seed_is_per_run", False):
+            raise ValueError(
+                "data.split_seed per_run gives every seed its own validation split, and a "
+                "population trains its members on one: set an integer split_seed, or train "
+                "the seeds one at a time"
+            )
         shuffle_seed = data.hparams.get("shuffle_seed")
         self._data_seeds[:] = [
             s % 2**31 if shuffle_seed is None else shuffle_seed for s in self.seeds

@@ -303,7 +303,8 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
         if options.population > 1 and supports_population(optimizer_class(optimizer_dict(cfg))):
             population = build_population(cfg, [0, 1], {n: [v, v] for n, v in values.items()})
             population.check_clipping(callbacks)
-    MNIST1DDataModule(**config.data.as_dict())
+    data = MNIST1DDataModule(**config.data.as_dict())
+    data.prepare_data()  # generates (or reads) the data; a split that comes out empty fails here
     check_run_loggers(config)
     check_writable(options.output_dir)
     cls = optimizer_class(optimizer_dict(config))
@@ -311,6 +312,13 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
         print(
             f"{cls.__name__} declares supports_population = False: "
             f"the trials run one at a time (--population {options.population} ignored)",
+            flush=True,
+        )
+        options = replace(options, population=1)
+    if options.population > 1 and data.split_seed_is_per_run:
+        print(
+            "data.split_seed per_run gives every seed its own validation split: the trials run "
+            f"one at a time (--population {options.population} ignored)",
             flush=True,
         )
         options = replace(options, population=1)
@@ -326,14 +334,9 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
 
 def open_study_storage(options: TuneOptions) -> Any:
     """The study's storage (``ValueError``, one line, where it cannot be opened in time)."""
-    import inspect
-
-    kwargs = {}
-    if "connect_timeout" in inspect.signature(studies.open_storage).parameters:
-        kwargs["connect_timeout"] = options.connect_timeout
     return studies.open_storage(
         options.storage, options.heartbeat_interval, options.grace_period, options.max_retry,
-        **kwargs,
+        connect_timeout=options.connect_timeout,
     )  # fmt: skip
 
 

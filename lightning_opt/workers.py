@@ -28,8 +28,9 @@ def run_worker(config: Any, options: TuneOptions) -> int:
     """Claim and run trials until none is left; the number run."""
     quiet_lightning()
     storage = studies.open_storage(
-        options.storage, options.heartbeat_interval, options.grace_period, options.max_retry
-    )
+        options.storage, options.heartbeat_interval, options.grace_period, options.max_retry,
+        connect_timeout=options.connect_timeout,
+    )  # fmt: skip
     study = optuna.load_study(
         study_name=options.study_name, storage=storage,
         pruner=make_pruner(options.pruner),

@@ -258,3 +258,31 @@ def test_unreachable_database_is_one_error_line(data_cache, tmp_path):
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("lightning_opt: error: cannot open the study storage "), line
+
+
+def test_launchers_racing_on_a_new_postgres_database_all_succeed(postgres):
+    """Eight launchers create the tables, the schema stamp and the study at the same moment."""
+    from lightning_opt.search_space import SearchParam
+    from lightning_opt.study import open_storage, open_study
+
+    url = postgres.create_database("race")
+    space = (SearchParam("lr", 1e-4, 1.0, log=True),)
+    barrier = threading.Barrier(8)
+    names: list[str] = []
+    errors: list[str] = []
+
+    def launch() -> None:
+        barrier.wait(timeout=60)
+        try:
+            names.append(open_study(open_storage(url), "race", space, "val/loss").study_name)
+        except Exception as err:  # reported by the test, with all the others
+            errors.append(str(err))
+
+    threads = [threading.Thread(target=launch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert names == ["race"] * 8
+    assert optuna.get_all_study_names(url) == ["race"]

@@ -1,0 +1,284 @@
+"""Study storages fail in one line, in bounded time, without passwords, and survive races."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import TINY_SAMPLES
+
+from lightning_opt import study as studies
+from lightning_opt.cli import cli_main
+from lightning_opt.search_space import SearchParam
+from lightning_opt.study import open_storage, open_study, redact
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+SPACE = (SearchParam("lr", 1e-4, 1.0, log=True),)
+
+# (url, what redact must show, the secrets that must not appear)
+REDACTED = [
+    # SQLAlchemy's rule: the password runs to the last "@"-free stretch, slashes included
+    ("postgresql://user:se/cret@host/db", "postgresql://user:***@host/db", ["se/cret", "cret"]),
+    (
+        "postgresql://user:secret@host/db?password=other",
+        "postgresql://user:***@host/db?password=***",
+        ["secret", "other"],
+    ),
+    ("postgresql://:secret@host/db", "postgresql://:***@host/db", ["secret"]),
+    ("mysql+pymysql://u:p%40ss@h/d", "mysql+pymysql://u:***@h/d", ["p%40ss", "p@ss", "40ss"]),
+    (
+        "postgresql+psycopg://u@h:5432/d?passwd=hunter2&sslmode=require",
+        "postgresql+psycopg://u@h:5432/d?passwd=***&sslmode=require",
+        ["hunter2"],
+    ),
+    (
+        "postgresql://u@h/d?sslpassword=hunter2&PASSWORD=hunter3",
+        "postgresql://u@h/d?PASSWORD=***&sslpassword=***",
+        ["hunter2", "hunter3"],
+    ),
+    # an unescaped "@" in the password: SQLAlchemy's password is "p", its host "ss@host"
+    ("postgresql://user:p@ss@host/db", "postgresql://user:***@***@host/db", ["p@ss", "ss@"]),
+    ("postgresql://u:pw0rd@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db", ["pw0rd"]),
+    ("postgresql://u:pa ss#x?y@h/d", "postgresql://u:***@h/d", ["pa ss", "#x?y"]),
+    # what SQLAlchemy refuses keeps only its scheme
+    ("postgresql://u:secret@h:notaport/db", "postgresql://***", ["secret"]),
+    ("u:secret@h://x", "***://***", ["secret"]),
+    # no password at all, or no URL at all: unchanged
+    ("sqlite:///runs/optuna.db", "sqlite:///runs/optuna.db", []),
+    ("postgresql://u@h/d", "postgresql://u@h/d", []),
+    ("runs/journal.log", "runs/journal.log", []),
+    ("/tmp/some dir/optuna:journal.log", "/tmp/some dir/optuna:journal.log", []),
+]
+
+
+@pytest.mark.parametrize(("url", "shown", "secrets"), REDACTED, ids=[u for u, _, _ in REDACTED])
+def test_redact_hides_every_password_sqlalchemy_reads(url, shown, secrets):
+    assert redact(url) == shown
+    for secret in secrets:
+        assert secret not in redact(url)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections and never answers; stops by itself
+    after 30 s at the latest, and at teardown."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.1)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)  # keep it open, say nothing
+        for conn in held:
+            conn.close()
+        server.close()
+
+    thread = threading.Thread(target=serve, name="silent-server", daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def test_a_server_that_never_answers_times_out_in_one_line(silent_server):
+    url = f"postgresql+psycopg://u:hunter22@127.0.0.1:{silent_server}/db?password=other7"
+    start = time.monotonic()
+    with pytest.raises(ValueError) as info:
+        open_storage(url, connect_timeout=1)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert elapsed < 6, f"took {elapsed:.1f} s"  # psycopg waits at least 2 s
+    assert "\n" not in message
+    assert message.startswith(
+        f"cannot open the study storage postgresql+psycopg://u:***@127.0.0.1:{silent_server}/db"
+        "?password=***: timed out after 1 s"
+    ), message
+    assert "hunter22" not in message and "other7" not in message
+
+
+def test_a_refused_connection_is_one_line_without_the_password():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql+psycopg://u:hunter22@127.0.0.1:{port}/db"
+    with pytest.raises(ValueError, match=r"^cannot open the study storage .*refused") as info:
+        open_storage(url)
+    assert "hunter22" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_driver_message_that_repeats_the_password_is_scrubbed():
+    # "p@sswd" unescaped: the driver is asked to resolve host "sswd@localhost" and says so
+    with pytest.raises(ValueError, match="cannot open the study storage") as info:
+        open_storage("postgresql+psycopg://user:p@sswd@localhost:1/db", connect_timeout=1)
+    assert "sswd" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://u:hunter22@h/0", "unknown storage scheme 'redis' in redis://u:***@h/0"),
+        ("mysql+nosuchdriver://u:hunter22@h/d", "cannot open the study storage mysql+no"),
+        ("postgresql://u:hunter22@h:port/d", "cannot parse the storage URL postgresql://***"),
+    ],
+)
+def test_every_other_error_is_redacted(url, message):
+    with pytest.raises(ValueError) as info:
+        open_storage(url)
+    assert message in str(info.value) and "hunter22" not in str(info.value)
+
+
+class _Recorder:
+    """Stands in for ``RDBStorage``: records the engine arguments it was given."""
+
+    def __init__(self, url: str, engine_kwargs: dict, **_: object) -> None:
+        self.url, self.engine_kwargs = url, engine_kwargs
+
+
+@pytest.mark.parametrize(
+    ("url", "connect_args"),
+    [
+        ("postgresql://u@h/d", {"connect_timeout": 7}),
+        ("postgresql+psycopg://u@h/d", {"connect_timeout": 7}),
+        ("postgresql+psycopg2://u@h/d", {"connect_timeout": 7}),
+        ("postgresql+pg8000://u@h/d", {"timeout": 7}),
+        ("mysql://u@h/d", {"connect_timeout": 7}),
+        ("mysql+pymysql://u@h/d", {"connect_timeout": 7}),
+        ("mysql+mysqlconnector://u@h/d", {"connection_timeout": 7}),
+        ("postgresql://u@h/d?connect_timeout=30", None),  # the URL's own value wins
+        ("sqlite:///{tmp}/optuna.db", {"timeout": 60}),  # waits for another worker's write
+    ],
+)
+def test_connect_timeout_reaches_the_driver(url, connect_args, monkeypatch, tmp_path):
+    monkeypatch.setattr(studies, "RDBStorage", _Recorder)
+    storage = open_storage(url.format(tmp=tmp_path), connect_timeout=7)
+    assert storage.engine_kwargs.get("connect_args") == connect_args
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0, ValueError, "connect_timeout must be at least 1 s, got 0"),
+        (2.5, TypeError, "connect_timeout must be whole seconds, got 2.5"),
+    ],
+)
+def test_bad_connect_timeout(value, error, match):
+    with pytest.raises(error, match=match):
+        open_storage("postgresql://u@h/d", connect_timeout=value)
+
+
+def _real_db(path: Path) -> None:
+    storage = open_storage(f"sqlite:///{path}")
+    study = open_study(storage, "real", SPACE, "val/loss")
+    for _ in range(40):
+        study.enqueue_trial({"lr": 0.01})
+    storage.engine.dispose()
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated to 50 bytes", "truncated by half"])
+def test_a_damaged_sqlite_file_is_one_line(damage, tmp_path):
+    path = tmp_path / "optuna.db"
+    if damage == "random bytes":
+        path.write_bytes(os.urandom(8192))
+        reason = "file is not a database"
+    else:
+        _real_db(path)
+        blob = path.read_bytes()
+        path.write_bytes(blob[:50] if damage.endswith("50 bytes") else blob[: len(blob) // 2])
+        reason = "(file is not a database|database disk image is malformed)"
+    with pytest.raises(ValueError) as info:
+        open_study(open_storage(f"sqlite:///{path}"), "real", SPACE, "val/loss")
+    message = str(info.value)
+    assert "\n" not in message
+    prefix = f"cannot open the study storage sqlite:///{path}: "
+    assert message.startswith(prefix), message
+    assert re.fullmatch(
+        reason + "; move it away or choose another --storage", message[len(prefix) :]
+    ), message
+
+
+def test_tune_on_a_damaged_sqlite_file_says_so_in_one_line(data_cache, tmp_path, capsys):
+    db = tmp_path / "optuna.db"
+    db.write_bytes(os.urandom(8192))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            ["tune", "--optimizer=gnw", f"--data.num_samples={TINY_SAMPLES}",
+             f"--data.cache_dir={data_cache}", f"--storage=sqlite:///{db}",
+             f"--output_dir={tmp_path / 'out'}", "--n_trials=1"]
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"lightning_opt: error: cannot open the study storage sqlite:///{db}: "
+        "file is not a database; move it away or choose another --storage"
+    )
+
+
+def _race(url: str, launchers: int = 8) -> tuple[list[str], list[BaseException]]:
+    """``launchers`` threads open the storage and the study at the same moment."""
+    barrier = threading.Barrier(launchers)
+    names: list[str] = []
+    errors: list[BaseException] = []
+
+    def launch() -> None:
+        barrier.wait(timeout=30)
+        try:
+            names.append(open_study(open_storage(url), "race", SPACE, "val/loss").study_name)
+        except Exception as err:  # reported by the test, with all the others
+            errors.append(err)
+
+    threads = [threading.Thread(target=launch) for _ in range(launchers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return names, errors
+
+
+@pytest.mark.parametrize("attempt", range(3))  # the race is lost differently each time
+def test_launchers_racing_on_a_new_sqlite_study_all_succeed(attempt, tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    names, errors = _race(url)
+    assert not errors, [str(e) for e in errors]
+    assert names == ["race"] * 8
+    storage = open_storage(url)
+    assert optuna.get_all_study_names(storage) == ["race"]
+    study = optuna.load_study(study_name="race", storage=storage)
+    assert set(study.user_attrs) == {"lightning_opt:search_space", "lightning_opt:objective"}
+
+
+def test_a_race_loser_still_refuses_other_settings(tmp_path, monkeypatch):
+    """The launcher that loses the creation race checks the winner's study like any other."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url)
+    open_study(storage, "race", SPACE, "val/loss")
+    real_load = optuna.load_study
+    calls = []
+
+    def load_as_if_not_there_yet(**kwargs):
+        calls.append(kwargs["study_name"])
+        if len(calls) == 1:
+            raise KeyError("Record does not exist.")  # it was created just after this look
+        return real_load(**kwargs)
+
+    monkeypatch.setattr(optuna, "load_study", load_as_if_not_there_yet)
+    with pytest.raises(ValueError, match="study 'race' exists with another objective"):
+        open_study(open_storage(url), "race", SPACE, "train/loss")
+    assert calls == ["race", "race"]
