@@ -534,8 +534,10 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
                 tune_cfg = arm_config(config, arm, epochs)
                 # Named after the experiment too: a shared storage holds many experiments.
                 study = f"{config.experiment}.{name}{suffix}"
-                options = replace(base_options, study_name=study, output_dir=str(exp_dir),
-                                  storage=storage)  # fmt: skip
+                options = replace(
+                    base_options, study_name=study, output_dir=str(exp_dir), storage=storage,
+                    log_dir_name=f"{name}/retuned" if suffix else name,
+                )  # fmt: skip
                 options = check_study(tune_cfg, options)
                 if parser is not None:
                     fingerprint = run_fingerprint(parser, tune_cfg, drop=EXPERIMENT_KEYS)

@@ -114,14 +114,15 @@ def with_checkpoint_optimizer(args: Sequence[str]) -> list[str]:
         elif arg.startswith("--ckpt_path="):
             path = arg.split("=", 1)[1]
     given = any(a == "--optimizer" or a.startswith("--optimizer=") for a in out)
-    if not path or given or not Path(path).is_file():
+    if not path or not Path(path).is_file():
         return out
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a checkpoint: the command says so in one line later
-        return out
+    except Exception as err:  # a text file, a truncated file, an unsafe pickle
+        reason = " ".join(str(err).split())[:200]
+        raise UsageError(f"--ckpt_path {path} is not a readable checkpoint: {reason}") from None
     optimizer = (checkpoint.get("hyper_parameters") or {}).get("optimizer")
-    if isinstance(optimizer, dict) and "class_path" in optimizer:
+    if not given and isinstance(optimizer, dict) and "class_path" in optimizer:
         out.append("--optimizer=" + json.dumps(_lists(optimizer)))
     return out
 

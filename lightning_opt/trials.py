@@ -60,10 +60,12 @@ class TuneOptions:
     connect_timeout: int = 10
     #: Everything that determines the trials' values (see ``tune.run_fingerprint``).
     fingerprint: dict[str, Any] | None = None
+    #: The folder of the trials' logs under ``output_dir`` (default: the study's name).
+    log_dir_name: str | None = None
 
     @property
     def study_dir(self) -> Path:
-        return Path(self.output_dir) / self.study_name
+        return Path(self.output_dir) / (self.log_dir_name or self.study_name)
 
 
 def default_study_name(config: Any) -> str:
@@ -269,10 +271,10 @@ class PopulationPruning(Callback):
         """Whether the study's pruner can prune now: ``none`` never does, and the median pruner
         not before ``MEDIAN_STARTUP_TRIALS`` trials completed (one storage query an epoch,
         instead of one ``should_prune`` per member, each reading every trial)."""
-        if self.pruner == "none":
+        study = self.trials[0].study
+        if isinstance(study.pruner, optuna.pruners.NopPruner):
             return False
-        if self.pruner == "median":
-            study = self.trials[0].study
+        if type(study.pruner) is optuna.pruners.MedianPruner:  # make_pruner's
             complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             return len(complete) >= MEDIAN_STARTUP_TRIALS
         return True

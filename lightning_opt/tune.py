@@ -365,11 +365,11 @@ def _check_recorded(
         study = studies.open_study(storage, options.study_name, space, options.objective)
         recorded = None
     if recorded is None:
-        if study.trials and not options.overwrite:
-            raise ValueError(
-                f"study {options.study_name!r} has {len(study.trials)} trial(s) but no record of "
-                "their settings (made by an older version); choose another --study_name, or "
-                "pass --overwrite to start it afresh"
+        if study.trials:
+            print(
+                f"study {options.study_name!r} has {len(study.trials)} trial(s) and no record of "
+                "their settings (an older version, or made outside tune): recording this run's",
+                flush=True,
             )
         study.set_user_attr(_CONFIG_ATTR, options.fingerprint)
     return study
@@ -385,10 +385,12 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
 
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
+    every = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in every}
     count = 0
-    for trial in study.get_trials(deepcopy=False):
+    for trial in every:
         attrs = trial.user_attrs
-        if attrs.get("retried"):
+        if trial.number in retried:
             continue
         worker = attrs.get("worker", "")
         owner_host, _, pid = worker.rpartition(":")
@@ -402,12 +404,11 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
         interrupted = trial.state == TrialState.FAIL and attrs.get("fail_reason") == "interrupted"
         if not (killed or interrupted) or not trial.params:
             continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         if killed:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             storage.set_trial_user_attr(trial_id, "fail_reason", "killed")
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        storage.set_trial_user_attr(trial_id, "retried", True)
         count += 1
     return count
 

@@ -120,17 +120,17 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(compare, "run_final", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit):  # exit 130, "run the same command again to resume"
         cli_main(["compare", f"--config={path}", "--population_finals=false"])
     db = f"sqlite:///{tmp_path / 'out' / 'tiny' / 'optuna.db'}"
-    before = optuna.load_study(study_name="adam", storage=db).trials
+    before = optuna.load_study(study_name="tiny.adam", storage=db).trials
     first_run = json.loads(
         next((tmp_path / "out" / "tiny" / "adam" / "final").glob("*/result.json")).read_text()
     )
 
     monkeypatch.setattr(compare, "run_final", real)
     cli_main(["compare", f"--config={path}", "--population_finals=false"])
-    after = optuna.load_study(study_name="adam", storage=db).trials
+    after = optuna.load_study(study_name="tiny.adam", storage=db).trials
     assert [(t.number, t.value) for t in after] == [(t.number, t.value) for t in before]
     results = json.loads((tmp_path / "out" / "tiny" / "results.json").read_text())
     assert results["arms"]["adam"]["runs"][0] == first_run  # reused, not retrained
@@ -154,7 +154,7 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
         return real(*args, **kwargs)
 
     monkeypatch.setattr(compare, "run_final_population", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit):  # exit 130, "run the same command again to resume"
         cli_main(["compare", f"--config={path}"])
     exp_dir = tmp_path / "out" / "tiny"
     kept = sorted(p.parent.name for p in exp_dir.glob("*/final/*/result.json"))

@@ -153,7 +153,6 @@ def test_an_experiment_refuses_other_settings(tmp_path, data_cache, capsys):
     [
         (["--experiment=../../x"], "experiment names are letters, digits"),
         (["--output_dir={file}/x"], "is a file, not a directory"),
-        (["--search_space=[{name: lr, low: abc, high: 1.0}]"], "low must be a number, got 'abc'"),
     ],
 )
 def test_bad_experiment_input_is_one_line_before_anything_runs(
@@ -161,12 +160,20 @@ def test_bad_experiment_input_is_one_line_before_anything_runs(
 ):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    args = [a.format(file=a_file) for a in args]
+    args = [a.replace("{file}", str(a_file)) for a in args]
     with pytest.raises(SystemExit) as exit_info:
         _compare(tmp_path, data_cache, *args)
     assert exit_info.value.code == 2
     assert message in _one_error_line(capsys)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_search_space_with_a_bad_bound_is_one_line(tmp_path, data_cache, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _tune(tmp_path, data_cache, "--search_space=[{name: lr, low: abc, high: 1.0}]")
+    assert exit_info.value.code == 2
+    assert "search space 'lr': low must be a number, got 'abc'" in _one_error_line(capsys)
+    assert not (tmp_path / "out" / "adam").exists()
 
 
 def test_a_model_flag_the_checkpoint_overrides_is_refused(tiny_fit_args, tmp_path, capsys):

@@ -560,7 +560,7 @@ def test_compare_defaults_to_lightning_logs_compare_experiment(data_cache, tmp_p
         "a/final/seed_0/checkpoints/final.ckpt",
     ):
         assert (exp_dir / name).is_file(), name  # fmt: skip
-    assert _study(exp_dir / "optuna.db", "a").trials[0].state == TrialState.COMPLETE
+    assert _study(exp_dir / "optuna.db", "layout.a").trials[0].state == TrialState.COMPLETE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml", "lightning_logs"]
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["compare"]
 
@@ -626,7 +626,10 @@ def test_compare_runs_the_experiments_callbacks_in_every_run_and_an_arms_on_top(
         for tag in tags:
             for trial in (0, 1):
                 expected[(tag, exp_dir / arm / f"trial_{trial}")] = 1  # tune_max_epochs
+                # the robustness re-tune: the arm tuned and re-run at the final budget
+                expected[(tag, exp_dir / arm / "retuned" / f"trial_{trial}")] = 2
             for seed in (0, 1):
                 expected[(tag, exp_dir / arm / "final" / f"seed_{seed}")] = 2  # max_epochs
+                expected[(tag, exp_dir / arm / "retuned" / "final" / f"seed_{seed}")] = 2
     assert Counter(seen) == expected
     seen.clear()
