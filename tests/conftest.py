@@ -46,3 +46,32 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def version_dirs(logs: Path) -> list[Path]:
     """The ``version_N`` directories under ``logs``, in creation order."""
     return sorted(logs.rglob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def tune_args(tmp_path: Path, data_cache: Path) -> list[str]:
+    """``tune``/``compare`` arguments for a tiny study (2 epochs, no pruning) under ``tmp_path/out``."""
+    return [
+        f"--data.num_samples={TINY_SAMPLES}",
+        f"--data.cache_dir={data_cache}",
+        "--data.batch_size=50",
+        "--trainer.max_epochs=2",
+        "--pruner=none",
+        f"--output_dir={tmp_path / 'out'}",
+    ]
+
+
+def quiet_trainer(epochs: int, precision: str = "64-true", callbacks=()):
+    """A Trainer with nothing but the fit itself: no logger, checkpoint, bar or sanity check."""
+    from lightning.pytorch import Trainer
+
+    return Trainer(
+        max_epochs=epochs,
+        precision=precision,
+        callbacks=list(callbacks or []),
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )

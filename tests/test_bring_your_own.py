@@ -21,7 +21,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import TINY_SAMPLES, read_scalars, version_dirs
+from conftest import TINY_SAMPLES, quiet_trainer, read_scalars, tune_args, version_dirs
 from lightning.pytorch import Trainer, seed_everything
 from optuna.trial import TrialState
 from torch import Tensor
@@ -286,17 +286,7 @@ def test_an_optimizer_in_the_working_directory(cwd_module, tiny_fit_args, tmp_pa
 
 
 def _trainer(epochs: int, callbacks: Sequence[Any] = ()) -> Trainer:
-    return Trainer(
-        max_epochs=epochs,
-        precision="64-true",
-        callbacks=list(callbacks),
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    return quiet_trainer(epochs, "64-true", callbacks)
 
 
 def _data(data_cache: Path) -> MNIST1DDataModule:
@@ -402,14 +392,7 @@ def test_outside_rule_names_the_study_and_brings_its_search_space(
 
 
 def _tune_args(tmp_path: Path, data_cache: Path) -> list[str]:
-    return [
-        f"--data.num_samples={TINY_SAMPLES}",
-        f"--data.cache_dir={data_cache}",
-        "--data.batch_size=50",
-        "--trainer.max_epochs=2",
-        "--pruner=none",
-        f"--output_dir={tmp_path / 'out'}",
-    ]
+    return tune_args(tmp_path, data_cache)
 
 
 def _study(tmp_path: Path, name: str) -> optuna.Study:

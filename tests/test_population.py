@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quiet_trainer
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import Tensor
 
@@ -50,17 +51,7 @@ def data(data_cache: Path) -> MNIST1DDataModule:
 
 
 def _trainer(epochs: int, precision: str = "64-true", callbacks: list | None = None) -> Trainer:
-    return Trainer(
-        max_epochs=epochs,
-        precision=precision,
-        callbacks=callbacks or [],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    return quiet_trainer(epochs, precision, callbacks)
 
 
 def fit_population(

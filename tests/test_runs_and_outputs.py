@@ -20,7 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import TINY_SAMPLES, read_scalars, version_dirs
+from conftest import TINY_SAMPLES, quiet_trainer, read_scalars, version_dirs
+from conftest import tune_args as tiny_tune_args
 from lightning.pytorch import Callback, Trainer, seed_everything
 from optuna.trial import TrialState
 
@@ -134,14 +135,7 @@ def _one_line_exit_2(args: list[str], capsys) -> str:
 def tune_args(data_cache, tmp_path, monkeypatch):
     """A tiny study writing to ``tmp_path/out``; best.yaml's runs log under ``tmp_path``."""
     monkeypatch.chdir(tmp_path)
-    return [
-        f"--data.num_samples={TINY_SAMPLES}",
-        f"--data.cache_dir={data_cache}",
-        "--data.batch_size=50",
-        "--trainer.max_epochs=2",
-        "--pruner=none",
-        f"--output_dir={tmp_path / 'out'}",
-    ]
+    return tiny_tune_args(tmp_path, data_cache)
 
 
 def _experiment(tmp_path: Path, data_cache: Path, **changes) -> Path:
@@ -314,16 +308,7 @@ def test_resume_mid_schedule_ends_where_a_straight_run_ends(interval, tiny_fit_a
 
 
 def _float64_trainer(epochs: int) -> Trainer:
-    return Trainer(
-        max_epochs=epochs,
-        precision="64-true",
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    return quiet_trainer(epochs, "64-true")
 
 
 def test_population_members_with_their_own_gamma_equal_single_runs(data_cache):
