@@ -56,6 +56,7 @@ from lightning_opt.tune import (
     check_study,
     differences,
     mismatch_message,
+    open_study_storage,
     parse,
     run_fingerprint,
     run_study,
@@ -519,6 +520,8 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
     base_options = options_from_config(config)
     exp_dir = Path(config.output_dir) / config.experiment
     storage = config.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
+    if config.storage:  # a database of its own: reachable before anything trains
+        open_study_storage(replace(base_options, storage=storage))
     retune = config.robustness and config.tune_max_epochs != config.trainer.max_epochs
     plans = []
     for arm in arms:

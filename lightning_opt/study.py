@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -351,6 +353,9 @@ def _sqlite_claim_lock(storage: BaseStorage) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+_HOST = socket.gethostname()
+
+
 def _claim(
     study: optuna.Study, storage: BaseStorage, n_trials: int, sampler_seed: int | None
 ) -> tuple[optuna.Trial, int] | None:
@@ -369,9 +374,14 @@ def _claim(
                 if has_heartbeat(storage):
                     # At once: a trial without any heartbeat is never found stale.
                     storage.record_heartbeat(trial_id)
+                # Who runs it, at once: a later launch on this machine re-runs it if this
+                # process dies (tune.retry_interrupted).
+                storage.set_trial_user_attr(trial_id, "worker", f"{_HOST}:{os.getpid()}")
                 if sampler_seed is not None:
+                    # A re-run samples as the trial it replaces would have.
+                    number = frozen.user_attrs.get("retry_of", frozen.number)
                     study.sampler = optuna.samplers.TPESampler(
-                        seed=sampler_seed + frozen.number, constant_liar=True
+                        seed=sampler_seed + number, constant_liar=True
                     )
                 return optuna.Trial(study, trial_id), trial_id
     return None

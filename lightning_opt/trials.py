@@ -8,8 +8,6 @@ K`` trains K trials at once as one population, each reporting to its own Optuna 
 from __future__ import annotations
 
 import math
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,8 +167,6 @@ class TrialRunner:
     def suggest(self, trial: optuna.Trial) -> dict[str, float]:
         """Sample the trial's hyperparameters and record where it logs."""
         trial.set_user_attr("log_dir", str(self.options.study_dir / f"trial_{trial.number}"))
-        # Who runs it: a later launch on this machine re-runs it if this process dies.
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return {p.name: p.suggest(trial) for p in self.space}
 
     def _loggers(self, trial: optuna.Trial) -> list[Any]:

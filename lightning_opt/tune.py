@@ -386,7 +386,7 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
     every = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in every}
+    retried = {t.user_attrs.get("replaces") for t in every}
     count = 0
     for trial in every:
         attrs = trial.user_attrs
@@ -402,13 +402,17 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
             and int(pid) != os.getpid()
         )
         interrupted = trial.state == TrialState.FAIL and attrs.get("fail_reason") == "interrupted"
-        if not (killed or interrupted) or not trial.params:
+        if not (killed or interrupted):
             continue
         if killed:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             storage.set_trial_user_attr(trial_id, "fail_reason", "killed")
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        # Its parameters, or (killed before it sampled them) the sampler seed it would have had.
+        original = attrs.get("retry_of", trial.number)
+        study.enqueue_trial(
+            trial.params or {}, user_attrs={"retry_of": original, "replaces": trial.number}
+        )
         count += 1
     return count
 

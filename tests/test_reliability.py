@@ -200,3 +200,111 @@ def test_an_unreadable_checkpoint_is_one_line(content, tiny_fit_args, tmp_path, 
     with pytest.raises(SystemExit):
         cli_main(["test", *tiny_fit_args, f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
     assert "no such file" in _one_error_line(capsys)
+
+
+def _numbers(results: dict) -> dict:
+    """Every number of results.json but timings and paths."""
+    drop = {"seconds", "log_dir", "checkpoint", "versions"}
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in drop}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(results)
+
+
+def test_an_interrupted_experiment_resumes_to_the_same_numbers(tmp_path, data_cache, monkeypatch):
+    """Ctrl-C in tuning, then in the finals; each resume ends where an uninterrupted run ends,
+    in every number of results.json (timings aside)."""
+    from lightning_opt import compare
+
+    args = ["--pruner=none", "--population=1", "--population_finals=false",
+            "--trainer.max_epochs=2"]  # fmt: skip
+    _compare(tmp_path / "straight", data_cache, *args)
+    straight = json.loads(
+        (tmp_path / "straight" / "cmp" / "gnw_vs_adam" / "results.json").read_text()
+    )
+
+    real_run, real_final = trials_module.TrialRunner.run, compare.run_final
+    calls = []
+
+    def stop_second_trial(self, trial, params):
+        calls.append(params)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(self, trial, params)
+
+    monkeypatch.setattr(trials_module.TrialRunner, "run", stop_second_trial)
+    with pytest.raises(SystemExit):
+        _compare(tmp_path, data_cache, *args)
+    monkeypatch.setattr(trials_module.TrialRunner, "run", real_run)
+
+    finals = []
+
+    def stop_second_final(*a, **k):
+        finals.append(a)
+        if len(finals) == 2:
+            raise KeyboardInterrupt
+        return real_final(*a, **k)
+
+    monkeypatch.setattr(compare, "run_final", stop_second_final)
+    with pytest.raises(SystemExit) as exit_info:
+        _compare(tmp_path, data_cache, *args)
+    assert exit_info.value.code == 130
+    monkeypatch.setattr(compare, "run_final", real_final)
+    _compare(tmp_path, data_cache, *args)
+    resumed = json.loads((tmp_path / "cmp" / "gnw_vs_adam" / "results.json").read_text())
+    assert _numbers(resumed) == _numbers(straight)
+
+
+@pytest.mark.slow
+def test_a_killed_experiment_resumes_to_the_same_numbers(tmp_path, data_cache):
+    """SIGKILL while the first arm tunes: the trial left RUNNING belongs to a dead process of
+    this machine, so the next launch re-runs it with its parameters; the numbers equal an
+    uninterrupted run's."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    args = ["--pruner=none", "--population=1", "--population_finals=false",
+            "--trainer.max_epochs=2", "--tune_max_epochs=20", "--n_trials=4"]  # fmt: skip
+    _compare(tmp_path / "straight", data_cache, *args)
+    straight = json.loads(
+        (tmp_path / "straight" / "cmp" / "gnw_vs_adam" / "results.json").read_text()
+    )
+
+    command = [
+        sys.executable, "-m", "lightning_opt", "compare",
+        f"--config={ROOT / 'configs' / 'experiments' / 'gnw_vs_adam.yaml'}",
+        f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}",
+        "--data.batch_size=50", f"--output_dir={tmp_path / 'cmp'}", "--seeds=2",
+        "--robustness=false", *args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    db = tmp_path / "cmp" / "gnw_vs_adam" / "optuna.db"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # kill once a trial has finished
+            if proc.poll() is not None:
+                pytest.fail("the experiment finished before it could be killed")
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                    done = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'")
+                    if done.fetchone()[0] >= 1:
+                        break
+            except sqlite3.Error:
+                pass  # not created yet
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    _compare(tmp_path, data_cache, *args)
+    resumed = json.loads((tmp_path / "cmp" / "gnw_vs_adam" / "results.json").read_text())
+    assert _numbers(resumed) == _numbers(straight)
