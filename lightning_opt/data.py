@@ -380,6 +380,9 @@ class MNIST1DDataModule(LightningDataModule):
         self._loaded: dict[str, np.ndarray] | None = None
         #: Set by a ``PopulationClassifier`` while it trains: one shuffle seed per member.
         self.population_seeds: list[int] | None = None
+        #: Set by tune and compare where nothing can observe it (``runs.chunk_where_invisible``):
+        #: whole epochs per Lightning batch, without changing the recorded ``steps_per_chunk``.
+        self.chunk_invisibly = False
 
     @property
     def split_seed_is_per_run(self) -> bool:
@@ -431,15 +434,18 @@ class MNIST1DDataModule(LightningDataModule):
         if self.population_seeds is not None:
             return PopulationBatches(
                 x, y, self.hparams.batch_size, self.population_seeds,
-                steps_per_chunk=self.hparams.steps_per_chunk,
+                steps_per_chunk=self._steps_per_chunk(),
             )  # fmt: skip
         # Resolved per fit (after the run seeds torch), so one module can serve many seeds.
         seed = self.hparams.shuffle_seed
         seed = torch.initial_seed() % 2**31 if seed is None else seed
         return TensorBatches(
             x, y, self.hparams.batch_size, shuffle=True, seed=seed,
-            steps_per_chunk=self.hparams.steps_per_chunk,
+            steps_per_chunk=self._steps_per_chunk(),
         )  # fmt: skip
+
+    def _steps_per_chunk(self) -> int | None:
+        return 0 if self.chunk_invisibly else self.hparams.steps_per_chunk
 
     def val_dataloader(self) -> TensorBatches:
         return self._eval_loader("val")

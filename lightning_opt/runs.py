@@ -234,7 +234,7 @@ def chunk_where_invisible(cfg: Any, data: Any) -> bool:
         or trainer.get("max_time") is not None
     )
     invisible = cfg.data.get("steps_per_chunk") is None and not counting and not user_callbacks(cfg)
-    data.hparams.steps_per_chunk = 0 if invisible else cfg.data.get("steps_per_chunk")
+    data.chunk_invisibly = invisible  # the recorded hyperparameters stay as configured
     return invisible
 
 

@@ -404,8 +404,9 @@ def test_tune_chunks_only_where_nothing_can_see_it(tmp_path):
 
     def decided(*args):
         config = parse([*args, f"--output_dir={tmp_path}"]).config
-        data = MNIST1DDataModule(num_samples=500)
-        return runs.chunk_where_invisible(config, data), data.hparams.steps_per_chunk
+        data = MNIST1DDataModule(**config.data.as_dict())
+        invisible = runs.chunk_where_invisible(config, data)
+        return invisible, data._steps_per_chunk()  # what the training loader uses
 
     assert decided() == (True, 0)
     assert decided("--trainer.max_steps=5") == (False, None)
