@@ -13,8 +13,10 @@ import copy
 import json
 import re
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ from lightning_opt.runs import (
     user_callbacks,
     with_values,
 )
+from lightning_opt.study import original_number
 from lightning_opt.trials import options_from_config, resolve_search_space
 from lightning_opt.tune import (
     EXPERIMENT_KEYS,
@@ -215,6 +218,7 @@ def run_final(
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
+    _clear_unfinished(out)
     cfg = copy.deepcopy(cfg)
     cfg.seed_everything = seed
     seed_everything(seed, verbose=False)
@@ -223,14 +227,16 @@ def run_final(
     start = time.perf_counter()
     loggers = run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}")
     trainer = build_trainer(cfg, loggers or False, [history])
-    trainer.fit(model, datamodule=data)
-    tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
+    with _ctrl_c_resumable(trainer):
+        trainer.fit(model, datamodule=data)
+        tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights
     checkpoint = save_final_checkpoint(trainer, out)
     # The early-stopping view: the weights of the lowest val/loss epoch, tested once too (by a
     # Trainer without loggers: the run's logs keep the last epoch's test metrics).
     model.load_state_dict(history.best_state)
     quiet = Trainer(logger=False, **QUIET_TRAINER)
-    best = quiet.test(model, datamodule=data, verbose=False)[0]
+    with _ctrl_c_resumable(quiet):
+        best = quiet.test(model, datamodule=data, verbose=False)[0]
     clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
     internals = dict(model.internals_history)
     clip = _clip_report(clippers[0]) if clippers else None
@@ -258,6 +264,26 @@ def run_final(
     _write_result(result, out)
     _print_result(arm, result)
     return result
+
+
+@contextlib.contextmanager
+def _ctrl_c_resumable(trainer: Trainer) -> Iterator[None]:
+    """Ctrl-C inside ``trainer.fit``/``test``: Lightning shuts down and exits with 1; raise
+    KeyboardInterrupt instead, so compare says how to resume and exits with 130."""
+    try:
+        yield
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it now
+        raise KeyboardInterrupt from None
+
+
+def _clear_unfinished(out: Path) -> None:
+    """A final run that was killed or interrupted left logs but no result.json: it runs again
+    from the start, so its partial logs go (TensorBoard would show both runs' curves)."""
+    if out.exists() and not (out / "result.json").exists():
+        shutil.rmtree(out)
 
 
 def _write_result(result: dict[str, Any], out: Path) -> None:
@@ -307,6 +333,8 @@ def run_final_population(
     cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule
 ) -> list[dict[str, Any]]:
     """Final runs of ``seeds`` trained as one population; the result of each seed."""
+    for seed in seeds:
+        _clear_unfinished(exp_dir / arm / "final" / f"seed_{seed}")
     model = build_population(cfg, seeds)
     model.track_best = True
     model.member_loggers = [
@@ -314,11 +342,12 @@ def run_final_population(
     ]
     start = time.perf_counter()
     trainer = build_trainer(cfg, False)
-    with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
-        trainer.fit(model, datamodule=data)
+    with _ctrl_c_resumable(trainer), contextlib.suppress(NonFiniteLossError):
+        trainer.fit(model, datamodule=data)  # every member failed: reported below
     checkpoints, last, best = {}, {}, {}
     if model.num_members:
-        trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
+        with _ctrl_c_resumable(trainer):
+            trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
         last = dict(model.test_results)
         for member in model.member_ids:
             out = exp_dir / arm / "final" / f"seed_{seeds[member]}"
@@ -326,7 +355,8 @@ def run_final_population(
         # The early-stopping view: each member's lowest val/loss epoch, tested without loggers.
         model.use_best_weights()
         loggers, model.member_loggers = model.member_loggers, None
-        trainer.test(model, datamodule=data, verbose=False)
+        with _ctrl_c_resumable(trainer):
+            trainer.test(model, datamodule=data, verbose=False)
         model.member_loggers = loggers
         best = dict(model.test_results)
     seconds = time.perf_counter() - start
@@ -447,7 +477,9 @@ def run_arm(
             f"{run['log_dir']}/config.yaml --ckpt_path {run['checkpoint']}\n"
         )
         write_fit_config(parser, seed_cfg, Path(run["log_dir"]) / "config.yaml", header)
-    values = [t.value for t in sorted(completed, key=lambda t: t.number)]
+    # In the order, and under the numbers, of an uninterrupted study: a re-run stands for the
+    # trial it replaces.
+    values = [t.value for t in sorted(completed, key=original_number)]
     return {
         "optimizer": run_name(tuned_cfg),
         "optimizer_class": optimizer_dict(tuned_cfg)["class_path"],
@@ -461,7 +493,7 @@ def run_arm(
         "tune_max_epochs": epochs,
         "tuning": {
             "study": plan.options.study_name,
-            "best_trial": best.number,
+            "best_trial": original_number(best),
             "best_val_loss": best.value,
             "complete": len(completed),
             "pruned": sum(t.state.name == "PRUNED" for t in study.trials),

@@ -214,8 +214,9 @@ def user_callbacks(cfg: Any) -> list[str]:
 
 
 def chunk_where_invisible(cfg: Any, data: Any) -> bool:
-    """Hand ``data`` whole epochs per Lightning batch (``steps_per_chunk = 0``) for the runs of
-    ``cfg`` where nothing can tell the difference; whether it did.
+    """Have ``data`` hand Lightning whole epochs per batch (``data.chunk_invisibly``; its
+    recorded ``steps_per_chunk`` stays as configured) for the runs of ``cfg`` where nothing can
+    tell the difference; whether it did.
 
     A trial or final run shows no progress bar, and the model keeps Lightning's logging step at
     the optimizer step, adds its epoch sums step by step and steps every clipping callback per

@@ -322,6 +322,16 @@ def top_up(study: optuna.Study, n_trials: int) -> int:
     return missing
 
 
+def original_number(trial: optuna.trial.FrozenTrial) -> int:
+    """The number of the trial that ``trial`` re-runs, through any chain of re-runs (enqueued by
+    ``tune.retry_interrupted`` as ``retry_of``, or by Optuna's heartbeat retry); its own number
+    if it is no re-run. A re-run samples, sorts and is reported as that trial."""
+    if "retry_of" in trial.user_attrs:
+        return int(trial.user_attrs["retry_of"])
+    history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    return history[0] if history else trial.number
+
+
 def claim_waiting_trial(
     study: optuna.Study, storage: BaseStorage, n_trials: int, sampler_seed: int | None = None
 ) -> tuple[optuna.Trial, int] | None:
@@ -333,22 +343,23 @@ def claim_waiting_trial(
     With ``sampler_seed`` the TPE sampler is reseeded with ``sampler_seed + trial number``: one
     worker's suggestions are reproducible, and workers on other machines do not repeat them.
     """
-    with _sqlite_claim_lock(storage):
-        return _claim(study, storage, n_trials, sampler_seed)
+    with _sqlite_claim_lock(storage) as serialized:
+        return _claim(study, storage, n_trials, sampler_seed, serialized)
 
 
 @contextlib.contextmanager
-def _sqlite_claim_lock(storage: BaseStorage) -> Iterator[None]:
+def _sqlite_claim_lock(storage: BaseStorage) -> Iterator[bool]:
     """SQLite ignores ``SELECT ... FOR UPDATE``, so two processes could claim the same trial:
-    serialise claims with a lock file next to the database (PostgreSQL and MySQL lock the row)."""
+    serialise claims with a lock file next to the database (PostgreSQL and MySQL lock the row);
+    whether claims are serialised."""
     url = getattr(storage, "url", "")
     if not url.startswith("sqlite:///") or url.endswith(":memory:"):
-        yield
+        yield False
         return
     with open(url.split(":///", 1)[1] + ".claim.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -357,8 +368,17 @@ _HOST = socket.gethostname()
 
 
 def _claim(
-    study: optuna.Study, storage: BaseStorage, n_trials: int, sampler_seed: int | None
+    study: optuna.Study,
+    storage: BaseStorage,
+    n_trials: int,
+    sampler_seed: int | None,
+    serialized: bool = False,
 ) -> tuple[optuna.Trial, int] | None:
+    """Claim the first WAITING trial. A process killed at any point of a claim leaves a trial
+    that comes back: still WAITING, or RUNNING with a heartbeat (found stale by Optuna) and,
+    where claims are serialised (no rival can win the trial meanwhile), its worker recorded
+    (re-run at the next launch on this machine, ``tune.retry_interrupted``)."""
+    worker = f"{_HOST}:{os.getpid()}"
     study_id = storage.get_study_id_from_name(study.study_name)
     live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
     rank = 0
@@ -370,18 +390,18 @@ def _claim(
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            if has_heartbeat(storage):
+                # Before it runs: a RUNNING trial without any heartbeat is never found stale.
+                storage.record_heartbeat(trial_id)
+            if serialized:
+                storage.set_trial_user_attr(trial_id, "worker", worker)
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                if has_heartbeat(storage):
-                    # At once: a trial without any heartbeat is never found stale.
-                    storage.record_heartbeat(trial_id)
-                # Who runs it, at once: a later launch on this machine re-runs it if this
-                # process dies (tune.retry_interrupted).
-                storage.set_trial_user_attr(trial_id, "worker", f"{_HOST}:{os.getpid()}")
+                if not serialized:  # only now: a rival may have won the trial
+                    storage.set_trial_user_attr(trial_id, "worker", worker)
                 if sampler_seed is not None:
                     # A re-run samples as the trial it replaces would have.
-                    number = frozen.user_attrs.get("retry_of", frozen.number)
                     study.sampler = optuna.samplers.TPESampler(
-                        seed=sampler_seed + number, constant_liar=True
+                        seed=sampler_seed + original_number(frozen), constant_liar=True
                     )
                 return optuna.Trial(study, trial_id), trial_id
     return None

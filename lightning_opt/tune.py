@@ -409,9 +409,9 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
             storage.set_trial_user_attr(trial_id, "fail_reason", "killed")
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         # Its parameters, or (killed before it sampled them) the sampler seed it would have had.
-        original = attrs.get("retry_of", trial.number)
         study.enqueue_trial(
-            trial.params or {}, user_attrs={"retry_of": original, "replaces": trial.number}
+            trial.params or {},
+            user_attrs={"retry_of": studies.original_number(trial), "replaces": trial.number},
         )
         count += 1
     return count

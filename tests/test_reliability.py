@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from lightning_opt import trials as trials_module
 from lightning_opt.cli import cli_main
 from lightning_opt.study import open_storage
+from lightning_opt.tune import differences
 
 ROOT = Path(__file__).parents[1]
 
@@ -216,7 +217,9 @@ def _numbers(results: dict) -> dict:
     return strip(results)
 
 
-def test_an_interrupted_experiment_resumes_to_the_same_numbers(tmp_path, data_cache, monkeypatch):
+def test_an_interrupted_experiment_resumes_to_the_same_numbers(
+    tmp_path, data_cache, monkeypatch, capsys
+):
     """Ctrl-C in tuning, then in the finals; each resume ends where an uninterrupted run ends,
     in every number of results.json (timings aside)."""
     from lightning_opt import compare
@@ -228,7 +231,7 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(tmp_path, data_ca
         (tmp_path / "straight" / "cmp" / "gnw_vs_adam" / "results.json").read_text()
     )
 
-    real_run, real_final = trials_module.TrialRunner.run, compare.run_final
+    real_run, real_history = trials_module.TrialRunner.run, compare.EpochHistory
     calls = []
 
     def stop_second_trial(self, trial, params):
@@ -244,32 +247,58 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(tmp_path, data_ca
 
     finals = []
 
-    def stop_second_final(*a, **k):
-        finals.append(a)
-        if len(finals) == 2:
-            raise KeyboardInterrupt
-        return real_final(*a, **k)
+    class CtrlCInSecondFinal(compare.EpochHistory):
+        """Ctrl-C in the middle of the second final run's training, inside Lightning's fit
+        (which catches it and exits with 1 on its own)."""
 
-    monkeypatch.setattr(compare, "run_final", stop_second_final)
+        def __init__(self):
+            super().__init__()
+            finals.append(self)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if len(finals) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "EpochHistory", CtrlCInSecondFinal)
     with pytest.raises(SystemExit) as exit_info:
         _compare(tmp_path, data_cache, *args)
     assert exit_info.value.code == 130
-    monkeypatch.setattr(compare, "run_final", real_final)
+    assert "run the same command again to resume" in capsys.readouterr().err
+    monkeypatch.setattr(compare, "EpochHistory", real_history)
     _compare(tmp_path, data_cache, *args)
     resumed = json.loads((tmp_path / "cmp" / "gnw_vs_adam" / "results.json").read_text())
-    assert _numbers(resumed) == _numbers(straight)
+    diffs = differences(_numbers(straight), _numbers(resumed))
+    assert not diffs, diffs[:5]
+
+
+def _kill_when(command: list[str], cwd: Path, ready, what: str) -> None:
+    """Run ``command`` and SIGKILL it as soon as ``ready()`` holds (polled every 20 ms)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"the experiment finished before it could be killed {what}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the experiment did not get {what} within 120 s")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
 
 
 @pytest.mark.slow
 def test_a_killed_experiment_resumes_to_the_same_numbers(tmp_path, data_cache):
-    """SIGKILL while the first arm tunes: the trial left RUNNING belongs to a dead process of
-    this machine, so the next launch re-runs it with its parameters; the numbers equal an
-    uninterrupted run's."""
-    import signal
+    """SIGKILL while the first arm tunes, then in the finals: the trial left RUNNING belongs
+    to a dead process of this machine, so the next launch re-runs it with its parameters; a
+    final run without result.json runs again from the start, its partial logs replaced. The
+    numbers equal an uninterrupted run's."""
     import sqlite3
-    import subprocess
     import sys
-    import time
 
     args = ["--pruner=none", "--population=1", "--population_finals=false",
             "--trainer.max_epochs=2", "--tune_max_epochs=20", "--n_trials=4"]  # fmt: skip
@@ -285,26 +314,25 @@ def test_a_killed_experiment_resumes_to_the_same_numbers(tmp_path, data_cache):
         "--data.batch_size=50", f"--output_dir={tmp_path / 'cmp'}", "--seeds=2",
         "--robustness=false", *args,
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    db = tmp_path / "cmp" / "gnw_vs_adam" / "optuna.db"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:  # kill once a trial has finished
-            if proc.poll() is not None:
-                pytest.fail("the experiment finished before it could be killed")
-            try:
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                    done = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'")
-                    if done.fetchone()[0] >= 1:
-                        break
-            except sqlite3.Error:
-                pass  # not created yet
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    exp = tmp_path / "cmp" / "gnw_vs_adam"
+
+    def a_trial_finished() -> bool:
+        try:
+            with sqlite3.connect(f"file:{exp / 'optuna.db'}?mode=ro", uri=True, timeout=1) as con:
+                done = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'")
+                return done.fetchone()[0] >= 1
+        except sqlite3.Error:
+            return False  # not created yet
+
+    def a_final_started() -> bool:
+        return any(exp.glob("*/final/seed_*/events.out.tfevents.*"))
+
+    _kill_when(command, tmp_path, a_trial_finished, "while tuning")
+    _kill_when(command, tmp_path, a_final_started, "in the finals")
     _compare(tmp_path, data_cache, *args)
-    resumed = json.loads((tmp_path / "cmp" / "gnw_vs_adam" / "results.json").read_text())
-    assert _numbers(resumed) == _numbers(straight)
+    resumed = json.loads((exp / "results.json").read_text())
+    diffs = differences(_numbers(straight), _numbers(resumed))
+    assert not diffs, diffs[:5]
+    for run in exp.glob("*/final/seed_*"):  # one process's logs each, none from a killed one
+        writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}
+        assert len(writers) == 1, sorted(p.name for p in run.iterdir())

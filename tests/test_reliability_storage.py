@@ -282,3 +282,35 @@ def test_a_race_loser_still_refuses_other_settings(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="study 'race' exists with another objective"):
         open_study(open_storage(url), "race", SPACE, "train/loss")
     assert calls == ["race", "race"]
+
+
+def test_a_trial_retried_by_the_heartbeat_samples_as_the_trial_it_replaces(tmp_path):
+    """A worker killed between claiming a trial and recording itself on it leaves no trace for
+    tune's own retry; Optuna's heartbeat fails and re-enqueues it. The re-run must sample what
+    the dead trial would have: the same seed, reported under the same number."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    study = open_study(storage, "stale", SPACE, "val/loss")
+    studies.top_up(study, 2)
+    first, _ = studies.claim_waiting_trial(study, storage, 2, sampler_seed=5)
+    lr_first = first.suggest_float("lr", 1e-4, 1.0, log=True)
+    dead, _ = studies.claim_waiting_trial(
+        study, storage, 2, sampler_seed=5
+    )  # killed before sampling
+    study.tell(first, 1.0)
+    time.sleep(2.5)  # no heartbeat: stale
+    optuna.storages.fail_stale_trials(study)
+    rerun, _ = studies.claim_waiting_trial(study, storage, 2, sampler_seed=5)
+    assert rerun.number == 2
+    frozen = study.trials[rerun.number]
+    assert studies.original_number(frozen) == dead.number == 1
+
+    fresh_storage = open_storage(f"sqlite:///{tmp_path / 'fresh.db'}")
+    fresh = open_study(fresh_storage, "s", SPACE, "val/loss")
+    studies.top_up(fresh, 2)
+    for _ in range(2):  # an uninterrupted study: trial 1 samples after trial 0 finished
+        trial, _ = studies.claim_waiting_trial(fresh, fresh_storage, 2, sampler_seed=5)
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        fresh.tell(trial, 1.0)
+    assert lr != lr_first
+    assert rerun.suggest_float("lr", 1e-4, 1.0, log=True) == lr  # what trial 1 samples
