@@ -169,7 +169,42 @@ class _Recorder:
 def test_connect_timeout_reaches_the_driver(url, connect_args, monkeypatch, tmp_path):
     monkeypatch.setattr(studies, "RDBStorage", _Recorder)
     storage = open_storage(url.format(tmp=tmp_path), connect_timeout=7)
-    assert storage.engine_kwargs.get("connect_args") == connect_args
+    args = dict(storage.engine_kwargs.get("connect_args") or {})
+    args.pop("factory", None)  # SQLite's write-ahead log: the next test
+    assert (args or None) == connect_args
+
+
+@pytest.mark.parametrize("network", [False, True])
+def test_sqlite_writes_ahead_on_a_local_disk_only(network, tmp_path, monkeypatch):
+    monkeypatch.setattr(studies, "_on_network_filesystem", lambda path: network)
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    with storage.engine.connect() as connection:
+        mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+    assert mode == ("delete" if network else "wal")
+
+
+def test_network_filesystems_are_recognised():
+    table = (
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "server:/home /home nfs4 rw 0 0\n"
+        "/dev/sdb1 /home/me/local\\040disk xfs rw 0 0\n"
+        "me@host:/x /mnt/ssh fuse.sshfs rw 0 0\n"
+    )
+    assert not studies._on_network_filesystem(Path("/tmp/optuna.db"), table)
+    assert studies._on_network_filesystem(Path("/home/me/optuna.db"), table)
+    assert not studies._on_network_filesystem(Path("/home/me/local disk/optuna.db"), table)
+    assert studies._on_network_filesystem(Path("/mnt/ssh/study/optuna.db"), table)
+    assert not studies._on_network_filesystem(Path("/homework/optuna.db"), table)
+
+
+def test_a_read_only_sqlite_study_still_opens(tmp_path, monkeypatch):
+    """A database that cannot switch to the write-ahead log keeps SQLite's defaults."""
+    with monkeypatch.context() as patch:  # made where no write-ahead log is used
+        patch.setattr(studies, "_on_network_filesystem", lambda path: True)
+        _real_db(tmp_path / "optuna.db")
+    url = f"sqlite:///file:{tmp_path / 'optuna.db'}?mode=ro&uri=true"
+    study = optuna.load_study(study_name="real", storage=open_storage(url))
+    assert len(study.trials) == 40
 
 
 @pytest.mark.parametrize(
