@@ -218,7 +218,6 @@ def run_final(
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    _clear_unfinished(out)
     cfg = copy.deepcopy(cfg)
     cfg.seed_everything = seed
     seed_everything(seed, verbose=False)
@@ -227,16 +226,14 @@ def run_final(
     start = time.perf_counter()
     loggers = run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}")
     trainer = build_trainer(cfg, loggers or False, [history])
-    with _ctrl_c_resumable(trainer):
-        trainer.fit(model, datamodule=data)
-        tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights
+    trainer.fit(model, datamodule=data)
+    tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
     checkpoint = save_final_checkpoint(trainer, out)
     # The early-stopping view: the weights of the lowest val/loss epoch, tested once too (by a
     # Trainer without loggers: the run's logs keep the last epoch's test metrics).
     model.load_state_dict(history.best_state)
     quiet = Trainer(logger=False, **QUIET_TRAINER)
-    with _ctrl_c_resumable(quiet):
-        best = quiet.test(model, datamodule=data, verbose=False)[0]
+    best = quiet.test(model, datamodule=data, verbose=False)[0]
     clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
     internals = dict(model.internals_history)
     clip = _clip_report(clippers[0]) if clippers else None
@@ -267,13 +264,14 @@ def run_final(
 
 
 @contextlib.contextmanager
-def _ctrl_c_resumable(trainer: Trainer) -> Iterator[None]:
-    """Ctrl-C inside ``trainer.fit``/``test``: Lightning shuts down and exits with 1; raise
-    KeyboardInterrupt instead, so compare says how to resume and exits with 130."""
+def _ctrl_c_resumable() -> Iterator[None]:
+    """Ctrl-C inside a Trainer's ``fit``/``test``: Lightning shuts down and exits with 1 from
+    its ``except KeyboardInterrupt``; raise KeyboardInterrupt instead, so compare says how to
+    resume and exits with 130."""
     try:
         yield
-    except SystemExit:
-        if not trainer.interrupted:
+    except SystemExit as exit_:
+        if not isinstance(exit_.__context__, KeyboardInterrupt):
             raise
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it now
         raise KeyboardInterrupt from None
@@ -321,11 +319,14 @@ def run_finals(
         if path.exists():
             done[seed] = json.loads(path.read_text())
     todo = [s for s in seeds if s not in done]
-    if todo and population:
-        for result in run_final_population(cfg, arm, todo, exp_dir, data):
-            done[result["seed"]] = result
-    for seed in todo if not population else []:
-        done[seed] = run_final(cfg, arm, seed, exp_dir, data)
+    for seed in todo:
+        _clear_unfinished(exp_dir / arm / "final" / f"seed_{seed}")
+    with _ctrl_c_resumable():
+        if todo and population:
+            for result in run_final_population(cfg, arm, todo, exp_dir, data):
+                done[result["seed"]] = result
+        for seed in todo if not population else []:
+            done[seed] = run_final(cfg, arm, seed, exp_dir, data)
     return [done[s] for s in seeds]
 
 
@@ -333,8 +334,6 @@ def run_final_population(
     cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule
 ) -> list[dict[str, Any]]:
     """Final runs of ``seeds`` trained as one population; the result of each seed."""
-    for seed in seeds:
-        _clear_unfinished(exp_dir / arm / "final" / f"seed_{seed}")
     model = build_population(cfg, seeds)
     model.track_best = True
     model.member_loggers = [
@@ -342,12 +341,11 @@ def run_final_population(
     ]
     start = time.perf_counter()
     trainer = build_trainer(cfg, False)
-    with _ctrl_c_resumable(trainer), contextlib.suppress(NonFiniteLossError):
-        trainer.fit(model, datamodule=data)  # every member failed: reported below
+    with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
+        trainer.fit(model, datamodule=data)
     checkpoints, last, best = {}, {}, {}
     if model.num_members:
-        with _ctrl_c_resumable(trainer):
-            trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
+        trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
         last = dict(model.test_results)
         for member in model.member_ids:
             out = exp_dir / arm / "final" / f"seed_{seeds[member]}"
@@ -355,8 +353,7 @@ def run_final_population(
         # The early-stopping view: each member's lowest val/loss epoch, tested without loggers.
         model.use_best_weights()
         loggers, model.member_loggers = model.member_loggers, None
-        with _ctrl_c_resumable(trainer):
-            trainer.test(model, datamodule=data, verbose=False)
+        trainer.test(model, datamodule=data, verbose=False)
         model.member_loggers = loggers
         best = dict(model.test_results)
     seconds = time.perf_counter() - start

@@ -237,10 +237,9 @@ def _engine_kwargs(url: URL, connect_timeout: int) -> dict[str, Any]:
 
 class _WriteAheadConnection(sqlite3.Connection):
     """A SQLite connection in write-ahead-log mode with ``synchronous=NORMAL``: a commit no longer
-    waits for the disk (1.3 instead of 5.2 ms per reported epoch on this project's machine,
-    docs/benchmarks.md); a killed process loses nothing committed, and a power cut at worst the
-    last commits, never the database's consistency. A database that cannot switch (read-only)
-    keeps SQLite's defaults."""
+    waits for the disk (1.6 instead of 6.1 ms per ``trial.report``, benchmarks/bench_storage.py);
+    a killed process loses nothing committed, and a power cut at worst the last commits, never
+    the database's consistency. A database that cannot switch (read-only) keeps the defaults."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -260,11 +259,12 @@ def _on_network_filesystem(path: Path, mount_table: str | None = None) -> bool:
         table = Path("/proc/mounts").read_text() if mount_table is None else mount_table
     except OSError:
         return False
-    mounts = [line.split()[1:3] for line in table.splitlines() if len(line.split()) >= 3]
     where = str(path.resolve().parent)
     best, kind = "", ""
-    for point, fstype in mounts:
-        point = point.replace("\\040", " ")
+    for fields in map(str.split, table.splitlines()):
+        if len(fields) < 3:
+            continue
+        point, fstype = fields[1].replace("\\040", " "), fields[2]
         if (where == point or where.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
             best, kind = point, fstype
     return kind in _NETWORK_FILESYSTEMS or kind.startswith("fuse.sshfs")
