@@ -29,7 +29,8 @@ from lightning_opt import report, report_page, stats
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import NonFiniteLossError
-from lightning_opt.optim.registry import optimizer_class, optimizer_config, supports_population
+from lightning_opt.models import resolve_net
+from lightning_opt.optim.registry import optimizer_class, optimizer_config
 from lightning_opt.optim.schedulers import resolve_scheduler
 from lightning_opt.parsing import UsageError, optimizer_dict, run_name
 from lightning_opt.runs import (
@@ -42,13 +43,14 @@ from lightning_opt.runs import (
     check_writable,
     chunk_where_invisible,
     clipping_callbacks,
+    model_arguments,
+    population_blocker,
     quiet_lightning,
     run_loggers,
     save_final_checkpoint,
     save_member_checkpoint,
     scheduler_dict,
     trainer_arguments,
-    user_callbacks,
     with_values,
 )
 from lightning_opt.study import original_number
@@ -156,8 +158,18 @@ def arm_config(base: Any, arm: dict[str, Any], max_epochs: int) -> Any:
     for key, value in (arm.get("model") or {}).items():
         if key == "optimizer":
             raise ValueError(f"arm {arm['name']!r}: set the optimizer with the arm's `optimizer:`")
+        if key in ("input_size", "num_classes"):
+            raise ValueError(f"arm {arm['name']!r}: model.{key} follows the data; set data.*")
         if key not in cfg.model:
             raise ValueError(f"arm {arm['name']!r}: the model has no setting {key!r}")
+        if key == "net":  # the arm's own net, every argument spelled out
+            try:
+                resolved = resolve_net(value)[1]
+            except ValueError as err:
+                raise ValueError(f"arm {arm['name']!r}: {err}") from None
+            value = Namespace(
+                class_path=resolved["class_path"], init_args=Namespace(**resolved["init_args"])
+            )
         cfg.model[key] = value
     # The experiment's own callbacks run in every arm; each arm adds its own.
     cfg.trainer.callbacks = [
@@ -239,28 +251,64 @@ def run_final(
     clip = _clip_report(clippers[0]) if clippers else None
     if clip:
         internals["clip/fraction_clipped"] = clip["fraction_history"]
-    result = {
-        "seed": seed,
-        "final_val_loss": history.val_loss[-1],
-        "best_val_loss": min(history.val_loss),
-        "final_val_acc": history.val_acc[-1],
-        "test_loss": float(tested["test/loss"]),
-        "test_acc": float(tested["test/acc"]),
-        "test_loss_best_epoch": float(best["test/loss"]),
-        "test_acc_best_epoch": float(best["test/acc"]),
-        "best_epoch": history.best_epoch,
-        "clip_rate": clippers[0].clip_rate() if clippers else None,
-        "clip_quantity": clip["quantity"] if clip else None,
-        "val_loss_curve": history.val_loss,
-        "val_acc_curve": history.val_acc,
-        "internals": internals,
-        "seconds": time.perf_counter() - start,
-        "log_dir": str(out),
-        "checkpoint": checkpoint,
-    }
+    result = final_record(
+        cfg, seed, history.val_loss, history.val_acc, tested, best,
+        clip_rate=clippers[0].clip_rate() if clippers else None, clip=clip,
+        internals=internals, seconds=time.perf_counter() - start, log_dir=out,
+        checkpoint=checkpoint,
+    )  # fmt: skip
     _write_result(result, out)
     _print_result(arm, result)
     return result
+
+
+def final_record(
+    cfg: Any,
+    seed: int,
+    val_loss: list[float],
+    val_acc: list[float],
+    last: dict[str, float],
+    best: dict[str, float],
+    *,
+    clip_rate: float | None,
+    clip: dict[str, Any] | None,
+    internals: dict[str, list[float]],
+    seconds: float,
+    log_dir: Path,
+    checkpoint: str,
+    population: int | None = None,
+) -> dict[str, Any]:
+    """The one record of a final run (``result.json``), whether it trained alone or as a
+    population member: its validation curves, test metrics at the last and at the lowest
+    val/loss epoch, clipping activity, internals, and the net it trained."""
+    record = {
+        "seed": seed,
+        "net": net_record(cfg),
+        "final_val_loss": val_loss[-1],
+        "best_val_loss": min(val_loss),
+        "final_val_acc": val_acc[-1],
+        "test_loss": float(last["test/loss"]),
+        "test_acc": float(last["test/acc"]),
+        "test_loss_best_epoch": float(best["test/loss"]),
+        "test_acc_best_epoch": float(best["test/acc"]),
+        "best_epoch": val_loss.index(min(val_loss)),
+        "clip_rate": clip_rate,
+        "clip_quantity": clip["quantity"] if clip else None,
+        "val_loss_curve": val_loss,
+        "val_acc_curve": val_acc,
+        "internals": internals,
+        "seconds": seconds,
+        "log_dir": str(log_dir),
+        "checkpoint": checkpoint,
+    }
+    if population is not None:
+        record["population"] = population
+    return record
+
+
+def net_record(cfg: Any) -> dict[str, Any]:
+    """The net a config trains: ``{class_path, init_args}`` with every argument spelled out."""
+    return resolve_net(model_arguments(cfg)["net"])[1]
 
 
 @contextlib.contextmanager
@@ -364,31 +412,17 @@ def run_final_population(
         if member in model.dropped:
             failed.append(f"seed {seed}: {model.dropped[member]}")
             continue
-        history, tested = model.history[member], last[member]
+        history = model.history[member]
         internals = {n: v for n, v in history.items() if n.startswith("optim/")}
         clip = _clip_report(clippers[0], model.member_ids.index(member)) if clippers else None
         if clip:
             internals["clip/fraction_clipped"] = clip["fraction_history"]
-        result = {
-            "seed": seed,
-            "final_val_loss": history["val/loss"][-1],
-            "best_val_loss": min(history["val/loss"]),
-            "final_val_acc": history["val/acc"][-1],
-            "test_loss": tested["test/loss"],
-            "test_acc": tested["test/acc"],
-            "test_loss_best_epoch": best[member]["test/loss"],
-            "test_acc_best_epoch": best[member]["test/acc"],
-            "best_epoch": history["val/loss"].index(min(history["val/loss"])),
-            "clip_rate": rates.get(member),
-            "clip_quantity": clip["quantity"] if clip else None,
-            "val_loss_curve": history["val/loss"],
-            "val_acc_curve": history["val/acc"],
-            "internals": internals,
-            "seconds": seconds,
-            "population": len(seeds),
-            "log_dir": str(exp_dir / arm / "final" / f"seed_{seed}"),
-            "checkpoint": checkpoints[member],
-        }
+        result = final_record(
+            cfg, seed, history["val/loss"], history["val/acc"], last[member], best[member],
+            clip_rate=rates.get(member), clip=clip, internals=internals, seconds=seconds,
+            log_dir=exp_dir / arm / "final" / f"seed_{seed}", checkpoint=checkpoints[member],
+            population=len(seeds),
+        )  # fmt: skip
         _write_result(result, Path(result["log_dir"]))
         _print_result(arm, result)
         results.append(result)
@@ -480,6 +514,7 @@ def run_arm(
     return {
         "optimizer": run_name(tuned_cfg),
         "optimizer_class": optimizer_dict(tuned_cfg)["class_path"],
+        "net": net_record(tuned_cfg),
         "lr_scheduler": (scheduler_dict(tuned_cfg) or {}).get("class_path"),
         "clipping": [
             c.class_path.rsplit(".", 1)[-1]
@@ -586,19 +621,9 @@ def _check_finals(config: Any, name: str, final_cfg: Any) -> bool:
     build_model(final_cfg)
     check_run_loggers(final_cfg)
     population = config.population_finals
-    cls = optimizer_class(optimizer_dict(final_cfg))
-    if population and not supports_population(cls):
-        print(f"arm {name}: {cls.__name__} declares supports_population = False: "
-              "its final runs train one seed at a time", flush=True)  # fmt: skip
-        population = False
-    if population and final_cfg.data.split_seed == "per_run":
-        print(f"arm {name}: data.split_seed per_run gives every seed its own validation split: "
-              "its final runs train one seed at a time", flush=True)  # fmt: skip
-        population = False
-    if population and user_callbacks(final_cfg):
-        print(f"arm {name}: callbacks {', '.join(user_callbacks(final_cfg))} would see "
-              "all seeds of a population at once: its final runs train one seed at a "
-              "time", flush=True)  # fmt: skip
+    blocker = population_blocker(final_cfg) if population else None
+    if blocker is not None:
+        print(f"arm {name}: {blocker}: its final runs train one seed at a time", flush=True)
         population = False
     if population:
         model = build_population(final_cfg, [0, 1])

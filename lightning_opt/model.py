@@ -9,7 +9,6 @@ so the training step never waits on the host.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -21,6 +20,7 @@ from typing_extensions import override
 
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
+from lightning_opt.models import NetFactory, build_net, resolve_net
 from lightning_opt.norms import global_norm
 from lightning_opt.optim.registry import check_optimizer, resolve_optimizer
 from lightning_opt.optim.schedulers import (
@@ -30,36 +30,9 @@ from lightning_opt.optim.schedulers import (
     step_scheduler,
 )
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "silu": nn.SiLU,
-}
-
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run was stopped (logs are kept)."""
-
-
-def build_mlp(
-    input_size: int, hidden_sizes: Sequence[int], num_classes: int, activation: str = "relu"
-) -> nn.Sequential:
-    """``Linear -> activation`` for each hidden size, then a ``Linear`` to the class logits."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}"
-        )
-    sizes = list(hidden_sizes)
-    if not sizes or any(not isinstance(h, int) or h < 1 for h in sizes):
-        raise ValueError(f"hidden_sizes must be a non-empty list of positive integers, got {sizes}")
-    layers: list[nn.Module] = []
-    width = input_size
-    for h in sizes:
-        layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
 
 
 class EpochSums:
@@ -271,10 +244,31 @@ class MinibatchTraining:
         self._first_bad_step = torch.where(self._first_bad_step < 0, first, self._first_bad_step)
 
 
+def resolve_net_argument(net: Any, hparams: Any) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The class and spelled-out ``{class_path, init_args}`` of a module's ``net`` argument.
+
+    LightningCLI hands the module a factory (the class with its ``--model.net.ARG`` values
+    bound) and records the parsed ``{class_path, init_args}`` in ``hparams``: the record is what
+    is resolved, so checkpoints and ``config.yaml`` replay it.
+    """
+    recorded = hparams.get("net", net)
+    if callable(recorded) and not isinstance(recorded, type):
+        raise ValueError(
+            "net must be a short name, a class path or {class_path, init_args}, "
+            f"got the callable {recorded!r}"
+        )
+    return resolve_net(recorded)
+
+
 class MNIST1DClassifier(MinibatchTraining, LightningModule):
-    """An MLP on mnist1d trained with any ``torch.optim.Optimizer``.
+    """Any network on mnist1d trained with any ``torch.optim.Optimizer``.
 
     Args:
+        net: the network: a short name (linear, mlp, resmlp, cnn, gru:
+            ``lightning_opt.models.list_nets``), a class path (``my_nets.TinyResNet1d``) or
+            ``{class_path, init_args}``; on the command line ``--model.net NAME`` and
+            ``--model.net.ARG VALUE`` (the class's own arguments). The class is called as
+            ``cls(input_size, num_classes, **init_args)``.
         optimizer: a short name (adam, adamw, sgd, gnw: ``lightning_opt.optim.list_optimizers``),
             a class path (``my_opts.Lion``), or ``{class_path, init_args}``. On the command line
             it is set with ``--optimizer`` / ``--optimizer.ARG`` (the class's own arguments).
@@ -282,22 +276,21 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
             path or ``{class_path, init_args}`` (``--lr_scheduler`` / ``--lr_scheduler.ARG``).
         lr_interval: step the scheduler after every ``step`` or at the end of every ``epoch``
             (after validation: ``ReduceLROnPlateau`` follows ``val/loss``).
-        hidden_sizes: width of each hidden layer (mnist1d's reference MLP: one layer of 100).
-        activation: relu, gelu, tanh or silu.
-        input_size: length of an mnist1d signal (40 with the default generation arguments).
-        num_classes: number of classes (10 digits).
+        input_size: length of an mnist1d signal; the command line links it to the data
+            (``--data.final_seq_length``).
+        num_classes: number of classes; the command line links it to the data (10 digits).
         log_internals: log gradient norms, effective step size and per-layer weight norms each epoch.
     """
 
     def __init__(
         self,
+        net: NetFactory = "mlp",  # type: ignore[assignment]  (a name or {class_path, init_args} too)
         optimizer: str | dict[str, Any] = "adam",
         lr_scheduler: str | dict[str, Any] | None = None,
         lr_interval: Literal["epoch", "step"] = "epoch",
-        hidden_sizes: list[int] = [100],  # noqa: B006  (LightningCLI shows the default in --help)
-        activation: str = "relu",
-        input_size: int = 40,
-        num_classes: int = 10,
+        *,
+        input_size: int,
+        num_classes: int,
         log_internals: bool = True,
     ) -> None:
         super().__init__()
@@ -308,12 +301,13 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         # Logged flat and resolved by the model itself (on_train_start), not as Lightning would
         # log them (nested, with LightningCLI's _instantiator).
         self.save_hyperparameters(logger=False)
+        self.net_class, self.hparams.net = resolve_net_argument(net, self.hparams)
         self.hparams.optimizer = resolved  # the class path and every argument, defaults included
         self.optimizer_kwargs = resolved["init_args"]
         self.scheduler_class, self.hparams.lr_scheduler = scheduler or (None, None)
         if scheduler is not None:
             check_scheduler(self.scheduler_class, self.hparams.lr_scheduler["init_args"])
-        self.net = build_mlp(input_size, hidden_sizes, num_classes, activation)
+        self.net = build_net(self.net_class, self.hparams.net["init_args"], input_size, num_classes)
         # Its own constructor checks the arguments now, before any training.
         check_optimizer(self.optimizer_class, self.net.parameters(), self.optimizer_kwargs)
         self.accuracy = nn.ModuleDict(
@@ -476,13 +470,19 @@ def _global_seed() -> int | None:
 
 
 def run_hparams(module: LightningModule, optimizer_kwargs: dict[str, Any], seed: Any) -> dict:
-    """One run's settings for the HPARAMS tab, flat and resolved: the optimizer's class and every
-    argument, the model's and the data's settings, the seed, and each callback's
+    """One run's settings for the HPARAMS tab, flat and resolved: the net's and the optimizer's
+    class and every argument, the model's and the data's settings, the seed, and each callback's
     ``hparams_for_logging``. Sequences become one entry per item (``optimizer/betas.0``)."""
     hp = module.hparams
     params: dict[str, Any] = {"optimizer": hp.optimizer["class_path"], "seed": seed}
     params.update({f"optimizer/{k}": v for k, v in optimizer_kwargs.items()})
-    params.update({k: v for k, v in hp.items() if k != "optimizer" and not k.startswith("_")})
+    net = hp.get("net")
+    if isinstance(net, dict):  # the net's class and every argument, as the optimizer's
+        params["net"] = net["class_path"]
+        params.update({f"net/{k}": v for k, v in net["init_args"].items()})
+    params.update(
+        {k: v for k, v in hp.items() if k not in ("optimizer", "net") and not k.startswith("_")}
+    )
     trainer = module.trainer
     if trainer.datamodule is not None:
         data = trainer.datamodule.hparams

@@ -26,8 +26,9 @@ import torch
 from jsonargparse import Namespace, get_loader, set_loader
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.data import NUM_CLASSES, MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier
+from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import (
     get_optimizer,
     list_optimizers,
@@ -73,10 +74,22 @@ def _lists(value: Any) -> Any:
     return value
 
 
+def spell_out_net(value: Any) -> Any:
+    """A net value (short name, class path, mapping) as ``{class_path, init_args}`` with every
+    argument spelled out, for the reason the optimizer's are; else left to jsonargparse."""
+    try:
+        return _lists(resolve_net(value)[1])
+    except ValueError:
+        return value
+
+
 def expand_config(value: Any) -> Any:
-    """A loaded config file with its ``optimizer`` spelled out."""
+    """A loaded config file with its ``optimizer`` and ``model.net`` spelled out."""
     if isinstance(value, dict) and value.get("optimizer") is not None:
         value = {**value, "optimizer": spell_out(value["optimizer"])}
+    model = value.get("model") if isinstance(value, dict) else None
+    if isinstance(model, dict) and model.get("net") is not None:
+        value = {**value, "model": {**model, "net": spell_out_net(model["net"])}}
     return value
 
 
@@ -88,14 +101,44 @@ set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
 
 
 def expand_argv(args: Sequence[str]) -> list[str]:
-    """``--optimizer VALUE`` (or ``=VALUE``) spelled out (see the module docstring)."""
+    """``--optimizer VALUE`` and ``--model.net VALUE`` (or ``=VALUE``) spelled out (see the
+    module docstring)."""
     out = list(args)
-    for i, arg in enumerate(out):
-        if arg == "--optimizer" and i + 1 < len(out):
-            out[i + 1] = _expand_value(out[i + 1])
-        elif arg.startswith("--optimizer="):
-            out[i] = "--optimizer=" + _expand_value(arg.split("=", 1)[1])
+    flags = (
+        ("--optimizer", _expand_value),
+        ("--model.net", _expand_net),
+        ("--model.net.help", _net_class_path),
+    )
+    for flag, expand in flags:
+        for i, arg in enumerate(out):
+            if arg == flag and i + 1 < len(out):
+                out[i + 1] = expand(out[i + 1])
+            elif arg.startswith(flag + "="):
+                out[i] = f"{flag}=" + expand(arg.split("=", 1)[1])
     return out
+
+
+def _net_class_path(text: str) -> str:
+    """A short name's class path (``--model.net.help cnn``); anything else as typed."""
+    if "." in text or text.startswith("-"):
+        return text
+    try:
+        return resolve_net(text)[1]["class_path"]
+    except ValueError as err:
+        raise UsageError(f"--model.net.help: {err}") from None
+
+
+def _expand_net(text: str) -> str:
+    if text.startswith("-"):
+        return text
+    loaded = get_loader("yaml")(text)
+    if isinstance(loaded, str) and "." not in loaded:
+        try:
+            resolve_net(loaded)
+        except ValueError as err:
+            raise UsageError(f"--model.net: {err}") from None
+    expanded = spell_out_net(loaded)
+    return text if expanded is loaded else json.dumps(expanded)
 
 
 def with_checkpoint_optimizer(args: Sequence[str]) -> list[str]:
@@ -281,6 +324,18 @@ class OptimizerCLI(LightningCLI):
             "the end of every epoch, or after every step with --model.lr_interval step.",
         )
         parser.link_arguments("lr_scheduler", "model.lr_scheduler", compute_fn=_plain)
+        # The net's input length and class count are the data's, never a default of the model.
+        parser.link_arguments("data", "model.input_size", compute_fn=_signal_length)
+        parser.link_arguments("data", "model.num_classes", compute_fn=_num_classes)
+        parser.set_defaults({"model.net": spell_out_net("mlp")})
+
+
+def _signal_length(data: Any) -> int:
+    return int(data.final_seq_length)
+
+
+def _num_classes(data: Any) -> int:
+    return NUM_CLASSES  # mnist1d's ten digit templates
 
 
 def _plain(value: Any) -> Any:

@@ -1,6 +1,7 @@
-"""Population training: K independent copies of the MLP trained at once with batched matmuls.
+"""Population training: K independent copies of any network trained at once.
 
-Every parameter stacks the K members along a leading dimension (``member_dims = 1``). Member k
+Every parameter stacks the K members along a leading dimension (``member_dims = 1``; see
+``lightning_opt.stacking``: ``vmap`` for any module, batched matmuls for the MLP). Member k
 is initialised exactly as ``MNIST1DClassifier`` is after ``seed_everything(seeds[k])``, sees the
 batches of the data order of its seed, and is updated by the registry's optimizer with its own
 hyperparameters, using the same optimizer class and clipping code as the single model. So member k
@@ -34,14 +35,14 @@ from typing_extensions import override
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
 from lightning_opt.model import (
-    ACTIVATIONS,
     EpochSums,
     MinibatchTraining,
     NonFiniteLossError,
-    build_mlp,
     log_hyperparams,
+    resolve_net_argument,
     run_hparams,
 )
+from lightning_opt.models import NetFactory, build_net
 from lightning_opt.norms import tensor_norms
 from lightning_opt.optim.hypers import select
 from lightning_opt.optim.memberwise import MemberwiseOptimizer
@@ -58,36 +59,7 @@ from lightning_opt.optim.schedulers import (
     scheduler_arguments,
 )
 from lightning_opt.optim.stacked import stacked_optimizer
-
-
-class StackedLinear(nn.Module):
-    """K independent ``nn.Linear`` layers: ``weight (K, out, in)``, ``bias (K, out)``.
-
-    ``forward`` takes ``(K, batch, in)``, or ``(batch, in)`` shared by every member.
-    """
-
-    def __init__(self, layers: Sequence[nn.Linear]) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
-        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
-
-    @override
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 2:
-            x = x.expand(len(self.weight), *x.shape)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
-
-
-def stack_mlps(nets: Sequence[nn.Sequential]) -> nn.Sequential:
-    """One ``nn.Sequential`` of ``StackedLinear`` layers holding ``nets`` as members.
-
-    Layer indices are kept, so parameter names (``0.weight``, ...) match the single model's.
-    """
-    layers: list[nn.Module] = []
-    for members in zip(*nets, strict=True):
-        first = members[0]
-        layers.append(StackedLinear(members) if isinstance(first, nn.Linear) else type(first)())
-    return nn.Sequential(*layers)
+from lightning_opt.stacking import stack_nets, why_not_stackable
 
 
 def _per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
@@ -126,8 +98,9 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             of the optimizer (``lr``, ``betas``, ...), else of the LR scheduler (``gamma`` of
             StepLR where the optimizer takes none), else a ``member_hparams`` setting of the
             clipping callback (``clip_factor``). The other arguments are shared by all members.
-        lr_scheduler, lr_interval, hidden_sizes, activation, input_size, num_classes,
-        log_internals: as in ``MNIST1DClassifier``; each member gets its own scheduler.
+        net, lr_scheduler, lr_interval, input_size, num_classes, log_internals: as in
+            ``MNIST1DClassifier``; each member gets its own scheduler. A net that cannot run as
+            members (``lightning_opt.stacking.why_not_stackable``) is refused (``ValueError``).
 
     Attributes:
         member_loggers: one entry per member (set before ``fit``): a logger or a list of loggers;
@@ -147,10 +120,10 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         member_hparams: dict[str, list] | None = None,
         lr_scheduler: str | dict[str, Any] | None = None,
         lr_interval: Literal["epoch", "step"] = "epoch",
-        hidden_sizes: list[int] = [100],  # noqa: B006
-        activation: str = "relu",
-        input_size: int = 40,
-        num_classes: int = 10,
+        net: NetFactory = "mlp",  # type: ignore[assignment]  (a name or {class_path, init_args} too)
+        *,
+        input_size: int,
+        num_classes: int,
         log_internals: bool = True,
     ) -> None:
         super().__init__()
@@ -163,6 +136,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
         self.save_hyperparameters(ignore=["seeds", "member_hparams"], logger=False)
+        self.net_class, self.hparams.net = resolve_net_argument(net, self.hparams)
         self.hparams.optimizer = resolved
         self.scheduler_class, self.hparams.lr_scheduler = scheduler or (None, None)
         if not seeds or any(
@@ -170,10 +144,6 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
         ):
             raise ValueError(
                 f"seeds must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}"
-            )
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}"
             )
         if not supports_population(cls):
             raise ValueError(
@@ -219,10 +189,14 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
             nets = []
             for seed in seeds:
                 torch.manual_seed(seed)  # what seed_everything does before fit builds the model
-                nets.append(build_mlp(input_size, hidden_sizes, num_classes, activation))
-        for net, kwargs in zip(nets, self.member_kwargs, strict=True):
-            check_optimizer(cls, net.parameters(), kwargs)  # as a single fit would, first
-        self.net = stack_mlps(nets)
+                init_args = self.hparams.net["init_args"]
+                nets.append(build_net(self.net_class, init_args, input_size, num_classes))
+        why = why_not_stackable(nets[0], input_size)
+        if why is not None:
+            raise ValueError(f"{why}: train it one run at a time")
+        for member_net, kwargs in zip(nets, self.member_kwargs, strict=True):
+            check_optimizer(cls, member_net.parameters(), kwargs)  # as a single fit would, first
+        self.net = stack_nets(nets)
         self.seeds = list(seeds)
         self.all_seeds = list(seeds)  # by member index, including dropped members
         self.member_hparams = {name: list(v) for name, v in member_hparams.items()}
@@ -247,7 +221,7 @@ class PopulationClassifier(MinibatchTraining, LightningModule):
     def clipping_overrides(self) -> dict[str, Tensor]:
         """Per-member clipping thresholds of the live members, on the parameters' device."""
         if self._clip_overrides is None:
-            like = self.net[0].weight
+            like = next(self.net.parameters())
             self._clip_overrides = {
                 name: like.new_tensor([values[i] for i in self.member_ids])
                 for name, values in self.member_clipping.items()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lightning_opt import stats
+from lightning_opt.models.registry import describe_net
 
 # metric key in a run's result -> (label, lower is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -443,6 +444,9 @@ def settings_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
                        f"{stats.POWER:.0%} power"),
     ]  # fmt: skip
     for name, arm in results["arms"].items():
+        rows.append(
+            (f"{name}: net", describe_net(arm["net"]) if arm.get("net") else "not recorded")
+        )
         rows.append((f"{name}: search space", _search_space(arm) or "not recorded"))
         quantity = arm.get("clip_quantity")
         if quantity:

@@ -151,6 +151,30 @@ def build_population(
     return PopulationClassifier(list(seeds), member_hparams=member_hparams, **model_arguments(cfg))
 
 
+def population_blocker(cfg: Any) -> str | None:
+    """Why the runs of ``cfg`` cannot train as one population (one line), or ``None`` if they
+    can: the one place that decides it, for ``tune --population`` and ``compare``'s finals (a
+    blocked config trains one run at a time; ``fit --seeds`` refuses it)."""
+    from lightning_opt.models import build_net, resolve_net
+    from lightning_opt.optim.registry import supports_population
+    from lightning_opt.stacking import why_not_stackable
+
+    cls = optimizer_class(optimizer_dict(cfg))
+    if not supports_population(cls):
+        return f"{cls.__name__} declares supports_population = False"
+    if cfg.data.get("split_seed") == "per_run":
+        return "data.split_seed per_run gives every seed its own validation split"
+    callbacks = user_callbacks(cfg)
+    if callbacks:
+        return f"callbacks {', '.join(callbacks)} would see all members of a population at once"
+    model = model_arguments(cfg)
+    net_cls, net = resolve_net(model["net"])
+    return why_not_stackable(
+        build_net(net_cls, net["init_args"], model["input_size"], model["num_classes"]),
+        model["input_size"],
+    )
+
+
 def trainer_arguments(cfg: Any) -> dict[str, Any]:
     """The Trainer's arguments of ``cfg``, its callbacks instantiated."""
     trainer_kwargs = instantiate(cfg.trainer)

@@ -22,22 +22,20 @@ from optuna.trial import TrialState
 
 from lightning_opt import study as studies
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.optim.registry import optimizer_class, supports_population
 from lightning_opt.parsing import (
     OptimizerCLI,
     UsageError,
     build_cli,
     check_trainer_settings,
-    optimizer_dict,
 )
 from lightning_opt.runs import (
     build_model,
     build_population,
     check_run_loggers,
     check_writable,
+    population_blocker,
     quiet_lightning,
     trainer_arguments,
-    user_callbacks,
     with_values,
 )
 from lightning_opt.trials import (
@@ -300,32 +298,17 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
         cfg = with_values(config, values)
         build_model(cfg)
         callbacks = trainer_arguments(cfg)["callbacks"]
-        if options.population > 1 and supports_population(optimizer_class(optimizer_dict(cfg))):
+        if options.population > 1 and population_blocker(cfg) is None:
             population = build_population(cfg, [0, 1], {n: [v, v] for n, v in values.items()})
             population.check_clipping(callbacks)
     data = MNIST1DDataModule(**config.data.as_dict())
     data.prepare_data()  # generates (or reads) the data; a split that comes out empty fails here
     check_run_loggers(config)
     check_writable(options.output_dir)
-    cls = optimizer_class(optimizer_dict(config))
-    if options.population > 1 and not supports_population(cls):
+    blocker = population_blocker(config) if options.population > 1 else None
+    if blocker is not None:
         print(
-            f"{cls.__name__} declares supports_population = False: "
-            f"the trials run one at a time (--population {options.population} ignored)",
-            flush=True,
-        )
-        options = replace(options, population=1)
-    if options.population > 1 and data.split_seed_is_per_run:
-        print(
-            "data.split_seed per_run gives every seed its own validation split: the trials run "
-            f"one at a time (--population {options.population} ignored)",
-            flush=True,
-        )
-        options = replace(options, population=1)
-    if options.population > 1 and user_callbacks(config):
-        print(
-            f"callbacks {', '.join(user_callbacks(config))} would see all trials of a population "
-            f"at once: the trials run one at a time (--population {options.population} ignored)",
+            f"{blocker}: the trials run one at a time (--population {options.population} ignored)",
             flush=True,
         )
         options = replace(options, population=1)

@@ -10,8 +10,6 @@ a name up, spawned workers included.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -19,7 +17,10 @@ from typing import Any
 
 import torch
 
+from lightning_opt.reflection import constructor_arguments, import_class
 from lightning_opt.search_space import SearchParam
+
+__all__ = ["constructor_arguments", "import_class"]  # re-exported: their old home
 
 #: Plugins register short names here: ``[project.entry-points."lightning_opt.optimizers"]``.
 ENTRY_POINT_GROUP = "lightning_opt.optimizers"
@@ -114,20 +115,6 @@ def is_short_name(name: Any) -> bool:
     return isinstance(name, str) and "." not in name and name in list_optimizers()
 
 
-def import_class(class_path: str) -> type:
-    """The class at ``class_path`` (``package.module.Class``); one clear error if missing."""
-    module, _, name = class_path.rpartition(".")
-    if not module:
-        raise ValueError(f"{class_path!r} is not an import path (package.module.Class)")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {class_path!r}: {err}") from None
-    if not isinstance(cls, type):
-        raise ValueError(f"{class_path!r} is not a class")
-    return cls
-
-
 def optimizer_config(value: Any) -> dict[str, Any]:
     """``value`` as ``{"class_path": ..., "init_args": {...}}`` with short names expanded.
 
@@ -181,17 +168,6 @@ def optimizer_class(config: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
     if not issubclass(cls, torch.optim.Optimizer):
         raise ValueError(f"{config['class_path']} is not a torch.optim.Optimizer subclass")
     return cls
-
-
-def constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
-    """The keyword arguments of ``cls.__init__`` but ``self`` and ``params`` (the source of
-    truth for what an optimizer or callback takes)."""
-    params = inspect.signature(cls.__init__).parameters
-    return {
-        n: p
-        for n, p in params.items()
-        if n not in ("self", "params") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
 
 
 def default_search_space(cls: type) -> tuple[SearchParam, ...]:
