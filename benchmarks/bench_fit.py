@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_opt.callbacks import WeightNormClipping
 from lightning_opt.cli import cli_main
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import build_mlp
+from lightning_opt.models import MLP
 from lightning_opt.optim.registry import resolve_optimizer
 
 ARMS = {  # name -> (optimizer, fit arguments for the clipping callback)
@@ -61,7 +61,7 @@ def bare_loop(splits, optimizer: str, clip: bool, epochs: int) -> float:
     torch.manual_seed(0)
     x, y = splits["train"]
     xv, yv = splits["val"]
-    net = build_mlp(40, [100], 10)
+    net = MLP(40, 10, [100])
     opt = _build_optimizer(optimizer, net.parameters())
     clipper = WeightNormClipping(0.1) if clip else None
     steps = 0
@@ -94,7 +94,7 @@ class _Textbook(LightningModule):
 
     def __init__(self, optimizer: str, splits):
         super().__init__()
-        self.net, self.optimizer_name, self.splits = build_mlp(40, [100], 10), optimizer, splits
+        self.net, self.optimizer_name, self.splits = MLP(40, 10, [100]), optimizer, splits
 
     def training_step(self, batch, batch_idx):
         x, y = batch

@@ -54,6 +54,8 @@ from lightning.pytorch import Trainer, seed_everything
 
 sys.path.insert(0, os.getcwd())  # --optimizer examples.lion.Lion from the repository root
 
+from conftest import MNIST1D
+
 from lightning_opt.callbacks import WeightNormClipping
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier
@@ -81,9 +83,11 @@ def fit_once(config: str, data: MNIST1DDataModule, args: argparse.Namespace, epo
     seed_everything(1, verbose=False)
     callbacks = [WeightNormClipping(clip_factor=0.1)] if args.clipping == "wn" else []
     if config == SINGLE:
-        model = MNIST1DClassifier(optimizer=args.optimizer)
+        model = MNIST1DClassifier(**MNIST1D, optimizer=args.optimizer)
     else:
-        model = PopulationClassifier(list(range(1, int(config) + 1)), optimizer=args.optimizer)
+        model = PopulationClassifier(
+            list(range(1, int(config) + 1)), **MNIST1D, optimizer=args.optimizer
+        )
     trainer = Trainer(
         max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,

@@ -36,6 +36,29 @@ EXIT_USAGE = 2  # bad input: nothing was trained
 EXIT_FAILED = 1  # the run started and failed (e.g. non-finite loss); logs are kept
 
 
+_MISSING = object()
+
+
+def _saved_model_value(hparams: dict[str, Any], key: str) -> Any:
+    """The checkpoint's value of ``--model.KEY`` (``net.ARG``: the net's argument)."""
+    name, _, arg = key.partition(".")
+    if name not in hparams:
+        return _MISSING
+    if not arg:
+        return hparams[name]
+    nested = hparams[name] if isinstance(hparams[name], dict) else {}
+    return (nested.get("init_args") or {}).get(arg, _MISSING)
+
+
+def _net_class_path_or(value: Any) -> Any:
+    from lightning_opt.models import resolve_net
+
+    try:
+        return resolve_net(value)[1]["class_path"]
+    except (ValueError, TypeError):
+        return value
+
+
 class LightningOptCLI(OptimizerCLI):
     """``fit``, ``validate``, ``test`` and ``predict``, with ``--seeds`` for populations."""
 
@@ -140,20 +163,26 @@ class LightningOptCLI(OptimizerCLI):
 
         argv = getattr(self, "argv", [])
         for i, token in enumerate(argv):
-            match = re.fullmatch(r"--model\.(\w+)(?:=(.*))?", token)
-            if not match or match.group(1) not in hparams:
+            match = re.fullmatch(r"--model\.(\w+(?:\.\w+)?)(?:=(.*))?", token)
+            if not match:
                 continue
             key, text = match.group(1), match.group(2)
+            saved = _saved_model_value(hparams, key)
+            if saved is _MISSING:
+                continue
             if text is None:
                 text = argv[i + 1] if i + 1 < len(argv) else ""
             try:
                 value = yaml.safe_load(text)
             except yaml.YAMLError:
                 value = text
-            if value != hparams[key]:
+            if key == "net" and isinstance(saved, dict):  # the class, by name or path
+                value = _net_class_path_or(value)
+                saved = saved.get("class_path")
+            if value != saved:
                 raise UsageError(
                     f"--model.{key} {text}: the weights of --ckpt_path {path} were trained with "
-                    f"{key}={hparams[key]!r}; leave the flag out (the checkpoint sets it)"
+                    f"{key}={saved!r}; leave the flag out (the checkpoint sets it)"
                 )
 
     def before_fit(self) -> None:

@@ -8,6 +8,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TINY_SAMPLES = 500  # 400 train (320 fit + 80 validation) and 100 test examples
+#: The default data's signal length and class count, which the command line links into a model.
+MNIST1D = {"input_size": 40, "num_classes": 10}
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import TINY_SAMPLES, quiet_trainer, read_scalars, tune_args, version_dirs
+from conftest import MNIST1D, TINY_SAMPLES, quiet_trainer, read_scalars, tune_args, version_dirs
 from lightning.pytorch import Trainer, seed_everything
 from optuna.trial import TrialState
 from torch import Tensor
@@ -30,7 +30,8 @@ from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.cli import cli_main
 from lightning_opt.clipping import ClipStats
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier, build_mlp
+from lightning_opt.model import MNIST1DClassifier
+from lightning_opt.models import MLP
 from lightning_opt.population import PopulationClassifier
 from lightning_opt.search_space import SearchParam
 
@@ -148,7 +149,7 @@ def _plain_loop(
     """The validation loss after each epoch of a plain PyTorch loop over ``fit``'s data order
     (a permutation seeded by (seed, epoch), batches of 50)."""
     torch.manual_seed(seed)
-    net = build_mlp(40, [100], 10)
+    net = MLP(40, 10, [100])
     data = MNIST1DDataModule(num_samples=TINY_SAMPLES, cache_dir=str(data_cache))
     data.setup()
     (x, y), (xv, yv) = data.splits["train"], data.splits["val"]
@@ -298,7 +299,7 @@ def _single_run(
 ) -> list[Tensor]:
     """The final weights of ``fit --seed_everything seed`` in float64."""
     seed_everything(seed, verbose=False)
-    model = MNIST1DClassifier(optimizer=optimizer)
+    model = MNIST1DClassifier(**MNIST1D, optimizer=optimizer)
     _trainer(epochs, callbacks).fit(model, datamodule=_data(data_cache))
     return [p.detach().clone() for p in model.net.parameters()]
 
@@ -313,7 +314,9 @@ def test_population_of_the_outside_optimizer_matches_single_runs(data_cache):
     """Same seed, per-member lr and nu: each member is the single run of its own values."""
     shared = {"class_path": QHM, "init_args": {"momentum": 0.8}}
     member_hparams = {"lr": [0.05, 0.2], "nu": [0.3, 0.9]}
-    population = PopulationClassifier([3, 3], optimizer=shared, member_hparams=member_hparams)
+    population = PopulationClassifier(
+        [3, 3], **MNIST1D, optimizer=shared, member_hparams=member_hparams
+    )
     assert population.stacked is None  # no fast path for a class the package does not know
     trainer = _trainer(10)
     trainer.fit(population, datamodule=_data(data_cache))
@@ -361,7 +364,7 @@ def test_population_with_per_member_values_of_the_outside_rule_matches_single_ru
 ):
     limits = [0.003, 0.03]
     population = PopulationClassifier(
-        [3, 11], optimizer=optimizer, member_hparams={"limit": limits}
+        [3, 11], **MNIST1D, optimizer=optimizer, member_hparams={"limit": limits}
     )
     assert (population.stacked is None) == (optimizer == QHM)
     rule = ValueClip(limit=1e6)  # never fires: the clipping seen comes from the member values

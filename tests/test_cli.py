@@ -11,7 +11,7 @@ from conftest import TINY_SAMPLES, read_scalars, version_dirs
 
 from lightning_opt.cli import cli_main
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import build_mlp
+from lightning_opt.models import MLP
 
 ROOT = Path(__file__).parents[1]
 
@@ -135,8 +135,8 @@ BAD_INPUTS = [
     (["--optimizer.betas=[0.9, 1.5]"], "Invalid beta parameter at index 1: 1.5"),
     (["--optimizer.momentum=0.9"], "momentum"),
     (["--data.val_fraction=1.2"], "val_fraction must be in (0, 1), got 1.2"),
-    (["--model.hidden_sizes=[]"], "hidden_sizes must be a non-empty list of positive integers"),
-    (["--model.hidden_sizes=[-3]"], "hidden_sizes must be a non-empty list of positive integers"),
+    (["--model.net.hidden_sizes=[]"], "hidden_sizes must be a non-empty list of positive integers"),
+    (["--model.net.hidden_sizes=[-3]"], "hidden_sizes must be a non-empty list of positive integers"),
     (["--model.no_such_key=1"], "no_such_key"),
     (
         [
@@ -224,7 +224,7 @@ def test_fit_gives_the_same_losses_as_a_plain_pytorch_loop(tiny_fit_args, tmp_pa
     logged = read_scalars(run)
 
     torch.manual_seed(3)  # what --seed_everything=3 does before the model is built
-    net = build_mlp(40, [100], 10)
+    net = MLP(40, 10, [100])
     data = MNIST1DDataModule(num_samples=TINY_SAMPLES, cache_dir=str(data_cache))
     data.setup()
     (x, y), (xv, yv) = data.splits["train"], data.splits["val"]

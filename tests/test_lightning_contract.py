@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_SAMPLES, read_scalars, version_dirs
+from conftest import MNIST1D, TINY_SAMPLES, read_scalars, version_dirs
 from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -365,12 +365,12 @@ def _run_with_chunks(chunk, data_cache, log_dir, population: bool = False):
     )
     logger = TensorBoardLogger(str(log_dir), name="run", version="")
     if population:
-        model = PopulationClassifier([0, 1], optimizer="gnw")
+        model = PopulationClassifier([0, 1], **MNIST1D, optimizer="gnw")
         other = TensorBoardLogger(str(log_dir), name="member_1", version="")
         model.member_loggers = [logger, other]  # member 0's run, as fit --seeds writes it
         logger = False
     else:
-        model = MNIST1DClassifier(optimizer="gnw")
+        model = MNIST1DClassifier(**MNIST1D, optimizer="gnw")
     trainer = Trainer(
         max_epochs=3, logger=logger, enable_progress_bar=False, enable_checkpointing=False,
         enable_model_summary=False, callbacks=[WeightNormClipping(0.05)],

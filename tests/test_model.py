@@ -3,10 +3,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import MNIST1D
 from lightning.pytorch import Callback, Trainer
 
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError, build_mlp
+from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
+from lightning_opt.models import MLP
 from lightning_opt.optim import get_optimizer, list_optimizers
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -37,7 +39,9 @@ def _train(model, steps, x, y):
 @pytest.mark.parametrize("name", list_optimizers())
 def test_every_registered_optimizer_lowers_the_loss(name):
     torch.manual_seed(0)
-    model = MNIST1DClassifier(optimizer=name, hidden_sizes=[16])
+    model = MNIST1DClassifier(
+        **MNIST1D, optimizer=name, net={"class_path": "mlp", "init_args": {"hidden_sizes": [16]}}
+    )
     _, losses = _train(model, 100, *_tiny_problem())
     assert losses[-1] < 0.7 * losses[0]
 
@@ -46,14 +50,20 @@ def test_every_registered_optimizer_lowers_the_loss(name):
 def test_every_registered_optimizer_survives_a_state_dict_round_trip(name):
     x, y = _tiny_problem()
     torch.manual_seed(0)
-    straight = MNIST1DClassifier(optimizer=name, hidden_sizes=[16])
+    straight = MNIST1DClassifier(
+        **MNIST1D, optimizer=name, net={"class_path": "mlp", "init_args": {"hidden_sizes": [16]}}
+    )
     _train(straight, 10, x, y)
 
     torch.manual_seed(0)
-    first = MNIST1DClassifier(optimizer=name, hidden_sizes=[16])
+    first = MNIST1DClassifier(
+        **MNIST1D, optimizer=name, net={"class_path": "mlp", "init_args": {"hidden_sizes": [16]}}
+    )
     opt, _ = _train(first, 5, x, y)
     saved_model, saved_opt = first.state_dict(), opt.state_dict()
-    resumed = MNIST1DClassifier(optimizer=name, hidden_sizes=[16])
+    resumed = MNIST1DClassifier(
+        **MNIST1D, optimizer=name, net={"class_path": "mlp", "init_args": {"hidden_sizes": [16]}}
+    )
     resumed.load_state_dict(saved_model)
     opt2 = resumed.configure_optimizers()
     opt2.load_state_dict(saved_opt)
@@ -68,7 +78,9 @@ def test_default_learning_rates_come_from_the_seed_and_match_the_configs():
         config = yaml.safe_load((CONFIGS / "fit" / f"{arm}.yaml").read_text())
         assert config["optimizer"]["class_path"] == arm
         assert config["optimizer"]["init_args"]["lr"] == get_optimizer(arm).defaults["lr"]
-        model = MNIST1DClassifier(optimizer=arm)  # a short name alone takes the seed's lr
+        model = MNIST1DClassifier(
+            **MNIST1D, optimizer=arm
+        )  # a short name alone takes the seed's lr
         assert model.optimizer_kwargs["lr"] == get_optimizer(arm).defaults["lr"]
     assert get_optimizer("adam").defaults["lr"] == 0.00624  # seed note 000
     assert get_optimizer("gnw").defaults["lr"] == 0.00585
@@ -76,17 +88,17 @@ def test_default_learning_rates_come_from_the_seed_and_match_the_configs():
 
 def test_hyperparameters_reach_the_optimizer():
     gnw = {"class_path": "gnw", "init_args": {"lr": 0.01, "gamma": 2.0, "betas": (0.8, 0.9)}}
-    group = MNIST1DClassifier(optimizer=gnw).configure_optimizers().param_groups[0]
+    group = MNIST1DClassifier(**MNIST1D, optimizer=gnw).configure_optimizers().param_groups[0]
     assert (group["lr"], group["gamma"], group["betas"]) == (0.01, 2.0, (0.8, 0.9))
     sgd = {
         "class_path": "torch.optim.SGD",
         "init_args": {"lr": 0.1, "nesterov": True, "momentum": 0.5},
     }
-    opt = MNIST1DClassifier(optimizer=sgd).configure_optimizers()
+    opt = MNIST1DClassifier(**MNIST1D, optimizer=sgd).configure_optimizers()
     assert isinstance(opt, torch.optim.SGD)
     assert (opt.param_groups[0]["momentum"], opt.param_groups[0]["nesterov"]) == (0.5, True)
     # every constructor default is written out: what hparams.yaml shows
-    model = MNIST1DClassifier(optimizer="torch.optim.RAdam")
+    model = MNIST1DClassifier(**MNIST1D, optimizer="torch.optim.RAdam")
     assert model.hparams.optimizer["init_args"]["decoupled_weight_decay"] is False
 
 
@@ -95,9 +107,13 @@ def opt(name: str, **init_args) -> dict:
 
 
 def test_mlp_shape():
-    net = build_mlp(40, [32, 16], 10, "gelu")
+    net = MLP(40, 10, [32, 16], "gelu")
     assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)] == [32, 16, 10]
     assert net(torch.zeros(3, 40)).shape == (3, 10)
+
+
+def mlp(**init_args):
+    return {"net": {"class_path": "mlp", "init_args": init_args}}
 
 
 @pytest.mark.parametrize(
@@ -115,19 +131,23 @@ def test_mlp_shape():
         ({"optimizer": opt("adam", momentum=0.9)}, "unexpected keyword argument 'momentum'"),
         ({"optimizer": opt("torch.optim.Nope")}, "cannot import 'torch.optim.Nope'"),
         ({"optimizer": "torch.nn.Linear"}, "torch.nn.Linear is not a torch.optim.Optimizer"),
-        ({"hidden_sizes": []}, "hidden_sizes must be a non-empty list of positive integers, got"),
-        ({"hidden_sizes": [100, 0]}, r"hidden_sizes must be .*, got \[100, 0\]"),
-        ({"activation": "swish"}, "unknown activation 'swish'; choose one of: relu, gelu"),
+        (mlp(hidden_sizes=[]), "hidden_sizes must be a non-empty list of positive integers, got"),
+        (mlp(hidden_sizes=[100, 0]), r"hidden_sizes must be .*, got \[100, 0\]"),
+        (mlp(activation="swish"), "unknown activation 'swish'; choose one of: relu, gelu"),
+        ({"net": "cnnn"}, "unknown net 'cnnn'; give a class path .* or one of: cnn, gru, linear"),
+        ({"net": {"class_path": "cnn", "init_args": {"width": 3}}}, "ConvNet takes no argument"),
+        ({"net": {"class_path": "cnn", "init_args": {"channels": 0}}}, "channels must be a posi"),
+        ({"net": "torch.optim.Adam"}, "torch.optim.Adam is not a torch.nn.Module subclass"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        MNIST1DClassifier(**kwargs)
+        MNIST1DClassifier(**MNIST1D, **kwargs)
 
 
 def test_non_finite_loss_stops_the_run_and_names_the_step(data_cache):
     data = MNIST1DDataModule(num_samples=500, batch_size=50, cache_dir=str(data_cache))
-    model = MNIST1DClassifier(optimizer=opt("sgd", lr=1e6, momentum=0.0))
+    model = MNIST1DClassifier(**MNIST1D, optimizer=opt("sgd", lr=1e6, momentum=0.0))
     trainer = Trainer(
         max_epochs=3,
         logger=False,
@@ -172,7 +192,7 @@ def test_direct_stepping_equals_lightnings_path(data_cache, clipping):
     for path, counter in (("direct", _CountingStep()), ("lightning", _CountingHooks())):
         torch.manual_seed(0)
         data = MNIST1DDataModule(num_samples=500, batch_size=50, cache_dir=str(data_cache))
-        model = MNIST1DClassifier(optimizer="gnw")
+        model = MNIST1DClassifier(**MNIST1D, optimizer="gnw")
         callbacks = [counter] + ([WeightNormClipping(clip_factor=0.05)] if clipping else [])
         trainer = Trainer(
             max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quiet_trainer
+from conftest import MNIST1D, quiet_trainer
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import Tensor
 
@@ -66,6 +66,7 @@ def fit_population(
 ) -> PopulationClassifier:
     pop = PopulationClassifier(
         seeds,
+        **MNIST1D,
         optimizer={"class_path": optimizer, "init_args": shared},
         member_hparams=member_hparams,
     )
@@ -84,7 +85,7 @@ def fit_single(
 ) -> list[float]:
     """The per-epoch validation losses of ``fit --seed_everything seed``."""
     seed_everything(seed, verbose=False)
-    model = MNIST1DClassifier(optimizer={"class_path": optimizer, "init_args": hparams})
+    model = MNIST1DClassifier(**MNIST1D, optimizer={"class_path": optimizer, "init_args": hparams})
     history = EpochHistory()
     _trainer(epochs, precision, [history, *([clipper] if clipper else [])]).fit(
         model, datamodule=data
@@ -325,7 +326,7 @@ def test_select_members_keeps_the_chosen_members_state(data):
 
 
 def test_select_members_before_fit():
-    pop = PopulationClassifier([1, 2, 3])
+    pop = PopulationClassifier([1, 2, 3], **MNIST1D)
     weight = pop.net[0].weight.detach().clone()
     pop.select_members([0, 2])
     assert pop.member_ids == [0, 2]
@@ -354,13 +355,14 @@ def test_select_members_before_fit():
         ({"member_hparams": {"betas": [(0.9, 0.99), (0.9, 1.5)]}}, "Invalid beta parameter"),
         ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
         ({"optimizer": "torch.optim.NoSuch"}, "cannot import 'torch.optim.NoSuch'"),
-        ({"activation": "swish"}, "unknown activation 'swish'"),
+        ({"net": {"class_path": "mlp", "init_args": {"activation": "swish"}}}, "unknown activation"),
+        ({"net": "torch.nn.GRU"}, "GRU does not run under torch.vmap|takes no argument"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):
     kwargs = {"seeds": [1, 2], **kwargs}
     with pytest.raises(ValueError, match=match):
-        PopulationClassifier(**kwargs)
+        PopulationClassifier(**MNIST1D, **kwargs)
 
 
 class NoPopulationAdam(torch.optim.Adam):
@@ -369,7 +371,7 @@ class NoPopulationAdam(torch.optim.Adam):
 
 def test_an_optimizer_without_population_support_is_rejected():
     with pytest.raises(ValueError, match="NoPopulationAdam declares supports_population = False"):
-        PopulationClassifier([1, 2], optimizer=f"{__name__}.NoPopulationAdam")
+        PopulationClassifier([1, 2], **MNIST1D, optimizer=f"{__name__}.NoPopulationAdam")
 
 
 @pytest.mark.parametrize(
@@ -397,7 +399,7 @@ def test_a_plain_dataloader_is_rejected():
     x, y = torch.randn(20, 40), torch.randint(0, 10, (20,))
     loader = TensorBatches(x, y, 10)
     with pytest.raises(ValueError, match="needs a datamodule with population_seeds"):
-        _trainer(1).fit(PopulationClassifier([1, 2]), train_dataloaders=loader)
+        _trainer(1).fit(PopulationClassifier([1, 2], **MNIST1D), train_dataloaders=loader)
 
 
 # -- the per-member optimizers against torch's, outside Lightning ------------------------------
@@ -561,7 +563,7 @@ def test_resume_after_a_member_was_dropped_equals_an_uninterrupted_run(data, tmp
 
     def build() -> PopulationClassifier:
         sgd = {"class_path": "sgd", "init_args": {"momentum": 0.9}}
-        return PopulationClassifier(seeds, optimizer=sgd, member_hparams=hparams)
+        return PopulationClassifier(seeds, **MNIST1D, optimizer=sgd, member_hparams=hparams)
 
     # float32: with 64-true Lightning loads a checkpoint into the module before converting it to
     # float64, so a float64 resume is rounded through float32 (single models alike).
@@ -583,6 +585,6 @@ def test_resume_after_a_member_was_dropped_equals_an_uninterrupted_run(data, tmp
     for p, q in zip(resumed.net.parameters(), straight.net.parameters(), strict=True):
         assert torch.equal(p, q)
 
-    other = PopulationClassifier([1, 2, 4], optimizer="sgd", member_hparams=hparams)
+    other = PopulationClassifier([1, 2, 4], **MNIST1D, optimizer="sgd", member_hparams=hparams)
     with pytest.raises(ValueError, match="the checkpoint is of a population with seeds"):
         _trainer(4).fit(other, datamodule=data, ckpt_path=ckpt)

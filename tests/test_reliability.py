@@ -181,12 +181,12 @@ def test_a_model_flag_the_checkpoint_overrides_is_refused(tiny_fit_args, tmp_pat
     cli_main(["fit", *tiny_fit_args])
     (ckpt,) = (tmp_path / "logs").rglob("*.ckpt")
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["test", *tiny_fit_args, f"--ckpt_path={ckpt}", "--model.hidden_sizes=[50]"])
+        cli_main(["test", *tiny_fit_args, f"--ckpt_path={ckpt}", "--model.net.hidden_sizes=[50]"])
     assert exit_info.value.code == 2
     line = _one_error_line(capsys)
-    assert "--model.hidden_sizes [50]: the weights of --ckpt_path" in line
-    assert "trained with hidden_sizes=[100]" in line
-    cli_main(["test", *tiny_fit_args, f"--ckpt_path={ckpt}", "--model.hidden_sizes=[100]"])
+    assert "--model.net.hidden_sizes [50]: the weights of --ckpt_path" in line
+    assert "trained with net.hidden_sizes=[100]" in line
+    cli_main(["test", *tiny_fit_args, f"--ckpt_path={ckpt}", "--model.net.hidden_sizes=[100]"])
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", b""], ids=["text", "empty"])

@@ -20,14 +20,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import TINY_SAMPLES, quiet_trainer, read_scalars, version_dirs
+from conftest import MNIST1D, TINY_SAMPLES, quiet_trainer, read_scalars, version_dirs
 from conftest import tune_args as tiny_tune_args
 from lightning.pytorch import Callback, Trainer, seed_everything
 from optuna.trial import TrialState
 
 from lightning_opt.cli import cli_main
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier, build_mlp
+from lightning_opt.model import MNIST1DClassifier
+from lightning_opt.models import MLP
 from lightning_opt.population import PopulationClassifier
 from lightning_opt.study import open_storage
 
@@ -100,7 +101,7 @@ def _nets(checkpoint: Path) -> list[torch.nn.Module]:
     members = len(weights["0.weight"]) if weights["0.weight"].dim() == 3 else None
     nets = []
     for k in range(members or 1):
-        net = build_mlp(40, [100], 10)
+        net = MLP(40, 10, [100])
         net.load_state_dict({n: w[k] if members else w for n, w in weights.items()})
         nets.append(net.eval())
     return nets
@@ -169,7 +170,7 @@ def test_step_lr_halves_the_logged_lr_trains_as_plain_torch_and_replays(
 
     # The same schedule in a plain PyTorch loop (seed 0: the data order of test_cli.py's loop).
     torch.manual_seed(0)
-    net = build_mlp(40, [100], 10)
+    net = MLP(40, 10, [100])
     data = _data(data_cache)
     (x, y), val = data.splits["train"], data.splits["val"]
     opt = torch.optim.Adam(net.parameters(), lr=ADAM_LR)
@@ -317,6 +318,7 @@ def test_population_members_with_their_own_gamma_equal_single_runs(data_cache):
     seeds, gammas, epochs = [3, 11], [0.5, 0.9], 3
     population = PopulationClassifier(
         seeds,
+        **MNIST1D,
         optimizer=optimizer,
         lr_scheduler={"class_path": STEP_LR, "init_args": {"step_size": 1}},
         member_hparams={"gamma": gammas},
@@ -327,6 +329,7 @@ def test_population_members_with_their_own_gamma_equal_single_runs(data_cache):
         assert members[k].get_last_lr() == pytest.approx([0.01 * gamma**epochs])
         seed_everything(seed, verbose=False)
         single = MNIST1DClassifier(
+            **MNIST1D,
             optimizer=optimizer,
             lr_scheduler={"class_path": STEP_LR, "init_args": {"step_size": 1, "gamma": gamma}},
         )
