@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.callbacks import check_clipping_callbacks
 from lightning_opt.model import NonFiniteLossError
+from lightning_opt.models import net_short_name, resolve_net
 from lightning_opt.optim.registry import import_class
 from lightning_opt.parsing import (
     OptimizerCLI,
@@ -51,8 +52,7 @@ def _saved_model_value(hparams: dict[str, Any], key: str) -> Any:
 
 
 def _net_class_path_or(value: Any) -> Any:
-    from lightning_opt.models import resolve_net
-
+    """A net's canonical class path, or ``value`` itself where it names no net."""
     try:
         return resolve_net(value)[1]["class_path"]
     except (ValueError, TypeError):
@@ -178,7 +178,8 @@ class LightningOptCLI(OptimizerCLI):
                 value = text
             if key == "net" and isinstance(saved, dict):  # the class, by name or path
                 value = _net_class_path_or(value)
-                saved = saved.get("class_path")
+                saved = _net_class_path_or(saved)
+                text = net_short_name(value) if isinstance(value, str) else text
             if value != saved:
                 raise UsageError(
                     f"--model.{key} {text}: the weights of --ckpt_path {path} were trained with "

@@ -142,8 +142,8 @@ def _expand_net(text: str) -> str:
 
 
 def with_checkpoint_optimizer(args: Sequence[str]) -> list[str]:
-    """``args`` plus the checkpoint's ``--optimizer`` when ``--ckpt_path`` names one and the
-    command line sets no optimizer itself.
+    """``args`` plus the checkpoint's ``--optimizer`` and ``--model.net`` when ``--ckpt_path``
+    names one and the command line sets neither itself.
 
     LightningCLI gives a checkpoint's hyperparameters to the model's arguments, but the model's
     ``optimizer`` is linked from ``--optimizer``, whose default (adam) would then replace the
@@ -167,6 +167,12 @@ def with_checkpoint_optimizer(args: Sequence[str]) -> list[str]:
     optimizer = (checkpoint.get("hyper_parameters") or {}).get("optimizer")
     if not given and isinstance(optimizer, dict) and "class_path" in optimizer:
         out.append("--optimizer=" + json.dumps(_lists(optimizer)))
+    # The checkpoint's net, first: --model.net.ARG flags then apply to its class, not the default's.
+    net = (checkpoint.get("hyper_parameters") or {}).get("net")
+    net_given = any(a == "--model.net" or a.startswith("--model.net=") for a in out)
+    if not net_given and isinstance(net, dict) and "class_path" in net:
+        at = 1 if out and not out[0].startswith("-") else 0  # after the subcommand
+        out.insert(at, "--model.net=" + json.dumps(_lists(net)))
     return out
 
 

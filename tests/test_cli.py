@@ -136,7 +136,10 @@ BAD_INPUTS = [
     (["--optimizer.momentum=0.9"], "momentum"),
     (["--data.val_fraction=1.2"], "val_fraction must be in (0, 1), got 1.2"),
     (["--model.net.hidden_sizes=[]"], "hidden_sizes must be a non-empty list of positive integers"),
-    (["--model.net.hidden_sizes=[-3]"], "hidden_sizes must be a non-empty list of positive integers"),
+    (
+        ["--model.net.hidden_sizes=[-3]"],
+        "hidden_sizes must be a non-empty list of positive integers",
+    ),
     (["--model.no_such_key=1"], "no_such_key"),
     (
         [

@@ -355,7 +355,10 @@ def test_select_members_before_fit():
         ({"member_hparams": {"betas": [(0.9, 0.99), (0.9, 1.5)]}}, "Invalid beta parameter"),
         ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
         ({"optimizer": "torch.optim.NoSuch"}, "cannot import 'torch.optim.NoSuch'"),
-        ({"net": {"class_path": "mlp", "init_args": {"activation": "swish"}}}, "unknown activation"),
+        (
+            {"net": {"class_path": "mlp", "init_args": {"activation": "swish"}}},
+            "unknown activation",
+        ),
         ({"net": "torch.nn.GRU"}, "GRU does not run under torch.vmap|takes no argument"),
     ],
 )

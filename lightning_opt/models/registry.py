@@ -148,10 +148,10 @@ def resolve_net(value: Any) -> tuple[type[nn.Module], dict[str, Any]]:
             f"(it takes: {', '.join(arguments) or 'nothing'} after input_size, num_classes)"
         )
     defaults = {n: p.default for n, p in arguments.items() if p.default is not p.empty}
-    return cls, {
-        "class_path": config["class_path"],
-        "init_args": {**defaults, **config["init_args"]},
-    }
+    # The defining module's path: one spelling of the class wherever it was given from
+    # (jsonargparse shortens it to lightning_opt.models.ConvNet).
+    class_path = f"{cls.__module__}.{cls.__qualname__}"
+    return cls, {"class_path": class_path, "init_args": {**defaults, **config["init_args"]}}
 
 
 def build_net(
