@@ -31,12 +31,12 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 lint: install
-	$(PY) -m ruff check lightning_opt tests benchmarks examples
-	$(PY) -m ruff format --check lightning_opt tests benchmarks examples
+	$(PY) -m ruff check lightning_opt tests perf examples
+	$(PY) -m ruff format --check lightning_opt tests perf examples
 
 format: install
-	$(PY) -m ruff format lightning_opt tests benchmarks examples
-	$(PY) -m ruff check --fix lightning_opt tests benchmarks examples
+	$(PY) -m ruff format lightning_opt tests perf examples
+	$(PY) -m ruff check --fix lightning_opt tests perf examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from typing_extensions import override
 
+from lightning_opt.models.cnn import ConvNet, StackedConvNet
+from lightning_opt.models.gru import GRUNet, StackedGRUNet
 from lightning_opt.models.mlp import linear_layers
 
 
@@ -97,6 +99,8 @@ class StackedModule(nn.Module):
 #: generic ``StackedModule``.
 FAST_PATHS: list[tuple[Callable[[nn.Module], bool], Callable[[Sequence[nn.Module]], nn.Module]]] = [
     (lambda net: linear_layers(net) is not None, stack_mlps),
+    (lambda net: type(net) is GRUNet, StackedGRUNet),
+    (lambda net: type(net) is ConvNet, StackedConvNet),
 ]
 
 

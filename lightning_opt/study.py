@@ -237,7 +237,7 @@ def _engine_kwargs(url: URL, connect_timeout: int) -> dict[str, Any]:
 
 class _WriteAheadConnection(sqlite3.Connection):
     """A SQLite connection in write-ahead-log mode with ``synchronous=NORMAL``: a commit no longer
-    waits for the disk (1.6 instead of 6.1 ms per ``trial.report``, benchmarks/bench_storage.py);
+    waits for the disk (1.6 instead of 6.1 ms per ``trial.report``, perf/bench_storage.py);
     a killed process loses nothing committed, and a power cut at worst the last commits, never
     the database's consistency. A database that cannot switch (read-only) keeps the defaults."""
 

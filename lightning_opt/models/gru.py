@@ -48,28 +48,64 @@ class GRULayer(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
-    def _direction(self, x: Tensor, suffix: str, reverse: bool) -> Tensor:
-        w_ih, w_hh = getattr(self, f"weight_ih_l0{suffix}"), getattr(self, f"weight_hh_l0{suffix}")
-        b_ih, b_hh = getattr(self, f"bias_ih_l0{suffix}"), getattr(self, f"bias_hh_l0{suffix}")
-        inputs = torch.nn.functional.linear(x, w_ih, b_ih)  # every time step at once
-        h = x.new_zeros(*x.shape[:-2], self.hidden_size)
-        steps = range(x.shape[-2] - 1, -1, -1) if reverse else range(x.shape[-2])
-        outputs = [h] * x.shape[-2]
-        for t in steps:
-            i_r, i_z, i_n = inputs[..., t, :].chunk(3, -1)
-            h_r, h_z, h_n = torch.nn.functional.linear(h, w_hh, b_hh).chunk(3, -1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-            h = (1 - z) * n + z * h
-            outputs[t] = h
-        return torch.stack(outputs, -2)
+    def stacked_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``weight_ih, weight_hh, bias_ih, bias_hh`` of every direction: ``(directions, ...)``."""
+        return tuple(  # type: ignore[return-value]
+            torch.stack([getattr(self, f"{name}_l0{suffix}") for suffix in self.suffixes])
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
 
     @override
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat(
-            [self._direction(x, suffix, reverse=bool(suffix)) for suffix in self.suffixes], -1
+        return bidirectional_outputs(
+            gru_scan(directed(x, len(self.suffixes)), *self.stacked_weights())
         )
+
+
+def directed(x: Tensor, directions: int) -> Tensor:
+    """``(..., time, in)`` as ``(directions, ..., time, in)``: the reverse direction reads the
+    flipped signal."""
+    return torch.stack([x, x.flip(-2)][:directions])
+
+
+def bidirectional_outputs(out: Tensor) -> Tensor:
+    """``gru_scan``'s ``(directions, ..., time, hidden)`` as ``nn.GRU``'s first output,
+    ``(..., time, directions * hidden)``: the reverse direction's steps flipped back."""
+    if len(out) == 2:
+        out = torch.stack([out[0], out[1].flip(-2)])
+    return torch.cat(list(out), -1)
+
+
+def gru_scan(seqs: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """``G`` independent GRUs at once (directions, population members or both), ``nn.GRU``'s
+    equations (see ``GRULayer``) with one batched product per time step for all of them.
+
+    ``seqs``: ``(G, *batch, time, in)``; weights ``(G, 3 * hidden, in)``, ``(G, 3 * hidden,
+    hidden)``, biases ``(G, 3 * hidden)``. Returns every time step's state, ``(G, *batch, time,
+    hidden)``.
+    """
+    groups, steps, hidden = seqs.shape[0], seqs.shape[-2], w_hh.shape[-1]
+    batch = seqs.shape[1:-2]
+    # Time-major, so that each step's slice is contiguous: (G, time, batch, in).
+    flat = seqs.reshape(groups, -1, steps, seqs.shape[-1]).transpose(1, 2)
+    inputs = torch.baddbmm(  # every time step's input projection at once
+        b_ih.unsqueeze(1), flat.reshape(groups, -1, seqs.shape[-1]), w_ih.transpose(1, 2)
+    ).reshape(groups, steps, flat.shape[2], -1)
+    h = seqs.new_zeros(groups, flat.shape[2], hidden)
+    w_hh_t, b_hh = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
+    outputs = []
+    # unbind, not inputs[:, t]: the backward of one unbind is one stack, of T slices T
+    # full-size zero tensors (4x the time of a K=16 population's step).
+    for step_inputs in inputs.unbind(1):
+        i_r, i_z, i_n = step_inputs.chunk(3, -1)
+        h_r, h_z, h_n = torch.baddbmm(b_hh, h, w_hh_t).chunk(3, -1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        h = (1 - z) * n + z * h
+        outputs.append(h)
+    out = torch.stack(outputs, 2)  # (G, batch, time, hidden)
+    return out.reshape(groups, *batch, steps, hidden)
 
 
 class GRUNet(nn.Module):
@@ -94,3 +130,42 @@ class GRUNet(nn.Module):
     @override
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.rnn(x.unsqueeze(-1)).flatten(-2))
+
+
+class StackedGRUNet(nn.Module):
+    """K ``GRUNet`` members as one module (a population fast path, ``lightning_opt.stacking``):
+    the members' parameters stacked on dimension 0 under ``GRUNet``'s names, and every member's
+    directions run as one ``gru_scan`` of ``K * directions`` GRUs, without ``vmap``."""
+
+    def __init__(self, nets: list[GRUNet]) -> None:
+        super().__init__()
+        first = nets[0].rnn
+        self.rnn = nn.Module()
+        self.suffixes = first.suffixes
+        for name, _ in first.named_parameters():
+            stacked = torch.stack([getattr(net.rnn, name).detach() for net in nets])
+            self.rnn.register_parameter(name, nn.Parameter(stacked))
+        self.linear = nn.Module()
+        for name in ("weight", "bias"):
+            stacked = torch.stack([getattr(net.linear, name).detach() for net in nets])
+            self.linear.register_parameter(name, nn.Parameter(stacked))
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        members = len(self.linear.weight)
+        if x.dim() == 2:  # every member the same examples
+            x = x.expand(members, *x.shape)
+        directions = len(self.suffixes)
+        weights = [
+            torch.stack([getattr(self.rnn, f"{name}_l0{s}") for s in self.suffixes], 1).flatten(
+                0, 1
+            )
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]  # (K * directions, ...)
+        seqs = directed(x.unsqueeze(-1), directions).transpose(0, 1).flatten(0, 1)
+        out = gru_scan(seqs, *weights)  # (K * D, batch, time, hidden)
+        out = out.unflatten(0, (members, directions)).transpose(0, 1)  # (D, K, batch, time, H)
+        features = bidirectional_outputs(out).flatten(-2)  # (K, batch, features)
+        return torch.baddbmm(
+            self.linear.bias.unsqueeze(1), features, self.linear.weight.transpose(1, 2)
+        )

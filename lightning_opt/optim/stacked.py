@@ -3,7 +3,7 @@
 A population normally gives each member its own instance of the optimizer class (see
 ``MemberwiseOptimizer``): any optimizer works that way. For Adam, AdamW, SGD and GNW-Adam, one
 ``MemberOptimizer`` over the stacked ``(K, ...)`` parameters takes the same steps with a handful of
-kernels instead of K times as many (``benchmarks/bench_population.py``). It is used only where it
+kernels instead of K times as many (``perf/bench_population.py``). It is used only where it
 computes exactly what the class would: every other setting (amsgrad, nesterov, maximize, a
 per-member value of a non-numeric argument, ...) takes the per-member path.
 """

@@ -1,7 +1,7 @@
 """Time ``tune``: trials per minute with 1 vs 2 workers, and the fixed cost of one trial.
 
-    python benchmarks/bench_tune.py [--trials 12] [--epochs 5] [--repeats 1]
-                                    [--overhead-trials 12] [--out benchmarks/results/tune.json]
+    python perf/bench_tune.py [--trials 12] [--epochs 5] [--repeats 1]
+                                    [--overhead-trials 12] [--out perf/results/tune.json]
 
 1. Throughput. The same study (``--optimizer adam --pruner none``, the default 5,000 samples,
    ``--trainer.max_epochs EPOCHS --n_trials TRIALS``) runs as ``python -m lightning_opt tune`` in a
@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="of each throughput run")
     parser.add_argument("--overhead-trials", type=int, default=12)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tune.json"))
+    parser.add_argument("--out", type=Path, default=Path("perf/results/tune.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     load_before = os.getloadavg()

@@ -1,6 +1,6 @@
 """Time the command line end to end: a default ``fit``, the import of the CLI, and what it imports.
 
-    python benchmarks/bench_startup.py [--repeats 3] [--out benchmarks/results/startup.json]
+    python perf/bench_startup.py [--repeats 3] [--out perf/results/startup.json]
 
 - ``python -m lightning_opt fit --optimizer gnw`` with the seed defaults (50 epochs, 5,000 samples)
   as a subprocess in a temp dir (logs and checkpoints there via
@@ -93,7 +93,7 @@ def import_profile(cwd: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/startup.json"))
+    parser.add_argument("--out", type=Path, default=Path("perf/results/startup.json"))
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """What one Optuna write costs in the SQLite study storage, with and without the write-ahead log.
 
-    python benchmarks/bench_storage.py [--members 10] [--epochs 25] [--repeats 3]
-                                       [--out benchmarks/results/storage.json]
+    python perf/bench_storage.py [--members 10] [--epochs 25] [--repeats 3]
+                                       [--out perf/results/storage.json]
 
 A tuning population of ``--members`` trials reports its validation loss every epoch, each
 report a committed write: ``--members x --epochs`` calls of ``trial.report`` into a fresh
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/storage.json"))
+    parser.add_argument("--out", type=Path, default=Path("perf/results/storage.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # Optuna's experimental-feature notes
     import optuna

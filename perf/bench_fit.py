@@ -1,6 +1,6 @@
 """Time one training step: a bare PyTorch loop, textbook Lightning, and lightning_opt's ``fit``.
 
-    python benchmarks/bench_fit.py [--epochs 10] [--repeats 3] [--out benchmarks/results/fit.json]
+    python perf/bench_fit.py [--epochs 10] [--repeats 3] [--out perf/results/fit.json]
 
 All train the seed-1 MLP (40 -> 100 -> 10, batch 100) on the same 3,200 mnist1d training
 examples with the same optimizer, in this one process, repetitions interleaved. "ours" is the
@@ -159,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fit.json"))
+    parser.add_argument("--out", type=Path, default=Path("perf/results/fit.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import logging

@@ -1,10 +1,11 @@
 """Time a population of K members against one single-model fit of the same epochs.
 
-    python benchmarks/bench_population.py [--members 1 4 16 64] [--optimizer adam] [--clipping wn]
-    python benchmarks/bench_population.py --members 16 --optimizer examples.lion.Lion   # any class
-        [--epochs 50] [--repeats 3] [--memory-epochs 3] [--out benchmarks/results/population.json]
+    python perf/bench_population.py [--members 1 4 16 64] [--optimizer adam] [--clipping wn]
+    python perf/bench_population.py --members 16 --optimizer examples.lion.Lion   # any class
+        [--epochs 50] [--repeats 3] [--memory-epochs 3] [--out perf/results/population.json]
 
-Every configuration trains the seed-1 MLP setup (40 -> 100 -> 10, batch 100, mnist1d with 5,000
+Every configuration trains the seed-1 setup of ``--net`` (default the MLP, 40 -> 100 -> 10; also
+``cnn``, ``gru`` or any class path), batch 100, mnist1d with 5,000
 samples, the default data cache) for ``--epochs`` epochs with validation each epoch: one
 ``MNIST1DClassifier`` after ``seed_everything(1)`` (the single fit), and ``PopulationClassifier``
 with seeds ``1..K`` for each K. The data is generated (or read from the cache) and set up once
@@ -54,14 +55,15 @@ from lightning.pytorch import Trainer, seed_everything
 
 sys.path.insert(0, os.getcwd())  # --optimizer examples.lion.Lion from the repository root
 
-from conftest import MNIST1D
-
 from lightning_opt.callbacks import WeightNormClipping
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.population import PopulationClassifier
 
-TARGET_K, TARGET_RATIO, TARGET_GAIN = 16, 3.0, 5.0
+TARGET_K, TARGET_RATIO = 16, 3.0
+#: The issue's goals per net: K=16 at most this many times one fit (the GRU's is 4).
+TARGET_RATIOS = {"gru": 4.0}
+SHAPE = {"input_size": 40, "num_classes": 10}  # the default data's
 SINGLE = "single"
 
 
@@ -83,10 +85,10 @@ def fit_once(config: str, data: MNIST1DDataModule, args: argparse.Namespace, epo
     seed_everything(1, verbose=False)
     callbacks = [WeightNormClipping(clip_factor=0.1)] if args.clipping == "wn" else []
     if config == SINGLE:
-        model = MNIST1DClassifier(**MNIST1D, optimizer=args.optimizer)
+        model = MNIST1DClassifier(**SHAPE, net=args.net, optimizer=args.optimizer)
     else:
         model = PopulationClassifier(
-            list(range(1, int(config) + 1)), **MNIST1D, optimizer=args.optimizer
+            list(range(1, int(config) + 1)), **SHAPE, net=args.net, optimizer=args.optimizer
         )
     trainer = Trainer(
         max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -180,6 +182,7 @@ def main() -> None:
         "--optimizer", default="adam", help="a short name or a class path (from the repo root)"
     )
     parser.add_argument("--clipping", choices=["none", "wn"], default="none")
+    parser.add_argument("--net", default="mlp", help="a short name (mlp, cnn, gru) or class path")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-epochs", type=int, default=3, help="epochs of each memory child")
@@ -187,7 +190,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--profile", metavar="K", help="cProfile one fit of K (or 'single')")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/population.json"))
+    parser.add_argument("--out", type=Path, default=Path("perf/results/population.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if any(k < 1 for k in args.members):
@@ -254,9 +257,10 @@ def main() -> None:
             f"{row['ratio_vs_single']:6.2f} {row['throughput_gain_per_model']:9.2f}x {peak}"
         )
 
+    ratio_goal = TARGET_RATIOS.get(args.net, TARGET_RATIO)
     target: dict[str, Any] = {
-        "text": f"target: K={TARGET_K} costs <= {TARGET_RATIO:g}x a single fit "
-        f"(>= {TARGET_GAIN:g}x throughput per model)",
+        "text": f"target ({args.net}): K={TARGET_K} costs <= {ratio_goal:g}x a single fit "
+        f"(>= {TARGET_K / ratio_goal:g}x throughput per model)",
     }
     print(target["text"])
     hit = next((r for r in rows if r["config"] == str(TARGET_K)), None)
@@ -265,7 +269,7 @@ def main() -> None:
         target["met"] = None
     else:
         target["ratio"], target["gain"] = hit["ratio_vs_single"], hit["throughput_gain_per_model"]
-        target["met"] = bool(hit["ratio_vs_single"] <= TARGET_RATIO)
+        target["met"] = bool(hit["ratio_vs_single"] <= ratio_goal)
         print(
             f"  K={TARGET_K}: {hit['ratio_vs_single']:.2f}x the single fit, "
             f"{hit['throughput_gain_per_model']:.1f}x throughput per model: "

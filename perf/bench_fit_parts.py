@@ -1,8 +1,8 @@
 """Where an epoch of ``fit`` goes: the training steps, validation, checkpoint, logging, the rest.
 
-    python benchmarks/bench_fit_parts.py [--epochs 100] [--repeats 3] [--optimizer adam]
+    python perf/bench_fit_parts.py [--epochs 100] [--repeats 3] [--optimizer adam]
                                          [--num_samples 5000]
-                                         [--out benchmarks/results/fit_parts.json]
+                                         [--out perf/results/fit_parts.json]
 
 Runs ``python -m lightning_opt fit`` (in this process, through ``cli_main``, all standard logging
 on, progress bar off) after one untimed warm-up fit, with wall-clock accumulators wrapped around
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--num_samples", type=int, default=5000, help="data.num_samples")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fit_parts.json"))
+    parser.add_argument("--out", type=Path, default=Path("perf/results/fit_parts.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
