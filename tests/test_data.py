@@ -348,3 +348,72 @@ def test_split_seed_accepts_an_integer_or_per_run_on_the_command_line():
     assert parser.parse_args(["--data.split_seed=7"]).data.split_seed == 7
     with pytest.raises(Exception, match="split_seed"):
         parser.parse_args(["--data.split_seed=sometimes"])
+
+
+# -- dataset variants: mnist1d's generator arguments -----------------------------------------
+
+
+def test_the_default_variant_is_the_published_data_and_its_cache_key(tmp_path):
+    from lightning_opt.data import VARIANT_DEFAULTS
+
+    load_mnist1d(SAMPLES, cache_dir=tmp_path)
+    load_mnist1d(SAMPLES, cache_dir=tmp_path, **VARIANT_DEFAULTS)  # spelled out: the same file
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+
+def test_a_variant_is_keyed_into_the_cache_and_generated_by_mnist1d(tmp_path):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    variant = {"iid_noise_scale": 0.1, "max_translation": 20, "final_seq_length": 60}
+    ours = load_mnist1d(SAMPLES, cache_dir=tmp_path, **variant)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    load_mnist1d(SAMPLES, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    args = get_dataset_args()
+    args.num_samples = SAMPLES
+    for name, value in variant.items():
+        setattr(args, name, value)
+    reference = make_dataset(args)
+    assert ours["x"].shape == (400, 60)
+    np.testing.assert_allclose(ours["x"], reference["x"], rtol=1e-6)
+
+
+def test_shuffled_positions_permute_every_example_the_same_way(tmp_path):
+    plain = load_mnist1d(SAMPLES, cache_dir=tmp_path)["x"]
+    shuffled = load_mnist1d(SAMPLES, cache_dir=tmp_path, shuffle_positions=True)["x"]
+    assert not np.allclose(plain, shuffled)
+    # The same examples, positions moved by one fixed permutation (found from the first rows).
+    order = [int(np.argmin(np.abs(plain[:8] - shuffled[:8, [j]]).sum(0))) for j in range(40)]
+    assert sorted(order) == list(range(40))
+    np.testing.assert_allclose(plain[:, order], shuffled, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("variant", "match"),
+    [
+        ({"max_translation": 0}, "--data.max_translation must be an integer >= 1, got 0"),
+        ({"max_translation": 100}, "at most template_len \\+ padding\\[1\\] = 72"),
+        ({"padding": [10, 5]}, "--data.padding must be \\[low, high\\]"),
+        ({"iid_noise_scale": -1.0}, "--data.iid_noise_scale must be a finite number >= 0"),
+        ({"scale_coeff": 2.0}, "--data.scale_coeff must be in \\[0, 2\\)"),
+        ({"final_seq_length": 1}, "--data.final_seq_length must be an integer >= 2"),
+        ({"template_len": 0}, "--data.template_len must be an integer >= 1"),
+    ],
+)
+def test_a_variant_out_of_range_is_refused_in_one_line(variant, match):
+    with pytest.raises(ValueError, match=match):
+        MNIST1DDataModule(num_samples=SAMPLES, **variant)
+
+
+def test_a_variant_is_recorded_with_the_runs_settings(tiny_fit_args, tmp_path):
+    import yaml
+
+    from lightning_opt.cli import cli_main
+
+    cli_main(["fit", *tiny_fit_args, "--trainer.max_epochs=1", "--data.shuffle_positions=true",
+              "--data.shear_scale=0.5", "--model.net=cnn"])  # fmt: skip
+    (hparams,) = (tmp_path / "logs").rglob("hparams.yaml")
+    recorded = yaml.safe_load(hparams.read_text())
+    assert recorded["data/shuffle_positions"] is True and recorded["data/shear_scale"] == 0.5
+    assert recorded["net"] == "lightning_opt.models.cnn.ConvNet"
+    assert recorded["net/channels"] == 25
