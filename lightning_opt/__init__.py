@@ -15,7 +15,7 @@ _EXPORTS = {
     "MNIST1DDataModule": "lightning_opt.data",
     "load_mnist1d": "lightning_opt.data",
     "MNIST1DClassifier": "lightning_opt.model",
-    "NonFiniteLossError": "lightning_opt.model",
+    "NonFiniteLossError": "lightning_opt.training",
     "GNWAdam": "lightning_opt.optim",
     "OptimizerSpec": "lightning_opt.optim",
     "get_optimizer": "lightning_opt.optim",

@@ -36,6 +36,7 @@ from lightning_opt.clipping import (
     clip_grad_norm_per_tensor_,
 )
 from lightning_opt.optim.registry import constructor_arguments
+from lightning_opt.protocols import GradientSource, MemberTraining
 from lightning_opt.search_space import SearchParam
 
 FixedMode = Literal["per_tensor", "global"]
@@ -176,15 +177,16 @@ class GradientClippingCallback(Callback, ABC):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        if hasattr(pl_module, "gradient_parameters"):
+        if isinstance(pl_module, GradientSource):
             params, member_dims = pl_module.gradient_parameters()
-        else:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            member_dims = getattr(pl_module, "member_dims", 0)
+        else:  # any LightningModule: the optimizer's parameters
+            params, member_dims = [p for g in optimizer.param_groups for p in g["params"]], 0
         if member_dims == 0:
             stats = self.clip_(params, 0, None)
         elif self.stacked:
-            overrides = getattr(pl_module, "clipping_overrides", dict)()
+            overrides = (
+                pl_module.clipping_overrides() if isinstance(pl_module, MemberTraining) else {}
+            )
             stats = self.clip_(params, member_dims, overrides)
         else:
             stats = self._clip_each_member(pl_module)
@@ -219,7 +221,7 @@ class GradientClippingCallback(Callback, ABC):
         if self.log_stats and self._epoch_steps:
             fraction = self._epoch_fraction / self._epoch_steps
             scale = self._epoch_scale / self._epoch_steps
-            members = fraction.dim() > 0 and hasattr(pl_module, "log_member_metrics")
+            members = fraction.dim() > 0 and isinstance(pl_module, MemberTraining)
             if members:  # a population: each member logs its own, to its own run
                 pl_module.log_member_metrics(
                     {"clip/fraction_clipped": fraction, "clip/mean_scale": scale}

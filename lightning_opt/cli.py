@@ -21,7 +21,6 @@ from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.callbacks import check_clipping_callbacks
-from lightning_opt.model import NonFiniteLossError
 from lightning_opt.models import net_short_name, resolve_net
 from lightning_opt.optim.registry import import_class
 from lightning_opt.parsing import (
@@ -32,6 +31,8 @@ from lightning_opt.parsing import (
     place_loggers,
     summarize_argument_error,
 )
+from lightning_opt.protocols import MemberTraining
+from lightning_opt.training import NonFiniteLossError
 
 EXIT_USAGE = 2  # bad input: nothing was trained
 EXIT_FAILED = 1  # the run started and failed (e.g. non-finite loss); logs are kept
@@ -196,7 +197,7 @@ class LightningOptCLI(OptimizerCLI):
         data = self.datamodule
         try:
             data.prepare_data()
-            if getattr(self.model, "member_dims", 0) and data.split_seed_is_per_run:
+            if isinstance(self.model, MemberTraining) and data.split_seed_is_per_run:
                 raise ValueError(
                     "--seeds trains its members on one validation split: data.split_seed "
                     "per_run needs one fit per seed"
@@ -235,9 +236,9 @@ class LightningOptCLI(OptimizerCLI):
         path = checkpoint and (checkpoint.best_model_path or checkpoint.last_model_path)
         if path:
             print(f"checkpoint: {path}")
-        dropped = getattr(self.model, "dropped", None)
-        if dropped is None:
+        if not isinstance(self.model, MemberTraining):
             return
+        dropped = self.model.dropped
         for member, seed in enumerate(self.model.all_seeds):
             history = self.model.history[member]["val/loss"]
             status = dropped.get(member, f"val/loss {history[-1]:.4f}" if history else "")
@@ -258,7 +259,7 @@ class LightningOptCLI(OptimizerCLI):
     def _print_members(self, stage: str) -> None:
         """Each population member's result (Lightning's table shows the members' mean)."""
         model = self.model
-        if not hasattr(model, "dropped"):
+        if not isinstance(model, MemberTraining):
             return
         for member in model.member_ids:
             if stage == "test":

@@ -28,7 +28,6 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning_opt import report, report_page, stats
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import NonFiniteLossError
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import optimizer_class, optimizer_config
 from lightning_opt.optim.schedulers import resolve_scheduler
@@ -54,6 +53,7 @@ from lightning_opt.runs import (
     with_values,
 )
 from lightning_opt.study import original_number
+from lightning_opt.training import NonFiniteLossError
 from lightning_opt.trials import options_from_config, resolve_search_space
 from lightning_opt.tune import (
     EXPERIMENT_KEYS,

@@ -19,7 +19,6 @@ from optuna.trial import TrialState
 from typing_extensions import override
 
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import NonFiniteLossError
 from lightning_opt.optim.registry import default_search_space, optimizer_class
 from lightning_opt.parsing import optimizer_dict, run_name
 from lightning_opt.runs import (
@@ -36,6 +35,7 @@ from lightning_opt.runs import (
     with_values,
 )
 from lightning_opt.search_space import SearchParam, parse_search_space
+from lightning_opt.training import NonFiniteLossError
 
 
 @dataclass(frozen=True)

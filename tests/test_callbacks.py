@@ -33,6 +33,11 @@ class TinyRegression(LightningModule):
             self.layer = nn.Linear(8, 3)
         self.seen: list[list[tuple[Tensor, Tensor]]] = []
 
+    def gradient_parameters(self) -> tuple[list[Tensor], int]:
+        """``lightning_opt.protocols.GradientSource``: what the clipping rules clip, and its
+        member dimensions (the stacked weights of two members, or one plain layer)."""
+        return list(self.parameters()), self.member_dims
+
     def forward(self, x: Tensor) -> Tensor:
         if self.member_dims:
             return torch.einsum("bi,kio->kbo", x, self.weight) + self.bias[:, None]

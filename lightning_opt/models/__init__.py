@@ -17,6 +17,7 @@ from lightning_opt.models.registry import (
     net_short_name,
     register_net,
     resolve_net,
+    resolve_net_argument,
 )
 
 __all__ = [
@@ -38,12 +39,19 @@ __all__ = [
     "net_short_name",
     "register_net",
     "resolve_net",
+    "resolve_net_argument",
 ]
 
 for _info in (
     NetInfo("linear", "lightning_opt.models.mlp.LinearNet", "logistic regression (mnist1d: 32%)"),
-    NetInfo("mlp", "lightning_opt.models.mlp.MLP", "MLP, one hidden layer of 100 (mnist1d: 68%)"),
-    NetInfo("resmlp", "lightning_opt.models.mlp.ResMLP", "residual MLP, two blocks of 100"),
+    NetInfo(
+        "mlp", "lightning_opt.models.mlp.MLP", "MLP, one hidden layer of 100 (the seed notes')"
+    ),
+    NetInfo(
+        "resmlp",
+        "lightning_opt.models.mlp.ResMLP",
+        "residual MLP, 2 layers of 100: the repo's MLPBase (68%)",
+    ),
     NetInfo(
         "cnn", "lightning_opt.models.cnn.ConvNet", "three Conv1d of 25 channels (mnist1d: 94%)"
     ),

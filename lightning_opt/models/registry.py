@@ -173,3 +173,19 @@ def describe_net(config: Mapping[str, Any]) -> str:
     args = ", ".join(f"{k}={v}" for k, v in config.get("init_args", {}).items())
     name = net_short_name(config["class_path"])
     return f"{name} ({args})" if args else name
+
+
+def resolve_net_argument(net: Any, hparams: Any) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The class and spelled-out ``{class_path, init_args}`` of a module's ``net`` argument.
+
+    LightningCLI hands the module a factory (the class with its ``--model.net.ARG`` values
+    bound) and records the parsed ``{class_path, init_args}`` in ``hparams``: the record is what
+    is resolved, so checkpoints and ``config.yaml`` replay it.
+    """
+    recorded = hparams.get("net", net)
+    if callable(recorded) and not isinstance(recorded, type):
+        raise ValueError(
+            "net must be a short name, a class path or {class_path, init_args}, "
+            f"got the callable {recorded!r}"
+        )
+    return resolve_net(recorded)

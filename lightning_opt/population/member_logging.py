@@ -1,0 +1,83 @@
+"""Each member's metrics and hyperparameters to its own loggers, with the names and steps a
+single ``fit`` logs, and each member's epoch history of the internals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import Logger
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_opt.hparams import log_hyperparams, run_hparams
+
+
+def as_list(loggers: Logger | list[Logger]) -> list[Logger]:
+    return loggers if isinstance(loggers, list) else [loggers]
+
+
+class MemberLogging:
+    """Per-member logging; a mixin of ``PopulationClassifier``, which sets ``member_loggers``
+    (one logger or list of loggers per live member)."""
+
+    def _record_internals(self, metrics: dict[str, Tensor | float]) -> None:
+        """Each member's epoch means of the optim/* values, in ``history`` (one sync)."""
+        names = [n for n in metrics if n.startswith("optim/")]
+        if not names:
+            return
+        columns = [
+            metrics[n].tolist() if isinstance(metrics[n], Tensor) and metrics[n].dim() else None
+            for n in names
+        ]
+        for position, member in enumerate(self.member_ids):
+            for name, column in zip(names, columns, strict=True):
+                value = column[position] if column is not None else float(metrics[name])
+                self.history[member].setdefault(name, []).append(value)
+
+    def log_member_metrics(self, metrics: dict[str, Tensor]) -> None:
+        """Per-member values ``(K,)`` to log with this epoch's (used by the clipping callbacks)."""
+        self._member_metrics.update(metrics)
+
+    def _log_members(self, metrics: dict[str, Tensor | float], step: int) -> None:
+        """Send ``metrics`` (per-member tensors ``(K,)`` or shared numbers) to member loggers."""
+        if not self.member_loggers:
+            return
+        names = list(metrics)
+        per_member = [v for v in metrics.values() if isinstance(v, Tensor)]
+        rows = torch.stack(per_member, 1).tolist() if per_member else [[]] * self.num_members
+        for member, row in enumerate(rows):
+            values = iter(row)
+            record = {n: next(values) if isinstance(metrics[n], Tensor) else metrics[n]
+                      for n in names}  # fmt: skip
+            for logger in as_list(self.member_loggers[member]):
+                logger.log_metrics(record, step=step)
+
+    def _member_hparams_for_logging(self, member: int) -> dict[str, Any]:
+        params = run_hparams(self, self.member_kwargs[member], seed=self.all_seeds[member])
+        for name, values in self.member_clipping.items():
+            params[f"clip/{name}"] = values[member]
+        return params
+
+    @override
+    def on_fit_start(self) -> None:
+        if not self.member_loggers:
+            return
+        for loggers, member in zip(self.member_loggers, self.member_ids, strict=True):
+            for logger in as_list(loggers):
+                logger.log_hyperparams(self._member_hparams_for_logging(member))
+
+    @override
+    def on_train_end(self) -> None:
+        if not self.member_loggers:
+            return
+        for loggers, member in zip(self.member_loggers, self.member_ids, strict=True):
+            history = self.history[member]
+            results = {
+                "hp/val_loss": history["val/loss"][-1] if history["val/loss"] else float("nan"),
+                "hp/val_acc": history["val/acc"][-1] if history["val/acc"] else float("nan"),
+                "hp/best_val_loss": min(history["val/loss"], default=float("inf")),
+            }
+            params = self._member_hparams_for_logging(member)
+            for logger in as_list(loggers):
+                log_hyperparams(logger, params, results, self._lightning_step() - 1)
