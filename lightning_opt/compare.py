@@ -8,52 +8,41 @@ then report means with confidence intervals and the differences between arms.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import re
 import shutil
-import signal
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt import report, report_page, stats
-from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.finals import net_record, run_finals
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import optimizer_class, optimizer_config
 from lightning_opt.optim.schedulers import resolve_scheduler
 from lightning_opt.parsing import UsageError, optimizer_dict, run_name
 from lightning_opt.runs import (
-    QUIET_TRAINER,
     build_model,
     build_population,
-    build_trainer,
     callback_class,
     check_run_loggers,
     check_writable,
     chunk_where_invisible,
     clipping_callbacks,
-    model_arguments,
     population_blocker,
     quiet_lightning,
-    run_loggers,
-    save_final_checkpoint,
-    save_member_checkpoint,
     scheduler_dict,
     trainer_arguments,
     with_values,
 )
 from lightning_opt.study import original_number
-from lightning_opt.training import NonFiniteLossError
 from lightning_opt.trials import options_from_config, resolve_search_space
 from lightning_opt.tune import (
     EXPERIMENT_KEYS,
@@ -187,251 +176,6 @@ def arm_config(base: Any, arm: dict[str, Any], max_epochs: int) -> Any:
     cfg.search_space = arm.get("search_space")
     cfg.trainer.max_epochs = max_epochs
     return cfg
-
-
-class EpochHistory(Callback):
-    """Validation loss and accuracy after every epoch, for the curves of the report, and the
-    weights of the epoch with the lowest validation loss (the early-stopping checkpoint)."""
-
-    def __init__(self) -> None:
-        self.val_loss: list[float] = []
-        self.val_acc: list[float] = []
-        self.best_state: dict[str, Any] | None = None
-        self.best_epoch: int | None = None
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        loss = float(trainer.callback_metrics["val/loss"])
-        if self.best_state is None or loss < min(self.val_loss):
-            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-            self.best_epoch = len(self.val_loss)
-        self.val_loss.append(loss)
-        self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
-
-
-def _clip_report(clipper: Any, member: int | None = None) -> dict[str, Any]:
-    """A clipping callback's per-epoch clip rate and the quantiles of what it compared."""
-    position = 0 if member is None else member
-    quantiles = clipper.compared_quantiles()
-    return {
-        "fraction_history": [epoch[position] for epoch in clipper.fraction_history],
-        "quantity": None
-        if quantiles is None
-        else {"name": clipper.compared_quantity, "quantiles": quantiles[position]},
-    }
-
-
-def run_final(
-    cfg: Any, arm: str, seed: int, exp_dir: Path, data: MNIST1DDataModule
-) -> dict[str, Any]:
-    """One final run of an arm (resumable: a finished run's result.json is reused)."""
-    out = exp_dir / arm / "final" / f"seed_{seed}"
-    result_path = out / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    cfg = copy.deepcopy(cfg)
-    cfg.seed_everything = seed
-    seed_everything(seed, verbose=False)
-    model = build_model(cfg)
-    history = EpochHistory()
-    start = time.perf_counter()
-    loggers = run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}")
-    trainer = build_trainer(cfg, loggers or False, [history])
-    trainer.fit(model, datamodule=data)
-    tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
-    checkpoint = save_final_checkpoint(trainer, out)
-    # The early-stopping view: the weights of the lowest val/loss epoch, tested once too (by a
-    # Trainer without loggers: the run's logs keep the last epoch's test metrics).
-    model.load_state_dict(history.best_state)
-    quiet = Trainer(logger=False, **QUIET_TRAINER)
-    best = quiet.test(model, datamodule=data, verbose=False)[0]
-    clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
-    internals = dict(model.internals_history)
-    clip = _clip_report(clippers[0]) if clippers else None
-    if clip:
-        internals["clip/fraction_clipped"] = clip["fraction_history"]
-    result = final_record(
-        cfg, seed, history.val_loss, history.val_acc, tested, best,
-        clip_rate=clippers[0].clip_rate() if clippers else None, clip=clip,
-        internals=internals, seconds=time.perf_counter() - start, log_dir=out,
-        checkpoint=checkpoint,
-    )  # fmt: skip
-    _write_result(result, out)
-    _print_result(arm, result)
-    return result
-
-
-def final_record(
-    cfg: Any,
-    seed: int,
-    val_loss: list[float],
-    val_acc: list[float],
-    last: dict[str, float],
-    best: dict[str, float],
-    *,
-    clip_rate: float | None,
-    clip: dict[str, Any] | None,
-    internals: dict[str, list[float]],
-    seconds: float,
-    log_dir: Path,
-    checkpoint: str,
-    population: int | None = None,
-) -> dict[str, Any]:
-    """The one record of a final run (``result.json``), whether it trained alone or as a
-    population member: its validation curves, test metrics at the last and at the lowest
-    val/loss epoch, clipping activity, internals, and the net it trained."""
-    record = {
-        "seed": seed,
-        "net": net_record(cfg),
-        "final_val_loss": val_loss[-1],
-        "best_val_loss": min(val_loss),
-        "final_val_acc": val_acc[-1],
-        "test_loss": float(last["test/loss"]),
-        "test_acc": float(last["test/acc"]),
-        "test_loss_best_epoch": float(best["test/loss"]),
-        "test_acc_best_epoch": float(best["test/acc"]),
-        "best_epoch": val_loss.index(min(val_loss)),
-        "clip_rate": clip_rate,
-        "clip_quantity": clip["quantity"] if clip else None,
-        "val_loss_curve": val_loss,
-        "val_acc_curve": val_acc,
-        "internals": internals,
-        "seconds": seconds,
-        "log_dir": str(log_dir),
-        "checkpoint": checkpoint,
-    }
-    if population is not None:
-        record["population"] = population
-    return record
-
-
-def net_record(cfg: Any) -> dict[str, Any]:
-    """The net a config trains: ``{class_path, init_args}`` with every argument spelled out."""
-    return resolve_net(model_arguments(cfg)["net"])[1]
-
-
-@contextlib.contextmanager
-def _ctrl_c_resumable() -> Iterator[None]:
-    """Ctrl-C inside a Trainer's ``fit``/``test``: Lightning shuts down and exits with 1 from
-    its ``except KeyboardInterrupt``; raise KeyboardInterrupt instead, so compare says how to
-    resume and exits with 130."""
-    try:
-        yield
-    except SystemExit as exit_:
-        if not isinstance(exit_.__context__, KeyboardInterrupt):
-            raise
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it now
-        raise KeyboardInterrupt from None
-
-
-def _clear_unfinished(out: Path) -> None:
-    """A final run that was killed or interrupted left logs but no result.json: it runs again
-    from the start, so its partial logs go (TensorBoard would show both runs' curves)."""
-    if out.exists() and not (out / "result.json").exists():
-        shutil.rmtree(out)
-
-
-def _write_result(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "result.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)  # atomic: an interrupted write never leaves half a result
-
-
-def _print_result(arm: str, result: dict[str, Any]) -> None:
-    timing = f"{result['seconds']:.1f} s"
-    if result.get("population"):
-        timing = f"population of {result['population']}: {timing}"
-    print(
-        f"final {arm} seed {result['seed']}: val/loss {result['final_val_loss']:.4f}  "
-        f"test/loss {result['test_loss']:.4f}  test/acc {result['test_acc']:.4f}  "
-        f"({timing})",
-        flush=True,
-    )
-
-
-def run_finals(
-    cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule,
-    population: bool,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """An arm's final runs, one per seed; resumable: finished seeds' result.json are reused.
-
-    With ``population`` the seeds still to run train at once as one population; each member
-    logs to the directory its own run would (``<arm>/final/seed_<s>``).
-    """
-    done = {}
-    for seed in seeds:
-        path = exp_dir / arm / "final" / f"seed_{seed}" / "result.json"
-        if path.exists():
-            done[seed] = json.loads(path.read_text())
-    todo = [s for s in seeds if s not in done]
-    for seed in todo:
-        _clear_unfinished(exp_dir / arm / "final" / f"seed_{seed}")
-    with _ctrl_c_resumable():
-        if todo and population:
-            for result in run_final_population(cfg, arm, todo, exp_dir, data):
-                done[result["seed"]] = result
-        for seed in todo if not population else []:
-            done[seed] = run_final(cfg, arm, seed, exp_dir, data)
-    return [done[s] for s in seeds]
-
-
-def run_final_population(
-    cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule
-) -> list[dict[str, Any]]:
-    """Final runs of ``seeds`` trained as one population; the result of each seed."""
-    model = build_population(cfg, seeds)
-    model.track_best = True
-    model.member_loggers = [
-        run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}") for seed in seeds
-    ]
-    start = time.perf_counter()
-    trainer = build_trainer(cfg, False)
-    with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
-        trainer.fit(model, datamodule=data)
-    checkpoints, last, best = {}, {}, {}
-    if model.num_members:
-        trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
-        last = dict(model.test_results)
-        for member in model.member_ids:
-            out = exp_dir / arm / "final" / f"seed_{seeds[member]}"
-            checkpoints[member] = save_member_checkpoint(model, member, out)
-        # The early-stopping view: each member's lowest val/loss epoch, tested without loggers.
-        model.use_best_weights()
-        loggers, model.member_loggers = model.member_loggers, None
-        trainer.test(model, datamodule=data, verbose=False)
-        model.member_loggers = loggers
-        best = dict(model.test_results)
-    seconds = time.perf_counter() - start
-    clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
-    rates = dict(zip(model.member_ids, clippers[0].clip_rates(), strict=True)) if clippers else {}
-    results, failed = [], []
-    for member, seed in enumerate(seeds):
-        if member in model.dropped:
-            failed.append(f"seed {seed}: {model.dropped[member]}")
-            continue
-        history = model.history[member]
-        internals = {n: v for n, v in history.items() if n.startswith("optim/")}
-        clip = _clip_report(clippers[0], model.member_ids.index(member)) if clippers else None
-        if clip:
-            internals["clip/fraction_clipped"] = clip["fraction_history"]
-        result = final_record(
-            cfg, seed, history["val/loss"], history["val/acc"], last[member], best[member],
-            clip_rate=rates.get(member), clip=clip, internals=internals, seconds=seconds,
-            log_dir=exp_dir / arm / "final" / f"seed_{seed}", checkpoint=checkpoints[member],
-            population=len(seeds),
-        )  # fmt: skip
-        _write_result(result, Path(result["log_dir"]))
-        _print_result(arm, result)
-        results.append(result)
-    if failed:
-        raise NonFiniteLossError(
-            f"arm {arm!r} final runs failed ({'; '.join(failed)}); the other seeds' results "
-            "are kept"
-        )
-    return results
 
 
 def run_compare(args: list[str]) -> Path:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import TINY_SAMPLES, read_scalars
 
-from lightning_opt import compare
+from lightning_opt import compare, finals
 from lightning_opt.cli import cli_main
 
 ROOT = Path(__file__).parents[1]
@@ -110,7 +110,7 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
     tiny_experiment, tmp_path, monkeypatch
 ):
     path, _ = tiny_experiment
-    real = compare.run_final
+    real = finals.run_final
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -119,7 +119,7 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compare, "run_final", interrupted)
+    monkeypatch.setattr(finals, "run_final", interrupted)
     with pytest.raises(SystemExit):  # exit 130, "run the same command again to resume"
         cli_main(["compare", f"--config={path}", "--population_finals=false"])
     db = f"sqlite:///{tmp_path / 'out' / 'tiny' / 'optuna.db'}"
@@ -128,7 +128,7 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
         next((tmp_path / "out" / "tiny" / "adam" / "final").glob("*/result.json")).read_text()
     )
 
-    monkeypatch.setattr(compare, "run_final", real)
+    monkeypatch.setattr(finals, "run_final", real)
     cli_main(["compare", f"--config={path}", "--population_finals=false"])
     after = optuna.load_study(study_name="tiny.adam", storage=db).trials
     assert [(t.number, t.value) for t in after] == [(t.number, t.value) for t in before]
@@ -144,7 +144,7 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
               f"--output_dir={tmp_path / 'separate'}"])  # fmt: skip
     separate = json.loads((tmp_path / "separate" / "tiny" / "results.json").read_text())
 
-    real = compare.run_final_population
+    real = finals.run_final_population
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -153,7 +153,7 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compare, "run_final_population", interrupted)
+    monkeypatch.setattr(finals, "run_final_population", interrupted)
     with pytest.raises(SystemExit):  # exit 130, "run the same command again to resume"
         cli_main(["compare", f"--config={path}"])
     exp_dir = tmp_path / "out" / "tiny"

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from lightning_opt.callbacks import WeightNormClipping
 from lightning_opt.cli import cli_main
-from lightning_opt.compare import EpochHistory
 from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.finals import EpochHistory
 from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.models import GRULayer, list_nets, resolve_net
 from lightning_opt.population import PopulationClassifier

@@ -17,8 +17,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import Tensor
 
 from lightning_opt.callbacks import FixedNormClipping, GradientClippingCallback, WeightNormClipping
-from lightning_opt.compare import EpochHistory
 from lightning_opt.data import MiniBatches, MNIST1DDataModule, PopulationBatches, TensorBatches
+from lightning_opt.finals import EpochHistory
 from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
 from lightning_opt.optim.gnw_adam import GNWAdam
 from lightning_opt.optim.sgd import MemberSGD
