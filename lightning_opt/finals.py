@@ -23,13 +23,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.models import resolve_net
 from lightning_opt.runs import (
     QUIET_TRAINER,
+    RunSpec,
     build_model,
     build_population,
     build_trainer,
-    model_arguments,
     run_loggers,
     save_final_checkpoint,
     save_member_checkpoint,
@@ -156,7 +155,7 @@ def final_record(
 
 def net_record(cfg: Any) -> dict[str, Any]:
     """The net a config trains: ``{class_path, init_args}`` with every argument spelled out."""
-    return resolve_net(model_arguments(cfg)["net"])[1]
+    return RunSpec.of(cfg).net
 
 
 @contextlib.contextmanager

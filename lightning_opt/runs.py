@@ -10,6 +10,7 @@ import copy
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jsonargparse import Namespace
@@ -128,14 +129,67 @@ def with_values(config: Any, values: dict[str, Any]) -> Any:
     return cfg
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run trains, resolved once from a parsed config: the net's and the optimizer's
+    class with every argument spelled out, the scheduler, the data (its generator arguments
+    included) and the budget. What the model is built from and what records say it trained."""
+
+    net: dict[str, Any]
+    optimizer: dict[str, Any]
+    lr_scheduler: dict[str, Any] | None
+    lr_interval: str
+    log_internals: bool
+    input_size: int
+    num_classes: int
+    data: dict[str, Any]
+    max_epochs: int | None
+    max_steps: int | None
+
+    @classmethod
+    def of(cls, cfg: Any) -> RunSpec:
+        """The run of ``cfg`` (``ValueError``, one line, for a net or optimizer that does not
+        resolve)."""
+        from lightning_opt.models import resolve_net
+        from lightning_opt.optim.registry import resolve_optimizer
+
+        model = cfg.model.as_dict()
+        return cls(
+            net=resolve_net(model["net"])[1],
+            optimizer=resolve_optimizer(optimizer_dict(cfg))[1],
+            lr_scheduler=scheduler_dict(cfg),
+            lr_interval=model.get("lr_interval", "epoch"),
+            log_internals=model.get("log_internals", True),
+            input_size=model["input_size"],
+            num_classes=model["num_classes"],
+            data=cfg.data.as_dict(),
+            max_epochs=cfg.trainer.get("max_epochs"),
+            max_steps=cfg.trainer.get("max_steps"),
+        )
+
+    def model_arguments(self) -> dict[str, Any]:
+        """The arguments of ``MNIST1DClassifier`` (and, with seeds, of a population)."""
+        return {
+            "net": self.net,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "lr_interval": self.lr_interval,
+            "log_internals": self.log_internals,
+            "input_size": self.input_size,
+            "num_classes": self.num_classes,
+        }
+
+    def build_net(self) -> Any:
+        """One member's net, built as the model builds it (its constructor checks it)."""
+        from lightning_opt.models import build_net, resolve_net
+
+        cls, net = resolve_net(self.net)
+        return build_net(cls, net["init_args"], self.input_size, self.num_classes)
+
+
 def model_arguments(cfg: Any) -> dict[str, Any]:
-    """The model's arguments, the optimizer and scheduler taken from ``cfg.optimizer`` and
-    ``cfg.lr_scheduler`` (their one place)."""
-    return {
-        **cfg.model.as_dict(),
-        "optimizer": optimizer_dict(cfg),
-        "lr_scheduler": scheduler_dict(cfg),
-    }
+    """The model's arguments of ``cfg`` (``RunSpec.of(cfg).model_arguments()``)."""
+    return RunSpec.of(cfg).model_arguments()
 
 
 def build_model(cfg: Any) -> MNIST1DClassifier:
@@ -155,7 +209,6 @@ def population_blocker(cfg: Any) -> str | None:
     """Why the runs of ``cfg`` cannot train as one population (one line), or ``None`` if they
     can: the one place that decides it, for ``tune --population`` and ``compare``'s finals (a
     blocked config trains one run at a time; ``fit --seeds`` refuses it)."""
-    from lightning_opt.models import build_net, resolve_net
     from lightning_opt.optim.registry import supports_population
     from lightning_opt.stacking import why_not_stackable
 
@@ -167,12 +220,8 @@ def population_blocker(cfg: Any) -> str | None:
     callbacks = user_callbacks(cfg)
     if callbacks:
         return f"callbacks {', '.join(callbacks)} would see all members of a population at once"
-    model = model_arguments(cfg)
-    net_cls, net = resolve_net(model["net"])
-    return why_not_stackable(
-        build_net(net_cls, net["init_args"], model["input_size"], model["num_classes"]),
-        model["input_size"],
-    )
+    spec = RunSpec.of(cfg)
+    return why_not_stackable(spec.build_net(), spec.input_size)
 
 
 def trainer_arguments(cfg: Any) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Time one training step: a bare PyTorch loop, textbook Lightning, and lightning_opt's ``fit``.
 
     python perf/bench_fit.py [--epochs 10] [--repeats 3] [--out perf/results/fit.json]
+    python perf/bench_fit.py --net cnn --arms adam      # any net: mlp (default), cnn, gru, ...
 
-All train the seed-1 MLP (40 -> 100 -> 10, batch 100) on the same 3,200 mnist1d training
+All train the seed-1 net (``--net``; the MLP 40 -> 100 -> 10 by default, batch 100) on the same 3,200 mnist1d training
 examples with the same optimizer, in this one process, repetitions interleaved. "ours" is the
 default ``fit`` (one minibatch per Lightning batch, Lightning's contract); "chunked" is the same
 with ``--data.steps_per_chunk=0`` (a whole epoch per Lightning batch, the opt-in fast path). Each reports the
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_opt.callbacks import WeightNormClipping
 from lightning_opt.cli import cli_main
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.models import MLP
+from lightning_opt.models import build_net, resolve_net
 from lightning_opt.optim.registry import resolve_optimizer
 
 ARMS = {  # name -> (optimizer, fit arguments for the clipping callback)
@@ -56,12 +57,17 @@ def _build_optimizer(name: str, params) -> torch.optim.Optimizer:
     return cls(params, **config["init_args"])
 
 
-def bare_loop(splits, optimizer: str, clip: bool, epochs: int) -> float:
+def make_net(name: str) -> torch.nn.Module:
+    cls, config = resolve_net(name)
+    return build_net(cls, config["init_args"], 40, 10)
+
+
+def bare_loop(splits, optimizer: str, clip: bool, epochs: int, net_name: str = "mlp") -> float:
     """Seconds per step of a plain PyTorch loop (with per-epoch validation)."""
     torch.manual_seed(0)
     x, y = splits["train"]
     xv, yv = splits["val"]
-    net = MLP(40, 10, [100])
+    net = make_net(net_name)
     opt = _build_optimizer(optimizer, net.parameters())
     clipper = WeightNormClipping(0.1) if clip else None
     steps = 0
@@ -92,9 +98,9 @@ class _StepTimer(Callback):
 class _Textbook(LightningModule):
     """The tutorial version: DataLoader(TensorDataset), self.log every step."""
 
-    def __init__(self, optimizer: str, splits):
+    def __init__(self, optimizer: str, splits, net: str = "mlp"):
         super().__init__()
-        self.net, self.optimizer_name, self.splits = MLP(40, 10, [100]), optimizer, splits
+        self.net, self.optimizer_name, self.splits = make_net(net), optimizer, splits
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -116,7 +122,9 @@ class _Textbook(LightningModule):
         return DataLoader(TensorDataset(*self.splits["val"]), batch_size=800)
 
 
-def textbook_lightning(splits, optimizer: str, clip: bool, epochs: int, logs: str) -> float:
+def textbook_lightning(
+    splits, optimizer: str, clip: bool, epochs: int, logs: str, net: str = "mlp"
+) -> float:
     torch.manual_seed(0)
     timer = _StepTimer()
     callbacks = [timer] + ([WeightNormClipping(0.1)] if clip else [])
@@ -124,7 +132,7 @@ def textbook_lightning(splits, optimizer: str, clip: bool, epochs: int, logs: st
         max_epochs=epochs, default_root_dir=logs, callbacks=callbacks,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    trainer.fit(_Textbook(optimizer, splits))
+    trainer.fit(_Textbook(optimizer, splits, net))
     return timer.per_step
 
 
@@ -160,6 +168,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("perf/results/fit.json"))
+    parser.add_argument("--net", default="mlp", help="a short name or class path (mlp, cnn, gru)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -168,14 +178,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         splits = _splits(tmp)
         times: dict[str, dict[str, list[float]]] = {
-            arm: {"bare": [], "textbook": [], "lightning_opt": [], "chunked": []} for arm in ARMS
+            arm: {"bare": [], "textbook": [], "lightning_opt": [], "chunked": []}
+            for arm in args.arms
         }
         for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
-            for arm, (optimizer, extra) in ARMS.items():
-                clip = bool(extra)
-                times[arm]["bare"].append(bare_loop(splits, optimizer, clip, args.epochs))
+            for arm in args.arms:
+                optimizer, extra = ARMS[arm]
+                extra = [*extra, f"--model.net={args.net}"]
+                clip = len(extra) > 1
+                times[arm]["bare"].append(bare_loop(splits, optimizer, clip, args.epochs, args.net))
                 times[arm]["textbook"].append(
-                    textbook_lightning(splits, optimizer, clip, args.epochs, tmp)
+                    textbook_lightning(splits, optimizer, clip, args.epochs, tmp, args.net)
                 )
                 times[arm]["lightning_opt"].append(
                     lightning_opt_fit(optimizer, extra, args.epochs, tmp, tmp)
@@ -208,7 +221,7 @@ def main() -> None:
             f"{row['chunked_over_bare']:6.2f}"
         )
     machine = machine_info(torch_threads=torch.get_num_threads())
-    write_json(args.out, {"machine": machine, "epochs": args.epochs, "rows": rows})
+    write_json(args.out, {"machine": machine, "epochs": args.epochs, "net": args.net, "rows": rows})
 
 
 if __name__ == "__main__":

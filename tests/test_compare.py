@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import TINY_SAMPLES, read_scalars
 
-from lightning_opt import compare, finals
+from lightning_opt import finals
 from lightning_opt.cli import cli_main
 
 ROOT = Path(__file__).parents[1]
@@ -161,7 +161,7 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
     assert kept == ["seed_0", "seed_1"] and not list((exp_dir / "wnclip").glob("final/*/*.json"))
     first = [json.loads((exp_dir / "adam" / "final" / s / "result.json").read_text()) for s in kept]
 
-    monkeypatch.setattr(compare, "run_final_population", real)
+    monkeypatch.setattr(finals, "run_final_population", real)
     cli_main(["compare", f"--config={path}"])
     results = _check_outputs(exp_dir, ["adam", "wnclip"], seeds=2)
     assert results["arms"]["adam"]["runs"] == first  # reused, not retrained

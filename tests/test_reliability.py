@@ -222,7 +222,7 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(
 ):
     """Ctrl-C in tuning, then in the finals; each resume ends where an uninterrupted run ends,
     in every number of results.json (timings aside)."""
-    from lightning_opt import finals
+    from lightning_opt import finals as finals_module
 
     args = ["--pruner=none", "--population=1", "--population_finals=false",
             "--trainer.max_epochs=2"]  # fmt: skip
@@ -231,7 +231,7 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(
         (tmp_path / "straight" / "cmp" / "gnw_vs_adam" / "results.json").read_text()
     )
 
-    real_run, real_history = trials_module.TrialRunner.run, finals.EpochHistory
+    real_run, real_history = trials_module.TrialRunner.run, finals_module.EpochHistory
     calls = []
 
     def stop_second_trial(self, trial, params):
@@ -247,7 +247,7 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(
 
     finals = []
 
-    class CtrlCInSecondFinal(finals.EpochHistory):
+    class CtrlCInSecondFinal(finals_module.EpochHistory):
         """Ctrl-C in the middle of the second final run's training, inside Lightning's fit
         (which catches it and exits with 1 on its own)."""
 
@@ -259,12 +259,12 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(
             if len(finals) == 2:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(finals, "EpochHistory", CtrlCInSecondFinal)
+    monkeypatch.setattr(finals_module, "EpochHistory", CtrlCInSecondFinal)
     with pytest.raises(SystemExit) as exit_info:
         _compare(tmp_path, data_cache, *args)
     assert exit_info.value.code == 130
     assert "run the same command again to resume" in capsys.readouterr().err
-    monkeypatch.setattr(finals, "EpochHistory", real_history)
+    monkeypatch.setattr(finals_module, "EpochHistory", real_history)
     _compare(tmp_path, data_cache, *args)
     resumed = json.loads((tmp_path / "cmp" / "gnw_vs_adam" / "results.json").read_text())
     diffs = differences(_numbers(straight), _numbers(resumed))
