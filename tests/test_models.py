@@ -320,3 +320,48 @@ def test_fast_paths_compute_what_the_generic_vmap_path_computes(net):
         for a, b in zip(fast.parameters(), generic.parameters(), strict=True):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-11)
             a.grad = b.grad = None
+
+
+def test_clipping_rules_and_internals_cover_conv_and_gru_parameters(tiny_fit_args, tmp_path):
+    """Unit-wise AGC (every dim but the first: conv kernels), global fixed clipping and the
+    weight_norm/<param> tags, for a CNN and a GRU, single and as a population."""
+    from conftest import read_scalars
+
+    agc = ["--trainer.callbacks+=examples.agc.AGC", "--trainer.callbacks.clipping=0.01"]
+    fixed = ["--trainer.callbacks+=lightning_opt.callbacks.FixedNormClipping",
+             "--trainer.callbacks.clip_value=0.1", "--trainer.callbacks.mode=global"]  # fmt: skip
+    for net, clip, seeds in (
+        ("cnn", agc, []),
+        ("gru", fixed, []),
+        ("cnn", fixed, ["--seeds=[0,1]"]),
+    ):
+        args = [*tiny_fit_args, "--trainer.max_epochs=1", f"--model.net={net}", *clip, *seeds]
+        if net == "gru":
+            args.append("--model.net.hidden_size=2")
+        cli_main(["fit", *args])
+    runs = sorted((tmp_path / "logs" / "adam").glob("version_*"))
+    cnn, gru, population = runs
+    tags = read_scalars(cnn)
+    assert {
+        "weight_norm/conv1.weight",
+        "weight_norm/conv3.bias",
+        "weight_norm/linear.weight",
+    } <= set(tags)
+    assert 0 < tags["clip/fraction_clipped"][-1][1] <= 1
+    tags = read_scalars(gru)
+    assert "weight_norm/rnn.weight_hh_l0_reverse" in tags
+    assert tags["clip/fraction_clipped"][-1][1] == 1.0  # a global norm of 0.1: every step clips
+    member = read_scalars(population / "seed_1")
+    assert "weight_norm/conv2.weight" in member and "clip/fraction_clipped" in member
+
+
+def test_tune_trains_a_cnn_population(tmp_path, data_cache, capsys):
+    from conftest import tune_args
+
+    args = [*tune_args(tmp_path, data_cache), "--model.net=cnn", "--model.net.channels=4",
+            "--trainer.max_epochs=1", "--n_trials=3", "--population=3"]  # fmt: skip
+    cli_main(["tune", *args])
+    out = capsys.readouterr().out
+    assert out.count("(population of 3:") == 3
+    best = (tmp_path / "out" / "adam" / "best.yaml").read_text()
+    assert "class_path: lightning_opt.models.ConvNet" in best and "channels: 4" in best
