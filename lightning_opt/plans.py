@@ -1,0 +1,253 @@
+"""An experiment's plan, checked before its first trial: its arms (validated, each one's tune
+and final configs), the settings that determine its numbers (recorded, and refused when a re-run
+changes them), and whether each arm's finals train as one population."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import Callback
+from lightning.pytorch.cli import LightningArgumentParser
+
+from lightning_opt import stats
+from lightning_opt.models import resolve_net
+from lightning_opt.optim.registry import optimizer_class, optimizer_config
+from lightning_opt.optim.schedulers import resolve_scheduler
+from lightning_opt.parsing import UsageError
+from lightning_opt.runs import (
+    build_model,
+    build_population,
+    callback_class,
+    check_run_loggers,
+    population_blocker,
+    trainer_arguments,
+)
+from lightning_opt.trials import options_from_config
+from lightning_opt.tune import (
+    EXPERIMENT_KEYS,
+    check_study,
+    differences,
+    mismatch_message,
+    open_study_storage,
+    run_fingerprint,
+)
+
+ARM_KEYS = {"name", "optimizer", "lr_scheduler", "model", "callbacks", "search_space"}
+
+
+def validate_arms(config: Any) -> list[dict[str, Any]]:
+    """The arms as plain dicts, checked: one clear error before any training."""
+    arms = [dict(a) for a in (config.arms or [])]
+    if not arms:
+        raise ValueError("the experiment has no arms: list them under `arms:` in its config")
+    for key in ("seeds", "tune_max_epochs"):
+        if config[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {config[key]}")
+    if not config.trainer.max_epochs or config.trainer.max_epochs < 1:
+        raise ValueError(
+            f"trainer.max_epochs must be a positive integer, got {config.trainer.max_epochs}"
+        )
+    names = []
+    for arm in arms:
+        unknown = set(arm) - ARM_KEYS
+        if unknown:
+            raise ValueError(
+                f"arm {arm.get('name')!r} has unknown keys {sorted(unknown)}; allowed: {sorted(ARM_KEYS)}"
+            )
+        name = arm.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"arm names are letters, digits, '_', '-' or '.', got {name!r}")
+        names.append(name)
+        try:
+            if "optimizer" in arm:
+                optimizer_class(optimizer_config(arm["optimizer"]))
+            resolve_scheduler(arm.get("lr_scheduler"))
+        except ValueError as err:
+            raise ValueError(f"arm {name!r}: {err}") from None
+        for callback in arm.get("callbacks") or []:
+            try:
+                cls = callback_class(dict(callback))
+            except ValueError as err:
+                raise ValueError(f"arm {name!r}: {err}") from None
+            if not (isinstance(cls, type) and issubclass(cls, Callback)):
+                raise ValueError(
+                    f"arm {name!r}: callbacks are {{class_path, init_args}} of Lightning "
+                    f"Callback classes, got {dict(callback).get('class_path', callback)}"
+                )
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"arm names must be unique; repeated: {', '.join(duplicated)}")
+    return arms
+
+
+def arm_config(base: Any, arm: dict[str, Any], max_epochs: int) -> Any:
+    """The fit/tune config of one arm: the shared config with the arm's settings on top."""
+    cfg = copy.deepcopy(base)
+    if "optimizer" in arm:
+        resolved = optimizer_config(arm["optimizer"])
+        cfg.optimizer = Namespace(
+            class_path=resolved["class_path"], init_args=Namespace(**resolved["init_args"])
+        )
+    for key, value in (arm.get("model") or {}).items():
+        if key == "optimizer":
+            raise ValueError(f"arm {arm['name']!r}: set the optimizer with the arm's `optimizer:`")
+        if key in ("input_size", "num_classes"):
+            raise ValueError(f"arm {arm['name']!r}: model.{key} follows the data; set data.*")
+        if key not in cfg.model:
+            raise ValueError(f"arm {arm['name']!r}: the model has no setting {key!r}")
+        if key == "net":  # the arm's own net, every argument spelled out
+            try:
+                resolved = resolve_net(value)[1]
+            except ValueError as err:
+                raise ValueError(f"arm {arm['name']!r}: {err}") from None
+            value = Namespace(
+                class_path=resolved["class_path"], init_args=Namespace(**resolved["init_args"])
+            )
+        cfg.model[key] = value
+    # The experiment's own callbacks run in every arm; each arm adds its own.
+    cfg.trainer.callbacks = [
+        *(cfg.trainer.get("callbacks") or []),
+        *(
+            Namespace(class_path=c["class_path"], init_args=Namespace(**(c.get("init_args") or {})))
+            for c in (arm.get("callbacks") or [])
+        ),
+    ]
+    if "lr_scheduler" in arm:  # the arm's own schedule (null: none) replaces the experiment's
+        scheduler = resolve_scheduler(arm["lr_scheduler"])
+        cfg.lr_scheduler = None if scheduler is None else Namespace(
+            class_path=scheduler[1]["class_path"], init_args=Namespace(**scheduler[1]["init_args"])
+        )  # fmt: skip
+    cfg.search_space = arm.get("search_space")
+    cfg.trainer.max_epochs = max_epochs
+    return cfg
+
+
+@dataclass(frozen=True)
+class ArmPlan:
+    """One arm, checked and ready: its tuning and final configs and study options; ``retune``
+    is the same arm tuned at the finals' budget (the robustness check), when it runs."""
+
+    name: str
+    tune_cfg: Any
+    final_cfg: Any
+    options: Any
+    population_finals: bool
+    retune: ArmPlan | None = None
+
+
+def check_experiment_record(exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to reuse an experiment's results (tuning studies, final runs) made with other
+    settings, or start it afresh with ``overwrite``; record the settings of a new one."""
+    path = exp_dir / "experiment.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != json.loads(json.dumps(fingerprint)):
+            if not overwrite:
+                diffs = differences(recorded, json.loads(json.dumps(fingerprint)))
+                raise UsageError(
+                    mismatch_message(f"experiment {exp_dir.name!r}", diffs, "--experiment")
+                )
+            shutil.rmtree(exp_dir)
+    elif exp_dir.exists() and any((exp_dir).iterdir()) and not overwrite:
+        raise UsageError(
+            f"{exp_dir} holds results of an experiment with no record of its settings (made by "
+            "an older version); choose another --experiment, or pass --overwrite"
+        )
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=1))
+    tmp.replace(path)
+
+
+def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> list[ArmPlan]:
+    """Every arm's plan; everything that can fail is checked here, before the first trial of
+    the first arm (``ValueError``, one line)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.experiment) or set(config.experiment) == {"."}:
+        raise ValueError(
+            f"experiment names are letters, digits, '_', '-' or '.', got {config.experiment!r}"
+        )
+    arms = validate_arms(config)
+    base_options = options_from_config(config)
+    exp_dir = Path(config.output_dir) / config.experiment
+    storage = config.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
+    if config.storage:  # a database of its own: reachable before anything trains
+        open_study_storage(replace(base_options, storage=storage))
+    retune = config.robustness and config.tune_max_epochs != config.trainer.max_epochs
+    plans = []
+    for arm in arms:
+        name = arm["name"]
+        final_cfg = arm_config(config, arm, config.trainer.max_epochs)
+        try:
+            population = check_finals(config, name, final_cfg)
+            plan = None
+            budgets = [(config.tune_max_epochs, "")]
+            if retune:
+                budgets.append((config.trainer.max_epochs, ".retuned"))
+            for epochs, suffix in reversed(budgets):
+                tune_cfg = arm_config(config, arm, epochs)
+                # Named after the experiment too: a shared storage holds many experiments.
+                study = f"{config.experiment}.{name}{suffix}"
+                options = replace(
+                    base_options, study_name=study, output_dir=str(exp_dir), storage=storage,
+                    log_dir_name=f"{name}/retuned" if suffix else name,
+                )  # fmt: skip
+                options = check_study(tune_cfg, options)
+                if parser is not None:
+                    fingerprint = run_fingerprint(parser, tune_cfg, drop=EXPERIMENT_KEYS)
+                    options = replace(options, fingerprint=fingerprint)
+                plan = ArmPlan(name, tune_cfg, final_cfg, options, population, plan)
+        except ValueError as err:
+            raise ValueError(f"arm {name!r}: {err}") from None
+        plans.append(plan)
+    return plans
+
+
+def check_finals(config: Any, name: str, final_cfg: Any) -> bool:
+    """Check an arm's final runs; whether they train as one population."""
+    build_model(final_cfg)
+    check_run_loggers(final_cfg)
+    population = config.population_finals
+    blocker = population_blocker(final_cfg) if population else None
+    if blocker is not None:
+        print(f"arm {name}: {blocker}: its final runs train one seed at a time", flush=True)
+        population = False
+    if population:
+        model = build_population(final_cfg, [0, 1])
+        model.check_clipping(trainer_arguments(final_cfg)["callbacks"])
+    return population
+
+
+def experiment_settings(config: Any) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    import lightning_opt
+
+    return {
+        "tune_max_epochs": config.tune_max_epochs,
+        "max_epochs": config.trainer.max_epochs,
+        "robustness": config.robustness,
+        "split_seed": config.data.split_seed,
+        "versions": {
+            "lightning_opt": lightning_opt.__version__,
+            **{name: version(name) for name in ("torch", "lightning", "optuna", "mnist1d")},
+        },
+        "seeds": [config.seed_everything + s for s in range(config.seeds)],
+        "tuning_trials": config.n_trials,
+        "tuning_epochs": config.tune_max_epochs,
+        "final_epochs": config.trainer.max_epochs,
+        "objective": config.objective,
+        "tuning_population": config.population,
+        "population_finals": config.population_finals,
+        "pruner": config.pruner,
+        "sampler_seed": config.seed,
+        "data": config.data.as_dict(),
+        "confidence": stats.CONFIDENCE,
+        "alpha": stats.ALPHA,
+    }
