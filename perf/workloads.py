@@ -59,7 +59,15 @@ def measure(net: str, shuffled: bool, seeds: list[int], root: Path) -> dict:
     out = run(["fit", *common, *logs, "--trainer.enable_progress_bar=false"])
     seconds = time.perf_counter() - start
     ckpt = re.search(r"checkpoint: (\S+)", out).group(1)
-    tested = run(["test", *common, "--trainer.logger=false", f"--ckpt_path={ckpt}"])
+    tested = run(
+        [
+            "test",
+            *common,
+            "--trainer.logger=false",
+            f"--ckpt_path={ckpt}",
+            f"--trainer.default_root_dir={root / name}",
+        ]
+    )  # its config.yaml goes there
     acc = [float(v) for v in re.findall(r"seed \d+: test/loss \S+\s+test/acc (\S+)", tested)]
     if len(acc) != len(seeds):
         raise SystemExit(f"{name}: expected {len(seeds)} test/acc lines, got:\n{tested}")
