@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lightning_opt import stats
+from lightning_opt.models.registry import describe_net
 from lightning_opt.report import (
     DIFFERENCE_HEAD,
     INTERNALS,
@@ -288,15 +289,16 @@ def _arms_table(results: dict[str, Any]) -> str:
         quantity = arm.get("clip_quantity")
         q = (f"{quantity['name']}: " + ", ".join(f"{float(k):.0%} {v:.3g}" for k, v in
              quantity["quantiles"].items())) if quantity else "-"  # fmt: skip
+        net = describe_net(arm["net"]) if arm.get("net") else "-"
         rows.append([
-            name, arm.get("optimizer", "-"), ", ".join(f"{k}={v:.3g}" for k, v in
+            name, net, arm.get("optimizer", "-"), ", ".join(f"{k}={v:.3g}" for k, v in
                                                        arm["tuned"].items()),
             ", ".join(arm.get("clipping") or []) or "none",
             f"{arm['clip_rate']['mean']:.1%}" if arm.get("clip_rate") else "-", q,
             f"{tuning.get('complete', '-')} / {tuning.get('pruned', '-')}",
             f"{tuning['best_val_loss']:.4g}" if tuning.get("best_val_loss") is not None else "-",
         ])  # fmt: skip
-    head = ["arm", "optimizer", "tuned", "callbacks", "clipped", "clipped quantity quantiles",
+    head = ["arm", "net", "optimizer", "tuned", "callbacks", "clipped", "clipped quantity quantiles",
             "trials complete / pruned", "best tuning objective"]  # fmt: skip
     return _table(head, rows)
 
