@@ -128,19 +128,6 @@ def _net_class_path(text: str) -> str:
         raise UsageError(f"--model.net.help: {err}") from None
 
 
-def _expand_net(text: str) -> str:
-    if text.startswith("-"):
-        return text
-    loaded = get_loader("yaml")(text)
-    if isinstance(loaded, str) and "." not in loaded:
-        try:
-            resolve_net(loaded)
-        except ValueError as err:
-            raise UsageError(f"--model.net: {err}") from None
-    expanded = spell_out_net(loaded)
-    return text if expanded is loaded else json.dumps(expanded)
-
-
 def with_checkpoint_optimizer(args: Sequence[str]) -> list[str]:
     """``args`` plus the checkpoint's ``--optimizer`` and ``--model.net`` when ``--ckpt_path``
     names one and the command line sets neither itself.
@@ -176,17 +163,26 @@ def with_checkpoint_optimizer(args: Sequence[str]) -> list[str]:
     return out
 
 
-def _expand_value(text: str) -> str:
+def _expand(text: str, flag: str, check: Any, spell: Any) -> str:
+    """``flag``'s value spelled out by ``spell``; a short name ``check`` refuses is one line."""
     if text.startswith("-"):
-        return text  # the next option: --optimizer had no value, jsonargparse says so
+        return text  # the next option: the flag had no value, jsonargparse says so
     loaded = get_loader("yaml")(text)
     if isinstance(loaded, str) and "." not in loaded:
         try:
-            optimizer_config(loaded)
+            check(loaded)
         except ValueError as err:
-            raise UsageError(f"--optimizer: {err}") from None
-    expanded = spell_out(loaded)
+            raise UsageError(f"{flag}: {err}") from None
+    expanded = spell(loaded)
     return text if expanded is loaded else json.dumps(expanded)
+
+
+def _expand_value(text: str) -> str:
+    return _expand(text, "--optimizer", optimizer_config, spell_out)
+
+
+def _expand_net(text: str) -> str:
+    return _expand(text, "--model.net", resolve_net, spell_out_net)
 
 
 def optimizer_dict(config: Any) -> dict[str, Any]:

@@ -1,13 +1,20 @@
-"""Classes by import path and what their constructors take: the bottom of the package.
+"""Classes by import path, what their constructors take, and short names for them: the bottom
+of the package.
 
 Optimizers, nets, clipping rules and schedulers are all named by class path and configured by
-their constructors' arguments; these two helpers are the one place that reads either.
+their constructors' arguments; ``import_class`` and ``constructor_arguments`` are the one place
+that reads either, and ``Registry`` the one mechanism behind every short name.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+Entry = TypeVar("Entry")
 
 
 def import_class(class_path: str) -> type:
@@ -33,3 +40,61 @@ def constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
         for n, p in params.items()
         if n not in ("self", "params") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
+
+
+class Registry(Generic[Entry]):
+    """Short names for classes (timm's registry): entries beside the things they name, plus the
+    names installed packages declare in an entry-point group (read once per process, in every
+    process that looks a name up). Built-in names cannot be replaced.
+
+    Args:
+        kind: what the names name, for messages (``optimizer``, ``net``).
+        group: the entry-point group (``lightning_opt.optimizers``).
+        plugin: builds the entry of a plugin from ``(name, class_path, description)``.
+        hint: an example class path for the unknown-name message.
+    """
+
+    def __init__(
+        self, kind: str, group: str, plugin: Callable[[str, str, str], Entry], hint: str
+    ) -> None:
+        self.kind, self.group, self.plugin, self.hint = kind, group, plugin, hint
+        self._entries: dict[str, Entry] = {}
+        self._plugins_loaded = False
+
+    def register(self, entry: Entry) -> Entry:
+        """Add ``entry`` (its ``name``: a lowercase identifier, unique)."""
+        name = entry.name  # type: ignore[attr-defined]
+        if name != name.lower() or not name.isidentifier():
+            raise ValueError(f"{self.kind} names are lowercase identifiers, got {name!r}")
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is already registered")
+        self._entries[name] = entry
+        return entry
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for found in entry_points(group=self.group):
+            if found.name in self._entries:
+                continue  # the first registration wins
+            module, _, attr = found.value.partition(":")
+            class_path = f"{module}.{attr}" if attr else module
+            source = f" (from {found.dist.name})" if found.dist is not None else ""
+            self.register(self.plugin(found.name, class_path, class_path + source))
+
+    def names(self) -> list[str]:
+        """Registered short names, sorted."""
+        self._load_plugins()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry:
+        """The entry called ``name``; an unknown name lists the valid ones."""
+        self._load_plugins()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown {self.kind} {name!r}; give a class path ({self.hint}) or one of: "
+                f"{', '.join(self.names())}"
+            ) from None

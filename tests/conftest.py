@@ -77,3 +77,19 @@ def quiet_trainer(epochs: int, precision: str = "64-true", callbacks=()):
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+
+
+def install_entry_point(monkeypatch, tmp_path: Path, registry_module, group: str, line: str):
+    """A distribution in ``tmp_path`` declaring ``line`` (``name = module:Class``) in the entry-
+    point ``group``, and ``registry_module``'s registry fresh (built-ins kept, plugins unread)."""
+    import copy
+
+    name = line.split("=")[0].strip()
+    dist = tmp_path / f"{name}_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{line}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh = copy.copy(registry_module._REGISTRY)
+    fresh._entries, fresh._plugins_loaded = dict(fresh._entries), False
+    monkeypatch.setattr(registry_module, "_REGISTRY", fresh)

@@ -21,7 +21,15 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import MNIST1D, TINY_SAMPLES, quiet_trainer, read_scalars, tune_args, version_dirs
+from conftest import (
+    MNIST1D,
+    TINY_SAMPLES,
+    install_entry_point,
+    quiet_trainer,
+    read_scalars,
+    tune_args,
+    version_dirs,
+)
 from lightning.pytorch import Trainer, seed_everything
 from optuna.trial import TrialState
 from torch import Tensor
@@ -597,15 +605,9 @@ def test_installed_packages_register_short_names_through_entry_points(
     ``--optimizer qhm`` work, with no import of it anywhere."""
     from lightning_opt.optim import registry
 
-    dist = tmp_path / "qhm_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: qhm-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        f"[lightning_opt.optimizers]\nqhm = {__name__}:QHMomentum\n"
+    install_entry_point(
+        monkeypatch, tmp_path, registry, "lightning_opt.optimizers", f"qhm = {__name__}:QHMomentum"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
     assert "qhm" in registry.list_optimizers()
     assert registry.get_optimizer("qhm").cls is QHMomentum
     run = _fit(["--optimizer=qhm", "--optimizer.nu=0.25", *tiny_fit_args], tmp_path / "logs")

@@ -138,6 +138,14 @@ def mlp(**init_args):
         ({"net": {"class_path": "cnn", "init_args": {"width": 3}}}, "ConvNet takes no argument"),
         ({"net": {"class_path": "cnn", "init_args": {"channels": 0}}}, "channels must be a posi"),
         ({"net": "torch.optim.Adam"}, "torch.optim.Adam is not a torch.nn.Module subclass"),
+        (
+            {"net": "torch.nn.Identity"},
+            r"Identity maps a batch of 2 signals of length 40 to \(2, 40\)",
+        ),
+        (
+            {"net": {"class_path": "torch.nn.Conv1d", "init_args": {"kernel_size": 3}}},
+            "Conv1d fails on a batch of 2 signals of length 40: RuntimeError",
+        ),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(kwargs, match):

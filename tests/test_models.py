@@ -365,3 +365,24 @@ def test_tune_trains_a_cnn_population(tmp_path, data_cache, capsys):
     assert out.count("(population of 3:") == 3
     best = (tmp_path / "out" / "adam" / "best.yaml").read_text()
     assert "class_path: lightning_opt.models.ConvNet" in best and "channels: 4" in best
+
+
+def test_installed_packages_register_nets_through_entry_points(
+    tmp_path, monkeypatch, tiny_fit_args
+):
+    """A distribution declaring ``[lightning_opt.models] tinyres = module:Class`` makes
+    ``--model.net tinyres`` work."""
+    from conftest import install_entry_point
+
+    from lightning_opt.models import registry
+
+    target = USER_NET.replace(".TinyResNet1d", ":TinyResNet1d")
+    install_entry_point(
+        monkeypatch, tmp_path, registry, "lightning_opt.models", f"tinyres = {target}"
+    )
+    assert "tinyres" in list_nets() and registry.get_net("tinyres").cls is TinyResNet1d
+    cli_main(["fit", *tiny_fit_args, "--trainer.max_epochs=1", "--model.net=tinyres",
+              "--model.net.width=2"])  # fmt: skip
+    ckpt = next((tmp_path / "logs").rglob("*.ckpt"))
+    net = torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]
+    assert net == {"class_path": USER_NET, "init_args": {"width": 2}}

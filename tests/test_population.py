@@ -359,7 +359,10 @@ def test_select_members_before_fit():
             {"net": {"class_path": "mlp", "init_args": {"activation": "swish"}}},
             "unknown activation",
         ),
-        ({"net": "torch.nn.GRU"}, "GRU does not run under torch.vmap|takes no argument"),
+        (
+            {"net": "torch.nn.GRU"},
+            r"GRU maps a batch of 2 signals of length 40 to tuple, not \(2, 10\)",
+        ),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):

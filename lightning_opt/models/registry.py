@@ -13,12 +13,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
 
-from lightning_opt.reflection import import_class
+from lightning_opt.reflection import Registry, import_class
 
 #: Plugins register short names here: ``[project.entry-points."lightning_opt.models"]``.
 ENTRY_POINT_GROUP = "lightning_opt.models"
@@ -47,55 +46,28 @@ class NetInfo:
         return import_class(self.class_path)
 
 
-_REGISTRY: dict[str, NetInfo] = {}
-_plugins_loaded = False
+_REGISTRY: Registry[NetInfo] = Registry("net", ENTRY_POINT_GROUP, NetInfo, hint="my_nets.MyNet")
 
 
 def register_net(info: NetInfo) -> NetInfo:
     """Add ``info`` to the registry (names are lowercase identifiers, unique)."""
-    if info.name != info.name.lower() or not info.name.isidentifier():
-        raise ValueError(f"net names are lowercase identifiers, got {info.name!r}")
-    if info.name in _REGISTRY:
-        raise ValueError(f"net '{info.name}' is already registered")
-    _REGISTRY[info.name] = info
-    return info
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name in _REGISTRY:
-            continue  # built-in names cannot be replaced
-        module, _, attr = entry.value.partition(":")
-        class_path = f"{module}.{attr}" if attr else module
-        register_net(NetInfo(entry.name, class_path, class_path))
+    return _REGISTRY.register(info)
 
 
 def list_nets() -> list[str]:
-    """Registered short names, sorted."""
-    _load_plugins()
-    return sorted(_REGISTRY)
+    """Registered short names, sorted (the entry-point group's included)."""
+    return _REGISTRY.names()
 
 
 def get_net(name: str) -> NetInfo:
     """The registry entry called ``name``; an unknown name lists the valid ones."""
-    _load_plugins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown net {name!r}; give a class path (my_nets.MyNet) or one of: "
-            f"{', '.join(list_nets())}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def net_short_name(class_path: str) -> str:
     """The registered short name of ``class_path``, else its class name in lowercase."""
     for name in list_nets():
-        if _REGISTRY[name].class_path == class_path:
+        if _REGISTRY.get(name).class_path == class_path:
             return name
     return class_path.rpartition(".")[2].lower()
 
@@ -165,7 +137,37 @@ def build_net(
         raise ValueError(f"{cls.__name__}({shown}): {err}") from None
     if not isinstance(net, nn.Module):
         raise ValueError(f"{cls.__name__}(...) returned a {type(net).__name__}, not a nn.Module")
+    check_logits(net, input_size, num_classes)
     return net
+
+
+def check_logits(net: nn.Module, input_size: int, num_classes: int) -> None:
+    """Refuse (one line) a net that does not map ``(batch, input_size)`` signals to
+    ``(batch, num_classes)`` logits. The probe runs in eval mode, without gradients and with the
+    random state put back, so it changes nothing a run does next (BatchNorm statistics, dropout
+    masks, the seeded initialisation of what comes after)."""
+    import torch
+
+    training = net.training
+    probe = torch.zeros(2, input_size, dtype=next(net.parameters(), torch.zeros(())).dtype)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            net.eval()
+            out = net(probe)
+    except Exception as err:  # whatever the user's forward raises on a batch of signals
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(
+            f"{type(net).__name__} fails on a batch of 2 signals of length {input_size}: "
+            f"{type(err).__name__}: {reason}"
+        ) from None
+    finally:
+        net.train(training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (2, num_classes):
+        raise ValueError(
+            f"{type(net).__name__} maps a batch of 2 signals of length {input_size} to {shape}, "
+            f"not (2, {num_classes}) class logits"
+        )
 
 
 def describe_net(config: Mapping[str, Any]) -> str:

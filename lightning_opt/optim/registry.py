@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 import torch
 
-from lightning_opt.reflection import constructor_arguments, import_class
+from lightning_opt.reflection import Registry, constructor_arguments, import_class
 from lightning_opt.search_space import SearchParam
 
 __all__ = ["constructor_arguments", "import_class"]  # re-exported: their old home
@@ -51,61 +50,31 @@ class OptimizerSpec:
         return import_class(self.class_path)
 
 
-_REGISTRY: dict[str, OptimizerSpec] = {}
-_plugins_loaded = False
+_REGISTRY: Registry[OptimizerSpec] = Registry(
+    "optimizer", ENTRY_POINT_GROUP, OptimizerSpec, hint="my_module.MyOptimizer"
+)
 
 
 def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
     """Add ``spec`` to the registry (names are lowercase identifiers, unique)."""
-    if spec.name != spec.name.lower() or not spec.name.isidentifier():
-        raise ValueError(f"optimizer names are lowercase identifiers, got {spec.name!r}")
-    if spec.name in _REGISTRY:
-        raise ValueError(f"optimizer '{spec.name}' is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _load_plugins() -> None:
-    """Register the short names installed packages declare (once per process)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name in _REGISTRY:
-            continue  # the first registration wins; built-in names cannot be replaced
-        module, _, attr = entry.value.partition(":")
-        class_path = f"{module}.{attr}" if attr else module
-        register_optimizer(
-            OptimizerSpec(entry.name, class_path, f"{class_path} (from {entry.dist.name})")
-            if entry.dist is not None
-            else OptimizerSpec(entry.name, class_path, class_path)
-        )
+    return _REGISTRY.register(spec)
 
 
 def list_optimizers() -> list[str]:
-    """Registered short names, sorted."""
-    _load_plugins()
-    return sorted(_REGISTRY)
+    """Registered short names, sorted (the entry-point group's included)."""
+    return _REGISTRY.names()
 
 
 def get_optimizer(name: str) -> OptimizerSpec:
     """The registry entry called ``name``; an unknown name lists the valid ones."""
-    _load_plugins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown optimizer {name!r}; give a class path (my_module.MyOptimizer) or one of: "
-            f"{', '.join(list_optimizers())}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def short_name_of(class_path: str) -> str:
     """The registered short name of ``class_path``, else its class name in lowercase."""
     cls = import_class(class_path)
     for name in list_optimizers():
-        entry = _REGISTRY[name]
+        entry = _REGISTRY.get(name)
         if entry.class_path == class_path or entry.cls is cls:
             return name
     return cls.__name__.lower()
