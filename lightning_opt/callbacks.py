@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_opt.atomic import temporary_path
 from lightning_opt.clipping import (
     ClipStats,
     check_positive,
@@ -365,7 +366,7 @@ class PredictionCSV(Callback):
 
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = temporary_path(path)
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(self.columns)

@@ -21,6 +21,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
+from lightning_opt.atomic import temporary_path
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.runs import (
@@ -182,7 +183,7 @@ def _clear_unfinished(out: Path) -> None:
 def _write_result(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "result.json"
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_path(path)
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(path)  # atomic: an interrupted write never leaves half a result
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +16,9 @@ from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt import stats
+from lightning_opt.atomic import temporary_path
 from lightning_opt.models import resolve_net
+from lightning_opt.names import check_name
 from lightning_opt.optim.registry import optimizer_class, optimizer_config
 from lightning_opt.optim.schedulers import resolve_scheduler
 from lightning_opt.parsing import UsageError
@@ -61,9 +62,7 @@ def validate_arms(config: Any) -> list[dict[str, Any]]:
             raise ValueError(
                 f"arm {arm.get('name')!r} has unknown keys {sorted(unknown)}; allowed: {sorted(ARM_KEYS)}"
             )
-        name = arm.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"arm names are letters, digits, '_', '-' or '.', got {name!r}")
+        name = check_name("arm", arm.get("name"), "arms[].name")
         names.append(name)
         try:
             if "optimizer" in arm:
@@ -161,7 +160,7 @@ def check_experiment_record(exp_dir: Path, fingerprint: dict[str, Any], overwrit
             "an older version); choose another --experiment, or pass --overwrite"
         )
     exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_path(path)
     tmp.write_text(json.dumps(fingerprint, indent=1))
     tmp.replace(path)
 
@@ -169,10 +168,7 @@ def check_experiment_record(exp_dir: Path, fingerprint: dict[str, Any], overwrit
 def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> list[ArmPlan]:
     """Every arm's plan; everything that can fail is checked here, before the first trial of
     the first arm (``ValueError``, one line)."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.experiment) or set(config.experiment) == {"."}:
-        raise ValueError(
-            f"experiment names are letters, digits, '_', '-' or '.', got {config.experiment!r}"
-        )
+    check_name("experiment", config.experiment, "--experiment")
     arms = validate_arms(config)
     base_options = options_from_config(config)
     exp_dir = Path(config.output_dir) / config.experiment

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lightning_opt import stats
+from lightning_opt.atomic import temporary_path
 from lightning_opt.models.registry import describe_net
 from lightning_opt.report import (
     DIFFERENCE_HEAD,
@@ -99,7 +100,7 @@ def write_png(results: dict[str, Any], bands: dict[tuple[str, str], Band], path:
     axes[0].legend()
     fig.suptitle(f"{results['experiment']}: mean, 95% CI band and each seed")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     fig.savefig(tmp, format="png")
     plt.close(fig)
     tmp.replace(path)
@@ -107,7 +108,7 @@ def write_png(results: dict[str, Any], bands: dict[tuple[str, str], Band], path:
 
 def _write(path: Path, text: str) -> None:
     """Atomically: a reader never sees half a file, an interrupted write leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 

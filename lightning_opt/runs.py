@@ -17,6 +17,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
+from lightning_opt.atomic import temporary_path
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.optim.registry import constructor_arguments, import_class, optimizer_class
@@ -333,7 +334,7 @@ def save_final_checkpoint(trainer: Trainer, log_dir: Any) -> str:
     from pathlib import Path
 
     path = Path(log_dir) / "checkpoints" / "final.ckpt"
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_path(path)
     trainer.save_checkpoint(tmp)
     tmp.replace(path)
     return str(path)
@@ -347,7 +348,7 @@ def save_member_checkpoint(model: PopulationClassifier, member: int, log_dir: An
 
     path = Path(log_dir) / "checkpoints" / "final.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_path(path)
     torch.save(model.member_checkpoint(member), tmp)
     tmp.replace(path)
     return str(path)

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from typing_extensions import override
 
 from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.names import check_name
 from lightning_opt.optim.registry import default_search_space, optimizer_class
 from lightning_opt.parsing import optimizer_dict, run_name
 from lightning_opt.runs import (
@@ -116,7 +117,11 @@ def options_from_config(config: Any) -> TuneOptions:
         n_trials=config.n_trials,
         n_workers=config.n_workers,
         storage=config.storage or f"sqlite:///{config.output_dir}/optuna.db",
-        study_name=config.study_name or default_study_name(config),
+        study_name=(
+            default_study_name(config)
+            if config.study_name is None
+            else check_name("study", config.study_name, "--study_name")
+        ),
         seed=config.seed,
         pruner=config.pruner,
         objective=config.objective,

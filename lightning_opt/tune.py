@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from optuna.trial import TrialState
 
 from lightning_opt import study as studies
+from lightning_opt.atomic import temporary_path
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.parsing import (
     OptimizerCLI,
@@ -244,13 +245,13 @@ def write_fit_config(parser: LightningArgumentParser, cfg: Any, path: Path, head
     for key in (*TUNE_KEYS, *EXPERIMENT_KEYS, "config"):
         dumped.pop(key, None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_path(path)
     tmp.write_text(header + yaml.safe_dump(dumped, sort_keys=False))
     tmp.replace(path)
 
 
 def _write_html(figure: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_path(path)
     figure.write_html(tmp, include_plotlyjs=True)
     tmp.replace(path)  # a full disk never leaves half a page under the final name
 

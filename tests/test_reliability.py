@@ -336,3 +336,67 @@ def test_a_killed_experiment_resumes_to_the_same_numbers(tmp_path, data_cache):
     for run in exp.glob("*/final/seed_*"):  # one process's logs each, none from a killed one
         writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}
         assert len(writers) == 1, sorted(p.name for p in run.iterdir())
+
+
+# -- names that become folders; files written by concurrent writers -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../../escape", "--study_name '../../escape': study names are letters, digits"),
+        ("..", "--study_name '..': study names are letters"),
+        ("a/b", "never a path"),
+        ("", "--study_name: the study name is empty"),
+        ("x" * 300, "a study name of 300 bytes is longer than the 200"),
+    ],
+)
+def test_a_study_name_is_one_folder_under_the_output_directory(
+    name, message, tmp_path, data_cache, capsys
+):
+    with pytest.raises(SystemExit) as exit_info:
+        _tune(tmp_path, data_cache, f"--study_name={name}", "--n_trials=1")
+    assert exit_info.value.code == 2
+    assert message in _one_error_line(capsys)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing written, anywhere
+
+
+@pytest.mark.parametrize("arm", ["..", "../x", "a b"])
+def test_an_arm_name_is_checked_as_a_study_name_is(arm, tmp_path, data_cache, capsys):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(
+        f"experiment: e\narms:\n  - {{name: {json.dumps(arm)}, optimizer: adam}}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", f"--config={experiment}", f"--output_dir={tmp_path / 'cmp'}",
+                  f"--data.cache_dir={data_cache}"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "arms[].name" in _one_error_line(capsys) and not (tmp_path / "cmp").exists()
+
+
+def test_concurrent_writers_of_one_output_never_collide(tmp_path):
+    """Each writer renames a temporary file of its own (process and thread in its name): no
+    writer finds its temporary file taken by another's rename, and the file is whole."""
+    import threading
+
+    from lightning_opt.atomic import temporary_path
+    from lightning_opt.finals import _write_result
+
+    assert temporary_path(tmp_path / "x.json") != temporary_path(tmp_path / "y.json")
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        try:
+            for i in range(30):
+                _write_result({"writer": k, "i": i, "pad": "x" * 5000}, tmp_path)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert json.loads((tmp_path / "result.json").read_text())["i"] == 29
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -199,7 +200,7 @@ def load_mnist1d(
             )
     arrays = _generate(args)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")  # per writer
     np.savez(tmp, **arrays)
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return arrays
