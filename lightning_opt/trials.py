@@ -67,6 +67,16 @@ class TuneOptions:
         return Path(self.output_dir) / (self.log_dir_name or self.study_name)
 
 
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one trial came to, however it trained (alone or as a population member): the state
+    the study is told, its objective value (``None`` unless complete) and the line printed."""
+
+    state: TrialState
+    value: float | None
+    note: str
+
+
 def default_study_name(config: Any) -> str:
     """The optimizer's short name, then each clipping rule's ``short_name`` (adam-wnclip)."""
     clip = [callback_class(cb).short_name for cb in clipping_callbacks(config)]
@@ -181,9 +191,26 @@ class TrialRunner:
     def _log_dir(self, trial: optuna.Trial) -> Path:
         return self.options.study_dir / f"trial_{trial.number}"
 
+    def run_trials(
+        self, trials: list[optuna.Trial], params: list[dict[str, float]]
+    ) -> list[TrialOutcome]:
+        """The one entry for the trials a worker claimed: each trial's outcome. One trial at a
+        time is the ``fit`` its config describes (``run``); with ``--population K`` the K train
+        as one population (``run_population``), each exactly its own run."""
+        if self.options.population == 1:
+            return [self.run(trial, p) for trial, p in zip(trials, params, strict=True)]
+        return self.run_population(trials, params)
+
+    def _report(
+        self, trial: optuna.Trial, params: dict[str, float], outcome: TrialOutcome, timing: str
+    ) -> TrialOutcome:
+        print(f"trial {trial.number:>3}  {format_params(params)}  {outcome.note}  ({timing})",
+              flush=True)  # fmt: skip
+        return outcome
+
     def run_population(
         self, trials: list[optuna.Trial], params: list[dict[str, float]]
-    ) -> list[tuple[TrialState, float | None]]:
+    ) -> list[TrialOutcome]:
         """Train ``trials`` as one population; each trial's outcome, as ``run`` gives it."""
         seed = self.config.seed_everything
         seed_everything(seed, verbose=False)
@@ -216,15 +243,12 @@ class TrialRunner:
                 state, value, note = TrialState.PRUNED, None, reason
                 if "non-finite" in reason:
                     trial.set_user_attr("pruned_reason", "non-finite training loss")
-            outcomes.append((state, value))
-            print(
-                f"trial {trial.number:>3}  {format_params(p)}  {note}  "
-                f"(population of {len(trials)}: {elapsed:.1f} s)",
-                flush=True,
-            )
+            timing = f"population of {len(trials)}: {elapsed:.1f} s"
+            outcomes.append(self._report(trial, p, TrialOutcome(state, value, note), timing))
         return outcomes
 
-    def run(self, trial: optuna.Trial, params: dict[str, float]) -> tuple[TrialState, float | None]:
+    def run(self, trial: optuna.Trial, params: dict[str, float]) -> TrialOutcome:
+        """Train ``trial`` alone: the ``fit`` of its config with its values set."""
         cfg = with_values(self.config, params)
         seed_everything(cfg.seed_everything, verbose=False)  # as `fit` does before building
         model = build_model(cfg)
@@ -253,11 +277,7 @@ class TrialRunner:
             note = f"val/loss {value:.4f}"
             trial.set_user_attr("checkpoint", save_final_checkpoint(trainer, self._log_dir(trial)))
         elapsed = time.perf_counter() - start
-        print(
-            f"trial {trial.number:>3}  {format_params(params)}  {note}  ({elapsed:.1f} s)",
-            flush=True,
-        )
-        return state, value
+        return self._report(trial, params, TrialOutcome(state, value, note), f"{elapsed:.1f} s")
 
 
 class PopulationPruning(Callback):

@@ -88,10 +88,7 @@ def claim_and_run(
                     studies.heartbeat(storage, trial_id, options.heartbeat_interval)
                 )
             try:
-                if options.population == 1:
-                    outcomes = [runner.run(trials[0], params[0])]
-                else:
-                    outcomes = runner.run_population(trials, params)
+                outcomes = runner.run_trials(trials, params)
             except (KeyboardInterrupt, SystemExit):
                 for trial in trials:
                     trial.set_user_attr("fail_reason", "interrupted")
@@ -102,8 +99,9 @@ def claim_and_run(
                     trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
                     study.tell(trial, state=TrialState.FAIL)
                 raise
-        for trial, (state, value) in zip(trials, outcomes, strict=True):
-            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        for trial, outcome in zip(trials, outcomes, strict=True):
+            complete = outcome.state == TrialState.COMPLETE
+            study.tell(trial, outcome.value if complete else None, state=outcome.state)
         done += len(trials)
 
 
