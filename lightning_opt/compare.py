@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lightning_opt import report, report_page
+from lightning_opt import report, report_page, report_text
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.finals import net_record, run_finals
 from lightning_opt.parsing import UsageError, optimizer_dict, run_name
@@ -110,7 +110,7 @@ def run_compare(args: list[str]) -> Path:
         sys.exit(130)
     results = report.summarize(config.experiment, summary, experiment_settings(config))
     report_page.write_all(exp_dir, results)
-    print(report.markdown_table(results))
+    print(report_text.markdown_table(results))
     for line in results["verdicts"]:
         print(line)
     for line in results.get("warnings", []):

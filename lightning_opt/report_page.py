@@ -19,10 +19,9 @@ import numpy as np
 from lightning_opt import stats
 from lightning_opt.atomic import temporary_path
 from lightning_opt.models.registry import describe_net
-from lightning_opt.report import (
+from lightning_opt.report import INTERNALS, RETUNED
+from lightning_opt.report_text import (
     DIFFERENCE_HEAD,
-    INTERNALS,
-    RETUNED,
     ci_text,
     differences_table,
     json_safe,

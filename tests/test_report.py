@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from lightning_opt import report, report_page, stats
+from lightning_opt import report, report_page, report_text, stats
 
 SEEDS = [0, 1, 2, 3, 4]
 EPOCHS = 50
@@ -126,7 +126,7 @@ def test_best_epoch_test_metrics_enter_the_table_and_the_comparisons(overfit):
     diffs = overfit["comparisons"][0]["differences"]
     assert diffs["test_loss_best_epoch"]["difference"] == pytest.approx(-0.001)
     assert diffs["test_acc_best_epoch"]["metric"] == "test accuracy at the best-validation epoch"
-    head = report.markdown_table(overfit).splitlines()[0]
+    head = report_text.markdown_table(overfit).splitlines()[0]
     assert "test loss @best" in head and "test acc @best" in head
 
 
