@@ -5,7 +5,8 @@ The launcher enqueues exactly the missing number of WAITING trials; workers only
 worker died is marked failed by the heartbeat (database storages) and re-enqueued by Optuna's
 ``RetryHeartbeatStaleTrialCallback``, so another worker runs it again.
 
-Every error is one ``ValueError`` line, and no line shows a password (``redact``).
+Every error is one ``ValueError`` line, and no line shows a password (the storage itself:
+``lightning_opt.storage``).
 """
 
 from __future__ import annotations
@@ -14,264 +15,21 @@ import contextlib
 import fcntl
 import json
 import os
-import random
-import re
 import socket
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import optuna
-import sqlalchemy.exc
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
-from sqlalchemy.engine import URL, make_url
 
-RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+from lightning_opt.storage import has_heartbeat, retry_races
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _SPACE_ATTR = "lightning_opt:search_space"
 _OBJECTIVE_ATTR = "lightning_opt:objective"
-_MASK = "***"
-_SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)  # query keys that hold one
-# Errors of launchers racing to create the tables, the version stamp or the study: retried.
-_RACE = re.compile(r"already exists|database is locked|duplicate key|unique constraint", re.I)
-_RACE_ATTEMPTS = 8
-_DAMAGED = re.compile(r"not a database|malformed", re.IGNORECASE)  # SQLite's words
-_TIMED_OUT = re.compile(r"time(d)?[ -]?out", re.IGNORECASE)
-# The connect-timeout argument of drivers that do not call it ``connect_timeout``.
-_TIMEOUT_ARG = {"pg8000": "timeout", "mysqlconnector": "connection_timeout"}
-_jitter = random.Random()  # never the global `random`: seeded runs must not see our retries
-_T = TypeVar("_T")
-
-
-class _StorageError(ValueError):
-    """One line about a storage that cannot be used; its URL and reason already redacted."""
-
-
-def redact(url: str) -> str:
-    """``url`` with every password shown as ``***``, parsed the way SQLAlchemy parses it.
-
-    Hidden: the URL's password (``user:PASSWORD@host``) and query values whose key names a
-    secret (``?password=``, ``?passwd=``, ``?sslpassword=``...). A journal file path (no
-    ``://``) is returned unchanged; a string SQLAlchemy cannot parse keeps only its scheme.
-    """
-    if "://" not in url:
-        return url
-    try:
-        parsed = make_url(url)
-    except Exception:  # ArgumentError, or ValueError for a bad port, and others
-        scheme = url.split("://", 1)[0]
-        if not re.fullmatch(r"[A-Za-z][\w+.-]*", scheme):  # "u:pw@host://..." is no scheme
-            scheme = _MASK
-        return f"{scheme}://{_MASK}"
-    query = {k: _MASK if _SECRET_KEY.search(k) else v for k, v in parsed.query.items()}
-    host = parsed.host
-    if host and "@" in host:  # user:p@ss@host: SQLAlchemy's password is "p", its host "ss@host"
-        host = f"{_MASK}@{host.rsplit('@', 1)[1]}"
-    shown = parsed.set(host=host, query=query).render_as_string(hide_password=True)
-    return shown.replace("=%2A%2A%2A", f"={_MASK}")
-
-
-def _secrets(url: str | None) -> list[str]:
-    """What ``redact`` hides in ``url``, to scrub from a driver's own error text too."""
-    if not url or "://" not in url:
-        return []
-    try:
-        parsed = make_url(url)
-    except Exception:  # unparsable: hide everything after the scheme
-        return [url.split("://", 1)[1]]
-    found = [parsed.password or ""]
-    if parsed.host and "@" in parsed.host:
-        found.append(parsed.host.rsplit("@", 1)[0])
-    for key, value in parsed.query.items():
-        if _SECRET_KEY.search(key):
-            found += [value] if isinstance(value, str) else list(value)
-    return [s for s in found if s]
-
-
-def _scrub(text: str, url: str | None) -> str:
-    """``text`` with ``url``'s secrets masked (short ones only where they stand alone)."""
-    for secret in sorted(_secrets(url), key=len, reverse=True):
-        pattern = re.escape(secret)
-        if len(secret) < 4:  # a 2-letter password must not mask every "ss" of the message
-            pattern = rf"(?<![\w]){pattern}(?![\w])"
-        text = re.sub(pattern, _MASK, text)
-    return text
-
-
-def _reason(err: BaseException) -> str:
-    """The first line of the driver's own message (SQLAlchemy wraps it as ``orig``)."""
-    while getattr(err, "orig", None) is None and err.__cause__ is not None:
-        err = err.__cause__  # Optuna's StorageInternalError wraps SQLAlchemy's error
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _is_race(err: BaseException) -> bool:
-    chain: list[BaseException] = [err]
-    while chain[-1].__cause__ is not None and len(chain) < 5:
-        chain.append(chain[-1].__cause__)
-    return any(isinstance(e, sqlalchemy.exc.IntegrityError) or _RACE.search(str(e)) for e in chain)
-
-
-def _retry_races(what: Callable[[], _T], url: str | None, timeout: int | None = None) -> _T:
-    """``what()``, again after a short random pause while it loses a race with another
-    launcher; any other error, or the last race, becomes one ``ValueError`` line."""
-    for attempt in range(1, _RACE_ATTEMPTS + 1):
-        try:
-            return what()
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
-            if attempt < _RACE_ATTEMPTS and _is_race(err):
-                time.sleep(_jitter.uniform(0.02, 0.1) * attempt)
-                continue
-            raise _storage_error(url, err, timeout) from None
-    raise AssertionError("unreachable")
-
-
-def _storage_error(url: str | None, err: BaseException, timeout: int | None) -> _StorageError:
-    shown = redact(url) if url else "the study storage"
-    reason = _scrub(_reason(err), url)
-    if _DAMAGED.search(reason) and url and url.startswith("sqlite"):
-        reason += "; move it away or choose another --storage"
-    elif timeout is not None and _TIMED_OUT.search(reason):
-        reason = (
-            f"timed out after {timeout} s ({reason}); check the host and port, "
-            "or wait longer with --connect_timeout"
-        )
-    return _StorageError(f"cannot open the study storage {shown}: {reason}")
-
-
-def open_storage(
-    url: str,
-    heartbeat_interval: int = 10,
-    grace_period: int | None = None,
-    max_retry: int = 3,
-    connect_timeout: int = 10,
-) -> BaseStorage:
-    """An Optuna storage from a database URL or a journal file path; errors are one line.
-
-    Args:
-        url: ``sqlite:///FILE.db``, ``postgresql://USER@HOST/DB``, ``mysql://USER@HOST/DB`` (any
-            SQLAlchemy driver, e.g. ``postgresql+psycopg://``), or a journal file path.
-        heartbeat_interval: seconds between a running trial's heartbeats (database storages).
-        grace_period: seconds without a heartbeat before a trial counts as dead; ``None`` =
-            Optuna's default (twice ``heartbeat_interval``).
-        max_retry: how often a dead worker's trial is re-enqueued.
-        connect_timeout: seconds to wait for a PostgreSQL or MySQL server to answer before
-            giving up with "timed out" (psycopg waits at least 2 s). SQLite always waits up to
-            60 s for another worker's write instead; journal files do not connect.
-
-    Launchers that open a new database at the same moment all succeed: losing the race to
-    create its tables is retried.
-    """
-    if "://" not in url:
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(url))
-    if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
-        raise TypeError(f"connect_timeout must be whole seconds, got {connect_timeout!r}")
-    if connect_timeout < 1:
-        raise ValueError(f"connect_timeout must be at least 1 s, got {connect_timeout}")
-    scheme = url.split("://", 1)[0].split("+", 1)[0]
-    if scheme not in RDB_SCHEMES:
-        raise ValueError(
-            f"unknown storage scheme {scheme!r} in {redact(url)}; use sqlite:///FILE.db, "
-            "postgresql://USER@HOST/DB, mysql://USER@HOST/DB or a journal file path"
-        )
-    try:
-        parsed = make_url(url)
-    except Exception as err:  # ArgumentError, ValueError (a port that is no number)
-        raise ValueError(
-            f"cannot parse the storage URL {redact(url)} ({_scrub(_reason(err), url)}); "
-            "write it as DIALECT[+DRIVER]://USER[:PASSWORD]@HOST[:PORT]/DATABASE, "
-            "with special characters of the password %-encoded (@ as %40)"
-        ) from None
-    engine_kwargs = _engine_kwargs(parsed, connect_timeout)
-    if scheme == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-
-    def connect() -> RDBStorage:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=max_retry
-            ),
-        )
-
-    try:
-        return _retry_races(connect, url, connect_timeout)
-    except ImportError as err:
-        install = {
-            "postgresql": "pip install 'lightning_opt[postgres]'",
-            "mysql": "pip install PyMySQL and write mysql+pymysql://",
-        }.get(scheme, "install the driver the URL names")
-        raise ValueError(
-            f"no database driver for {redact(url)} ({_scrub(str(err), url)}); {install}"
-        ) from None
-    except _StorageError:
-        raise
-    except Exception as err:  # e.g. Optuna's RuntimeError for an old schema
-        raise _storage_error(url, err, connect_timeout) from None
-
-
-def _engine_kwargs(url: URL, connect_timeout: int) -> dict[str, Any]:
-    """SQLAlchemy engine arguments: SQLite waits for writes, servers answer in bounded time."""
-    if url.get_backend_name() == "sqlite":
-        args: dict[str, Any] = {"timeout": 60}  # wait for another worker's write
-        database = url.database or ":memory:"
-        if database != ":memory:" and not _on_network_filesystem(Path(database)):
-            args["factory"] = _WriteAheadConnection
-        return {"connect_args": args}
-    key = _TIMEOUT_ARG.get(url.get_driver_name(), "connect_timeout")
-    if key in url.query:  # the URL's own ?connect_timeout= wins
-        return {"pool_pre_ping": True}
-    return {"pool_pre_ping": True, "connect_args": {key: connect_timeout}}
-
-
-class _WriteAheadConnection(sqlite3.Connection):
-    """A SQLite connection in write-ahead-log mode with ``synchronous=NORMAL``: a commit no longer
-    waits for the disk (1.6 instead of 6.1 ms per ``trial.report``, perf/bench_storage.py);
-    a killed process loses nothing committed, and a power cut at worst the last commits, never
-    the database's consistency. A database that cannot switch (read-only) keeps the defaults."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        with contextlib.suppress(sqlite3.Error):  # read-only, or not a database: found later
-            self.execute("PRAGMA journal_mode=WAL")
-            self.execute("PRAGMA synchronous=NORMAL")
-
-
-_NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "lustre", "gpfs", "ceph"}
-
-
-def _on_network_filesystem(path: Path, mount_table: str | None = None) -> bool:
-    """Whether ``path`` lies on a network filesystem, where SQLite's write-ahead log does not
-    work (its index is shared memory on one host); unknown counts as local. ``mount_table``:
-    the text of ``/proc/mounts`` (read when not given)."""
-    try:
-        table = Path("/proc/mounts").read_text() if mount_table is None else mount_table
-    except OSError:
-        return False
-    where = str(path.resolve().parent)
-    best, kind = "", ""
-    for fields in map(str.split, table.splitlines()):
-        if len(fields) < 3:
-            continue
-        point, fstype = fields[1].replace("\\040", " "), fields[2]
-        if (where == point or where.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
-            best, kind = point, fstype
-    return kind in _NETWORK_FILESYSTEMS or kind.startswith("fuse.sshfs")
-
-
-def has_heartbeat(storage: BaseStorage) -> bool:
-    return isinstance(storage, RDBStorage)
 
 
 def open_study(
@@ -311,7 +69,7 @@ def open_study(
         _check_settings(study, name, wanted, objective)
         return study
 
-    return _retry_races(create_or_load, getattr(storage, "url", None))
+    return retry_races(create_or_load, getattr(storage, "url", None))
 
 
 def _wait_for_settings(study: optuna.Study, timeout: float = 10.0) -> None:

@@ -20,6 +20,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 from optuna.trial import TrialState
 
+from lightning_opt import storage as storages
 from lightning_opt import study as studies
 from lightning_opt.atomic import temporary_path
 from lightning_opt.data import MNIST1DDataModule
@@ -318,7 +319,7 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
 
 def open_study_storage(options: TuneOptions) -> Any:
     """The study's storage (``ValueError``, one line, where it cannot be opened in time)."""
-    return studies.open_storage(
+    return storages.open_storage(
         options.storage, options.heartbeat_interval, options.grace_period, options.max_retry,
         connect_timeout=options.connect_timeout,
     )  # fmt: skip
@@ -432,7 +433,7 @@ def run_study(config: Any, options: TuneOptions) -> optuna.Study:
     if rerun:
         print(f"re-running {rerun} interrupted trial(s) with their own parameters", flush=True)
     print(
-        f"study {options.study_name!r} in {studies.redact(options.storage)}: "
+        f"study {options.study_name!r} in {storages.redact(options.storage)}: "
         f"{options.n_trials - added} of {options.n_trials} trials already planned or finished, "
         f"{added} to run with {options.n_workers} worker(s); logs in {options.study_dir}",
         flush=True,

@@ -19,6 +19,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from lightning_opt import storage as storages
 from lightning_opt import study as studies
 from lightning_opt.runs import quiet_lightning
 from lightning_opt.trials import TrialRunner, TuneOptions, make_pruner
@@ -27,7 +28,7 @@ from lightning_opt.trials import TrialRunner, TuneOptions, make_pruner
 def run_worker(config: Any, options: TuneOptions) -> int:
     """Claim and run trials until none is left; the number run."""
     quiet_lightning()
-    storage = studies.open_storage(
+    storage = storages.open_storage(
         options.storage, options.heartbeat_interval, options.grace_period, options.max_retry,
         connect_timeout=options.connect_timeout,
     )  # fmt: skip
@@ -62,12 +63,12 @@ def claim_and_run(
     while True:
         if runner.interrupted:
             raise KeyboardInterrupt
-        if studies.has_heartbeat(storage):
+        if storages.has_heartbeat(storage):
             optuna.storages.fail_stale_trials(study)  # re-enqueues trials of dead workers
         claimed = studies.claim_waiting_trial(study, storage, options.n_trials, options.seed)
         if claimed is None:
             running = studies.count_states(study)[TrialState.RUNNING]
-            if running and studies.has_heartbeat(storage):
+            if running and storages.has_heartbeat(storage):
                 time.sleep(
                     min(0.5, options.heartbeat_interval)
                 )  # a dead worker's trial may come back

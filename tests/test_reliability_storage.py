@@ -14,10 +14,12 @@ import optuna
 import pytest
 from conftest import TINY_SAMPLES
 
+from lightning_opt import storage as storage_module
 from lightning_opt import study as studies
 from lightning_opt.cli import cli_main
 from lightning_opt.search_space import SearchParam
-from lightning_opt.study import open_storage, open_study, redact
+from lightning_opt.storage import open_storage, redact
+from lightning_opt.study import open_study
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -167,7 +169,7 @@ class _Recorder:
     ],
 )
 def test_connect_timeout_reaches_the_driver(url, connect_args, monkeypatch, tmp_path):
-    monkeypatch.setattr(studies, "RDBStorage", _Recorder)
+    monkeypatch.setattr(storage_module, "RDBStorage", _Recorder)
     storage = open_storage(url.format(tmp=tmp_path), connect_timeout=7)
     args = dict(storage.engine_kwargs.get("connect_args") or {})
     args.pop("factory", None)  # SQLite's write-ahead log: the next test
@@ -176,7 +178,7 @@ def test_connect_timeout_reaches_the_driver(url, connect_args, monkeypatch, tmp_
 
 @pytest.mark.parametrize("network", [False, True])
 def test_sqlite_writes_ahead_on_a_local_disk_only(network, tmp_path, monkeypatch):
-    monkeypatch.setattr(studies, "_on_network_filesystem", lambda path: network)
+    monkeypatch.setattr(storage_module, "_on_network_filesystem", lambda path: network)
     storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     with storage.engine.connect() as connection:
         mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
@@ -190,17 +192,17 @@ def test_network_filesystems_are_recognised():
         "/dev/sdb1 /home/me/local\\040disk xfs rw 0 0\n"
         "me@host:/x /mnt/ssh fuse.sshfs rw 0 0\n"
     )
-    assert not studies._on_network_filesystem(Path("/tmp/optuna.db"), table)
-    assert studies._on_network_filesystem(Path("/home/me/optuna.db"), table)
-    assert not studies._on_network_filesystem(Path("/home/me/local disk/optuna.db"), table)
-    assert studies._on_network_filesystem(Path("/mnt/ssh/study/optuna.db"), table)
-    assert not studies._on_network_filesystem(Path("/homework/optuna.db"), table)
+    assert not storage_module._on_network_filesystem(Path("/tmp/optuna.db"), table)
+    assert storage_module._on_network_filesystem(Path("/home/me/optuna.db"), table)
+    assert not storage_module._on_network_filesystem(Path("/home/me/local disk/optuna.db"), table)
+    assert storage_module._on_network_filesystem(Path("/mnt/ssh/study/optuna.db"), table)
+    assert not storage_module._on_network_filesystem(Path("/homework/optuna.db"), table)
 
 
 def test_a_read_only_sqlite_study_still_opens(tmp_path, monkeypatch):
     """A database that cannot switch to the write-ahead log keeps SQLite's defaults."""
     with monkeypatch.context() as patch:  # made where no write-ahead log is used
-        patch.setattr(studies, "_on_network_filesystem", lambda path: True)
+        patch.setattr(storage_module, "_on_network_filesystem", lambda path: True)
         _real_db(tmp_path / "optuna.db")
     url = f"sqlite:///file:{tmp_path / 'optuna.db'}?mode=ro&uri=true"
     study = optuna.load_study(study_name="real", storage=open_storage(url))

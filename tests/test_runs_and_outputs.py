@@ -30,7 +30,7 @@ from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.models import MLP
 from lightning_opt.population import PopulationClassifier
-from lightning_opt.study import open_storage
+from lightning_opt.storage import open_storage
 
 ADAM_LR = 0.00624  # adam's registered default learning rate
 STEPS_PER_EPOCH = 7  # ceil(319 / 50)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from lightning_opt import trials, tune, workers
 from lightning_opt.cli import cli_main
-from lightning_opt.study import open_storage
+from lightning_opt.storage import open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
