@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning_opt import report, report_page, report_text
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.finals import net_record, run_finals
+from lightning_opt.fingerprints import run_fingerprint
 from lightning_opt.parsing import UsageError, optimizer_dict, run_name
 from lightning_opt.plans import (
     ArmPlan,
@@ -35,13 +36,8 @@ from lightning_opt.runs import (
 )
 from lightning_opt.study import original_number
 from lightning_opt.trials import resolve_search_space
-from lightning_opt.tune import (
-    TuneCLI,
-    parse,
-    run_fingerprint,
-    run_study,
-    write_fit_config,
-)
+from lightning_opt.tune import TuneCLI, parse, run_study
+from lightning_opt.tune_outputs import write_fit_config
 
 
 class CompareCLI(TuneCLI):

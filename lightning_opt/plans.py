@@ -17,6 +17,12 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt import stats
 from lightning_opt.atomic import temporary_path
+from lightning_opt.fingerprints import (
+    EXPERIMENT_KEYS,
+    differences,
+    mismatch_message,
+    run_fingerprint,
+)
 from lightning_opt.models import resolve_net
 from lightning_opt.names import check_name
 from lightning_opt.optim.registry import optimizer_class, optimizer_config
@@ -31,14 +37,7 @@ from lightning_opt.runs import (
     trainer_arguments,
 )
 from lightning_opt.trials import options_from_config
-from lightning_opt.tune import (
-    EXPERIMENT_KEYS,
-    check_study,
-    differences,
-    mismatch_message,
-    open_study_storage,
-    run_fingerprint,
-)
+from lightning_opt.tune import check_study, open_study_storage
 
 ARM_KEYS = {"name", "optimizer", "lr_scheduler", "model", "callbacks", "search_space"}
 

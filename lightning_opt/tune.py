@@ -12,18 +12,20 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 from optuna.trial import TrialState
 
 from lightning_opt import storage as storages
 from lightning_opt import study as studies
-from lightning_opt.atomic import temporary_path
 from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.fingerprints import (
+    differences,
+    mismatch_message,
+    run_fingerprint,
+)
 from lightning_opt.parsing import (
     OptimizerCLI,
     UsageError,
@@ -42,29 +44,11 @@ from lightning_opt.runs import (
 )
 from lightning_opt.trials import (
     TuneOptions,
-    format_params,
     options_from_config,
     resolve_search_space,
 )
+from lightning_opt.tune_outputs import write_outputs
 from lightning_opt.workers import run_workers
-
-#: The study's own options: not part of a trial's fit config (best.yaml leaves them out).
-TUNE_KEYS = (
-    "n_trials", "n_workers", "storage", "study_name", "seed", "pruner", "objective",
-    "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry", "population",
-    "overwrite", "connect_timeout",
-)  # fmt: skip
-#: Settings that change where a run writes or how fast it goes, not its values.
-NOT_IN_FINGERPRINT = (
-    "config", "n_trials", "n_workers", "storage", "study_name", "output_dir", "heartbeat_interval",
-    "grace_period", "max_retry", "overwrite", "connect_timeout", "population", "population_finals",
-    "experiment", "trainer.logger", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "trainer.enable_checkpointing", "trainer.default_root_dir", "data.cache_dir",
-)  # fmt: skip
-#: compare's own options (see ``compare.CompareCLI``).
-EXPERIMENT_KEYS = (
-    "experiment", "arms", "seeds", "tune_max_epochs", "population_finals", "robustness",
-)  # fmt: skip
 
 
 class TuneCLI(OptimizerCLI):
@@ -162,116 +146,9 @@ class TuneCLI(OptimizerCLI):
         pass  # each trial instantiates its own classes
 
 
-def run_fingerprint(
-    parser: LightningArgumentParser, config: Any, drop: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Everything in ``config`` that determines a trial's (or final run's) values, resolved, as
-    plain data: model, data, trainer budget and callbacks, optimizer, scheduler, search space,
-    seeds, objective, pruner; with the package version. Where runs go and how fast (loggers,
-    workers, populations, storage) is left out."""
-    import lightning_opt
-
-    dumped = yaml.safe_load(parser.dump(config, skip_check=True))
-    for key in (*NOT_IN_FINGERPRINT, *drop):
-        section, _, name = key.rpartition(".")
-        holder = dumped.get(section) if section else dumped
-        if isinstance(holder, dict):
-            holder.pop(name, None)
-    dumped["lightning_opt"] = lightning_opt.__version__
-    return dumped
-
-
-def differences(recorded: Any, now: Any, prefix: str = "") -> list[str]:
-    """``key: recorded -> now`` for each setting that differs (dotted keys, in order)."""
-    if isinstance(recorded, dict) and isinstance(now, dict):
-        out = []
-        for key in [*recorded, *(k for k in now if k not in recorded)]:
-            name = f"{prefix}.{key}" if prefix else str(key)
-            out += differences(recorded.get(key, "<unset>"), now.get(key, "<unset>"), name)
-        return out
-    return [] if recorded == now else [f"{prefix}: {recorded!r} -> {now!r}"]
-
-
-def mismatch_message(what: str, diffs: list[str], rename: str) -> str:
-    shown = "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "")
-    return (
-        f"{what} was run with other settings ({shown}); its results cannot be reused: choose "
-        f"another {rename}, or pass --overwrite to start it afresh"
-    )
-
-
 def parse(args: list[str], cli_class: type[TuneCLI] = TuneCLI) -> TuneCLI:
     """Parse ``tune`` (or ``compare``) arguments; nothing is built."""
     return build_cli(cli_class, args, run=False, save_config_callback=None)
-
-
-def write_outputs(parser: LightningArgumentParser, config: Any, options: TuneOptions,
-                  study: optuna.Study) -> Path | None:  # fmt: skip
-    """Print the best trial; write ``best.yaml`` and the history/importance plots; best.yaml path."""
-    counts = studies.count_states(study)
-    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    print(
-        f"study {options.study_name!r}: {finished}/{options.n_trials} finished "
-        f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-        f"{counts[TrialState.FAIL]} failed)"
-    )
-    if not counts[TrialState.COMPLETE]:
-        print("no trial completed: nothing to report")
-        return None
-    best = study.best_trial
-    options.study_dir.mkdir(parents=True, exist_ok=True)
-    path = options.study_dir / "best.yaml"
-    header = (
-        f"# Best trial {best.number} of study {options.study_name!r} "
-        f"(val/loss {best.value:.6g}, objective: {options.objective}).\n"
-        f"# Retrain it: python -m lightning_opt fit --config {path}\n"
-    )
-    checkpoint = best.user_attrs.get("checkpoint")
-    if checkpoint:
-        header += (
-            f"# Its weights: python -m lightning_opt test --config {path} "
-            f"--ckpt_path {checkpoint}\n"
-        )
-    write_fit_config(parser, with_values(config, best.params), path, header)
-    print(f"best trial {best.number}: val/loss {best.value:.4f}  {format_params(best.params)}")
-    print(f"best config: {path}")
-    write_plots(study, options.study_dir)
-    return path
-
-
-def write_fit_config(parser: LightningArgumentParser, cfg: Any, path: Path, header: str) -> None:
-    """``cfg`` as the ``fit`` config that replays it (the study's and experiment's own keys
-    left out), written atomically to ``path`` under ``header``."""
-    dumped = yaml.safe_load(parser.dump(cfg, skip_check=True))
-    for key in (*TUNE_KEYS, *EXPERIMENT_KEYS, "config"):
-        dumped.pop(key, None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    tmp.write_text(header + yaml.safe_dump(dumped, sort_keys=False))
-    tmp.replace(path)
-
-
-def _write_html(figure: Any, path: Path) -> None:
-    tmp = temporary_path(path)
-    figure.write_html(tmp, include_plotlyjs=True)
-    tmp.replace(path)  # a full disk never leaves half a page under the final name
-
-
-def write_plots(study: optuna.Study, out: Path) -> None:
-    try:
-        from optuna.visualization import plot_optimization_history, plot_param_importances
-    except ImportError:  # plotly missing
-        return
-    _write_html(plot_optimization_history(study), out / "history.html")
-    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if len(completed) >= 2 and len(study.best_trial.params) >= 1:
-        try:
-            figure = plot_param_importances(study)
-        except (RuntimeError, ValueError) as err:  # e.g. every completed trial has one value
-            print(f"parameter importance skipped: {err}")
-        else:
-            _write_html(figure, out / "importance.html")
-    print(f"plots: {out / 'history.html'}")
 
 
 def run_tune(args: list[str]) -> None:

@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 
 from lightning_opt import trials as trials_module
 from lightning_opt.cli import cli_main
+from lightning_opt.fingerprints import differences
 from lightning_opt.storage import open_storage
-from lightning_opt.tune import differences
 
 ROOT = Path(__file__).parents[1]
 
