@@ -313,6 +313,10 @@ def cli_main(args: list[str] | None = None) -> None:
             sys.exit(EXIT_USAGE)
         return
     try:
+        if not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+            raise UsageError(
+                f"unknown subcommand {argv[0]!r}; choose one of: {', '.join(SUBCOMMANDS)}"
+            )
         if argv[:1] == ["tune"]:
             from lightning_opt.tune import run_tune
 

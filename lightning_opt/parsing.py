@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace, get_loader, set_loader
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_opt.data import NUM_CLASSES, MNIST1DDataModule
@@ -287,6 +288,19 @@ def check_trainer_settings(trainer: Any) -> None:
         )
 
 
+def check_run_settings(config: Any) -> None:
+    """One line (``UsageError``) for settings that would fail deep inside a run: a seed numpy
+    cannot take, a file where a folder is expected."""
+    seed = config.get("seed_everything")
+    if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+        raise UsageError(
+            f"--seed_everything {seed}: a seed is an integer from 0 to {MAX_SEED} (or true: random)"
+        )
+    root = config.get("trainer", {}).get("default_root_dir")
+    if root and Path(root).exists() and not Path(root).is_dir():
+        raise UsageError(f"--trainer.default_root_dir {root} is a file; give a folder")
+
+
 class OptimizerCLI(LightningCLI):
     """LightningCLI for ``MNIST1DClassifier`` on ``MNIST1DDataModule`` with ``--optimizer``."""
 
@@ -296,6 +310,8 @@ class OptimizerCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self.argv = list(args) if isinstance(args, (list, tuple)) else []  # as typed
         super().parse_arguments(parser, args)
+        config = self.config[self.config.subcommand] if "subcommand" in self.config else self.config
+        check_run_settings(config)  # before LightningCLI seeds anything or makes a folder
 
     @staticmethod
     def add_optimizer_argument(parser: LightningArgumentParser) -> None:
@@ -344,8 +360,30 @@ def _plain(value: Any) -> Any:
     return _lists(value.as_dict() if isinstance(value, Namespace) else value)
 
 
+def check_config_files(args: Sequence[str]) -> None:
+    """A ``--config`` file that is not UTF-8 text (a binary, a checkpoint given by mistake) is one
+    line, not the decoder's traceback."""
+    for i, arg in enumerate(args):
+        path = None
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        if path is None or not Path(path).is_file():
+            continue  # jsonargparse names a missing file itself
+        try:
+            Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UsageError(
+                f"--config {path} is not a UTF-8 text file (byte {err.start}: {err.reason}); "
+                "give a YAML config"
+            ) from None
+
+
 def build_cli(cli_class: type[LightningCLI], args: Sequence[str] | None, **kwargs: Any) -> Any:
     """``cli_class`` over the model and data with the project's defaults (``args``: a list)."""
+    if args is not None:
+        check_config_files(args)
     args = expand_argv(with_checkpoint_optimizer(args)) if args is not None else None
     with warnings.catch_warnings():
         # args come from our own dispatcher, which has already read sys.argv

@@ -119,6 +119,10 @@ def options_from_config(config: Any) -> TuneOptions:
             f"grace_period must be longer than heartbeat_interval ({config.heartbeat_interval}), "
             f"got {config.grace_period}"
         )
+    if isinstance(config.seed, bool) or not 0 <= config.seed < 2**32:
+        raise ValueError(
+            f"--seed {config.seed}: the sampler's seed is an integer from 0 to 2**32 - 1"
+        )
     if config.connect_timeout < 1:
         raise ValueError(f"connect_timeout must be >= 1 second, got {config.connect_timeout}")
     if config.max_retry < 0:

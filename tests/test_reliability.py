@@ -400,3 +400,35 @@ def test_concurrent_writers_of_one_output_never_collide(tmp_path):
     assert not errors
     assert json.loads((tmp_path / "result.json").read_text())["i"] == 29
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "--seed_everything=-1"], "--seed_everything -1: a seed is an integer from 0 to"),
+        (["fit", "--seed_everything=99999999999999"], "--seed_everything 99999999999999: a seed"),
+        (["tune", "--seed=-1"], "--seed -1: the sampler's seed is an integer from 0 to 2**32 - 1"),
+        (["fit", "--data.generation_seed=-5"], "--data.generation_seed -5: an integer from 0"),
+        (["fit", "--data.cache_dir={file}"], "--data.cache_dir {file} is a file; give a folder"),
+        (["fit", "--trainer.default_root_dir={file}"], "default_root_dir {file} is a file"),
+        (["fit", "--config={binary}"], "--config {binary} is not a UTF-8 text file (byte 0"),
+        (["frobnicate"], "unknown subcommand 'frobnicate'; choose one of: fit, validate, test, "
+                         "predict, tune, compare"),
+    ],
+)  # fmt: skip
+def test_bad_input_found_by_the_reliability_battery_is_one_line(
+    args, message, tmp_path, capsys, monkeypatch
+):
+    a_file, binary = tmp_path / "a_file", tmp_path / "model.ckpt"
+    a_file.write_text("")
+    binary.write_bytes(b"\xff\xfe\x00\x01PK")
+    subs = {"{file}": str(a_file), "{binary}": str(binary)}
+    for key, value in subs.items():
+        args = [a.replace(key, value) for a in args]
+        message = message.replace(key, value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*args, f"--output_dir={tmp_path / 'out'}"] if args[0] == "tune" else args)
+    assert exit_info.value.code == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ that would come out empty is refused before training.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -107,6 +108,13 @@ class MNIST1DDataModule(LightningDataModule):
             raise ValueError(
                 f"split_seed must be a non-negative integer or {PER_RUN!r}, got {split_seed!r}"
             )
+        if isinstance(generation_seed, bool) or not 0 <= generation_seed < 2**32:
+            raise ValueError(
+                f"--data.generation_seed {generation_seed}: an integer from 0 to 2**32 - 1 "
+                "(42: the published data)"
+            )
+        if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise ValueError(f"--data.cache_dir {cache_dir} is a file; give a folder")
         check_variant(self._variant_of(locals()))
         self.save_hyperparameters(logger=False)  # the model logs them, flat, with its own
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
