@@ -208,6 +208,17 @@ def summarize_argument_error(message: str) -> str:
     value: abc ...`` becomes ``trainer.callbacks: X: clip_factor: expected a float, got abc``.
     """
     text = " ".join(message.split())
+    net = re.match(
+        r"Parser key \"model\.net\": .*?Option '(\w+)' is not accepted.*?class_path='([\w.]+)'",
+        text,
+    )
+    if net:  # the Callable type's words for an argument the net's class does not take
+        from lightning_opt.models import net_arguments
+        from lightning_opt.reflection import import_class
+
+        arg, class_path = net.groups()
+        takes = ", ".join(net_arguments(import_class(class_path))) or "nothing"
+        return f"--model.net.{arg}: {class_path.rsplit('.', 1)[-1]} takes no argument {arg!r} (it takes: {takes})"
     outer = re.match(r'Parser key "([^"]+)": ', text)
     ambiguous = re.search(r"(Multiple subclasses with name .*?)(?: - |$)", text)
     if outer and ambiguous:

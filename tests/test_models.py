@@ -386,3 +386,11 @@ def test_installed_packages_register_nets_through_entry_points(
     ckpt = next((tmp_path / "logs").rglob("*.ckpt"))
     net = torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]
     assert net == {"class_path": USER_NET, "init_args": {"width": 2}}
+
+
+def test_an_argument_the_nets_class_lacks_is_one_line_naming_what_it_takes(tiny_fit_args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *tiny_fit_args, "--model.net=cnn", "--model.net.width=3"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--model.net.width: ConvNet takes no argument 'width' (it takes: channels)" in line

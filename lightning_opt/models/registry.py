@@ -114,7 +114,7 @@ def resolve_net(value: Any) -> tuple[type[nn.Module], dict[str, Any]]:
         raise ValueError(f"{config['class_path']} is not a torch.nn.Module subclass")
     arguments = net_arguments(cls)
     unknown = sorted(set(config["init_args"]) - set(arguments))
-    if unknown:
+    if unknown and not _takes_any_keyword(cls):  # a **kwargs constructor checks its own
         raise ValueError(
             f"{cls.__name__} takes no argument {', '.join(unknown)} "
             f"(it takes: {', '.join(arguments) or 'nothing'} after input_size, num_classes)"
@@ -124,6 +124,11 @@ def resolve_net(value: Any) -> tuple[type[nn.Module], dict[str, Any]]:
     # (jsonargparse shortens it to lightning_opt.models.ConvNet).
     class_path = f"{cls.__module__}.{cls.__qualname__}"
     return cls, {"class_path": class_path, "init_args": {**defaults, **config["init_args"]}}
+
+
+def _takes_any_keyword(cls: type) -> bool:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def build_net(
