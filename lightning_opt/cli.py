@@ -21,13 +21,14 @@ from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.callbacks import check_clipping_callbacks
-from lightning_opt.models import net_short_name, resolve_net
+from lightning_opt.models import net_short_name
 from lightning_opt.optim.registry import import_class
 from lightning_opt.parsing import (
     OptimizerCLI,
     UsageError,
     build_cli,
     check_trainer_settings,
+    net_class_path,
     place_loggers,
     summarize_argument_error,
 )
@@ -50,14 +51,6 @@ def _saved_model_value(hparams: dict[str, Any], key: str) -> Any:
         return hparams[name]
     nested = hparams[name] if isinstance(hparams[name], dict) else {}
     return (nested.get("init_args") or {}).get(arg, _MISSING)
-
-
-def _net_class_path_or(value: Any) -> Any:
-    """A net's canonical class path, or ``value`` itself where it names no net."""
-    try:
-        return resolve_net(value)[1]["class_path"]
-    except (ValueError, TypeError):
-        return value
 
 
 class LightningOptCLI(OptimizerCLI):
@@ -178,8 +171,8 @@ class LightningOptCLI(OptimizerCLI):
             except yaml.YAMLError:
                 value = text
             if key == "net" and isinstance(saved, dict):  # the class, by name or path
-                value = _net_class_path_or(value)
-                saved = _net_class_path_or(saved)
+                value = net_class_path(value)
+                saved = net_class_path(saved)
                 text = net_short_name(value) if isinstance(value, str) else text
             if value != saved:
                 raise UsageError(

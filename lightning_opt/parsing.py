@@ -119,6 +119,15 @@ def expand_argv(args: Sequence[str]) -> list[str]:
     return out
 
 
+def net_class_path(value: Any) -> Any:
+    """A net's canonical class path (a short name, a class path or ``{class_path, init_args}``),
+    or ``value`` itself where it names no net."""
+    try:
+        return resolve_net(value)[1]["class_path"]
+    except (ValueError, TypeError):
+        return value
+
+
 def _net_class_path(text: str) -> str:
     """A short name's class path (``--model.net.help cnn``); anything else as typed."""
     if "." in text or text.startswith("-"):
@@ -129,7 +138,7 @@ def _net_class_path(text: str) -> str:
         raise UsageError(f"--model.net.help: {err}") from None
 
 
-def with_checkpoint_optimizer(args: Sequence[str]) -> list[str]:
+def with_checkpoint_settings(args: Sequence[str]) -> list[str]:
     """``args`` plus the checkpoint's ``--optimizer`` and ``--model.net`` when ``--ckpt_path``
     names one and the command line sets neither itself.
 
@@ -395,7 +404,7 @@ def build_cli(cli_class: type[LightningCLI], args: Sequence[str] | None, **kwarg
     """``cli_class`` over the model and data with the project's defaults (``args``: a list)."""
     if args is not None:
         check_config_files(args)
-    args = expand_argv(with_checkpoint_optimizer(args)) if args is not None else None
+    args = expand_argv(with_checkpoint_settings(args)) if args is not None else None
     with warnings.catch_warnings():
         # args come from our own dispatcher, which has already read sys.argv
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

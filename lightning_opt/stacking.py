@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from typing_extensions import override
 
-from lightning_opt.models.cnn import ConvNet, StackedConvNet
-from lightning_opt.models.gru import GRUNet, StackedGRUNet
+from lightning_opt.models.cnn import ConvNet, stacked_conv1d
+from lightning_opt.models.gru import GRUNet, bidirectional_outputs, directed, gru_scan
 from lightning_opt.models.mlp import linear_layers
 
 
@@ -93,6 +93,46 @@ class StackedModule(nn.Module):
 
     #: Dimensions of one member's batch (mnist1d: ``(batch, positions)``).
     _example_dims = 2
+
+
+class StackedConvNet(StackedModule):
+    """K ``ConvNet`` members (a fast path): each convolution one batched matrix product over the
+    members (im2col, ``models.cnn.stacked_conv1d``); ``vmap`` turns them into grouped
+    convolutions, about twice as slow on CPU (``perf/bench_population.py --net cnn``)."""
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == self._example_dims:  # every member the same examples
+            x = x.expand(self.num_members, *x.shape)
+        h = x.unsqueeze(-1)  # (K, batch, positions, 1)
+        for layer in (self.conv1, self.conv2, self.conv3):
+            h = stacked_conv1d(h, layer.weight, layer.bias, stride=2, padding=1).relu()
+        features = h.transpose(-1, -2).flatten(-2)  # ConvNet's (channels, positions) order
+        return torch.baddbmm(
+            self.linear.bias.unsqueeze(1), features, self.linear.weight.transpose(1, 2)
+        )
+
+
+class StackedGRUNet(StackedModule):
+    """K ``GRUNet`` members (a fast path): every member's directions run as one
+    ``models.gru.gru_scan`` of ``K * directions`` GRUs, without ``vmap``."""
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == self._example_dims:
+            x = x.expand(self.num_members, *x.shape)
+        suffixes = self.rnn.suffixes
+        weights = [
+            torch.stack([getattr(self.rnn, f"{name}_l0{s}") for s in suffixes], 1).flatten(0, 1)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]  # (K * directions, ...)
+        seqs = directed(x.unsqueeze(-1), len(suffixes)).transpose(0, 1).flatten(0, 1)
+        out = gru_scan(seqs, *weights)  # (K * D, batch, time, hidden)
+        out = out.unflatten(0, (self.num_members, len(suffixes))).transpose(0, 1)
+        features = bidirectional_outputs(out).flatten(-2)  # (K, batch, features)
+        return torch.baddbmm(
+            self.linear.bias.unsqueeze(1), features, self.linear.weight.transpose(1, 2)
+        )
 
 
 #: Fast paths: ``(matches(net) -> bool, stack(nets) -> module)``, tried in order before the

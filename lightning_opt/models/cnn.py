@@ -64,32 +64,3 @@ def stacked_conv1d(x: Tensor, weight: Tensor, bias: Tensor, stride: int, padding
     cols = torch.stack(taps, -1).reshape(members, batch * length, channels * kernel)
     out = torch.baddbmm(bias.unsqueeze(1), cols, weight.flatten(2).transpose(1, 2))
     return out.reshape(members, batch, length, -1)
-
-
-class StackedConvNet(nn.Module):
-    """K ``ConvNet`` members as one module (a population fast path, ``lightning_opt.stacking``):
-    parameters stacked on dimension 0 under ``ConvNet``'s names, each convolution one batched
-    matrix product over the members (``vmap`` turns them into grouped convolutions, slower on
-    CPU: ``perf/bench_population.py --net cnn``)."""
-
-    def __init__(self, nets: list[ConvNet]) -> None:
-        super().__init__()
-        for layer in ("conv1", "conv2", "conv3", "linear"):
-            holder = nn.Module()
-            for name in ("weight", "bias"):
-                stacked = torch.stack([getattr(getattr(n, layer), name).detach() for n in nets])
-                holder.register_parameter(name, nn.Parameter(stacked))
-            self.add_module(layer, holder)
-
-    @override
-    def forward(self, x: Tensor) -> Tensor:
-        members = len(self.linear.weight)
-        if x.dim() == 2:  # every member the same examples
-            x = x.expand(members, *x.shape)
-        h = x.unsqueeze(-1)  # (K, batch, positions, 1)
-        for layer in (self.conv1, self.conv2, self.conv3):
-            h = stacked_conv1d(h, layer.weight, layer.bias, stride=2, padding=1).relu()
-        features = h.transpose(-1, -2).flatten(-2)  # ConvNet's (channels, positions) order
-        return torch.baddbmm(
-            self.linear.bias.unsqueeze(1), features, self.linear.weight.transpose(1, 2)
-        )

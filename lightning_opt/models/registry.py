@@ -132,9 +132,14 @@ def _takes_any_keyword(cls: type) -> bool:
 
 
 def build_net(
-    cls: type[nn.Module], init_args: Mapping[str, Any], input_size: int, num_classes: int
+    cls: type[nn.Module],
+    init_args: Mapping[str, Any],
+    input_size: int,
+    num_classes: int,
+    probe: bool = True,
 ) -> nn.Module:
-    """``cls(input_size, num_classes, **init_args)``; one line if its constructor refuses."""
+    """``cls(input_size, num_classes, **init_args)``; one line if its constructor refuses, or
+    (``probe``) if it does not map signals to class logits (``check_logits``)."""
     try:
         net = cls(input_size, num_classes, **init_args)
     except (TypeError, ValueError) as err:
@@ -142,7 +147,8 @@ def build_net(
         raise ValueError(f"{cls.__name__}({shown}): {err}") from None
     if not isinstance(net, nn.Module):
         raise ValueError(f"{cls.__name__}(...) returned a {type(net).__name__}, not a nn.Module")
-    check_logits(net, input_size, num_classes)
+    if probe:
+        check_logits(net, input_size, num_classes)
     return net
 
 

@@ -159,7 +159,9 @@ class PopulationClassifier(
             for seed in seeds:
                 torch.manual_seed(seed)  # what seed_everything does before fit builds the model
                 init_args = self.hparams.net["init_args"]
-                nets.append(build_net(self.net_class, init_args, input_size, num_classes))
+                # Every member has the same architecture: the first one's probe speaks for all.
+                probe = not nets
+                nets.append(build_net(self.net_class, init_args, input_size, num_classes, probe))
         why = why_not_stackable(nets[0], input_size)
         if why is not None:
             raise ValueError(f"{why}: train it one run at a time")
