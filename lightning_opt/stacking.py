@@ -80,7 +80,11 @@ class StackedModule(nn.Module):
         # The template computes; it is kept out of the module tree (no parameters of its own
         # are counted, moved or saved) and every call substitutes the members' tensors.
         self._template = (copy.deepcopy(nets[0]).to("meta"),)
-        self.num_members = len(nets)
+
+    @property
+    def num_members(self) -> int:
+        """The live members: a population that drops some narrows every parameter."""
+        return len(next(self.parameters()))
 
     def _call(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(self._template[0], params, (x,))

@@ -394,3 +394,23 @@ def test_an_argument_the_nets_class_lacks_is_one_line_naming_what_it_takes(tiny_
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "--model.net.width: ConvNet takes no argument 'width' (it takes: channels)" in line
+
+
+@pytest.mark.parametrize("net", ["cnn", "gru", USER_NET])
+def test_stacked_nets_follow_members_dropped_by_narrowing(net):
+    """A population drops members by narrowing every parameter; the stacked forward (fast path
+    or vmap) then runs the survivors, on shared and on per-member examples."""
+    from lightning_opt.models import build_net
+    from lightning_opt.stacking import stack_nets
+
+    cls, config = resolve_net(net)
+    nets = [build_net(cls, config["init_args"], 40, 10) for _ in range(3)]
+    stacked = stack_nets(nets)
+    keep = torch.tensor([0, 2])
+    for p in stacked.parameters():
+        p.data = p.data.index_select(0, keep)
+    x = torch.randn(7, 40)
+    out = stacked(x)
+    assert out.shape == (2, 7, 10)
+    torch.testing.assert_close(out[1], nets[2](x))
+    assert stacked(torch.randn(2, 7, 40)).shape == (2, 7, 10)
