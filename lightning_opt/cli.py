@@ -20,11 +20,13 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser
 
+from lightning_opt import signals
 from lightning_opt.callbacks import check_clipping_callbacks
 from lightning_opt.models import net_short_name
 from lightning_opt.optim.registry import import_class
 from lightning_opt.parsing import (
     OptimizerCLI,
+    RunFailure,
     UsageError,
     build_cli,
     check_trainer_settings,
@@ -70,7 +72,7 @@ class LightningOptCLI(OptimizerCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         try:
-            check_trainer_settings(config.trainer)
+            check_trainer_settings(config.trainer, training=self.subcommand == "fit")
         except ValueError as err:
             raise UsageError(str(err)) from None
         seeds = config.get("seeds")
@@ -305,6 +307,28 @@ def cli_main(args: list[str] | None = None) -> None:
         if not argv:
             sys.exit(EXIT_USAGE)
         return
+    with signals.handled():
+        _run_subcommand(argv, debug)
+
+
+def _lightning_subcommand(argv: list[str]) -> None:
+    """fit, validate, test or predict. Ctrl-C or SIGTERM: Lightning stops the run at once and
+    exits (1 or 0); say so and exit with 130 or 143, as tune and compare do."""
+    try:
+        build_cli(LightningOptCLI, argv, save_config_kwargs={"overwrite": True})
+    except SystemExit as exit_:
+        if not signals.stopped_by_signal(exit_):
+            raise
+        what = "SIGTERM" if signals.terminated() else "Ctrl-C"
+        print(
+            f"lightning_opt: interrupted ({what}): the run stopped; its logs and checkpoints so "
+            "far are kept (a fit resumes with --ckpt_path CHECKPOINT)",
+            file=sys.stderr,
+        )
+        sys.exit(signals.interrupt_exit_code())
+
+
+def _run_subcommand(argv: list[str], debug: bool) -> None:
     try:
         if not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
             raise UsageError(
@@ -320,7 +344,7 @@ def cli_main(args: list[str] | None = None) -> None:
 
             run_compare(argv[1:])
             return
-        build_cli(LightningOptCLI, argv, save_config_kwargs={"overwrite": True})
+        _lightning_subcommand(argv)
     except ArgumentError as err:  # jsonargparse: an unknown key, a wrong type, ...
         if debug:
             raise
@@ -329,6 +353,10 @@ def cli_main(args: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(EXIT_USAGE, str(err))
+    except RunFailure as err:
+        if debug:
+            raise
+        _fail(EXIT_FAILED, str(err))
     except NonFiniteLossError as err:
         if debug:
             raise

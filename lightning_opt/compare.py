@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lightning_opt import report, report_page, report_text
+from lightning_opt import report, report_page, report_text, signals
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.finals import net_record, run_finals
 from lightning_opt.fingerprints import run_fingerprint
@@ -103,7 +103,7 @@ def run_compare(args: list[str]) -> Path:
             "again to resume",
             file=sys.stderr,
         )
-        sys.exit(130)
+        sys.exit(signals.interrupt_exit_code())
     results = report.summarize(config.experiment, summary, experiment_settings(config))
     report_page.write_all(exp_dir, results)
     print(report_text.markdown_table(results))

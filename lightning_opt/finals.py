@@ -21,6 +21,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
+from lightning_opt import signals
 from lightning_opt.atomic import temporary_path
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
@@ -161,13 +162,13 @@ def net_record(cfg: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _ctrl_c_resumable() -> Iterator[None]:
-    """Ctrl-C inside a Trainer's ``fit``/``test``: Lightning shuts down and exits with 1 from
-    its ``except KeyboardInterrupt``; raise KeyboardInterrupt instead, so compare says how to
-    resume and exits with 130."""
+    """Ctrl-C or SIGTERM inside a Trainer's ``fit``/``test``: Lightning shuts down and exits with
+    1 from its ``except KeyboardInterrupt`` (or with 0, ``SIGTERMException``); raise
+    KeyboardInterrupt instead, so compare says how to resume and exits with 130 (143)."""
     try:
         yield
     except SystemExit as exit_:
-        if not isinstance(exit_.__context__, KeyboardInterrupt):
+        if not signals.stopped_by_signal(exit_):
             raise
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it now
         raise KeyboardInterrupt from None

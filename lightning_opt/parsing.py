@@ -57,6 +57,11 @@ class UsageError(Exception):
     """Bad input, found before anything ran: one line and exit code 2 on the command line."""
 
 
+class RunFailure(Exception):
+    """The machine or a service failed while a command ran (a damaged study database, a lost
+    server): one line and exit code 1; what finished before is kept."""
+
+
 def spell_out(value: Any) -> Any:
     """An optimizer value as ``{class_path, init_args}`` with every argument spelled out (see
     the module docstring); a value that does not name a class is left to jsonargparse's error."""
@@ -289,12 +294,20 @@ def place_loggers(config: Any) -> None:
             init_args.name = run_name(config)
 
 
-def check_trainer_settings(trainer: Any) -> None:
+def check_trainer_settings(trainer: Any, training: bool = True) -> None:
     """Refuse Trainer settings the model cannot honour, before anything is built.
 
     The model steps its optimizer itself (one step per minibatch, manual optimization), which
-    Lightning does not combine with its own gradient clipping or accumulation.
+    Lightning does not combine with its own gradient clipping or accumulation. A command that
+    trains (``training``) refuses a budget of nothing, which would save untrained weights as
+    the run's checkpoint.
     """
+    for budget in ("max_epochs", "max_steps"):
+        if training and trainer.get(budget) == 0:
+            raise ValueError(
+                f"--trainer.{budget} 0 trains nothing (its checkpoint would hold the untrained "
+                "weights): give a positive number, or evaluate a checkpoint with validate/test"
+            )
     if trainer.get("gradient_clip_val") not in (None, 0, 0.0):
         raise ValueError(
             "Trainer(gradient_clip_val=...) is not supported: the model steps its optimizer "

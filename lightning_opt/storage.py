@@ -111,6 +111,28 @@ def _reason(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def storage_failure(err: BaseException, url: str | None) -> str | None:
+    """One line for a storage error raised while a study ran (a damaged SQLite page, a server
+    gone), or None where ``err`` is not one."""
+    chain: list[BaseException] = [err]
+    while len(chain) < 8:
+        last = chain[-1]
+        cause = last.__cause__ or (None if last.__suppress_context__ else last.__context__)
+        if cause is None:
+            break
+        chain.append(cause)
+    storage_errors = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+    if not any(isinstance(e, storage_errors) for e in chain):
+        return None
+    shown = redact(url) if url else "the study storage"
+    reason = _scrub(_reason(chain[-1] if len(chain) > 1 else err), url)
+    if _DAMAGED.search(reason) and url and url.startswith("sqlite"):
+        way_out = "move it away or choose another --storage"
+    else:
+        way_out = "check it and run the same command again to resume"
+    return f"the study storage {shown} failed while the study ran: {reason}; {way_out}"
+
+
 def _is_race(err: BaseException) -> bool:
     chain: list[BaseException] = [err]
     while chain[-1].__cause__ is not None and len(chain) < 5:
@@ -192,8 +214,8 @@ def open_storage(
             "with special characters of the password %-encoded (@ as %40)"
         ) from None
     engine_kwargs = _engine_kwargs(parsed, connect_timeout)
-    if scheme == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if scheme == "sqlite" and sqlite_file(parsed) is not None:
+        sqlite_file(parsed).parent.mkdir(parents=True, exist_ok=True)
 
     def connect() -> RDBStorage:
         return RDBStorage(
@@ -222,12 +244,23 @@ def open_storage(
         raise _storage_error(url, err, connect_timeout) from None
 
 
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL (``sqlite:///file:PATH?mode=ro&uri=true`` too), or None for an
+    in-memory database."""
+    database = url.database
+    if not database or database == ":memory:":
+        return None
+    if url.query.get("uri") == "true" and database.startswith("file:"):
+        return Path(database.removeprefix("file:"))
+    return Path(database)
+
+
 def _engine_kwargs(url: URL, connect_timeout: int) -> dict[str, Any]:
     """SQLAlchemy engine arguments: SQLite waits for writes, servers answer in bounded time."""
     if url.get_backend_name() == "sqlite":
         args: dict[str, Any] = {"timeout": 60}  # wait for another worker's write
-        database = url.database or ":memory:"
-        if database != ":memory:" and not _on_network_filesystem(Path(database)):
+        database = sqlite_file(url)
+        if database is not None and not _on_network_filesystem(database):
             args["factory"] = _WriteAheadConnection
         return {"connect_args": args}
     key = _TIMEOUT_ARG.get(url.get_driver_name(), "connect_timeout")

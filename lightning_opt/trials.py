@@ -20,7 +20,13 @@ from typing_extensions import override
 
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.names import check_name
-from lightning_opt.optim.registry import default_search_space, optimizer_class
+from lightning_opt.optim.registry import (
+    constructor_arguments,
+    default_search_space,
+    hashable,
+    optimizer_class,
+    unset_values,
+)
 from lightning_opt.parsing import optimizer_dict, run_name
 from lightning_opt.runs import (
     build_model,
@@ -95,6 +101,7 @@ def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
         space = parse_search_space(config.search_space)
     else:
         space = (*default_search_space(cls), *(p for c in clippers for p in c.search_space))
+        _check_not_set(config, space)
     where = settable(config)
     for param in space:
         if param.name not in where:
@@ -106,6 +113,29 @@ def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
     if not space:
         raise ValueError("the search space is empty: give search_space entries in the config")
     return space
+
+
+def _check_not_set(config: Any, space: tuple[SearchParam, ...]) -> None:
+    """Refuse a value the config sets that the default search space would replace: set means
+    other than the class's default (or a short name's, for the optimizer)."""
+    optimizer = optimizer_dict(config)
+    given = [(optimizer["init_args"], unset_values(optimizer["class_path"]), "--optimizer.")]
+    for entry in clipping_callbacks(config):
+        entry = entry.as_dict() if hasattr(entry, "as_dict") else dict(entry)
+        cls = callback_class(entry)
+        args = constructor_arguments(cls)
+        defaults = {n: {hashable(p.default)} for n, p in args.items() if p.default is not p.empty}
+        given.append((entry.get("init_args") or {}, defaults, f"{cls.__name__}'s "))
+    for param in space:
+        for init_args, unset, prefix in given:
+            value = init_args.get(param.name)
+            if param.name in unset and hashable(value) not in unset[param.name]:
+                raise ValueError(
+                    f"{prefix}{param.name} {value} is set, and the default search space searches "
+                    f"{param.name} ({param.low:g} to {param.high:g}), which would replace it: "
+                    f"leave it out to search it, or give search_space entries without "
+                    f"{param.name} to keep it fixed"
+                )
 
 
 def options_from_config(config: Any) -> TuneOptions:

@@ -18,6 +18,7 @@ import optuna
 from lightning.pytorch.cli import LightningArgumentParser
 from optuna.trial import TrialState
 
+from lightning_opt import signals
 from lightning_opt import storage as storages
 from lightning_opt import study as studies
 from lightning_opt.data import MNIST1DDataModule
@@ -28,6 +29,7 @@ from lightning_opt.fingerprints import (
 )
 from lightning_opt.parsing import (
     OptimizerCLI,
+    RunFailure,
     UsageError,
     build_cli,
     check_trainer_settings,
@@ -292,6 +294,18 @@ def _alive(pid: int) -> bool:
 
 
 def run_study(config: Any, options: TuneOptions) -> optuna.Study:
+    """``_run_study``; a storage that fails on the way (a damaged page in the middle of a
+    SQLite file, a server gone) is one line (``RunFailure``, exit 1), not a traceback."""
+    try:
+        return _run_study(config, options)
+    except Exception as err:
+        failure = storages.storage_failure(err, options.storage)
+        if failure is None:
+            raise
+        raise RunFailure(failure) from None
+
+
+def _run_study(config: Any, options: TuneOptions) -> optuna.Study:
     """Top the study up to ``n_trials`` and run the workers; the finished study. The caller has
     checked ``config`` and ``options`` with ``check_study``.
 
@@ -325,5 +339,5 @@ def run_study(config: Any, options: TuneOptions) -> optuna.Study:
             "run the same command again to resume",
             file=sys.stderr,
         )
-        sys.exit(130)
+        sys.exit(signals.interrupt_exit_code())
     return study

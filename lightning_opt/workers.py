@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -19,8 +20,10 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from lightning_opt import signals
 from lightning_opt import storage as storages
 from lightning_opt import study as studies
+from lightning_opt.parsing import RunFailure
 from lightning_opt.runs import quiet_lightning
 from lightning_opt.trials import TrialRunner, TuneOptions, make_pruner
 
@@ -112,7 +115,13 @@ def _worker_process(config: Any, options: TuneOptions) -> None:
     try:
         run_worker(config, options)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(signals.interrupt_exit_code())
+    except Exception as err:
+        failure = storages.storage_failure(err, options.storage)
+        if failure is None:
+            raise
+        print(f"lightning_opt: error: {failure}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run_workers(config: Any, options: TuneOptions) -> None:
@@ -134,11 +143,25 @@ def run_workers(config: Any, options: TuneOptions) -> None:
     ]
     for worker in workers:
         worker.start()
-    with on_sigint(lambda: None):  # the workers get Ctrl-C too and stop cleanly
+
+    def forward_sigterm() -> None:
+        # Ctrl-C reaches every process of the terminal's group; SIGTERM may reach this one only.
+        if signals.terminated():
+            for worker in workers:
+                if worker.is_alive():
+                    os.kill(worker.pid, signal.SIGTERM)
+
+    with on_sigint(forward_sigterm):  # the workers stop cleanly, each at its next batch
         for worker in workers:
             worker.join()
-    if any(w.exitcode == 130 for w in workers):
+    codes = {w.exitcode for w in workers}
+    if signals.EXIT_SIGTERM in codes:
+        signals.note_terminated()
+    if codes & {signals.EXIT_SIGINT, signals.EXIT_SIGTERM}:
         raise KeyboardInterrupt
     failed = [w.exitcode for w in workers if w.exitcode]
     if failed:
-        raise RuntimeError(f"{len(failed)} worker(s) failed (exit codes {failed})")
+        raise RunFailure(
+            f"{len(failed)} of {len(workers)} worker(s) failed (exit codes {failed}; their "
+            "errors are above); finished trials are kept: run the same command again to resume"
+        )

@@ -4,7 +4,12 @@ trials are re-run with their own parameters, and bad input is one line before an
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -13,6 +18,7 @@ import yaml
 from conftest import TINY_SAMPLES
 from optuna.trial import TrialState
 
+from lightning_opt import signals
 from lightning_opt import trials as trials_module
 from lightning_opt.cli import cli_main
 from lightning_opt.fingerprints import differences
@@ -247,9 +253,9 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(
 
     finals = []
 
-    class CtrlCInSecondFinal(finals_module.EpochHistory):
-        """Ctrl-C in the middle of the second final run's training, inside Lightning's fit
-        (which catches it and exits with 1 on its own)."""
+    class SigtermInSecondFinal(finals_module.EpochHistory):
+        """SIGTERM (a batch system's stop) in the middle of the second final run's training,
+        inside Lightning's fit (which has its own SIGTERM handler and used to exit with 0)."""
 
         def __init__(self):
             super().__init__()
@@ -257,12 +263,12 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(
 
         def on_train_epoch_end(self, trainer, pl_module):
             if len(finals) == 2:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(finals_module, "EpochHistory", CtrlCInSecondFinal)
+    monkeypatch.setattr(finals_module, "EpochHistory", SigtermInSecondFinal)
     with pytest.raises(SystemExit) as exit_info:
         _compare(tmp_path, data_cache, *args)
-    assert exit_info.value.code == 130
+    assert exit_info.value.code == 143
     assert "run the same command again to resume" in capsys.readouterr().err
     monkeypatch.setattr(finals_module, "EpochHistory", real_history)
     _compare(tmp_path, data_cache, *args)
@@ -412,6 +418,9 @@ def test_concurrent_writers_of_one_output_never_collide(tmp_path):
         (["fit", "--data.cache_dir={file}"], "--data.cache_dir {file} is a file; give a folder"),
         (["fit", "--trainer.default_root_dir={file}"], "default_root_dir {file} is a file"),
         (["fit", "--config={binary}"], "--config {binary} is not a UTF-8 text file (byte 0"),
+        (["fit", "--trainer.max_epochs=0"], "--trainer.max_epochs 0 trains nothing (its "
+                                             "checkpoint would hold the untrained weights)"),
+        (["tune", "--trainer.max_steps=0"], "--trainer.max_steps 0 trains nothing"),
         (["frobnicate"], "unknown subcommand 'frobnicate'; choose one of: fit, validate, test, "
                          "predict, tune, compare"),
     ],
@@ -432,3 +441,77 @@ def test_bad_input_found_by_the_reliability_battery_is_one_line(
     assert exit_info.value.code == 2
     assert message in _one_error_line(capsys)
     assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "out").exists()
+
+
+def _sigterm_when(command: list[str], cwd: Path, ready, timeout: float = 120) -> tuple[int, str]:
+    """Run ``command``, send SIGTERM once ``ready()`` holds; its exit code and stderr."""
+
+    proc = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the command finished before it could be stopped"
+        assert time.monotonic() < deadline, "the command did not get there in time"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_sigterm_stops_fit_with_exit_143_and_keeps_its_checkpoint(tiny_fit_args, tmp_path):
+    """What a batch system sends before it kills: not a success (exit 0), one line, no
+    traceback, and the checkpoints written so far stay."""
+
+    command = [sys.executable, "-m", "lightning_opt", "fit", *tiny_fit_args,
+               "--trainer.max_epochs=100000", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    code, err = _sigterm_when(command, tmp_path, lambda: list(tmp_path.rglob("*.ckpt")))
+    assert code == 143, err
+    assert "interrupted (SIGTERM): the run stopped" in err and "Traceback" not in err
+    assert list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_command_honours_ctrl_c_even_where_it_was_started_ignoring_it():
+    """A command started with ``&`` from a script inherits SIGINT ignored: tuning used to honour
+    Ctrl-C (its own handler) while a final run did not."""
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals.handled():
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            with pytest.raises(KeyboardInterrupt):
+                signals._on_sigterm(signal.SIGTERM, None)  # no handler of its own: Ctrl-C's
+            assert signals.terminated() and signals.interrupt_exit_code() == 143
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # given back afterwards
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_study_database_damaged_in_the_middle_is_one_line(tmp_path, data_cache):
+    """A page in the middle of the SQLite file overwritten: the file opens, the study fails
+    when it reads its trials. One line, exit 1 (the machine, not the input)."""
+    import sqlite3
+
+    db = tmp_path / "out" / "optuna.db"
+    # Processes of their own: a live connection keeps the pages in its WAL and cache.
+    command = [
+        sys.executable, "-m", "lightning_opt", "tune", f"--data.num_samples={TINY_SAMPLES}",
+        f"--data.cache_dir={data_cache}", "--data.batch_size=50", "--trainer.max_epochs=1",
+        f"--output_dir={tmp_path / 'out'}", "--pruner=none",
+    ]  # fmt: skip
+    subprocess.run([*command, "--n_trials=3"], check=True, capture_output=True, timeout=300)
+    with sqlite3.connect(db) as connection:
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        sql = "SELECT rootpage FROM sqlite_master WHERE name = 'trial_params'"
+        page = connection.execute(sql).fetchone()[0]  # read for every trial, not on opening
+    with open(db, "r+b") as f:
+        f.seek((page - 1) * page_size)
+        f.write(os.urandom(page_size))
+    done = subprocess.run([*command, "--n_trials=4"], capture_output=True, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].endswith(
+        "failed while the study ran: database disk image is malformed; move it away or choose "
+        "another --storage"
+    ), lines

@@ -158,8 +158,15 @@ def test_population_mode_prunes_members_and_fails_only_the_non_finite(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("population", [1, 2])
-def test_ctrl_c_keeps_finished_trials_and_rerun_completes_exactly(study_args, tmp_path, population):
+@pytest.mark.parametrize(
+    ("population", "stop"),
+    [(1, signal.SIGINT), (2, signal.SIGINT), (1, signal.SIGTERM)],
+    ids=["ctrl-c", "ctrl-c-population", "sigterm"],
+)
+def test_ctrl_c_keeps_finished_trials_and_rerun_completes_exactly(
+    study_args, tmp_path, population, stop
+):
+    """Ctrl-C, or SIGTERM (what a batch system sends before it kills: exit 143, not 0)."""
     args = [
         *study_args, "--n_trials=5", "--trainer.max_epochs=60", "--pruner=none",
         f"--population={population}",
@@ -169,9 +176,9 @@ def test_ctrl_c_keeps_finished_trials_and_rerun_completes_exactly(study_args, tm
     for line in proc.stdout:
         if line.startswith("trial "):
             break  # one trial finished; the next is running
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + stop, err
     assert "trials finished and are kept; run the same command again to resume" in err
     assert "Traceback" not in err
     interrupted = _study(tmp_path).trials
@@ -215,7 +222,16 @@ BAD = [
         ["--search_space=[{name: momentum, low: 0.1, high: 0.9}]"],
         "search space parameter 'momentum' is not an argument of GNWAdam or of a clipping callback",
     ),
-    (["--optimizer.lr=-1"], "Invalid learning rate: -1.0"),
+    (
+        ["--optimizer.lr=-1", "--search_space=[{name: gamma, low: 0.1, high: 10, log: true}]"],
+        "Invalid learning rate: -1.0",
+    ),
+    (
+        ["--optimizer.lr=0.02"],
+        "--optimizer.lr 0.02 is set, and the default search space searches lr (0.0001 to 0.1), "
+        "which would replace it: leave it out to search it, or give search_space entries "
+        "without lr to keep it fixed",
+    ),
     (["--trainer.gradient_clip_val=1"], "Trainer(gradient_clip_val=...) is not supported"),
 ]
 

@@ -139,6 +139,27 @@ def optimizer_class(config: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
     return cls
 
 
+def unset_values(class_path: str) -> dict[str, set[Any]]:
+    """Per constructor argument of ``class_path``, the values it has when nobody sets it: the
+    class's default and the default of every short name for the class."""
+    cls = import_class(class_path)
+    values: dict[str, set[Any]] = {}
+    for name, param in constructor_arguments(cls).items():
+        if param.default is not param.empty:
+            values.setdefault(name, set()).add(hashable(param.default))
+    for name in list_optimizers():
+        entry = _REGISTRY.get(name)
+        if entry.class_path == class_path:
+            for arg, value in entry.defaults.items():
+                values.setdefault(arg, set()).add(hashable(value))
+    return values
+
+
+def hashable(value: Any) -> Any:
+    """``value`` as a set member (a list as a tuple)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def default_search_space(cls: type) -> tuple[SearchParam, ...]:
     """What ``tune`` searches for ``cls`` by default: its ``search_space`` attribute if it
     declares one, else the learning rate (log-uniform 1e-4..1e-1) if it takes ``lr``."""
