@@ -21,7 +21,6 @@ from typing_extensions import override
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.names import check_name
 from lightning_opt.optim.registry import (
-    constructor_arguments,
     default_search_space,
     hashable,
     optimizer_class,
@@ -116,26 +115,20 @@ def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
 
 
 def _check_not_set(config: Any, space: tuple[SearchParam, ...]) -> None:
-    """Refuse a value the config sets that the default search space would replace: set means
-    other than the class's default (or a short name's, for the optimizer)."""
+    """Refuse an optimizer argument the config sets that the default search space would
+    replace: set means other than the class's default (or a short name's). A clipping rule's
+    arguments are exempt: its entry must be buildable, so a searched one holds a placeholder."""
     optimizer = optimizer_dict(config)
-    given = [(optimizer["init_args"], unset_values(optimizer["class_path"]), "--optimizer.")]
-    for entry in clipping_callbacks(config):
-        entry = entry.as_dict() if hasattr(entry, "as_dict") else dict(entry)
-        cls = callback_class(entry)
-        args = constructor_arguments(cls)
-        defaults = {n: {hashable(p.default)} for n, p in args.items() if p.default is not p.empty}
-        given.append((entry.get("init_args") or {}, defaults, f"{cls.__name__}'s "))
+    init_args, unset = optimizer["init_args"], unset_values(optimizer["class_path"])
     for param in space:
-        for init_args, unset, prefix in given:
-            value = init_args.get(param.name)
-            if param.name in unset and hashable(value) not in unset[param.name]:
-                raise ValueError(
-                    f"{prefix}{param.name} {value} is set, and the default search space searches "
-                    f"{param.name} ({param.low:g} to {param.high:g}), which would replace it: "
-                    f"leave it out to search it, or give search_space entries without "
-                    f"{param.name} to keep it fixed"
-                )
+        value = init_args.get(param.name)
+        if param.name in unset and hashable(value) not in unset[param.name]:
+            raise ValueError(
+                f"--optimizer.{param.name} {value} is set, and the default search space searches "
+                f"{param.name} ({param.low:g} to {param.high:g}), which would replace it: "
+                f"leave it out to search it, or give search_space entries without "
+                f"{param.name} to keep it fixed"
+            )
 
 
 def options_from_config(config: Any) -> TuneOptions:
