@@ -22,7 +22,7 @@ from typing_extensions import override
 from lightning_opt.data import MiniBatches
 from lightning_opt.hparams import global_seed, log_hyperparams, run_hparams
 from lightning_opt.models import NetFactory, build_net, resolve_net_argument
-from lightning_opt.optim.registry import check_optimizer, resolve_optimizer
+from lightning_opt.optim.registry import check_optimizer, construct, resolve_optimizer
 from lightning_opt.optim.schedulers import (
     check_scheduler,
     resolve_scheduler,
@@ -80,8 +80,12 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         if scheduler is not None:
             check_scheduler(self.scheduler_class, self.hparams.lr_scheduler["init_args"])
         self.net = build_net(self.net_class, self.hparams.net["init_args"], input_size, num_classes)
-        # Its own constructor checks the arguments now, before any training.
-        check_optimizer(self.optimizer_class, self.net.parameters(), self.optimizer_kwargs)
+        # Its own constructor checks the arguments now, and one step on a copy of the net
+        # shows what the step needs (a closure, a graph, train/eval modes), before any training.
+        self.step_contract = check_optimizer(
+            self.optimizer_class, self.net, self.optimizer_kwargs, input_size, num_classes
+        )
+        self._optimizer_mode: str | None = None
         self.accuracy = nn.ModuleDict(
             {
                 stage: MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -109,7 +113,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_class(self.parameters(), **self.optimizer_kwargs)
+        optimizer = construct(self.optimizer_class, self.parameters(), self.optimizer_kwargs)
         if self.scheduler_class is None:
             return optimizer
         scheduler = self.scheduler_class(optimizer, **self.hparams.lr_scheduler["init_args"])
@@ -218,7 +222,12 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
             logger.log_hyperparams(params)
 
     @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_in_eval_mode(checkpoint)
+
+    @override
     def on_train_end(self) -> None:
+        self._end_training_modes()
         # The HPARAMS dashboard: hyperparameters together with the run's final metrics.
         if not self.loggers:
             return

@@ -31,6 +31,7 @@ from lightning_opt.data import NUM_CLASSES, MNIST1DDataModule
 from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import (
+    for_parser,
     get_optimizer,
     list_optimizers,
     optimizer_config,
@@ -66,7 +67,7 @@ def spell_out(value: Any) -> Any:
     """An optimizer value as ``{class_path, init_args}`` with every argument spelled out (see
     the module docstring); a value that does not name a class is left to jsonargparse's error."""
     try:
-        return _lists(resolve_optimizer(value)[1])
+        return _lists(for_parser(resolve_optimizer(value)[1]))
     except ValueError:
         return value
 
@@ -201,11 +202,13 @@ def _expand_net(text: str) -> str:
 
 
 def optimizer_dict(config: Any) -> dict[str, Any]:
-    """A parsed ``optimizer`` (Namespace or dict) as ``{"class_path", "init_args"}``."""
+    """A parsed ``optimizer`` (Namespace or dict) as ``{"class_path", "init_args"}`` (its
+    ``dict_kwargs``, what only the class's ``**kwargs`` take, among the ``init_args``)."""
     value = config.optimizer if hasattr(config, "optimizer") else config
     if isinstance(value, Namespace):
         value = value.as_dict()
-    return {"class_path": value["class_path"], "init_args": dict(value.get("init_args") or {})}
+    init_args = {**dict(value.get("dict_kwargs") or {}), **dict(value.get("init_args") or {})}
+    return {"class_path": value["class_path"], "init_args": init_args}
 
 
 def run_name(config: Any) -> str:

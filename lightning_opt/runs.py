@@ -210,7 +210,7 @@ def population_blocker(cfg: Any) -> str | None:
     """Why the runs of ``cfg`` cannot train as one population (one line), or ``None`` if they
     can: the one place that decides it, for ``tune --population`` and ``compare``'s finals (a
     blocked config trains one run at a time; ``fit --seeds`` refuses it)."""
-    from lightning_opt.optim.registry import supports_population
+    from lightning_opt.optim.registry import check_optimizer, supports_population
     from lightning_opt.stacking import why_not_stackable
 
     cls = optimizer_class(optimizer_dict(cfg))
@@ -222,7 +222,13 @@ def population_blocker(cfg: Any) -> str | None:
     if callbacks:
         return f"callbacks {', '.join(callbacks)} would see all members of a population at once"
     spec = RunSpec.of(cfg)
-    return why_not_stackable(spec.build_net(), spec.input_size)
+    net = spec.build_net()
+    why = why_not_stackable(net, spec.input_size)
+    if why is not None:
+        return why
+    args = spec.optimizer["init_args"]
+    contract = check_optimizer(cls, net, args, spec.input_size, spec.num_classes)
+    return contract.why_not_population(cls.__name__)
 
 
 def trainer_arguments(cfg: Any) -> dict[str, Any]:

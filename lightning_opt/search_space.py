@@ -8,27 +8,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass(frozen=True)
 class SearchParam:
-    """One hyperparameter's range.
+    """One hyperparameter's range, or its choices.
 
     Attributes:
         name: the hyperparameter, e.g. ``lr`` (model) or ``clip_factor`` (clipping callback).
         low: smallest value tried.
         high: largest value tried (must be > low).
         log: sample uniformly in log space (both bounds must then be > 0).
+        choices: instead of a range, the values to choose from (``nesterov: [true, false]``):
+            Optuna's categorical distribution; numbers, strings, booleans or None.
     """
 
     name: str
-    low: float
-    high: float
+    low: float | None = None
+    high: float | None = None
     log: bool = False
+    choices: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.choices is not None:
+            self._check_choices()
+            return
         for bound in ("low", "high"):
             value = getattr(self, bound)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -46,12 +52,43 @@ class SearchParam:
                 f"search space '{self.name}': a log scale needs low > 0, got low={self.low}"
             )
 
-    def suggest(self, trial: Any) -> float:
+    def _check_choices(self) -> None:
+        if self.low is not None or self.high is not None or self.log:
+            raise ValueError(
+                f"search space '{self.name}': give either choices or low/high (and log), not both"
+            )
+        choices = self.choices
+        if isinstance(choices, (str, bytes)) or not isinstance(choices, (list, tuple)):
+            raise TypeError(f"search space '{self.name}': choices must be a list, got {choices!r}")
+        if len(choices) < 2:
+            raise ValueError(f"search space '{self.name}': choices needs at least two values")
+        for value in choices:
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise TypeError(
+                    f"search space '{self.name}': a choice is a number, a string, a boolean or "
+                    f"null, got {value!r}"
+                )
+        object.__setattr__(self, "choices", tuple(choices))
+
+    def suggest(self, trial: Any) -> Any:
         """Draw this parameter from an Optuna trial."""
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
+    def ends(self) -> tuple[Any, Any]:
+        """The two extremes a study is checked at before its first trial: the bounds, or the
+        first and last choices."""
+        if self.choices is not None:
+            return self.choices[0], self.choices[-1]
+        return self.low, self.high
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The entry as a config writes it (a range's record has no ``choices`` key, as before
+        choices existed, so the fingerprints of earlier studies still match)."""
+        if self.choices is not None:
+            return {"name": self.name, "choices": list(self.choices)}
+        return {"name": self.name, "low": self.low, "high": self.high, "log": self.log}
 
 
 def parse_search_space(
@@ -63,11 +100,13 @@ def parse_search_space(
         if isinstance(entry, SearchParam):
             params.append(entry)
             continue
-        unknown = set(entry) - {"name", "low", "high", "log"}
-        missing = {"name", "low", "high"} - set(entry)
+        unknown = set(entry) - {"name", "low", "high", "log", "choices"}
+        required = {"name", "choices"} if "choices" in entry else {"name", "low", "high"}
+        missing = required - set(entry)
         if unknown or missing:
             raise ValueError(
-                f"search space entry {dict(entry)} must have keys name, low, high and optionally log"
+                f"search space entry {dict(entry)} must have keys name, low, high and optionally "
+                "log, or name and choices"
                 + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
             )
         params.append(SearchParam(**entry))

@@ -5,6 +5,9 @@ nothing a user can observe changes (``MinibatchTraining``'s docstring)."""
 
 from __future__ import annotations
 
+import copy
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,10 +17,14 @@ from torch import Tensor
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
 from lightning_opt.norms import global_norm
+from lightning_opt.optim.contract import run_step, takes_closure
 from lightning_opt.optim.schedulers import (
     needs_metric,
     step_scheduler,
 )
+
+#: torch's warning for every backward with create_graph=True (harmless when grads go to None).
+_GRAPH_CYCLE = "Using backward\\(\\) with create_graph=True"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -107,6 +114,8 @@ class MinibatchTraining:
             for cb in callbacks
             if is_overridden("on_before_optimizer_step", cb, Callback)
         ]
+        self._with_closure = takes_closure(self.optimizers().optimizer)
+        self._set_optimizer_mode("train")
         schedulers = self.lr_schedulers()
         self._schedulers = [] if schedulers is None else list(_as_list(schedulers))
         self._step_schedulers = bool(self._schedulers) and self.hparams.lr_interval == "step"
@@ -161,18 +170,89 @@ class MinibatchTraining:
     def _grads(self) -> list[Tensor]:
         return [p.grad for p in self._params if p.grad is not None]
 
-    def _step(self, optimizer: Any) -> None:
-        """``optimizer.step()`` of the ``LightningOptimizer`` ``optimizer``."""
+    def _step(self, optimizer: Any, closure: Callable[[], Tensor]) -> None:
+        """``optimizer.step(closure)`` of the ``LightningOptimizer`` ``optimizer``: the
+        ``on_before_optimizer_step`` hooks (the clipping callbacks) run after every evaluation
+        of the closure, as in Lightning's precision plugin."""
         if not self._direct:
-            optimizer.step()
+            if self.step_contract.evaluate_first:
+                closure()  # no hooks here: Lightning's plugin runs them after its own call
+            optimizer.step(closure=closure)  # Lightning's plugin runs the hooks after it
             return
         raw = optimizer.optimizer
+
+        def hooked() -> Tensor:
+            loss = closure()
+            for hook in self._before_step_hooks:
+                hook(self.trainer, self, raw)
+            self.on_before_optimizer_step(raw)
+            return loss
+
         optimizer._on_before_step()  # the manual-optimization loop counts the step
-        for hook in self._before_step_hooks:
-            hook(self.trainer, self, raw)
-        self.on_before_optimizer_step(raw)
-        raw.step()
+        run_step(raw, hooked, self._with_closure, self.step_contract.evaluate_first)
         optimizer._on_after_step()
+
+    def _backward(self, total: Tensor) -> None:
+        if not self.step_contract.create_graph:
+            if self._direct:
+                total.backward()
+            else:
+                self.manual_backward(total)
+            return
+        with warnings.catch_warnings():  # the gradients are set to None before each backward
+            warnings.filterwarnings("ignore", message=_GRAPH_CYCLE)
+            if self._direct:
+                total.backward(create_graph=True)
+            else:
+                self.manual_backward(total, create_graph=True)
+
+    # Schedule-free optimizers: train mode for the training steps, eval mode for everything
+    # that evaluates (validation, test, predict) and for the weights a checkpoint keeps.
+    def on_train_epoch_start(self) -> None:
+        self._set_optimizer_mode("train")
+
+    def on_validation_model_eval(self) -> None:
+        super().on_validation_model_eval()
+        self._set_optimizer_mode("eval")
+
+    def on_validation_model_train(self) -> None:
+        super().on_validation_model_train()
+        if self.trainer.training:
+            self._set_optimizer_mode("train")
+
+    def on_test_model_eval(self) -> None:
+        super().on_test_model_eval()
+        self._set_optimizer_mode("eval")
+
+    def on_predict_model_eval(self) -> None:
+        super().on_predict_model_eval()
+        self._set_optimizer_mode("eval")
+
+    def _end_training_modes(self) -> None:
+        """Call from ``on_train_end``: the weights a fit leaves are the ones to evaluate."""
+        self._set_optimizer_mode("eval")
+
+    def _checkpoint_in_eval_mode(self, checkpoint: dict[str, Any]) -> None:
+        """Call from ``on_save_checkpoint``: a checkpoint saved while the optimizer trains
+        (at an epoch's end without validation) holds its evaluation weights and state, as one
+        saved after validation does; training then goes on from where it was."""
+        if getattr(self, "_optimizer_mode", None) != "train":
+            return
+        self._set_optimizer_mode("eval")
+        checkpoint["state_dict"] = {k: v.clone() for k, v in self.state_dict().items()}
+        checkpoint["optimizer_states"] = [
+            copy.deepcopy(o.state_dict()) for o in self.trainer.optimizers
+        ]
+        self._set_optimizer_mode("train")
+
+    def _set_optimizer_mode(self, mode: str) -> None:
+        """``train()`` or ``eval()`` of an optimizer with modes (schedule-free): its weights for
+        evaluation differ from the ones it trains."""
+        if not self.step_contract.modes or self._trainer is None:
+            return
+        for optimizer in self.trainer.optimizers:
+            getattr(optimizer, mode)()
+        self._optimizer_mode = mode
 
     def _record_clipped_norm(self) -> None:
         """From ``on_before_optimizer_step``, after the clipping callbacks': the norm the
@@ -187,28 +267,36 @@ class MinibatchTraining:
         first_step = self.global_step
         losses, sizes, before, after, lrs = [], [], [], [], []
         for x, y in batch if isinstance(batch, MiniBatches) else [batch]:
-            loss = self._minibatch_loss(x, y)
-            self._zero_grad(optimizer)
-            total = loss.sum()  # a population's sum gives each member its own gradient
-            if self._direct:
-                total.backward()
-            else:
-                self.manual_backward(total)
-            self._share_grads()
-            if internals:
-                before.append(global_norm(self._grads(), self.member_dims))
-            self._step(optimizer)  # the clipping callbacks run first, in on_before_optimizer_step
+            evaluations: list[Tensor] = []
+
+            def closure(x: Tensor = x, y: Tensor = y, evaluations: list = evaluations) -> Tensor:
+                # zero_grad, forward, backward: what the optimizer may call several times
+                # (LBFGS, SAM); the step's logged loss and norms are the first evaluation's.
+                with torch.enable_grad():
+                    loss = self._minibatch_loss(x, y)
+                    self._zero_grad(optimizer)
+                    total = loss.sum()  # a population's sum gives each member its own gradient
+                    self._backward(total)
+                self._share_grads()
+                if internals and not evaluations:
+                    before.append(global_norm(self._grads(), self.member_dims))
+                evaluations.append(loss.detach())
+                return total
+
+            self._clipped_norms.clear()
+            self._step(optimizer, closure)  # the clipping callbacks run after each evaluation
             if self._step_schedulers:
                 self._lr_used = self._current_lr()  # what optim/lr reports for this epoch
                 self._scheduler_step()
-            losses.append(loss.detach())
+            loss = evaluations[0]
+            losses.append(loss)
             sizes.append(y.shape[self.member_dims])
             lr = effective_lr() if internals and effective_lr is not None else None
             if lr is not None:
                 lrs.append(lr.expand(loss.shape))
                 after.append(optimizer.optimizer.last_grad_norm)  # the norm GNW-Adam used
             elif internals:
-                after.append(self._clipped_norms.pop() if self._clipped_norms else before[-1])
+                after.append(self._clipped_norms[0] if self._clipped_norms else before[-1])
         if len(losses) > 1:
             # A chunk of n minibatches is n optimizer steps: Lightning counted one batch, so its
             # loggers' x-axis (the step of epoch-level values) moves on by the other n - 1, and

@@ -125,10 +125,16 @@ def _check_not_set(config: Any, space: tuple[SearchParam, ...]) -> None:
         if param.name in unset and hashable(value) not in unset[param.name]:
             raise ValueError(
                 f"--optimizer.{param.name} {value} is set, and the default search space searches "
-                f"{param.name} ({param.low:g} to {param.high:g}), which would replace it: "
+                f"{param.name} ({_range(param)}), which would replace it: "
                 f"leave it out to search it, or give search_space entries without "
                 f"{param.name} to keep it fixed"
             )
+
+
+def _range(param: SearchParam) -> str:
+    if param.choices is not None:
+        return "choices " + ", ".join(map(str, param.choices))
+    return f"{param.low:g} to {param.high:g}"
 
 
 def options_from_config(config: Any) -> TuneOptions:
@@ -185,7 +191,11 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def format_params(params: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.3g}" for k, v in sorted(params.items()))
+    return " ".join(f"{k}={_shown(v)}" for k, v in sorted(params.items()))
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 class TrialRunner:

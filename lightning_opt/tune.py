@@ -175,7 +175,7 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
     """
     space = resolve_search_space(config)
     check_trainer_settings(config.trainer)
-    for values in ({}, {p.name: p.low for p in space}, {p.name: p.high for p in space}):
+    for values in ({}, {p.name: p.ends()[0] for p in space}, {p.name: p.ends()[1] for p in space}):
         cfg = with_values(config, values)
         build_model(cfg)
         callbacks = trainer_arguments(cfg)["callbacks"]

@@ -17,29 +17,42 @@ from torch import Tensor
 
 
 class _MemberStates(MutableMapping):
-    """``state`` of every member's optimizer, keyed by parameter as ``Optimizer.state`` is."""
+    """``state`` of every member's optimizer, keyed by parameter as ``Optimizer.state`` is.
+
+    A member's entry that is not a parameter's (MADGRAD's step counter ``state['k']``, a global
+    buffer) is keyed ``(member position, key)``: every member has its own.
+    """
 
     def __init__(self, owner: MemberwiseOptimizer) -> None:
         self.owner = owner
 
-    def _state_of(self, param: Tensor) -> MutableMapping:
+    def _state_of(self, key: Any) -> tuple[MutableMapping, Any]:
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], int):
+            position, own = key
+            if 0 <= position < len(self.owner.members):
+                return self.owner.members[position].state, own
+            raise KeyError(key)
         for optimizer in self.owner.members:
-            if any(p is param for g in optimizer.param_groups for p in g["params"]):
-                return optimizer.state
-        raise KeyError(param)
+            if any(p is key for g in optimizer.param_groups for p in g["params"]):
+                return optimizer.state, key
+        raise KeyError(key)
 
-    def __getitem__(self, param: Tensor) -> Any:
-        return self._state_of(param)[param]
+    def __getitem__(self, key: Any) -> Any:
+        state, own = self._state_of(key)
+        return state[own]
 
-    def __setitem__(self, param: Tensor, value: Any) -> None:
-        self._state_of(param)[param] = value
+    def __setitem__(self, key: Any, value: Any) -> None:
+        state, own = self._state_of(key)
+        state[own] = value
 
-    def __delitem__(self, param: Tensor) -> None:
-        del self._state_of(param)[param]
+    def __delitem__(self, key: Any) -> None:
+        state, own = self._state_of(key)
+        del state[own]
 
-    def __iter__(self) -> Iterator[Tensor]:
-        for optimizer in self.owner.members:
-            yield from optimizer.state
+    def __iter__(self) -> Iterator[Any]:
+        for position, optimizer in enumerate(self.owner.members):
+            for key in optimizer.state:
+                yield key if isinstance(key, Tensor) else (position, key)
 
     def __len__(self) -> int:
         return sum(len(o.state) for o in self.owner.members)
@@ -79,6 +92,16 @@ class MemberwiseOptimizer(torch.optim.Optimizer):
         for optimizer in self.members:
             optimizer.step()
         return loss
+
+    def train(self) -> None:
+        """Every member's ``train()`` (schedule-free optimizers)."""
+        for optimizer in self.members:
+            optimizer.train()
+
+    def eval(self) -> None:
+        """Every member's ``eval()``."""
+        for optimizer in self.members:
+            optimizer.eval()
 
     def state_dict(self) -> dict[str, Any]:
         return {"members": [o.state_dict() for o in self.members]}

@@ -10,12 +10,15 @@ a name up, spawned workers included.
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from lightning_opt.optim.contract import StepContract, preflight
 from lightning_opt.reflection import Registry, constructor_arguments, import_class
 from lightning_opt.search_space import SearchParam
 
@@ -101,10 +104,15 @@ def optimizer_config(value: Any) -> dict[str, Any]:
         raise ValueError(
             f"an optimizer is a short name, a class path or {{class_path, init_args}}, got {value!r}"
         )
-    unknown = set(value) - {"class_path", "init_args"}
+    unknown = set(value) - {"class_path", "init_args", "dict_kwargs"}
     if unknown:
-        raise ValueError(f"optimizer keys are class_path and init_args, got {sorted(unknown)}")
-    class_path, init_args = value["class_path"], dict(value.get("init_args") or {})
+        raise ValueError(
+            f"optimizer keys are class_path, init_args and dict_kwargs, got {sorted(unknown)}"
+        )
+    # dict_kwargs: what jsonargparse gives a class's **kwargs (--optimizer.dict_kwargs.lr 0.05
+    # for SAM's base optimizer); here they are arguments like the others.
+    class_path = value["class_path"]
+    init_args = {**dict(value.get("dict_kwargs") or {}), **dict(value.get("init_args") or {})}
     if "." not in class_path:
         if class_path in list_optimizers():
             spec = get_optimizer(class_path)
@@ -129,6 +137,16 @@ def _path_of_class_named(name: str) -> str:
         raise ValueError(f"several optimizers are called {name!r}: {', '.join(sorted(found))}")
     get_optimizer(name)  # raises: an unknown name, listing the short names
     raise AssertionError(name)
+
+
+def for_parser(config: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``optimizer_config`` as jsonargparse takes it: the arguments the signature names in
+    ``init_args``, the ones only its ``**kwargs`` take in ``dict_kwargs``."""
+    named = constructor_arguments(import_class(config["class_path"]))
+    init_args = {k: v for k, v in config["init_args"].items() if k in named}
+    extra = {k: v for k, v in config["init_args"].items() if k not in named}
+    out = {"class_path": config["class_path"], "init_args": init_args}
+    return {**out, "dict_kwargs": extra} if extra else out
 
 
 def optimizer_class(config: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
@@ -160,13 +178,27 @@ def hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+#: A default learning rate this large marks a learning-rate-free method (Prodigy, D-Adaptation:
+#: lr = 1 scales the step size the method estimates itself).
+LR_FREE_DEFAULT = 0.5
+
+
 def default_search_space(cls: type) -> tuple[SearchParam, ...]:
     """What ``tune`` searches for ``cls`` by default: its ``search_space`` attribute if it
-    declares one, else the learning rate (log-uniform 1e-4..1e-1) if it takes ``lr``."""
+    declares one; else, if it takes ``lr``, the learning rate: log-uniform 1e-4..1e-1, or a
+    decade either side of the default where that is >= 0.5 (a learning-rate-free method, whose
+    lr multiplies its own estimate: 0.1..10 for Prodigy and D-Adaptation's 1.0)."""
     declared = getattr(cls, "search_space", None)
     if declared is not None:
         return tuple(declared)
-    return LR_SEARCH if "lr" in constructor_arguments(cls) else ()
+    lr = constructor_arguments(cls).get("lr")
+    if lr is None:
+        return ()
+    default = lr.default
+    number = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if number and math.isfinite(default) and default >= LR_FREE_DEFAULT:
+        return (SearchParam("lr", default / 10, default * 10, log=True),)
+    return LR_SEARCH
 
 
 def supports_population(cls: type) -> bool:
@@ -183,7 +215,9 @@ def resolve_optimizer(value: Any) -> tuple[type[torch.optim.Optimizer], dict[str
     config = optimizer_config(value)
     cls = optimizer_class(config)
     defaults = {
-        n: p.default for n, p in constructor_arguments(cls).items() if p.default is not p.empty
+        n: p.default
+        for n, p in constructor_arguments(cls).items()
+        if p.default is not p.empty and writable(p.default)
     }
     return cls, {
         "class_path": config["class_path"],
@@ -191,12 +225,89 @@ def resolve_optimizer(value: Any) -> tuple[type[torch.optim.Optimizer], dict[str
     }
 
 
-def check_optimizer(cls: type[torch.optim.Optimizer], params: Any, init_args: dict) -> None:
-    """Build ``cls`` once so its own constructor checks ``init_args``; one line if it refuses."""
+def construct(cls: type, params: Any, init_args: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """An instance of ``cls`` over ``params``: ``cls(params, **init_args)``; for a wrapper, whose
+    first argument is an optimizer (Lookahead, OrthoGrad), the inner optimizer
+    (``init_args["optimizer"]``: a class, a class path or ``{class_path, init_args}``) is built
+    over ``params`` first, with the arguments the wrapper's signature does not name."""
+    init_args = _classes(cls, init_args)
+    if first_argument(cls) != "optimizer":
+        return cls(params, **init_args)
+    args = dict(init_args)
+    inner = args.pop("optimizer", None)
+    named = constructor_arguments(cls)
+    extra = {k: args.pop(k) for k in list(args) if k not in named}
+    if inner is None:
+        raise ValueError(
+            f"{cls.__name__} wraps an optimizer: give --optimizer.optimizer CLASS (its arguments "
+            "as --optimizer.dict_kwargs.ARG)"
+        )
+    if isinstance(inner, (str, Mapping)) or hasattr(inner, "as_dict"):
+        config = optimizer_config(inner)
+        inner, extra = optimizer_class(config), {**config["init_args"], **extra}
+    if not isinstance(inner, type):
+        raise ValueError(f"{cls.__name__}'s optimizer must be a class, got {inner!r}")
+    return cls(construct(inner, params, extra), **args)
+
+
+def _classes(cls: type, init_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``init_args`` with the class paths given to arguments annotated as classes (SAM's
+    ``base_optimizer: type[Optimizer]``) imported, as jsonargparse does on the command line."""
+    named = constructor_arguments(cls)
+    out = dict(init_args)
+    for name, value in init_args.items():
+        annotation = str(named[name].annotation) if name in named else ""
+        if isinstance(value, str) and "type[" in annotation and "." in value:
+            out[name] = import_class(value)
+    return out
+
+
+def first_argument(cls: type) -> str | None:
+    """The name of the first argument of ``cls.__init__`` after ``self``."""
+    params = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    return params[0] if params else None
+
+
+def writable(value: Any) -> bool:
+    """Whether a default survives config.yaml, best.yaml, hparams and results.json as itself:
+    None, a bool, an int, a finite float, a string, or a list or tuple of these. The rest
+    (``inf``, a ``torch.dtype``, an enum, a sentinel ``object()``, a class) is left out of what
+    is written, so the class applies its own default; never a string the class then receives."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(writable(v) for v in value)
+    return False
+
+
+def check_optimizer(
+    cls: type[torch.optim.Optimizer],
+    net: Any,
+    init_args: dict,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+) -> StepContract:
+    """Build ``cls`` over ``net``'s parameters so its own constructor checks ``init_args`` (one
+    line if it refuses, whatever it raises), then take the pre-flight step on a copy of ``net``
+    (``lightning_opt.optim.contract``): what its step needs. Without ``input_size`` and
+    ``num_classes`` the constructor alone is checked."""
     try:
-        cls(params, **init_args)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{cls.__name__}({_show(init_args)}): {err}") from None
+        construct(cls, net.parameters(), init_args)
+    except Exception as err:  # a package's own classes too (NegativeLRError, ...)
+        raise ValueError(f"{cls.__name__}({_show(init_args)}): {_message(err)}") from None
+    if input_size is None or num_classes is None:
+        return StepContract()
+    build = lambda params: construct(cls, params, init_args)  # noqa: E731
+    return preflight(cls, build, net, input_size, num_classes)
+
+
+def _message(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, (TypeError, ValueError)):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _show(kwargs: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ class MemberCheckpoints:
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_in_eval_mode(checkpoint)
         checkpoint["population"] = {
             "seeds": self.all_seeds,
             "member_hparams": self.member_hparams,

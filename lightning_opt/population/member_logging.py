@@ -69,6 +69,7 @@ class MemberLogging:
 
     @override
     def on_train_end(self) -> None:
+        self._end_training_modes()
         if not self.member_loggers:
             return
         for loggers, member in zip(self.member_loggers, self.member_ids, strict=True):

@@ -165,8 +165,16 @@ class PopulationClassifier(
         why = why_not_stackable(nets[0], input_size)
         if why is not None:
             raise ValueError(f"{why}: train it one run at a time")
-        for member_net, kwargs in zip(nets, self.member_kwargs, strict=True):
-            check_optimizer(cls, member_net.parameters(), kwargs)  # as a single fit would, first
+        for member, (member_net, kwargs) in enumerate(zip(nets, self.member_kwargs, strict=True)):
+            # As a single fit would, first; the first member's step stands for the class's.
+            sizes = (input_size, num_classes) if member == 0 else (None, None)
+            contract = check_optimizer(cls, member_net, kwargs, *sizes)
+            if member == 0:
+                self.step_contract = contract
+        why = self.step_contract.why_not_population(cls.__name__)
+        if why is not None:
+            raise ValueError(f"{why}: train it one run at a time")
+        self._optimizer_mode: str | None = None
         self.net = stack_nets(nets)
         self.seeds = list(seeds)
         self.all_seeds = list(seeds)  # by member index, including dropped members

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_opt.optim.memberwise import MemberwiseOptimizer
+from lightning_opt.optim.registry import construct
 from lightning_opt.optim.schedulers import (
     MemberwiseScheduler,
 )
@@ -29,7 +30,7 @@ class MemberOptimizers:
         self._member_params = self._member_views()
         optimizer = MemberwiseOptimizer(
             [
-                self.optimizer_class(params, **self.member_kwargs[member])
+                construct(self.optimizer_class, params, self.member_kwargs[member])
                 for member, params in zip(self.member_ids, self._member_params, strict=True)
             ]
         )

@@ -1,0 +1,384 @@
+"""The optimizer compatibility table, from real runs of real packages.
+
+``CATALOG`` lists third-party optimizer classes (torch.optim, pytorch-optimizer, schedulefree,
+prodigyopt, lion-pytorch, dadaptation, heavyball) with what a user must set for each. ``check``
+trains one for a few steps on a tiny mnist1d (float64) and reports what holds: the validation
+loss falls, the checkpoint replays to the loss the run logged (``validate`` of the saved
+weights), and a population of two seeds gives each member its separate run's numbers (or
+trains one run at a time, and why). ``python -m lightning_opt.compatibility docs/optimizers.md``
+writes the table; ``tests/test_optimizer_packages.py`` runs the same checks (the packages are
+the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: The tiny problem every class is tried on: 400 training examples, 2 epochs of 7 steps.
+SAMPLES, BATCH, EPOCHS, SEEDS = 500, 50, 2, (0, 1)
+#: Population members equal their separate runs to this (float64).
+EXACT = 1e-6
+#: A checkpoint's validation equals the logged one to this (the weights come back through the
+#: model's float32 parameters; evaluating in the wrong mode is off by ~1e-2).
+REPLAY = 1e-6
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One class of the table.
+
+    Attributes:
+        class_path: the class (``--optimizer CLASS``).
+        settings: what a user sets for it (``--optimizer.ARG VALUE``; ``dict_kwargs`` for what
+            only its ``**kwargs`` take).
+        note: what a user should know (the step contract, what it cannot do here).
+        works: False for a class this tool refuses in one line (``note`` says why).
+        population: what a population of it gives: ``exact``, ``one run at a time`` (a
+            fall-back said in one line) or ``differs`` (measured, and said).
+        cli: whether the command line and config files can configure it (else only Python).
+    """
+
+    class_path: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    works: bool = True
+    population: str = "exact"
+    cli: bool = True
+
+    @property
+    def package(self) -> str:
+        return self.class_path.split(".")[0]
+
+    def optimizer(self) -> dict[str, Any]:
+        settings = dict(self.settings)
+        extra = settings.pop("dict_kwargs", {})
+        return {"class_path": self.class_path, "init_args": settings, "dict_kwargs": extra}
+
+
+CATALOG: tuple[Entry, ...] = (
+    Entry("torch.optim.Adam"),
+    Entry("torch.optim.AdamW"),
+    Entry("torch.optim.SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    Entry("torch.optim.NAdam"),
+    Entry("torch.optim.RAdam"),
+    Entry("torch.optim.Adamax"),
+    Entry("torch.optim.Adagrad", {"lr": 0.05}),
+    Entry("torch.optim.Adadelta", {"lr": 1.0}),
+    Entry("torch.optim.RMSprop"),
+    Entry("torch.optim.Rprop"),
+    Entry("torch.optim.ASGD", {"lr": 0.05}),
+    Entry(
+        "torch.optim.LBFGS",
+        {"lr": 0.1, "max_iter": 4},
+        "closure: several evaluations a step",
+        population="one run at a time",
+    ),
+    Entry("torch.optim.SparseAdam", note="sparse gradients only", works=False),
+    Entry("torch.optim.Muon", note="2-D parameters only (the MLP has biases)", works=False),
+    Entry("pytorch_optimizer.AdaBelief"),
+    Entry(
+        "pytorch_optimizer.AdaHessian",
+        {"lr": 0.05},
+        "backward(create_graph=True), found by the pre-flight step",
+        population="one run at a time",
+    ),
+    Entry(
+        "pytorch_optimizer.SophiaH",
+        {"lr": 0.01},
+        "backward(create_graph=True), found by the pre-flight step",
+        population="one run at a time",
+    ),
+    Entry("pytorch_optimizer.MADGRAD", {"lr": 0.01}, "keeps a step counter state['k']"),
+    Entry("pytorch_optimizer.Lamb", {"lr": 0.01}),
+    Entry("pytorch_optimizer.Ranger", {"lr": 0.01}),
+    Entry("pytorch_optimizer.Tiger", {"lr": 0.001}),
+    Entry(
+        "pytorch_optimizer.Kron",
+        note="a torch.dtype default (left out of configs); numpy draws in its step",
+        population="one run at a time",
+    ),
+    Entry(
+        "pytorch_optimizer.SOAP",
+        note="members differ from separate runs beyond float rounding (eigendecompositions of "
+        "nearly equal eigenvalues amplify a batched product's rounding, we believe)",
+        population="differs",
+    ),
+    Entry("pytorch_optimizer.Prodigy", note="lr-free: lr searched 0.1..10"),
+    Entry("pytorch_optimizer.DAdaptAdam", note="lr-free: lr searched 0.1..10"),
+    Entry(
+        "pytorch_optimizer.ScheduleFreeAdamW",
+        {"lr": 0.01},
+        "train/eval modes: evaluated and saved in eval mode",
+    ),
+    Entry(
+        "pytorch_optimizer.SAM",
+        {"base_optimizer": "torch.optim.SGD", "dict_kwargs": {"lr": 0.05}},
+        "reads the gradients, then calls its closure: evaluated once before its step; the "
+        "base optimizer's lr through dict_kwargs",
+        population="one run at a time",
+    ),
+    Entry(
+        "pytorch_optimizer.Lookahead",
+        {"optimizer": "torch.optim.AdamW", "dict_kwargs": {"lr": 0.01}},
+        "wraps an optimizer (--optimizer.optimizer CLASS)",
+    ),
+    Entry(
+        "pytorch_optimizer.OrthoGrad",
+        {"optimizer": "torch.optim.AdamW", "dict_kwargs": {"lr": 0.01}},
+        "wraps an optimizer (--optimizer.optimizer CLASS)",
+    ),
+    Entry("schedulefree.AdamWScheduleFree", {"lr": 0.01}, "train/eval modes (starts in eval)"),
+    Entry("schedulefree.RAdamScheduleFree", {"lr": 0.01}, "train/eval modes"),
+    Entry("schedulefree.SGDScheduleFree", {"lr": 0.5}, "train/eval modes"),
+    Entry("prodigyopt.Prodigy", note="lr-free; growth_rate=inf left to the class"),
+    Entry("dadaptation.DAdaptAdam", note="lr-free; growth_rate=inf left to the class"),
+    Entry("dadaptation.DAdaptSGD", note="lr-free"),
+    Entry("lion_pytorch.Lion", {"lr": 1e-4}),
+    Entry(
+        "heavyball.AdamW",
+        {"lr": 1e-3},
+        "Python API only: object() sentinel defaults, which jsonargparse cannot check against "
+        "their types (the command line refuses it in one line)",
+        cli=False,
+    ),
+    Entry(
+        "heavyball.SFAdamW",
+        {"lr": 1e-3},
+        "Python API only (sentinel defaults); train/eval modes",
+        cli=False,
+    ),
+)
+
+
+@dataclass
+class Result:
+    """What ``check`` found for one entry (a string where something failed: the one line)."""
+
+    entry: Entry
+    installed: bool = True
+    error: str | None = None
+    loss_before: float | None = None
+    loss_after: float | None = None
+    replay_gap: float | None = None
+    population: str | None = None
+    contract: str = ""
+    cli: str | None = None
+
+    @property
+    def falls(self) -> bool:
+        return self.loss_after is not None and self.loss_after < self.loss_before
+
+    @property
+    def replays(self) -> bool:
+        return self.replay_gap is not None and self.replay_gap <= REPLAY
+
+
+def installed(entry: Entry) -> bool:
+    try:
+        importlib.import_module(entry.package)
+    except ImportError:
+        return False
+    return True
+
+
+def check(entry: Entry, data_dir: str | Path, population: bool = True) -> Result:
+    """Train ``entry`` as the table says (see the module docstring)."""
+    from lightning_opt.data import MNIST1DDataModule
+    from lightning_opt.model import MNIST1DClassifier
+
+    result = Result(entry)
+    if not installed(entry):
+        result.installed = False
+        return result
+    data = MNIST1DDataModule(num_samples=SAMPLES, batch_size=BATCH, cache_dir=str(data_dir))
+    data.prepare_data()
+    try:
+        torch.manual_seed(SEEDS[0])
+        model = MNIST1DClassifier(
+            optimizer=entry.optimizer(), input_size=40, num_classes=10, log_internals=False
+        )
+    except (ValueError, TypeError) as err:
+        result.error = " ".join(str(err).split())
+        return result
+    contract = model.step_contract
+    result.contract = ", ".join(
+        part
+        for part, on in (
+            (f"closure x{contract.closure_calls}", contract.closure_calls > 1),
+            ("evaluated before its step", contract.evaluate_first),
+            ("create_graph", contract.create_graph),
+            ("train/eval modes", contract.modes),
+            ("global RNG in its step", contract.random),
+        )
+        if on
+    )
+    trainer = _trainer()
+    result.loss_before = trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"]
+    histories = _fit(trainer, model, data)
+    result.loss_after = histories[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "run.ckpt"
+        trainer.save_checkpoint(path)
+        replayed = MNIST1DClassifier.load_from_checkpoint(path, weights_only=False)
+        replay = _trainer().validate(replayed, datamodule=data, verbose=False)[0]["val/loss"]
+    result.replay_gap = abs(replay - result.loss_after)
+    if population:
+        result.population = _population(entry, data, histories)
+    result.cli = _cli(entry, data_dir)
+    return result
+
+
+def _cli(entry: Entry, data_dir: str | Path) -> str:
+    """``yes`` where ``fit --optimizer CLASS --optimizer.ARG ...`` trains an epoch, else the
+    one line the command line printed."""
+    from lightning_opt.cli import cli_main
+
+    flags = [f"--optimizer={entry.class_path}"]
+    for name, value in entry.settings.items():
+        items = value.items() if name == "dict_kwargs" else [(None, value)]
+        for key, item in items:
+            flag = f"--optimizer.dict_kwargs.{key}" if key else f"--optimizer.{name}"
+            flags.append(f"{flag}={item}")
+    err = io.StringIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "fit", *flags, f"--data.num_samples={SAMPLES}", f"--data.cache_dir={data_dir}",
+            f"--data.batch_size={BATCH}", "--trainer.max_epochs=1", "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp}",
+        ]  # fmt: skip
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                cli_main(args)
+        except SystemExit as exit_:
+            lines = [line for line in err.getvalue().splitlines() if "error:" in line]
+            return f"exit {exit_.code}: {lines[-1] if lines else ''}"
+    return "yes"
+
+
+def _trainer() -> Any:
+    from lightning.pytorch import Trainer
+
+    return Trainer(
+        max_epochs=EPOCHS, precision="64-true", accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+
+
+def _fit(trainer: Any, model: Any, data: Any) -> list[float]:
+    """Fit; each epoch's val/loss."""
+    from lightning.pytorch import Callback
+
+    losses: list[float] = []
+
+    class Record(Callback):
+        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            losses.append(float(trainer.callback_metrics["val/loss"]))
+
+    trainer.callbacks.append(Record())
+    trainer.fit(model, datamodule=data)
+    return losses
+
+
+def _population(entry: Entry, data: Any, first_history: list[float]) -> str:
+    """``exact``, ``differs by X``, or ``one run at a time: why``."""
+    from lightning.pytorch import seed_everything
+
+    from lightning_opt.model import MNIST1DClassifier
+    from lightning_opt.population import PopulationClassifier
+
+    try:
+        population = PopulationClassifier(
+            list(SEEDS), optimizer=entry.optimizer(), input_size=40, num_classes=10,
+            log_internals=False,
+        )  # fmt: skip
+    except ValueError as err:
+        return f"one run at a time: {' '.join(str(err).split())}"
+    _trainer().fit(population, datamodule=data)
+    gap = 0.0
+    for member, seed in enumerate(SEEDS):
+        if seed == SEEDS[0]:
+            single = first_history
+        else:
+            seed_everything(seed, verbose=False)
+            model = MNIST1DClassifier(
+                optimizer=entry.optimizer(), input_size=40, num_classes=10, log_internals=False
+            )
+            single = _fit(_trainer(), model, data)
+        together = population.history[member]["val/loss"]
+        gap = max(gap, *(abs(a - b) for a, b in zip(together, single, strict=True)))
+    return "exact" if gap <= EXACT else f"differs by {gap:.1e}"
+
+
+def markdown(results: list[Result]) -> str:
+    """The table of ``results`` (docs/optimizers.md)."""
+    lines = [
+        "# Optimizer compatibility",
+        "",
+        "Generated by `python -m lightning_opt.compatibility docs/optimizers.md` from real runs "
+        f"of the installed packages (the `test` extra): each class trains an MLP for {EPOCHS} "
+        f"epochs on {SAMPLES} mnist1d examples in float64 (batch {BATCH}). *falls*: the "
+        "validation loss after training is below the one before; *replays*: `validate` of the "
+        "saved checkpoint gives the loss the run logged; *population*: members of seeds "
+        f"{list(SEEDS)} trained at once equal their separate runs (to {EXACT:g}), or the "
+        "reason they train one at a time. *step needs*: what the pre-flight step found. "
+        "*command line*: `fit --optimizer CLASS --optimizer.ARG VALUE` trains an epoch. "
+        "`tests/test_optimizer_packages.py` checks every row. Set `settings` as "
+        "`--optimizer.ARG VALUE`; `dict_kwargs` go to a class's `**kwargs`.",
+        "",
+        "| class | settings | fit: val/loss before -> after | replays | population | step needs "
+        "| command line | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        settings = ", ".join(f"{k}={v}" for k, v in r.entry.settings.items()) or ""
+        if not r.installed:
+            fit = "not installed"
+        elif r.error is not None:
+            fit = f"refused: {r.error}"
+        else:
+            mark = "falls" if r.falls else "does not fall"
+            fit = f"{r.loss_before:.3f} -> {r.loss_after:.3f} ({mark})"
+        replays = (
+            "" if r.replay_gap is None else ("yes" if r.replays else f"gap {r.replay_gap:.1e}")
+        )
+        row = [f"`{r.entry.class_path}`", settings, fit, replays, r.population or "",
+               r.contract, r.cli or "", r.entry.note]  # fmt: skip
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", help="where the markdown table goes (docs/optimizers.md)")
+    args = parser.parse_args(argv)
+    from lightning_opt.runs import quiet_lightning
+
+    quiet_lightning()
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the GPU/TPU lines of every Trainer
+    warnings.filterwarnings("ignore")
+    results = []
+    with tempfile.TemporaryDirectory() as data_dir:
+        for entry in CATALOG:
+            with contextlib.redirect_stdout(io.StringIO()):
+                results.append(check(entry, data_dir))
+            r = results[-1]
+            print(f"{entry.class_path:40s} {r.error or r.population or ''}", flush=True)
+    Path(args.output).write_text(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
