@@ -47,6 +47,7 @@ class Entry:
         population: what a population of it gives: ``exact``, ``one run at a time`` (a
             fall-back said in one line) or ``differs`` (measured, and said).
         cli: whether the command line and config files can configure it (else only Python).
+        param_groups: ``--model.param_groups`` rules it needs (Muon's 2-D weights).
     """
 
     class_path: str
@@ -55,10 +56,17 @@ class Entry:
     works: bool = True
     population: str = "exact"
     cli: bool = True
+    param_groups: tuple[dict[str, Any], ...] = ()
 
     @property
     def package(self) -> str:
         return self.class_path.split(".")[0]
+
+    def model_arguments(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer(), "param_groups": [dict(r) for r in self.param_groups],
+            "input_size": 40, "num_classes": 10, "log_internals": False,
+        }  # fmt: skip
 
     def optimizer(self) -> dict[str, Any]:
         settings = dict(self.settings)
@@ -85,7 +93,21 @@ CATALOG: tuple[Entry, ...] = (
         population="one run at a time",
     ),
     Entry("torch.optim.SparseAdam", note="sparse gradients only", works=False),
-    Entry("torch.optim.Muon", note="2-D parameters only (the MLP has biases)", works=False),
+    Entry(
+        "torch.optim.Muon",
+        note="2-D parameters only, and param groups share one class: use pytorch_optimizer.Muon",
+        works=False,
+    ),
+    Entry(
+        "pytorch_optimizer.Muon",
+        note="2-D weights with Muon, the rest with its AdamW, by param_groups rules",
+        param_groups=({"ndim": 2, "use_muon": True}, {"ndim": 1, "use_muon": False}),
+    ),
+    Entry(
+        "pytorch_optimizer.LOMO",
+        note="takes the model and updates inside its own fused_backward: no step to drive",
+        works=False,
+    ),
     Entry("pytorch_optimizer.AdaBelief"),
     Entry(
         "pytorch_optimizer.AdaHessian",
@@ -205,9 +227,7 @@ def check(entry: Entry, data_dir: str | Path, population: bool = True) -> Result
     data.prepare_data()
     try:
         torch.manual_seed(SEEDS[0])
-        model = MNIST1DClassifier(
-            optimizer=entry.optimizer(), input_size=40, num_classes=10, log_internals=False
-        )
+        model = MNIST1DClassifier(**entry.model_arguments())
     except (ValueError, TypeError) as err:
         result.error = " ".join(str(err).split())
         return result
@@ -250,6 +270,12 @@ def _cli(entry: Entry, data_dir: str | Path) -> str:
         for key, item in items:
             flag = f"--optimizer.dict_kwargs.{key}" if key else f"--optimizer.{name}"
             flags.append(f"{flag}={item}")
+    if entry.param_groups:
+        rules = ", ".join(
+            "{" + ", ".join(f"{k}: {v}" for k, v in rule.items()) + "}"
+            for rule in entry.param_groups
+        )
+        flags.append(f"--model.param_groups=[{rules}]")
     err = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -300,10 +326,7 @@ def _population(entry: Entry, data: Any, first_history: list[float]) -> str:
     from lightning_opt.population import PopulationClassifier
 
     try:
-        population = PopulationClassifier(
-            list(SEEDS), optimizer=entry.optimizer(), input_size=40, num_classes=10,
-            log_internals=False,
-        )  # fmt: skip
+        population = PopulationClassifier(list(SEEDS), **entry.model_arguments())
     except ValueError as err:
         return f"one run at a time: {' '.join(str(err).split())}"
     _trainer().fit(population, datamodule=data)
@@ -313,9 +336,7 @@ def _population(entry: Entry, data: Any, first_history: list[float]) -> str:
             single = first_history
         else:
             seed_everything(seed, verbose=False)
-            model = MNIST1DClassifier(
-                optimizer=entry.optimizer(), input_size=40, num_classes=10, log_internals=False
-            )
+            model = MNIST1DClassifier(**entry.model_arguments())
             single = _fit(_trainer(), model, data)
         together = population.history[member]["val/loss"]
         gap = max(gap, *(abs(a - b) for a, b in zip(together, single, strict=True)))
@@ -343,7 +364,9 @@ def markdown(results: list[Result]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        settings = ", ".join(f"{k}={v}" for k, v in r.entry.settings.items()) or ""
+        settings = ", ".join(f"{k}={v}" for k, v in r.entry.settings.items())
+        if r.entry.param_groups:
+            settings += (", " if settings else "") + f"param_groups={list(r.entry.param_groups)}"
         if not r.installed:
             fit = "not installed"
         elif r.error is not None:

@@ -22,6 +22,7 @@ from typing_extensions import override
 from lightning_opt.data import MiniBatches
 from lightning_opt.hparams import global_seed, log_hyperparams, run_hparams
 from lightning_opt.models import NetFactory, build_net, resolve_net_argument
+from lightning_opt.optim import groups
 from lightning_opt.optim.registry import check_optimizer, construct, resolve_optimizer
 from lightning_opt.optim.schedulers import (
     check_scheduler,
@@ -48,6 +49,9 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
             path or ``{class_path, init_args}`` (``--lr_scheduler`` / ``--lr_scheduler.ARG``).
         lr_interval: step the scheduler after every ``step`` or at the end of every ``epoch``
             (after validation: ``ReduceLROnPlateau`` follows ``val/loss``).
+        param_groups: rules that split the net's parameters into groups with their own
+            settings (``lightning_opt.optim.groups``): ``[{ndim: 1, weight_decay: 0.0}]`` keeps
+            biases and norms out of weight decay.
         input_size: length of an mnist1d signal; the command line links it to the data
             (``--data.final_seq_length``).
         num_classes: number of classes; the command line links it to the data (10 digits).
@@ -60,6 +64,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         optimizer: str | dict[str, Any] = "adam",
         lr_scheduler: str | dict[str, Any] | None = None,
         lr_interval: Literal["epoch", "step"] = "epoch",
+        param_groups: list[dict[str, Any]] | None = None,
         *,
         input_size: int,
         num_classes: int,
@@ -67,6 +72,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
     ) -> None:
         super().__init__()
         self.optimizer_class, resolved = resolve_optimizer(optimizer)
+        self.param_group_rules = groups.check_rules(param_groups)
         scheduler = resolve_scheduler(lr_scheduler)
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
@@ -83,8 +89,9 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         # Its own constructor checks the arguments now, and one step on a copy of the net
         # shows what the step needs (a closure, a graph, train/eval modes), before any training.
         self.step_contract = check_optimizer(
-            self.optimizer_class, self.net, self.optimizer_kwargs, input_size, num_classes
-        )
+            self.optimizer_class, self.net, self.optimizer_kwargs, input_size, num_classes,
+            self.param_group_rules,
+        )  # fmt: skip
         self._optimizer_mode: str | None = None
         self.accuracy = nn.ModuleDict(
             {
@@ -113,7 +120,8 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = construct(self.optimizer_class, self.parameters(), self.optimizer_kwargs)
+        params = groups.split(self.net.named_parameters(), self.param_group_rules)
+        optimizer = construct(self.optimizer_class, params, self.optimizer_kwargs, self.net)
         if self.scheduler_class is None:
             return optimizer
         scheduler = self.scheduler_class(optimizer, **self.hparams.lr_scheduler["init_args"])

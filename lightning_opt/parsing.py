@@ -355,7 +355,7 @@ class OptimizerCLI(LightningCLI):
         parser.add_subclass_arguments(
             torch.optim.Optimizer,
             "optimizer",
-            skip={"params"},
+            skip={"params", "model"},  # the model is the net, given by the model (LOMO)
             instantiate=False,
             fail_untyped=False,
             required=False,

@@ -104,12 +104,46 @@ def scheduler_dict(config: Any) -> dict[str, Any] | None:
 
 
 def _numbers(cls: type, skip: str = "") -> list[str]:
-    """Constructor arguments that are not flags (a search space samples numbers)."""
-    return [
+    """Constructor arguments a search space may set (a flag only by its choices), and each
+    element of a tuple default as ``NAME.INDEX`` (``betas.1``)."""
+    names = []
+    for name, p in constructor_arguments(cls).items():
+        if name == skip:
+            continue
+        names.append(name)
+        if isinstance(p.default, tuple):
+            names += [f"{name}.{i}" for i in range(len(p.default))]
+    return names
+
+
+def element(name: str) -> tuple[str, int] | None:
+    """``("betas", 1)`` for ``betas.1``: the element of a tuple argument a search sets."""
+    base, _, index = name.rpartition(".")
+    return (base, int(index)) if base and index.isdigit() else None
+
+
+def with_elements(init_args: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``init_args`` with ``values`` set, ``NAME.INDEX`` ones into their tuple argument."""
+    out = dict(init_args)
+    for name, value in values.items():
+        parts = element(name)
+        if parts is None:
+            out[name] = value
+            continue
+        base, index = parts
+        current = list(out[base])
+        current[index] = value
+        out[base] = current
+    return out
+
+
+def flags(cls: type) -> set[str]:
+    """Constructor arguments that are flags (true/false): searched by choices, never a range."""
+    return {
         name
         for name, p in constructor_arguments(cls).items()
-        if name != skip and not isinstance(p.default, bool) and p.annotation not in (bool, "bool")
-    ]
+        if isinstance(p.default, bool) or p.annotation in (bool, "bool")
+    }
 
 
 def with_values(config: Any, values: dict[str, Any]) -> Any:
@@ -119,7 +153,9 @@ def with_values(config: Any, values: dict[str, Any]) -> Any:
     where = settable(cfg)
     for name, value in values.items():
         if where.get(name) == "optimizer":
-            cfg.optimizer.init_args[name] = value
+            updated = with_elements(dict(cfg.optimizer.init_args), {name: value})
+            for key, item in updated.items():
+                cfg.optimizer.init_args[key] = item
             continue
         if where.get(name) == "lr_scheduler":
             cfg.lr_scheduler.init_args[name] = value
@@ -141,6 +177,7 @@ class RunSpec:
     lr_scheduler: dict[str, Any] | None
     lr_interval: str
     log_internals: bool
+    param_groups: list[dict[str, Any]] | None
     input_size: int
     num_classes: int
     data: dict[str, Any]
@@ -161,6 +198,7 @@ class RunSpec:
             lr_scheduler=scheduler_dict(cfg),
             lr_interval=model.get("lr_interval", "epoch"),
             log_internals=model.get("log_internals", True),
+            param_groups=model.get("param_groups"),
             input_size=model["input_size"],
             num_classes=model["num_classes"],
             data=cfg.data.as_dict(),
@@ -176,6 +214,7 @@ class RunSpec:
             "lr_scheduler": self.lr_scheduler,
             "lr_interval": self.lr_interval,
             "log_internals": self.log_internals,
+            "param_groups": self.param_groups,
             "input_size": self.input_size,
             "num_classes": self.num_classes,
         }
@@ -210,12 +249,15 @@ def population_blocker(cfg: Any) -> str | None:
     """Why the runs of ``cfg`` cannot train as one population (one line), or ``None`` if they
     can: the one place that decides it, for ``tune --population`` and ``compare``'s finals (a
     blocked config trains one run at a time; ``fit --seeds`` refuses it)."""
-    from lightning_opt.optim.registry import check_optimizer, supports_population
+    from lightning_opt.optim.groups import check_rules
+    from lightning_opt.optim.registry import check_optimizer, supports_population, takes_model
     from lightning_opt.stacking import why_not_stackable
 
     cls = optimizer_class(optimizer_dict(cfg))
     if not supports_population(cls):
         return f"{cls.__name__} declares supports_population = False"
+    if takes_model(cls):
+        return f"{cls.__name__} takes the model itself"
     if cfg.data.get("split_seed") == "per_run":
         return "data.split_seed per_run gives every seed its own validation split"
     callbacks = user_callbacks(cfg)
@@ -226,8 +268,8 @@ def population_blocker(cfg: Any) -> str | None:
     why = why_not_stackable(net, spec.input_size)
     if why is not None:
         return why
-    args = spec.optimizer["init_args"]
-    contract = check_optimizer(cls, net, args, spec.input_size, spec.num_classes)
+    args, rules = spec.optimizer["init_args"], check_rules(spec.param_groups)
+    contract = check_optimizer(cls, net, args, spec.input_size, spec.num_classes, rules)
     return contract.why_not_population(cls.__name__)
 
 

@@ -34,6 +34,7 @@ from lightning_opt.runs import (
     callback_class,
     chunk_where_invisible,
     clipping_callbacks,
+    flags,
     run_loggers,
     save_final_checkpoint,
     save_member_checkpoint,
@@ -102,7 +103,13 @@ def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
         space = (*default_search_space(cls), *(p for c in clippers for p in c.search_space))
         _check_not_set(config, space)
     where = settable(config)
+    switches = flags(cls)
     for param in space:
+        if param.name in switches and param.choices is None:
+            raise ValueError(
+                f"search space parameter {param.name!r} is a flag of {cls.__name__}: give "
+                f"choices: [true, false], not a range"
+            )
         if param.name not in where:
             raise ValueError(
                 f"search space parameter {param.name!r} is not an argument of "

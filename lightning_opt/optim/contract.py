@@ -135,12 +135,12 @@ def build_optimizer(cls: type, build: Callable[[], Any]) -> Any:
 
 def preflight(
     cls: type,
-    build: Callable[[list[Tensor]], Any],
+    build: Callable[[nn.Module], Any],
     net: nn.Module,
     input_size: int,
     num_classes: int,
 ) -> StepContract:
-    """One step of ``build(params)`` (an instance of ``cls``) on a copy of ``net``, on a random
+    """One step of ``build(net_copy)`` (an instance of ``cls``) on a copy of ``net``, on a random
     minibatch (torch's random state is left as it was; numpy's and Python's too): the ``StepContract`` it showed, or
     ``StepError``. ``net`` itself is not touched."""
     declared = getattr(cls, "create_graph", None)
@@ -154,11 +154,13 @@ def preflight(
     with torch.random.fork_rng(devices=[]), _restored(saved):
         for create_graph, evaluate_first in attempts:
             torch.manual_seed(0)
-            probe = copy.deepcopy(net).train()
+            # float64, whatever the net's dtype now: the Trainer's precision comes later, and a
+            # setting that is finite in training must not overflow here (lr 1e300 in float32).
+            probe = copy.deepcopy(net).double().train()
             params = list(probe.parameters())
             x = torch.randn(PREFLIGHT_BATCH, input_size, dtype=params[0].dtype)
             y = torch.randint(num_classes, (PREFLIGHT_BATCH,))
-            optimizer = build_optimizer(cls, lambda probe=probe: build(list(probe.parameters())))
+            optimizer = build_optimizer(cls, lambda probe=probe: build(probe))
             modes = has_modes(optimizer)
             for p in params:
                 p.grad = torch.full_like(p, float("nan"))  # stale: a step must not use them

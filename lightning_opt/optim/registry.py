@@ -10,14 +10,16 @@ a name up, spawned workers included.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from lightning_opt.optim import groups
 from lightning_opt.optim.contract import StepContract, preflight
 from lightning_opt.reflection import Registry, constructor_arguments, import_class
 from lightning_opt.search_space import SearchParam
@@ -41,12 +43,16 @@ class OptimizerSpec:
         description: one line for ``list_optimizers`` and ``--help``.
         defaults: constructor arguments this name sets unless the user does (the class's own
             defaults apply to the rest).
+        search_space: what ``tune`` searches for the class by default (``None``: the class's
+            own ``search_space`` attribute, else its learning rate), for a class of another
+            package that cannot carry the attribute itself.
     """
 
     name: str
     class_path: str
     description: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    search_space: tuple[SearchParam, ...] | None = None
 
     @property
     def cls(self) -> type[torch.optim.Optimizer]:
@@ -185,12 +191,19 @@ LR_FREE_DEFAULT = 0.5
 
 def default_search_space(cls: type) -> tuple[SearchParam, ...]:
     """What ``tune`` searches for ``cls`` by default: its ``search_space`` attribute if it
-    declares one; else, if it takes ``lr``, the learning rate: log-uniform 1e-4..1e-1, or a
+    declares one, else the one a short name's entry for it declares; else, if it takes ``lr``, the learning rate: log-uniform 1e-4..1e-1, or a
     decade either side of the default where that is >= 0.5 (a learning-rate-free method, whose
     lr multiplies its own estimate: 0.1..10 for Prodigy and D-Adaptation's 1.0)."""
     declared = getattr(cls, "search_space", None)
     if declared is not None:
         return tuple(declared)
+    for name in list_optimizers():
+        entry = _REGISTRY.get(name)
+        if entry.search_space is None:
+            continue
+        with contextlib.suppress(ValueError):  # a plugin whose package is not installed
+            if entry.cls is cls:
+                return tuple(entry.search_space)
     lr = constructor_arguments(cls).get("lr")
     if lr is None:
         return ()
@@ -225,12 +238,22 @@ def resolve_optimizer(value: Any) -> tuple[type[torch.optim.Optimizer], dict[str
     }
 
 
-def construct(cls: type, params: Any, init_args: Mapping[str, Any]) -> torch.optim.Optimizer:
+def construct(
+    cls: type, params: Any, init_args: Mapping[str, Any], net: Any = None
+) -> torch.optim.Optimizer:
     """An instance of ``cls`` over ``params``: ``cls(params, **init_args)``; for a wrapper, whose
     first argument is an optimizer (Lookahead, OrthoGrad), the inner optimizer
     (``init_args["optimizer"]``: a class, a class path or ``{class_path, init_args}``) is built
-    over ``params`` first, with the arguments the wrapper's signature does not name."""
+    over ``params`` first, with the arguments the wrapper's signature does not name. A class
+    that takes the model (``model``: LOMO) gets ``net``; a population has none to give."""
     init_args = _classes(cls, init_args)
+    if takes_model(cls):
+        if net is None:
+            raise ValueError(f"{cls.__name__} takes the model itself, which a population of "
+                             "stacked members cannot give it")  # fmt: skip
+        init_args = {**init_args, "model": net}
+        if first_argument(cls) == "model":
+            return cls(**init_args)
     if first_argument(cls) != "optimizer":
         return cls(params, **init_args)
     args = dict(init_args)
@@ -262,6 +285,12 @@ def _classes(cls: type, init_args: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def takes_model(cls: type) -> bool:
+    """Whether the constructor wants the model (a required argument called ``model``)."""
+    param = inspect.signature(cls.__init__).parameters.get("model")
+    return param is not None and param.default is param.empty
+
+
 def first_argument(cls: type) -> str | None:
     """The name of the first argument of ``cls.__init__`` after ``self``."""
     params = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
@@ -288,18 +317,25 @@ def check_optimizer(
     init_args: dict,
     input_size: int | None = None,
     num_classes: int | None = None,
+    param_groups: Sequence[Mapping[str, Any]] = (),
 ) -> StepContract:
-    """Build ``cls`` over ``net``'s parameters so its own constructor checks ``init_args`` (one
-    line if it refuses, whatever it raises), then take the pre-flight step on a copy of ``net``
-    (``lightning_opt.optim.contract``): what its step needs. Without ``input_size`` and
-    ``num_classes`` the constructor alone is checked."""
+    """Build ``cls`` over ``net``'s parameters (split by ``param_groups`` rules) so its own
+    constructor checks ``init_args`` (one line if it refuses, whatever it raises), then take
+    the pre-flight step on a copy of ``net`` (``lightning_opt.optim.contract``): what its step
+    needs. Without ``input_size`` and ``num_classes`` the constructor alone is checked."""
+    groups.check_settings(cls, param_groups)
+    params = groups.split(net.named_parameters(), param_groups)
     try:
-        construct(cls, net.parameters(), init_args)
+        construct(cls, params, init_args, net)
     except Exception as err:  # a package's own classes too (NegativeLRError, ...)
         raise ValueError(f"{cls.__name__}({_show(init_args)}): {_message(err)}") from None
     if input_size is None or num_classes is None:
         return StepContract()
-    build = lambda params: construct(cls, params, init_args)  # noqa: E731
+
+    def build(probe: Any) -> torch.optim.Optimizer:
+        params = groups.split(probe.named_parameters(), param_groups)
+        return construct(cls, params, init_args, probe)
+
     return preflight(cls, build, net, input_size, num_classes)
 
 

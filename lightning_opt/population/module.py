@@ -36,11 +36,13 @@ from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
 from lightning_opt.models import NetFactory, build_net, resolve_net_argument
 from lightning_opt.norms import tensor_norms
+from lightning_opt.optim import groups
 from lightning_opt.optim.registry import (
     check_optimizer,
     constructor_arguments,
     resolve_optimizer,
     supports_population,
+    takes_model,
 )
 from lightning_opt.optim.schedulers import (
     resolve_scheduler,
@@ -86,7 +88,7 @@ class PopulationClassifier(
             of the optimizer (``lr``, ``betas``, ...), else of the LR scheduler (``gamma`` of
             StepLR where the optimizer takes none), else a ``member_hparams`` setting of the
             clipping callback (``clip_factor``). The other arguments are shared by all members.
-        net, lr_scheduler, lr_interval, input_size, num_classes, log_internals: as in
+        net, lr_scheduler, lr_interval, param_groups, input_size, num_classes, log_internals: as in
             ``MNIST1DClassifier``; each member gets its own scheduler. A net that cannot run as
             members (``lightning_opt.stacking.why_not_stackable``) is refused (``ValueError``).
 
@@ -109,6 +111,7 @@ class PopulationClassifier(
         lr_scheduler: str | dict[str, Any] | None = None,
         lr_interval: Literal["epoch", "step"] = "epoch",
         net: NetFactory = "mlp",  # type: ignore[assignment]  (a name or {class_path, init_args} too)
+        param_groups: list[dict[str, Any]] | None = None,
         *,
         input_size: int,
         num_classes: int,
@@ -146,7 +149,9 @@ class PopulationClassifier(
         self.member_kwargs = settings.optimizer_kwargs
         self.member_scheduler_kwargs = settings.scheduler_kwargs
         self.member_clipping = settings.clipping  # checked against the clipping rules in setup()
-        self.stacked = settings.stacked
+        self.param_group_rules = groups.check_rules(param_groups)
+        # The stacked fast paths know one group: rules train each member's own instance.
+        self.stacked = None if self.param_group_rules else settings.stacked
         self._member_params: list[list[Tensor]] = []
         #: Keep each member's weights of its lowest val/loss epoch (``use_best_weights``).
         self.track_best = False
@@ -165,10 +170,12 @@ class PopulationClassifier(
         why = why_not_stackable(nets[0], input_size)
         if why is not None:
             raise ValueError(f"{why}: train it one run at a time")
+        if takes_model(cls):
+            raise ValueError(f"{cls.__name__} takes the model itself: train it one run at a time")
         for member, (member_net, kwargs) in enumerate(zip(nets, self.member_kwargs, strict=True)):
             # As a single fit would, first; the first member's step stands for the class's.
             sizes = (input_size, num_classes) if member == 0 else (None, None)
-            contract = check_optimizer(cls, member_net, kwargs, *sizes)
+            contract = check_optimizer(cls, member_net, kwargs, *sizes, self.param_group_rules)
             if member == 0:
                 self.step_contract = contract
         why = self.step_contract.why_not_population(cls.__name__)
@@ -269,7 +276,7 @@ class PopulationClassifier(
             # was built: point every member's optimizer at views of the new tensors.
             self._member_params = self._member_views()
             if optimizer is not None:
-                optimizer.select_members(torch.arange(self.num_members), self._member_params)
+                optimizer.select_members(torch.arange(self.num_members), self._grouped_views())
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor] | MiniBatches, batch_idx: int) -> None:

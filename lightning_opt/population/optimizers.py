@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_opt.optim import groups
 from lightning_opt.optim.memberwise import MemberwiseOptimizer
 from lightning_opt.optim.registry import construct
 from lightning_opt.optim.schedulers import (
@@ -28,9 +29,14 @@ class MemberOptimizers:
             factory, kwargs = self.stacked
             return factory(self.net.parameters(), member_dims=1, **kwargs)
         self._member_params = self._member_views()
+        names = [name for name, _ in self.net.named_parameters()]
         optimizer = MemberwiseOptimizer(
             [
-                construct(self.optimizer_class, params, self.member_kwargs[member])
+                construct(
+                    self.optimizer_class,
+                    groups.split(zip(names, params, strict=True), self.param_group_rules),
+                    self.member_kwargs[member],
+                )
                 for member, params in zip(self.member_ids, self._member_params, strict=True)
             ]
         )
@@ -94,6 +100,18 @@ class MemberOptimizers:
             for j, views in enumerate(self._member_params)
             for v, p in zip(views, self.net.parameters(), strict=True)
         )
+
+    def _grouped_views(self) -> list[list[Tensor]]:
+        """Each member's views in the order of its optimizer's param groups (what
+        ``MemberwiseOptimizer.select_members`` maps by position)."""
+        if not self.param_group_rules:
+            return self._member_params
+        named = [
+            (n, v)
+            for (n, _), v in zip(self.net.named_parameters(), self._member_params[0], strict=True)
+        ]
+        order = groups.group_order(named, self.param_group_rules)
+        return [[views[i] for i in order] for views in self._member_params]
 
     def member_parameters(self) -> list[list[Tensor]]:
         """Each live member's parameters as its own leaf tensors (views of the stacked ones),

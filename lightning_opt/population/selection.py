@@ -92,7 +92,7 @@ class MemberSelection:
         if self._member_params:
             self._member_params = self._member_views()
         if memberwise is not None:
-            memberwise.select_members(index, self._member_params)
+            memberwise.select_members(index, self._grouped_views())
             for scheduler in self.lr_schedulers() if self.scheduler_class else []:
                 scheduler.select_members(index)
         else:

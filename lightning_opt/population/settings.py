@@ -36,6 +36,24 @@ def per_member(name: str, values: Sequence[Any], members: int) -> list[Any]:
     return [tuple(v) if isinstance(v, list) else v for v in values]  # betas=[0.9, 0.99]
 
 
+def _whole_tuples(
+    columns: dict[str, list[Any]], taken: dict[str, Any], shared: dict[str, Any], members: int
+) -> dict[str, list[Any]]:
+    """``betas.1`` columns folded into a ``betas`` column: each member's whole tuple."""
+    out = {}
+    for name, values in columns.items():
+        base, _, index = name.rpartition(".")
+        if not (base in taken and index.isdigit()):
+            out[name] = values
+            continue
+        whole = out.get(base) or [list(shared[base]) for _ in range(members)]
+        whole = [list(w) for w in whole]
+        for member, value in enumerate(values):
+            whole[member][int(index)] = value
+        out[base] = [tuple(w) for w in whole]
+    return out
+
+
 def member_settings(
     cls: type,
     shared: dict[str, Any],
@@ -47,6 +65,7 @@ def member_settings(
     """Split ``member_hparams`` (``ValueError``, one line, for a value a member cannot take)."""
     columns = {name: per_member(name, v, members) for name, v in member_hparams.items()}
     taken = constructor_arguments(cls)
+    columns = _whole_tuples(columns, taken, shared, members)
     scheduled = scheduler_arguments(scheduler_class) if scheduler_class else {}
     scheduled = {n: v for n, v in columns.items() if n in scheduled and n not in taken}
     scheduler_kwargs = [
