@@ -4,7 +4,8 @@
 prodigyopt, lion-pytorch, dadaptation, heavyball) with what a user must set for each. ``check``
 trains one for a few steps on a tiny mnist1d (float64) and reports what holds: the validation
 loss falls, the checkpoint replays to the loss the run logged (``validate`` of the saved
-weights), and a population of two seeds gives each member its separate run's numbers (or
+weights, read as ``test --ckpt_path`` reads them: ``weights_only``), and a population of two
+seeds gives each member its separate run's numbers (or
 trains one run at a time, and why). ``python -m lightning_opt.compatibility docs/optimizers.md``
 writes the table; ``tests/test_optimizer_packages.py`` runs the same checks (the packages are
 the ``test`` extra).
@@ -170,16 +171,10 @@ CATALOG: tuple[Entry, ...] = (
     Entry(
         "heavyball.AdamW",
         {"lr": 1e-3},
-        "Python API only: object() sentinel defaults, which jsonargparse cannot check against "
-        "their types (the command line refuses it in one line)",
-        cli=False,
+        "object() sentinel defaults (palm, promote, ...) hidden from the parser: the class's own "
+        "apply; set them as dict_kwargs",
     ),
-    Entry(
-        "heavyball.SFAdamW",
-        {"lr": 1e-3},
-        "Python API only (sentinel defaults); train/eval modes",
-        cli=False,
-    ),
+    Entry("heavyball.SFAdamW", {"lr": 1e-3}, "sentinel defaults, as AdamW; train/eval modes"),
 )
 
 
@@ -250,7 +245,7 @@ def check(entry: Entry, data_dir: str | Path, population: bool = True) -> Result
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.ckpt"
         trainer.save_checkpoint(path)
-        replayed = MNIST1DClassifier.load_from_checkpoint(path, weights_only=False)
+        replayed = MNIST1DClassifier.load_from_checkpoint(path, weights_only=True)
         replay = _trainer().validate(replayed, datamodule=data, verbose=False)[0]["val/loss"]
     result.replay_gap = abs(replay - result.loss_after)
     if population:
@@ -380,7 +375,73 @@ def markdown(results: list[Result]) -> str:
         row = [f"`{r.entry.class_path}`", settings, fit, replays, r.population or "",
                r.contract, r.cli or "", r.entry.note]  # fmt: skip
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + GUIDE
+
+
+GUIDE = """
+## What the training loop gives an optimizer
+
+Before anything trains, the model takes one step of the optimizer on a copy of the net and one
+random minibatch, in float64 (the *pre-flight step*, `lightning_opt/optim/contract.py`), and
+records what the step did; the training loop then gives exactly that:
+
+- **A closure**, always: `step(closure)` with a closure that zeroes the gradients, runs the
+  forward and the backward on the same minibatch; the clipping callbacks run after every
+  evaluation, as in Lightning's automatic optimization. The loss logged for the step is the first
+  evaluation's. A `step` without a `closure` parameter gets `closure(); step()`.
+- **Gradients before the closure** where the step reads them first (SAM: it perturbs the weights
+  along them, then calls the closure at the perturbed point). The pre-flight step finds it by
+  handing the step stale NaN gradients: a step that used them before its closure leaves
+  non-finite weights.
+- **`backward(create_graph=True)`** where a plain backward fails inside the step
+  (AdaHessian, SophiaH: Hutchinson's Hessian estimate); a class may declare `create_graph = True`.
+- **Train/eval modes** where the optimizer has `train()` and `eval()` (schedule-free): train mode
+  for training steps, eval mode for validation, test and predict, after `fit`, and for the weights
+  and optimizer state of every checkpoint (one saved at an epoch's end without validation swaps
+  to eval for the save and back).
+- **One line, exit 2**, where the step fails anyway (SparseAdam on dense gradients, Muon on 1-D
+  parameters, LOMO's missing step), and for a constructor's exception of any type.
+
+A population trains each member with its own instance over its own parameters; where the members
+cannot share a step (several evaluations of the closure, a second derivative, draws from a global
+random generator in the step, a class that takes the model) `tune --population` and `compare`
+train one run at a time and say why in one line; `fit --seeds` refuses.
+
+## Parameter groups
+
+`--model.param_groups` (or `model: param_groups:` in a config) is a list of rules; each parameter
+goes to the first rule it matches, the rest to the default group (the optimizer's own arguments):
+
+```yaml
+model:
+  param_groups:
+    - {ndim: 1, weight_decay: 0.0}          # biases and norm weights: no weight decay (timm's split)
+    - {names: ["0.*"], lr: 0.01}             # fnmatch patterns of named_parameters() names
+optimizer: {class_path: torch.optim.AdamW, init_args: {weight_decay: 0.05}}
+```
+
+Selectors are `names` (patterns) and `ndim`; every other key is a setting of the group. A rule
+that matches no parameter (the error lists the net's), a rule without a selector, and a setting
+the class does not take (where its constructor has no `**kwargs`) are refused before anything
+trains: torch's optimizers would keep a misspelt `weight_decy` without a word. Muon:
+`--optimizer pytorch_optimizer.Muon --model.param_groups '[{ndim: 2, use_muon: true}, {ndim: 1,
+use_muon: false}]'` (2-D weights with Muon, the rest with its AdamW); `torch.optim.Muon` takes
+2-D parameters only, and one class serves every group, so it is refused on nets with biases.
+
+## Wrappers, `**kwargs`, values
+
+- A class whose first argument is an optimizer (Lookahead, OrthoGrad): `--optimizer.optimizer
+  CLASS` names the inner one, built over the parameters (and groups) first; its arguments are
+  the wrapper's `--optimizer.dict_kwargs.ARG`.
+- What only a class's `**kwargs` take: `--optimizer.dict_kwargs.ARG VALUE` (jsonargparse's
+  `dict_kwargs`), recorded in config.yaml and replayed.
+- A default that a config cannot hold as itself (`inf`, a `torch.dtype`, an enum, an `object()`
+  sentinel) is left out of what is written, so the class applies its own; a value you set is
+  written as YAML writes it (`.inf`). An argument whose default is a bare `object()` sentinel
+  (heavyball's `use_default`) is hidden from the parser, which would check the sentinel against
+  the argument's type and refuse it; the class applies its own default, and
+  `--optimizer.dict_kwargs.NAME VALUE` still sets it.
+"""
 
 
 def main(argv: list[str] | None = None) -> None:

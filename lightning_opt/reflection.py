@@ -42,6 +42,26 @@ def constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
     }
 
 
+def hide_sentinel_arguments(cls: type) -> None:
+    """Hide from signature readers (jsonargparse) the constructor arguments whose default is a
+    bare ``object()`` sentinel (heavyball's ``use_default``): no config can hold that value and
+    jsonargparse refuses it against the argument's type, so the class's own default applies.
+    The constructor itself is untouched; they stay settable through ``**kwargs``
+    (``--optimizer.dict_kwargs.NAME``). Sets ``__init__.__signature__``."""
+    init = cls.__init__
+    try:
+        signature = inspect.signature(init)
+    except (TypeError, ValueError):
+        return
+    hidden = [p for p in signature.parameters.values() if type(p.default) is object]
+    if not hidden:
+        return
+    kept = [p for p in signature.parameters.values() if type(p.default) is not object]
+    if not any(p.kind is p.VAR_KEYWORD for p in kept):
+        kept.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    init.__signature__ = signature.replace(parameters=kept)
+
+
 class Registry(Generic[Entry]):
     """Short names for classes (timm's registry): entries beside the things they name, plus the
     names installed packages declare in an entry-point group (read once per process, in every

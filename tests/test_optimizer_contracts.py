@@ -117,7 +117,7 @@ def test_a_schedule_free_checkpoint_between_validations_holds_its_eval_weights(
     unvalidated, _, checkpoints = run(False)
     for a, b in zip(validated.net.parameters(), unvalidated.net.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)  # saving did not change training
-    first = MNIST1DClassifier.load_from_checkpoint(checkpoints[0], weights_only=False)
+    first = MNIST1DClassifier.load_from_checkpoint(checkpoints[0], weights_only=True)
     replayed = quiet_trainer(1).validate(first, datamodule=_data(data_cache), verbose=False)
     assert replayed[0]["val/loss"] == pytest.approx(losses[0], abs=1e-6)
 

@@ -21,7 +21,12 @@ import torch
 
 from lightning_opt.optim import groups
 from lightning_opt.optim.contract import StepContract, preflight
-from lightning_opt.reflection import Registry, constructor_arguments, import_class
+from lightning_opt.reflection import (
+    Registry,
+    constructor_arguments,
+    hide_sentinel_arguments,
+    import_class,
+)
 from lightning_opt.search_space import SearchParam
 
 __all__ = ["constructor_arguments", "import_class"]  # re-exported: their old home
@@ -160,6 +165,7 @@ def optimizer_class(config: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
     cls = import_class(config["class_path"])
     if not issubclass(cls, torch.optim.Optimizer):
         raise ValueError(f"{config['class_path']} is not a torch.optim.Optimizer subclass")
+    hide_sentinel_arguments(cls)  # before jsonargparse reads the signature
     return cls
 
 
@@ -232,10 +238,14 @@ def resolve_optimizer(value: Any) -> tuple[type[torch.optim.Optimizer], dict[str
         for n, p in constructor_arguments(cls).items()
         if p.default is not p.empty and writable(p.default)
     }
-    return cls, {
-        "class_path": config["class_path"],
-        "init_args": {**defaults, **config["init_args"]},
-    }
+    given = {k: _path_of(v) if isinstance(v, type) else v for k, v in config["init_args"].items()}
+    return cls, {"class_path": config["class_path"], "init_args": {**defaults, **given}}
+
+
+def _path_of(cls: type) -> str:
+    """A class given as an argument (SAM's base optimizer, a wrapper's inner one) as its path:
+    what configs, hparams and checkpoints can hold (``construct`` imports it again)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def construct(
