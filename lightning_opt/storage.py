@@ -52,6 +52,15 @@ class _StorageError(ValueError):
     """One line about a storage that cannot be used; its URL and reason already redacted."""
 
 
+class StorageMachineError(_StorageError):
+    """The storage failed for a reason of the machine, not the input (a full disk, an I/O
+    error): a runtime failure (exit 1), though found on opening."""
+
+
+#: SQLite's and the servers' words for a machine failure.
+_MACHINE = re.compile(r"disk is full|disk I/O error|no space left|out of memory", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
     """``url`` with every password shown as ``***``, parsed the way SQLAlchemy parses it.
 
@@ -159,12 +168,15 @@ def _storage_error(url: str | None, err: BaseException, timeout: int | None) -> 
     reason = _scrub(_reason(err), url)
     if _DAMAGED.search(reason) and url and url.startswith("sqlite"):
         reason += "; move it away or choose another --storage"
+    elif _MACHINE.search(reason):
+        reason += "; free space or choose another --storage"
     elif timeout is not None and _TIMED_OUT.search(reason):
         reason = (
             f"timed out after {timeout} s ({reason}); check the host and port, "
             "or wait longer with --connect_timeout"
         )
-    return _StorageError(f"cannot open the study storage {shown}: {reason}")
+    kind = StorageMachineError if _MACHINE.search(reason) else _StorageError
+    return kind(f"cannot open the study storage {shown}: {reason}")
 
 
 def open_storage(

@@ -317,6 +317,8 @@ def _run_study(config: Any, options: TuneOptions) -> optuna.Study:
         storage = open_study_storage(options)
         study = studies.open_study(storage, options.study_name, space, options.objective)
         study = _check_recorded(study, storage, space, options)
+    except storages.StorageMachineError as err:  # a full disk: the machine, not the input
+        raise RunFailure(str(err)) from None
     except ValueError as err:  # an unreachable storage, a study of other settings
         raise UsageError(str(err)) from None
     rerun = retry_interrupted(study, storage)

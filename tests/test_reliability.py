@@ -515,3 +515,34 @@ def test_a_study_database_damaged_in_the_middle_is_one_line(tmp_path, data_cache
         "failed while the study ran: database disk image is malformed; move it away or choose "
         "another --storage"
     ), lines
+
+
+def test_a_full_disk_while_a_study_runs_is_one_line_with_exit_1(
+    tmp_path, data_cache, capsys, monkeypatch
+):
+    """The machine, not the input: exit 1 (the README's runtime failure), as fit says it."""
+    import errno
+
+    def no_space(self, trial, params):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out"))
+
+    monkeypatch.setattr(trials_module.TrialRunner, "run", no_space)
+    with pytest.raises(SystemExit) as exit_info:
+        _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=2")
+    assert exit_info.value.code == 1
+    line = _one_error_line(capsys)
+    assert "No space left on device" in line and "free space or choose another" in line
+    failed = _study(tmp_path).trials[0]
+    assert failed.user_attrs["fail_reason"].startswith("OSError")  # recorded as failed
+
+
+def test_a_full_disk_on_opening_the_storage_is_a_runtime_failure():
+    from lightning_opt import storage as storage_module
+
+    full = storage_module._storage_error(
+        "sqlite:///x.db", Exception("database or disk is full"), None
+    )
+    assert isinstance(full, storage_module.StorageMachineError)
+    assert str(full).endswith("database or disk is full; free space or choose another --storage")
+    bad = storage_module._storage_error("sqlite:///x.db", Exception("no such table: studies"), None)
+    assert not isinstance(bad, storage_module.StorageMachineError)
