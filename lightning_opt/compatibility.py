@@ -20,6 +20,7 @@ import io
 import logging
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,7 @@ class Result:
     population: str | None = None
     contract: str = ""
     cli: str | None = None
+    tune: str | None = None
 
     @property
     def falls(self) -> bool:
@@ -209,8 +211,11 @@ def installed(entry: Entry) -> bool:
     return True
 
 
-def check(entry: Entry, data_dir: str | Path, population: bool = True) -> Result:
-    """Train ``entry`` as the table says (see the module docstring)."""
+def check(
+    entry: Entry, data_dir: str | Path, population: bool = True, tune: bool = False
+) -> Result:
+    """Train ``entry`` as the table says (see the module docstring); ``tune``: also a study of
+    two trials of its default search space."""
     from lightning_opt.data import MNIST1DDataModule
     from lightning_opt.model import MNIST1DClassifier
 
@@ -251,16 +256,48 @@ def check(entry: Entry, data_dir: str | Path, population: bool = True) -> Result
     if population:
         result.population = _population(entry, data, histories)
     result.cli = _cli(entry, data_dir)
+    if tune and result.cli == "yes":
+        result.tune = _tune(entry, data_dir)
     return result
 
 
-def _cli(entry: Entry, data_dir: str | Path) -> str:
-    """``yes`` where ``fit --optimizer CLASS --optimizer.ARG ...`` trains an epoch, else the
-    one line the command line printed."""
-    from lightning_opt.cli import cli_main
+def _tune(entry: Entry, data_dir: str | Path) -> str:
+    """What ``tune`` searches by default, and the best of a two-trial study of it."""
+    import optuna
 
+    from lightning_opt.cli import cli_main
+    from lightning_opt.optim.registry import default_search_space, optimizer_class
+
+    space = default_search_space(optimizer_class(entry.optimizer()))
+    shown = ", ".join(
+        f"{p.name} {p.low:g}..{p.high:g}" if p.choices is None else f"{p.name} {p.choices}"
+        for p in space
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "tune", *_flags(entry, [p.name for p in space]), f"--data.num_samples={SAMPLES}",
+            f"--data.cache_dir={data_dir}", f"--data.batch_size={BATCH}",
+            "--trainer.max_epochs=1", "--n_trials=2", "--pruner=none", f"--output_dir={tmp}",
+            "--study_name=table",
+        ]  # fmt: skip
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                cli_main(args)
+        except SystemExit as exit_:
+            lines = [line for line in err.getvalue().splitlines() if "error:" in line]
+            return f"{shown}: exit {exit_.code}: {lines[-1] if lines else ''}"
+        study = optuna.load_study(study_name="table", storage=f"sqlite:///{tmp}/optuna.db")
+        return f"{shown}: 2 trials, best val/loss {study.best_value:.3f}"
+
+
+def _flags(entry: Entry, searched: Sequence[str] = ()) -> list[str]:
+    """The command line's flags for ``entry``'s optimizer and param groups (but the
+    ``searched`` ones: a set value the search would replace is refused)."""
     flags = [f"--optimizer={entry.class_path}"]
     for name, value in entry.settings.items():
+        if name in searched:
+            continue
         items = value.items() if name == "dict_kwargs" else [(None, value)]
         for key, item in items:
             flag = f"--optimizer.dict_kwargs.{key}" if key else f"--optimizer.{name}"
@@ -271,6 +308,15 @@ def _cli(entry: Entry, data_dir: str | Path) -> str:
             for rule in entry.param_groups
         )
         flags.append(f"--model.param_groups=[{rules}]")
+    return flags
+
+
+def _cli(entry: Entry, data_dir: str | Path) -> str:
+    """``yes`` where ``fit --optimizer CLASS --optimizer.ARG ...`` trains an epoch, else the
+    one line the command line printed."""
+    from lightning_opt.cli import cli_main
+
+    flags = _flags(entry)
     err = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -351,12 +397,13 @@ def markdown(results: list[Result]) -> str:
         f"{list(SEEDS)} trained at once equal their separate runs (to {EXACT:g}), or the "
         "reason they train one at a time. *step needs*: what the pre-flight step found. "
         "*command line*: `fit --optimizer CLASS --optimizer.ARG VALUE` trains an epoch. "
+        "*tune*: what `tune` searches by default and a study of two one-epoch trials of it. "
         "`tests/test_optimizer_packages.py` checks every row. Set `settings` as "
         "`--optimizer.ARG VALUE`; `dict_kwargs` go to a class's `**kwargs`.",
         "",
         "| class | settings | fit: val/loss before -> after | replays | population | step needs "
-        "| command line | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| command line | tune (default search space) | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         settings = ", ".join(f"{k}={v}" for k, v in r.entry.settings.items())
@@ -373,7 +420,7 @@ def markdown(results: list[Result]) -> str:
             "" if r.replay_gap is None else ("yes" if r.replays else f"gap {r.replay_gap:.1e}")
         )
         row = [f"`{r.entry.class_path}`", settings, fit, replays, r.population or "",
-               r.contract, r.cli or "", r.entry.note]  # fmt: skip
+               r.contract, r.cli or "", r.tune or "", r.entry.note]  # fmt: skip
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return "\n".join(lines) + "\n" + GUIDE
 
@@ -458,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         for entry in CATALOG:
             with contextlib.redirect_stdout(io.StringIO()):
-                results.append(check(entry, data_dir))
+                results.append(check(entry, data_dir, tune=True))
             r = results[-1]
             print(f"{entry.class_path:40s} {r.error or r.population or ''}", flush=True)
     Path(args.output).write_text(markdown(results))

@@ -6,6 +6,7 @@ nothing a user can observe changes (``MinibatchTraining``'s docstring)."""
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -193,18 +194,15 @@ class MinibatchTraining:
         optimizer._on_after_step()
 
     def _backward(self, total: Tensor) -> None:
+        backward = (
+            total.backward if self._direct else functools.partial(self.manual_backward, total)
+        )
         if not self.step_contract.create_graph:
-            if self._direct:
-                total.backward()
-            else:
-                self.manual_backward(total)
+            backward()
             return
         with warnings.catch_warnings():  # the gradients are set to None before each backward
             warnings.filterwarnings("ignore", message=_GRAPH_CYCLE)
-            if self._direct:
-                total.backward(create_graph=True)
-            else:
-                self.manual_backward(total, create_graph=True)
+            backward(create_graph=True)
 
     # Schedule-free optimizers: train mode for the training steps, eval mode for everything
     # that evaluates (validation, test, predict) and for the weights a checkpoint keeps.

@@ -255,3 +255,38 @@ def test_tune_searches_an_element_of_a_tuple_argument(tmp_path, data_cache, popu
     best = yaml.safe_load((tmp_path / "out" / "adam" / "best.yaml").read_text())
     first, second = best["optimizer"]["init_args"]["betas"]
     assert first == 0.9 and 0.9 <= second <= 0.9999
+
+
+def test_a_madgrad_population_drops_a_member_and_resumes_from_its_checkpoint(data_cache, tmp_path):
+    """MADGRAD keeps a step counter ``state['k']`` that belongs to no parameter: dropping a
+    member, saving and resuming keep each member's own, and the survivor equals its run."""
+    pytest.importorskip("pytorch_optimizer")
+    optimizer = {"class_path": "pytorch_optimizer.MADGRAD", "init_args": {"lr": 0.01}}
+
+    class DropFirst(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                pl_module.drop_members({0: "dropped by the test"})
+
+    def population():
+        return PopulationClassifier([3, 5], optimizer=optimizer, log_internals=False, **MNIST1D)
+
+    seed_everything(0, verbose=False)
+    first = population()
+    trainer = quiet_trainer(2, callbacks=[DropFirst()])
+    trainer.fit(first, datamodule=_data(data_cache))
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    resumed = population()
+    quiet_trainer(3).fit(resumed, datamodule=_data(data_cache), ckpt_path=tmp_path / "two.ckpt")
+
+    seed_everything(5, verbose=False)
+    single = MNIST1DClassifier(optimizer=optimizer, log_internals=False, **MNIST1D)
+    losses = []
+
+    class Record(Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            losses.append(float(trainer.callback_metrics["val/loss"]))
+
+    quiet_trainer(3, callbacks=[Record()]).fit(single, datamodule=_data(data_cache))
+    assert resumed.member_ids == [1]
+    assert resumed.history[1]["val/loss"] == pytest.approx(losses, abs=1e-6)
