@@ -282,6 +282,7 @@ SUBCOMMANDS = {
     "predict": "write per-example test-split predictions of a checkpoint as CSV",
     "tune": "Optuna search of a fit configuration (pruning, workers, populations, resume)",
     "compare": "an experiment: tune each arm, retrain over seeds, test once, report",
+    "benchmark": "an optimizer against tuned baselines over a suite of workloads (AlgoPerf score)",
 }
 
 
@@ -343,6 +344,11 @@ def _run_subcommand(argv: list[str], debug: bool) -> None:
             from lightning_opt.compare import run_compare
 
             run_compare(argv[1:])
+            return
+        if argv[:1] == ["benchmark"]:
+            from lightning_opt.benchmark import run_benchmark
+
+            run_benchmark(argv[1:])
             return
         _lightning_subcommand(argv)
     except ArgumentError as err:  # jsonargparse: an unknown key, a wrong type, ...

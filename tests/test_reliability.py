@@ -422,7 +422,7 @@ def test_concurrent_writers_of_one_output_never_collide(tmp_path):
                                              "checkpoint would hold the untrained weights)"),
         (["tune", "--trainer.max_steps=0"], "--trainer.max_steps 0 trains nothing"),
         (["frobnicate"], "unknown subcommand 'frobnicate'; choose one of: fit, validate, test, "
-                         "predict, tune, compare"),
+                         "predict, tune, compare, benchmark"),
     ],
 )  # fmt: skip
 def test_bad_input_found_by_the_reliability_battery_is_one_line(

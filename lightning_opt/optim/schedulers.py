@@ -8,6 +8,7 @@ training epoch (after validation, so ``ReduceLROnPlateau`` sees that epoch's ``v
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -110,3 +111,42 @@ class MemberwiseScheduler:
 
     def select_members(self, index: Tensor) -> None:
         self.members[:] = [self.members[i] for i in index.tolist()]
+
+
+class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
+    """Linear warmup to the optimizer's lr, then cosine decay to ``final_fraction`` of it
+    (AlgoPerf's NAdamW baseline schedule); stepped after every optimizer step
+    (``--model.lr_interval step``).
+
+    Args:
+        total_steps: the run's optimizer steps (``benchmark`` sets it from each workload's
+            budget).
+        warmup_fraction: the share of the steps that warm up.
+        final_fraction: the lr at the last step, as a fraction of the peak.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_fraction: float = 0.05,
+        final_fraction: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if not 0.0 <= final_fraction <= 1.0:
+            raise ValueError(f"final_fraction must be in [0, 1], got {final_fraction}")
+        self.total_steps, self.warmup_fraction = total_steps, warmup_fraction
+        self.final_fraction = final_fraction
+        warmup = max(1, round(warmup_fraction * total_steps)) if warmup_fraction else 0
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            done = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * done))
+
+        super().__init__(optimizer, factor, last_epoch)

@@ -1,0 +1,132 @@
+"""``benchmark``: AlgoPerf's profile and score against a hand computation, and a tiny suite end
+to end (two workloads, a candidate and a baseline), resumed without retraining."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from conftest import TINY_SAMPLES
+
+from lightning_opt import scoring
+from lightning_opt.cli import cli_main
+
+INF = math.inf
+
+
+def test_time_to_target_counts_steps_and_keeps_not_reached():
+    assert scoring.steps_to_target([2.0, 1.5, 1.2], 1.5, 32) == 64
+    assert scoring.steps_to_target([2.0, 1.9], 1.5, 32) == INF
+    assert scoring.median_time([64, INF, INF]) == INF  # most seeds did not reach it
+    assert scoring.median_time([64, 96, INF]) == 96
+
+
+def test_profile_and_score_equal_a_hand_computation():
+    """Made-up times: A fastest on w1, never reaches w2, 3x on w3; B 2x on w1, fastest on w2
+    and w3; nobody reaches w4."""
+    times = {
+        "A": {"w1": 100, "w2": INF, "w3": 300, "w4": INF},
+        "B": {"w1": 200, "w2": 50, "w3": 100, "w4": INF},
+    }
+    ratio = scoring.ratios(times)
+    assert ratio == {
+        "A": {"w1": 1.0, "w2": INF, "w3": 3.0, "w4": INF},
+        "B": {"w1": 2.0, "w2": 1.0, "w3": 1.0, "w4": INF},
+    }
+    assert scoring.profile(ratio["A"], 1.0) == 0.25
+    assert scoring.profile(ratio["A"], 3.0) == 0.5
+    assert scoring.profile(ratio["B"], 1.5) == 0.5
+    assert scoring.profile(ratio["B"], 2.0) == 0.75
+    # area under rho on [1, 4] over 3: A: (3 + 0 + 1 + 0) / 4 / 3; B: (2 + 3 + 3 + 0) / 4 / 3
+    assert scoring.score(ratio["A"]) == pytest.approx(4 / 12)
+    assert scoring.score(ratio["B"]) == pytest.approx(8 / 12)
+    # the same as integrating the step function numerically
+    taus = [1 + 3 * (i + 0.5) / 30000 for i in range(30000)]
+    numeric = sum(scoring.profile(ratio["B"], t) for t in taus) / len(taus)
+    assert scoring.score(ratio["B"]) == pytest.approx(numeric, abs=1e-3)
+
+
+@pytest.fixture
+def tiny_suite(tmp_path, data_cache):
+    suite = {
+        "benchmark": "tiny", "seeds": 2, "n_trials": 2, "population": 2, "pruner": "none",
+        "output_dir": str(tmp_path / "out"),
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 50},
+        "workloads": [
+            {"name": "mlp", "model": {"net": {"class_path": "mlp"}}, "epochs": 2, "target": 2.2},
+            {"name": "shuffled", "model": {"net": {"class_path": "mlp"}},
+             "data": {"shuffle_positions": True}, "epochs": 2, "target": 2.2},
+        ],
+        "baselines": [{
+            "name": "nadamw_cosine",
+            "optimizer": {"class_path": "torch.optim.NAdam",
+                          "init_args": {"decoupled_weight_decay": True}},
+            "lr_scheduler": {"class_path": "lightning_opt.optim.schedulers.WarmupCosine"},
+            "model": {"lr_interval": "step"},
+            "search_space": [{"name": "lr", "low": 1e-3, "high": 1e-2, "log": True}],
+        }],
+    }  # fmt: skip
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+@pytest.mark.slow
+def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path, capsys):
+    args = ["benchmark", f"--config={tiny_suite}", "--optimizer=adam",
+            "--search_space=[{name: lr, low: 1.0e-3, high: 1.0e-2, log: true}]"]  # fmt: skip
+    cli_main(args)
+    bench = tmp_path / "out" / "tiny"
+    board = json.loads((bench / "leaderboard.json").read_text())
+    assert board["candidate"] == "adam" and set(board["workloads"]) == {"mlp", "shuffled"}
+    for name, workload in board["workloads"].items():
+        results = json.loads((bench / name / "results.json").read_text())
+        assert set(workload["submissions"]) == set(results["arms"]) == {"adam", "nadamw_cosine"}
+        for sub, row in workload["submissions"].items():
+            curves = [r["val_loss_curve"] for r in results["arms"][sub]["runs"]]
+            expected = [
+                scoring.steps_to_target(c, 2.2, workload["steps_per_epoch"]) for c in curves
+            ]
+            assert row["steps_to_target"] == expected
+        # the baseline's schedule ran over the workload's budget
+        experiment = yaml.safe_load((bench / f"{name}.yaml").read_text())
+        scheduler = experiment["arms"][1]["lr_scheduler"]["init_args"]
+        assert scheduler["total_steps"] == 2 * workload["steps_per_epoch"] == 2 * 7  # 320 / 50
+    times = {s: {w: board["workloads"][w]["submissions"][s]["median_steps"]
+                 for w in board["workloads"]} for s in ("adam", "nadamw_cosine")}  # fmt: skip
+    for sub, entry in board["scores"].items():
+        assert entry["score"] == pytest.approx(scoring.score(scoring.ratios(times)[sub]))
+    assert len(board["tests"]) == 2 and all("p_holm" in t for t in board["tests"])
+    assert board["verdict"].startswith("Test loss, 2 candidate-baseline tests")
+    text = (bench / "leaderboard.md").read_text()
+    assert "| submission | score |" in text and "## shuffled" in text
+    assert "<svg" in (bench / "leaderboard.html").read_text()
+
+    capsys.readouterr()
+    cli_main(args)  # again: every trial and final run is reused, the numbers the same
+    assert "trial " not in capsys.readouterr().out
+    assert json.loads((bench / "leaderboard.json").read_text())["scores"] == board["scores"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"workloads": [{"name": "mlp", "epochs": 2}]}, "target is a validation loss > 0"),
+        ({"workloads": [{"name": "a/b", "epochs": 2, "target": 1.0}]}, "workloads[].name"),
+        ({"baselines": []}, "a benchmark needs baselines"),
+    ],
+)
+def test_a_bad_suite_is_one_line_before_anything_trains(
+    change, message, tiny_suite, tmp_path, capsys
+):
+    suite = yaml.safe_load(tiny_suite.read_text())
+    suite.update(change)
+    tiny_suite.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["benchmark", f"--config={tiny_suite}", "--optimizer=adam"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not list((tmp_path / "out").rglob("results.json"))
