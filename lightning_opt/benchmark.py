@@ -327,6 +327,8 @@ def markdown(board: dict) -> str:
     for name, workload in board["workloads"].items():
         lines += ["", f"## {name} (target val loss {workload['target']:g}, "
                   f"{workload['epochs']} epochs x {workload['steps_per_epoch']} steps)", ""]  # fmt: skip
+        lines += [f"Report: {name}/comparison.html ({name}/results.md); every run's "
+                  f"TensorBoard logs under {name}/.", ""]  # fmt: skip
         lines += ["| submission | tuned | test loss | median steps to target | reached |",
                   "|---|---|---|---|---|"]  # fmt: skip
         ranked = sorted(workload["submissions"].items(), key=lambda kv: kv[1]["median_steps"])
