@@ -301,7 +301,8 @@ def verdict(board: dict) -> str:
         largest = max(t["detectable"] for t in undetected)
         parts.append(
             f"Where no difference was found, these seeds detect one of at most {largest:.3g} "
-            "(test loss; the raw-alpha detectable difference, larger under Holm)."
+            "(test loss, at each workload experiment's own Holm level; the benchmark's "
+            "correction over every test is stricter still)."
         )
     parts.append(
         f"Time to target (AlgoPerf's score, tau_max {board['tau_max']:g}): {candidate} "

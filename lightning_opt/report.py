@@ -133,7 +133,9 @@ def _comparison(
     if cross:
         details.append(cross[1])
     pair_warning = _pair_warning(a, b, arms)
-    verdict = sentences[PRIMARY]
+    robustness = _robustness(a, b, diffs, arms, settings)
+    headline = _headline(sentences[PRIMARY], robustness)
+    verdict = headline
     provenance = _provenance(a, b, diffs, arms, settings)
     for extra in (provenance, pair_warning and f"Warning: {pair_warning}."):
         verdict += f" {extra}" if extra else ""
@@ -142,13 +144,27 @@ def _comparison(
         "b": b,
         "differences": {key: d.as_dict() for key, d in diffs.items()},
         "verdict": verdict,
+        "headline": headline,
         "primary": sentences[PRIMARY],
-        "robustness": _robustness(a, b, diffs, arms, settings),
+        "robustness": robustness,
         "provenance": provenance,
         "warnings": [pair_warning] if pair_warning else [],
         "tuning_curves_cross_at": cross[0] if cross else None,
         "details": details,
     }
+
+
+def _headline(primary: str, robustness: list[dict[str, Any]]) -> str:
+    """The verdict's first words: a robustness check that does not hold is said before the
+    primary finding, never after it."""
+    checked = [c for c in robustness if c["holds"] is not None]
+    failed = [c["check"] for c in checked if c["holds"] is False]
+    if not failed:
+        return primary
+    return (
+        f"Not robust ({len(failed)} of {len(checked)} robustness checks disagree: "
+        f"{', '.join(failed)}): {primary}"
+    )
 
 
 def _lower(d: stats.Difference, a: str, b: str) -> str:

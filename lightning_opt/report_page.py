@@ -330,7 +330,8 @@ table.settings td:first-child { width: 260px; font-weight: 600; }
 def _verdict_html(comparison: dict[str, Any]) -> str:
     esc = html.escape
     marks = {True: ("✓", "holds"), False: ("✗", "fails"), None: ("-", "unknown")}
-    parts = [f'<div class="verdict"><div class="main">{esc(comparison["primary"])}</div>']
+    headline = comparison.get("headline", comparison["primary"])
+    parts = [f'<div class="verdict"><div class="main">{esc(headline)}</div>']
     if comparison.get("provenance"):
         parts.append(f'<p class="provenance">{esc(comparison["provenance"])}</p>')
     parts.extend(f'<div class="warning">Warning: {esc(w)}.</div>' for w in comparison["warnings"])

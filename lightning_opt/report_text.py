@@ -121,7 +121,8 @@ def methods(results: dict[str, Any]) -> str:
         f"Delaney; 0.5 = no effect). With {len(s.get('seeds', []))} seeds only large effects are "
         "detectable: 'no significant difference' is not proof of equality, and each such "
         f"verdict says how large a difference Welch's test finds with {stats.POWER:.0%} power "
-        "(at the uncorrected alpha). Tuning curves: the expected best validation objective "
+        "at the level Holm held that test to (alpha / (m - rank + 1)). A verdict whose "
+        "robustness checks disagree says so first. Tuning curves: the expected best validation objective "
         "after n trials (Tang et al. 2020), with a 5-95% bootstrap band."
     )
 

@@ -56,6 +56,11 @@ class Difference:
     n_b: int = 0
     detectable: float = math.nan  # smallest |difference| found with POWER (nan: no spread)
     p_adjusted: float | None = None  # Holm-adjusted over the experiment's tests; None: alone
+    #: The level ``detectable`` is at: ALPHA alone; after Holm, the level this test had to beat
+    #: at its rank (alpha / (m - rank + 1)), the one its verdict used.
+    detectable_level: float = ALPHA
+    sd_a: float = math.nan  # the seeds' standard deviations (ddof 1), for the detectable
+    sd_b: float = math.nan  # difference at another level
 
     @property
     def significant(self) -> bool:
@@ -147,10 +152,11 @@ def compare(
         warnings.simplefilter("ignore", RuntimeWarning)
         test = stats.ttest_ind(x, y, equal_var=False)
     ci = test.confidence_interval(confidence)
-    detectable = detectable_difference(x.std(ddof=1), len(x), y.std(ddof=1), len(y))
+    sd_a, sd_b = float(x.std(ddof=1)), float(y.std(ddof=1))
+    detectable = detectable_difference(sd_a, len(x), sd_b, len(y))
     return Difference(
         metric, difference, float(ci.low), float(ci.high), float(test.pvalue), a12,
-        magnitude(a12), detectable=detectable, **sizes,
+        magnitude(a12), detectable=detectable, sd_a=sd_a, sd_b=sd_b, **sizes,
     )  # fmt: skip
 
 
@@ -169,10 +175,29 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def holm_levels(p_values: Sequence[float], alpha: float = ALPHA) -> list[float]:
+    """The level each test had to beat in Holm's step-down at its rank: alpha / (m - rank + 1)
+    (rank 1 the smallest p); NaN p-values get NaN and do not count towards m."""
+    p = np.asarray(p_values, dtype=float)
+    levels = np.full(p.shape, np.nan)
+    testable = np.flatnonzero(np.isfinite(p))
+    order = testable[np.argsort(p[testable], kind="stable")]
+    levels[order] = alpha / (len(order) - np.arange(len(order)))
+    return levels.tolist()
+
+
 def adjust(differences: Sequence[Difference]) -> list[Difference]:
-    """The differences with ``p_adjusted`` set: Holm over all of them, as one family."""
-    adjusted = holm([d.p_value for d in differences])
-    return [replace(d, p_adjusted=p) for d, p in zip(differences, adjusted, strict=True)]
+    """The differences with ``p_adjusted`` set: Holm over all of them, as one family; the
+    detectable difference of one not found significant is at the level Holm held it to."""
+    p_values = [d.p_value for d in differences]
+    out = []
+    for d, p, level in zip(differences, holm(p_values), holm_levels(p_values), strict=True):
+        d = replace(d, p_adjusted=p)
+        if not d.significant and math.isfinite(level) and math.isfinite(d.detectable):
+            detectable = detectable_difference(d.sd_a, d.n_a, d.sd_b, d.n_b, alpha=level)
+            d = replace(d, detectable=detectable, detectable_level=level)
+        out.append(d)
+    return out
 
 
 def p_text(diff: Difference) -> str:
@@ -197,9 +222,12 @@ def verdict(diff: Difference, name_a: str, name_b: str, lower_is_better: bool = 
     if not diff.significant:
         power = ""
         if math.isfinite(diff.detectable):
+            level = (
+                "" if diff.p_adjusted is None else f" at the Holm level {diff.detectable_level:.2g}"
+            )
             power = (
                 f" (with {_seeds(diff)} the smallest difference this test detects with "
-                f"{POWER:.0%} power is {diff.detectable:.2g})"
+                f"{POWER:.0%} power{level} is {diff.detectable:.2g})"
             )
         return (
             f"No significant difference in {what} between {name_a} and {name_b}: {detail}{power}."
