@@ -265,7 +265,6 @@ def _tune(entry: Entry, data_dir: str | Path) -> str:
     """What ``tune`` searches by default, and the best of a two-trial study of it."""
     import optuna
 
-    from lightning_opt.cli import cli_main
     from lightning_opt.optim.registry import default_search_space, optimizer_class
 
     space = default_search_space(optimizer_class(entry.optimizer()))
@@ -280,13 +279,9 @@ def _tune(entry: Entry, data_dir: str | Path) -> str:
             "--trainer.max_epochs=1", "--n_trials=2", "--pruner=none", f"--output_dir={tmp}",
             "--study_name=table",
         ]  # fmt: skip
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                cli_main(args)
-        except SystemExit as exit_:
-            lines = [line for line in err.getvalue().splitlines() if "error:" in line]
-            return f"{shown}: exit {exit_.code}: {lines[-1] if lines else ''}"
+        failed = _run_cli(args)
+        if failed is not None:
+            return f"{shown}: {failed}"
         study = optuna.load_study(study_name="table", storage=f"sqlite:///{tmp}/optuna.db")
         return f"{shown}: 2 trials, best val/loss {study.best_value:.3f}"
 
@@ -314,10 +309,7 @@ def _flags(entry: Entry, searched: Sequence[str] = ()) -> list[str]:
 def _cli(entry: Entry, data_dir: str | Path) -> str:
     """``yes`` where ``fit --optimizer CLASS --optimizer.ARG ...`` trains an epoch, else the
     one line the command line printed."""
-    from lightning_opt.cli import cli_main
-
     flags = _flags(entry)
-    err = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "fit", *flags, f"--data.num_samples={SAMPLES}", f"--data.cache_dir={data_dir}",
@@ -325,13 +317,22 @@ def _cli(entry: Entry, data_dir: str | Path) -> str:
             "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp}",
         ]  # fmt: skip
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                cli_main(args)
-        except SystemExit as exit_:
-            lines = [line for line in err.getvalue().splitlines() if "error:" in line]
-            return f"exit {exit_.code}: {lines[-1] if lines else ''}"
-    return "yes"
+        failed = _run_cli(args)
+    return "yes" if failed is None else failed
+
+
+def _run_cli(args: list[str]) -> str | None:
+    """``cli_main(args)`` quietly: None, or ``exit CODE: <its one error line>``."""
+    from lightning_opt.cli import cli_main
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            cli_main(args)
+    except SystemExit as exit_:
+        lines = [line for line in err.getvalue().splitlines() if "error:" in line]
+        return f"exit {exit_.code}: {lines[-1] if lines else ''}"
+    return None
 
 
 def _trainer() -> Any:
