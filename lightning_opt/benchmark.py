@@ -45,6 +45,8 @@ WORKLOAD_KEYS = {"name", "model", "data", "epochs", "target"}
 SHOWN_TAUS = (1.0, 1.5, 2.0, 3.0, 4.0)
 #: The tested metric and its direction.
 METRIC = "test_loss"
+#: The suite a command line without ``--config`` runs.
+DEFAULT_SUITE = Path(__file__).resolve().parents[1] / "configs" / "benchmarks" / "mnist1d.yaml"
 
 
 class BenchmarkCLI(CompareCLI):
@@ -73,6 +75,10 @@ def run_benchmark(args: list[str]) -> Path:
     """``python -m lightning_opt benchmark --config SUITE.yaml --optimizer CLASS``; the
     benchmark's directory."""
     quiet_lightning()
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        if not DEFAULT_SUITE.exists():
+            raise UsageError(f"give a suite with --config (the default {DEFAULT_SUITE} is gone)")
+        args = ["--config", str(DEFAULT_SUITE), *args]  # the default suite
     cli = parse(args, BenchmarkCLI)
     config = cli.config
     try:
@@ -95,9 +101,23 @@ def _plan(parser: LightningArgumentParser, config: Any) -> tuple[Path, list[tupl
     (compare's ``plan_arms``) before anything trains."""
     name = check_name("benchmark", config.benchmark, "--benchmark")
     if not config.workloads:
-        raise ValueError("a benchmark needs workloads: [{name, model, data, epochs, target}]")
+        raise ValueError(
+            f"a benchmark needs workloads: give a suite (--config {DEFAULT_SUITE}) or "
+            "workloads: [{name, model, data, epochs, target}]"
+        )
     if not config.baselines:
         raise ValueError("a benchmark needs baselines: compare arms to score the candidate against")
+    defaults = parser.get_defaults()
+    if config.tune_max_epochs != defaults.tune_max_epochs:
+        raise ValueError(
+            f"--tune_max_epochs {config.tune_max_epochs}: a benchmark tunes and trains each "
+            "workload for its own budget; set workloads[].epochs (or --trainer.max_epochs N "
+            "to cap every budget at N)"
+        )
+    cap = config.trainer.max_epochs
+    cap = None if cap == defaults.trainer.max_epochs or not cap or cap < 0 else cap
+    if cap is not None:
+        print(f"trainer.max_epochs {cap} caps every workload's budget", flush=True)
     base = yaml.safe_load(parser.dump(config, skip_none=False, skip_check=True))
     baselines, workloads = base.get("baselines") or [], base.get("workloads") or []
     for key in ("benchmark", "workloads", "baselines", "candidate", "config", "arms", "experiment"):
@@ -109,6 +129,8 @@ def _plan(parser: LightningArgumentParser, config: Any) -> tuple[Path, list[tupl
     seen = set()
     for entry in workloads:
         workload = _check_workload(entry)
+        if cap is not None:
+            workload["epochs"] = min(workload["epochs"], cap)
         if workload["name"] in seen:
             raise ValueError(f"workload names must be unique; repeated: {workload['name']}")
         seen.add(workload["name"])

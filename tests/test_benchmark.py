@@ -130,3 +130,15 @@ def test_a_bad_suite_is_one_line_before_anything_trains(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not list((tmp_path / "out").rglob("results.json"))
+
+
+def test_without_a_config_the_default_suite_runs_and_a_tuning_budget_is_refused(capsys):
+    """``benchmark --optimizer X`` is the default suite; compare's --tune_max_epochs would be
+    silently replaced by each workload's budget, so it is refused (trainer.max_epochs caps)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["benchmark", "--optimizer=adam", "--tune_max_epochs=3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "a benchmark tunes and trains each workload for its own budget" in err[0]
+    )
