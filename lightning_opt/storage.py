@@ -123,13 +123,7 @@ def _reason(err: BaseException) -> str:
 def storage_failure(err: BaseException, url: str | None) -> str | None:
     """One line for a storage error raised while a study ran (a damaged SQLite page, a server
     gone), or None where ``err`` is not one."""
-    chain: list[BaseException] = [err]
-    while len(chain) < 8:
-        last = chain[-1]
-        cause = last.__cause__ or (None if last.__suppress_context__ else last.__context__)
-        if cause is None:
-            break
-        chain.append(cause)
+    chain = _causes(err, 8, context=True)
     storage_errors = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
     if not any(isinstance(e, storage_errors) for e in chain):
         return None
@@ -142,10 +136,23 @@ def storage_failure(err: BaseException, url: str | None) -> str | None:
     return f"the study storage {shown} failed while the study ran: {reason}; {way_out}"
 
 
+def _causes(err: BaseException, limit: int, context: bool = False) -> list[BaseException]:
+    """``err`` and what raised it (``__cause__``; with ``context``, an unsuppressed
+    ``__context__`` too), at most ``limit`` deep."""
+    chain = [err]
+    while len(chain) < limit:
+        last = chain[-1]
+        cause = last.__cause__
+        if cause is None and context and not last.__suppress_context__:
+            cause = last.__context__
+        if cause is None:
+            break
+        chain.append(cause)
+    return chain
+
+
 def _is_race(err: BaseException) -> bool:
-    chain: list[BaseException] = [err]
-    while chain[-1].__cause__ is not None and len(chain) < 5:
-        chain.append(chain[-1].__cause__)
+    chain = _causes(err, 5)
     return any(isinstance(e, sqlalchemy.exc.IntegrityError) or _RACE.search(str(e)) for e in chain)
 
 

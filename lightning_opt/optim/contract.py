@@ -125,12 +125,13 @@ def run_step(
     return calls
 
 
-def build_optimizer(cls: type, build: Callable[[], Any]) -> Any:
-    """``build()``; any exception its constructor raises becomes one line naming the class."""
+def build_optimizer(describe: str, build: Callable[[], Any]) -> Any:
+    """``build()``; any exception its constructor raises becomes one line starting with
+    ``describe`` (the class and its arguments)."""
     try:
         return build()
     except Exception as err:  # a package's own classes (NegativeLRError, NoClosureError, ...)
-        raise StepError(f"{cls.__name__}: {_one_line(err)}") from None
+        raise StepError(f"{describe}: {one_line(err)}") from None
 
 
 def preflight(
@@ -139,8 +140,10 @@ def preflight(
     net: nn.Module,
     input_size: int,
     num_classes: int,
+    describe: str | None = None,
 ) -> StepContract:
-    """One step of ``build(net_copy)`` (an instance of ``cls``) on a copy of ``net``, on a random
+    """One step of ``build(net_copy)`` (an instance of ``cls``, its constructor's refusal one
+    line starting with ``describe``) on a copy of ``net``, on a random
     minibatch (torch's random state is left as it was; numpy's and Python's too): the ``StepContract`` it showed, or
     ``StepError``. ``net`` itself is not touched."""
     declared = getattr(cls, "create_graph", None)
@@ -160,7 +163,7 @@ def preflight(
             params = list(probe.parameters())
             x = torch.randn(PREFLIGHT_BATCH, input_size, dtype=params[0].dtype)
             y = torch.randint(num_classes, (PREFLIGHT_BATCH,))
-            optimizer = build_optimizer(cls, lambda probe=probe: build(probe))
+            optimizer = build_optimizer(describe or cls.__name__, lambda p=probe: build(p))
             modes = has_modes(optimizer)
             for p in params:
                 p.grad = torch.full_like(p, float("nan"))  # stale: a step must not use them
@@ -177,7 +180,7 @@ def preflight(
                 if not evaluate_first:
                     continue  # perhaps it needed gradients before its closure
                 raise StepError(
-                    f"{cls.__name__}: the first step failed ({_one_line(err)}); "
+                    f"{cls.__name__}: the first step failed ({one_line(err)}); "
                     "the pre-flight step on one minibatch, before anything trained"
                 ) from None
             contract = StepContract(calls, create_graph, modes, random, evaluate_first)
@@ -228,6 +231,10 @@ def _needs_graph(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(m in str(err) for m in _NO_GRAPH)
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its message, with its class where that says more than a
+    ValueError's or TypeError's would (``NegativeLRError: ...``)."""
     text = " ".join(str(err).split())
+    if text and isinstance(err, (TypeError, ValueError)):
+        return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

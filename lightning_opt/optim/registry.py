@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lightning_opt.optim import groups
-from lightning_opt.optim.contract import StepContract, preflight
+from lightning_opt.optim.contract import StepContract, build_optimizer, preflight
 from lightning_opt.reflection import (
     Registry,
     constructor_arguments,
@@ -329,31 +329,23 @@ def check_optimizer(
     num_classes: int | None = None,
     param_groups: Sequence[Mapping[str, Any]] = (),
 ) -> StepContract:
-    """Build ``cls`` over ``net``'s parameters (split by ``param_groups`` rules) so its own
-    constructor checks ``init_args`` (one line if it refuses, whatever it raises), then take
-    the pre-flight step on a copy of ``net`` (``lightning_opt.optim.contract``): what its step
-    needs. Without ``input_size`` and ``num_classes`` the constructor alone is checked."""
+    """Take the pre-flight step on a copy of ``net`` (``lightning_opt.optim.contract``): what
+    ``cls``'s step needs; its constructor checks ``init_args`` on the way (one line if it
+    refuses, whatever it raises). Without ``input_size`` and ``num_classes`` the constructor
+    alone is checked, over ``net``'s parameters (split by ``param_groups`` rules)."""
     groups.check_settings(cls, param_groups)
-    params = groups.split(net.named_parameters(), param_groups)
-    try:
-        construct(cls, params, init_args, net)
-    except Exception as err:  # a package's own classes too (NegativeLRError, ...)
-        raise ValueError(f"{cls.__name__}({_show(init_args)}): {_message(err)}") from None
+    groups.split(net.named_parameters(), param_groups)  # a rule that matches nothing: its line
+    describe = f"{cls.__name__}({_show(init_args)})"
+
+    def build(model: Any) -> torch.optim.Optimizer:
+        params = groups.split(model.named_parameters(), param_groups)
+        return construct(cls, params, init_args, model)
+
     if input_size is None or num_classes is None:
+        build_optimizer(describe, lambda: build(net))
         return StepContract()
-
-    def build(probe: Any) -> torch.optim.Optimizer:
-        params = groups.split(probe.named_parameters(), param_groups)
-        return construct(cls, params, init_args, probe)
-
-    return preflight(cls, build, net, input_size, num_classes)
-
-
-def _message(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    if isinstance(err, (TypeError, ValueError)):
-        return text
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    # The pre-flight step builds the class on its copy: the constructor's check is its first.
+    return preflight(cls, build, net, input_size, num_classes, describe)
 
 
 def _show(kwargs: dict[str, Any]) -> str:
