@@ -175,23 +175,28 @@ class MinibatchTraining:
         """``optimizer.step(closure)`` of the ``LightningOptimizer`` ``optimizer``: the
         ``on_before_optimizer_step`` hooks (the clipping callbacks) run after every evaluation
         of the closure, as in Lightning's precision plugin."""
+        raw = optimizer.optimizer
         if not self._direct:
-            if self.step_contract.evaluate_first:
-                closure()  # no hooks here: Lightning's plugin runs them after its own call
+            if self.step_contract.evaluate_first:  # the evaluation before Lightning's step:
+                closure()  # its hooks are ours to run, as the plugin runs them after its own
+                self._before_step(raw)
             optimizer.step(closure=closure)  # Lightning's plugin runs the hooks after it
             return
-        raw = optimizer.optimizer
 
         def hooked() -> Tensor:
             loss = closure()
-            for hook in self._before_step_hooks:
-                hook(self.trainer, self, raw)
-            self.on_before_optimizer_step(raw)
+            self._before_step(raw)
             return loss
 
         optimizer._on_before_step()  # the manual-optimization loop counts the step
         run_step(raw, hooked, self._with_closure, self.step_contract.evaluate_first)
         optimizer._on_after_step()
+
+    def _before_step(self, raw: Any) -> None:
+        """The ``on_before_optimizer_step`` hooks: the callbacks' (clipping), then the module's."""
+        for hook in self._before_step_hooks:
+            hook(self.trainer, self, raw)
+        self.on_before_optimizer_step(raw)
 
     def _backward(self, total: Tensor) -> None:
         backward = (
@@ -255,7 +260,8 @@ class MinibatchTraining:
     def _record_clipped_norm(self) -> None:
         """From ``on_before_optimizer_step``, after the clipping callbacks': the norm the
         optimizer sees."""
-        if self.hparams.log_internals and self._clipping:
+        # The step logs its first evaluation's norm: later evaluations (LBFGS) need none.
+        if self.hparams.log_internals and self._clipping and not self._clipped_norms:
             self._clipped_norms.append(global_norm(self._grads(), self.member_dims))
 
     def _train_chunk(self, batch: tuple[Tensor, Tensor] | MiniBatches) -> None:

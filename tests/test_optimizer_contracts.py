@@ -290,3 +290,29 @@ def test_a_madgrad_population_drops_a_member_and_resumes_from_its_checkpoint(dat
     quiet_trainer(3, callbacks=[Record()]).fit(single, datamodule=_data(data_cache))
     assert resumed.member_ids == [1]
     assert resumed.history[1]["val/loss"] == pytest.approx(losses, abs=1e-6)
+
+
+def test_sams_gradients_are_clipped_on_lightnings_path_as_on_the_direct_one(data_cache):
+    """A callback with a backward hook sends the step through Lightning's plugin: SAM's first
+    evaluation, before the step, is clipped there too (the same weights either way)."""
+    pytest.importorskip("pytorch_optimizer")
+    from lightning_opt.callbacks import FixedNormClipping
+
+    class AfterBackward(Callback):
+        def on_after_backward(self, trainer, pl_module):
+            pass
+
+    optimizer = {
+        "class_path": "pytorch_optimizer.SAM",
+        "init_args": {"base_optimizer": "torch.optim.SGD", "lr": 0.05},
+    }
+    nets = []
+    for extra in ([], [AfterBackward()]):
+        seed_everything(0, verbose=False)
+        model = MNIST1DClassifier(optimizer=optimizer, log_internals=False, **MNIST1D)
+        clip = FixedNormClipping(clip_value=0.05, mode="global")
+        quiet_trainer(2, callbacks=[clip, *extra]).fit(model, datamodule=_data(data_cache))
+        assert model._direct == (not extra)
+        nets.append(model.net)
+    for a, b in zip(*(n.parameters() for n in nets), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
