@@ -5,12 +5,15 @@ A suite is a config (``configs/benchmarks/mnist1d.yaml``): its workloads (a net,
 variant, a budget in epochs and a validation-loss target), its baselines (compare arms), the
 tuning protocol every submission gets (``n_trials`` of its search space per workload, the same
 sampler seed) and the seeds of the final runs. The candidate is the command line's optimizer
-(with its scheduler and clipping rules, as ``fit`` takes them).
+(with its scheduler and clipping rules, as ``fit`` takes them), or several: ``--candidates``.
 
 Each workload is one ``compare`` experiment under ``<output_dir>/<benchmark>/``, written out as
 ``<workload>.yaml`` and run by compare's own code, so every guarantee of compare holds for each:
 everything checked before the first trial (every workload's plan is checked before any trains),
-the same numbers after Ctrl-C or a kill, a changed setting refused with the first differences.
+the same numbers after Ctrl-C or a kill, a changed setting refused with the first differences,
+tuning trials and final runs claimable by every process sharing the storage. Every benchmark
+under one output directory shares one storage, its arms' studies named by their settings
+(compare's ``share_arms``): an identical baseline in another benchmark is trained once.
 The benchmark then reads each experiment's results.json and scores: time to the target in
 optimizer steps per seed (``inf``: did not reach) and prorated wall time, the performance
 profile and score across workloads, each candidate-baseline test-loss comparison with Holm's
@@ -69,6 +72,11 @@ class BenchmarkCLI(CompareCLI):
         )  # fmt: skip
         group.add_argument("--candidate", type=str, default=None,
                            help="The candidate's name (default: the optimizer's short name).")  # fmt: skip
+        group.add_argument(
+            "--candidates", type=list[dict[str, Any]], default=[],
+            help="Several candidates at once, each an arm as the baselines are (instead of the "
+            "command line's optimizer).",
+        )  # fmt: skip
 
 
 def run_benchmark(args: list[str]) -> Path:
@@ -82,23 +90,25 @@ def run_benchmark(args: list[str]) -> Path:
     cli = parse(args, BenchmarkCLI)
     config = cli.config
     try:
-        bench_dir, workloads = _plan(cli.parser, config)
+        bench_dir, candidates, workloads = _plan(cli.parser, config)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     experiments = {}
     for workload, path in workloads:
         print(f"=== workload {workload['name']} ({path})", flush=True)
         experiments[workload["name"]] = run_compare(["--config", str(path)])
-    board = leaderboard(config, [w for w, _ in workloads], experiments)
+    board = leaderboard(config, candidates, [w for w, _ in workloads], experiments)
     write_leaderboard(bench_dir, board)
     print(markdown(board))
     print(f"leaderboard: {bench_dir / 'leaderboard.md'}, {bench_dir / 'leaderboard.html'}")
     return bench_dir
 
 
-def _plan(parser: LightningArgumentParser, config: Any) -> tuple[Path, list[tuple[dict, Path]]]:
+def _plan(
+    parser: LightningArgumentParser, config: Any
+) -> tuple[Path, list[str], list[tuple[dict, Path]]]:
     """Every workload's compare config, written under the benchmark's directory and checked
-    (compare's ``plan_arms``) before anything trains."""
+    (compare's ``plan_arms``) before anything trains; the candidates' names."""
     name = check_name("benchmark", config.benchmark, "--benchmark")
     if not config.workloads:
         raise ValueError(
@@ -120,9 +130,21 @@ def _plan(parser: LightningArgumentParser, config: Any) -> tuple[Path, list[tupl
         print(f"trainer.max_epochs {cap} caps every workload's budget", flush=True)
     base = yaml.safe_load(parser.dump(config, skip_none=False, skip_check=True))
     baselines, workloads = base.get("baselines") or [], base.get("workloads") or []
-    for key in ("benchmark", "workloads", "baselines", "candidate", "config", "arms", "experiment"):
+    named = base.get("candidates") or []
+    for key in ("benchmark", "workloads", "baselines", "candidate", "candidates", "config", "arms",
+                "experiment"):  # fmt: skip
         base.pop(key, None)
-    candidate = _candidate_arm(base, config)
+    command_line = _candidate_arm(base, config)
+    if named and (config.candidate or _changed(config, defaults, "optimizer", "lr_scheduler")):
+        raise ValueError(
+            "give the candidates either as --candidates (arms) or as the command line's "
+            "optimizer (--optimizer, --lr_scheduler, --candidate), not both"
+        )
+    candidates = [dict(c) for c in named] or [command_line]
+    # One storage for every benchmark under output_dir, arms named by their settings: a
+    # baseline (or candidate) identical in another benchmark is trained once.
+    base["storage"] = base.get("storage") or f"sqlite:///{Path(config.output_dir) / 'optuna.db'}"
+    base["share_arms"] = True
     bench_dir = Path(config.output_dir) / name
     bench_dir.mkdir(parents=True, exist_ok=True)
     planned = []
@@ -134,7 +156,7 @@ def _plan(parser: LightningArgumentParser, config: Any) -> tuple[Path, list[tupl
         if workload["name"] in seen:
             raise ValueError(f"workload names must be unique; repeated: {workload['name']}")
         seen.add(workload["name"])
-        experiment, steps = _experiment(base, workload, candidate, baselines, bench_dir)
+        experiment, steps = _experiment(base, workload, candidates, baselines, bench_dir)
         path = bench_dir / f"{workload['name']}.yaml"
         _write(path, yaml.safe_dump(experiment, sort_keys=False))
         compare_cli = parse(["--config", str(path)], CompareCLI)
@@ -144,7 +166,11 @@ def _plan(parser: LightningArgumentParser, config: Any) -> tuple[Path, list[tupl
             raise ValueError(f"workload {workload['name']!r}: {err}") from None
         workload["steps_per_epoch"] = steps
         planned.append((workload, path))
-    return bench_dir, planned
+    return bench_dir, [c["name"] for c in candidates], planned
+
+
+def _changed(config: Any, defaults: Any, *keys: str) -> bool:
+    return any(config.get(key) != defaults.get(key) for key in keys)
 
 
 def _candidate_arm(base: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -194,11 +220,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _experiment(
-    base: dict[str, Any], workload: dict[str, Any], candidate: dict[str, Any],
+    base: dict[str, Any], workload: dict[str, Any], candidates: list[dict[str, Any]],
     baselines: list[dict[str, Any]], bench_dir: Path,
 ) -> tuple[dict[str, Any], int]:  # fmt: skip
     """The compare config of one workload (the suite's settings, the workload's net, data and
-    budget, the candidate and every baseline as arms) and its optimizer steps per epoch."""
+    budget, the candidates and every baseline as arms) and its optimizer steps per epoch."""
     experiment = _merge(base, {"model": workload.get("model"), "data": workload.get("data")})
     epochs = workload["epochs"]
     experiment["trainer"] = {**(experiment.get("trainer") or {}), "max_epochs": epochs}
@@ -208,9 +234,9 @@ def _experiment(
     data.setup()
     steps_per_epoch = math.ceil(len(data.splits["train"][0]) / data.hparams.batch_size)
     total = epochs * steps_per_epoch
-    arms = [copy.deepcopy(candidate)]
-    for baseline in baselines:
-        arm = copy.deepcopy(dict(baseline))
+    arms = []
+    for submission in [*candidates, *baselines]:
+        arm = copy.deepcopy(dict(submission))
         scheduler = arm.get("lr_scheduler")
         if isinstance(scheduler, dict) and _takes_total_steps(scheduler):
             init_args = dict(scheduler.get("init_args") or {})
@@ -232,15 +258,15 @@ def _takes_total_steps(scheduler: dict[str, Any]) -> bool:
     return resolved is not None and "total_steps" in scheduler_arguments(resolved[0])
 
 
-def leaderboard(config: Any, workloads: list[dict], experiments: dict[str, Path]) -> dict:
+def leaderboard(
+    config: Any, candidates: list[str], workloads: list[dict], experiments: dict[str, Path]
+) -> dict:
     """Every number of the benchmark (``leaderboard.json``)."""
     per_workload, times, tests = {}, {}, []
-    candidate = None
     for workload in workloads:
         name = workload["name"]
         results = json.loads((experiments[name] / "results.json").read_text())
         arms = results["arms"]
-        candidate = candidate or next(iter(arms))
         rows = {}
         for arm, summary in arms.items():
             steps = [
@@ -265,13 +291,15 @@ def leaderboard(config: Any, workloads: list[dict], experiments: dict[str, Path]
             }
             times.setdefault(arm, {})[name] = rows[arm]["median_steps"]
         for comparison in results["comparisons"]:
-            if candidate not in (comparison["a"], comparison["b"]):
-                continue
+            pair = (comparison["a"], comparison["b"])
+            if (pair[0] in candidates) == (pair[1] in candidates):
+                continue  # candidate against baseline only
             diff = comparison["differences"][METRIC]
-            other = comparison["b"] if comparison["a"] == candidate else comparison["a"]
+            candidate, other = pair if pair[0] in candidates else pair[::-1]
             sign = 1.0 if comparison["a"] == candidate else -1.0  # candidate minus baseline
             tests.append({
-                "workload": name, "baseline": other, "difference": sign * diff["difference"],
+                "workload": name, "candidate": candidate, "baseline": other,
+                "difference": sign * diff["difference"],
                 "low": min(sign * diff["low"], sign * diff["high"]),
                 "high": max(sign * diff["low"], sign * diff["high"]),
                 "p_value": diff["p_value"], "a12": diff["a12"], "detectable": diff["detectable"],
@@ -295,7 +323,7 @@ def leaderboard(config: Any, workloads: list[dict], experiments: dict[str, Path]
         for s in ratio
     }
     board = {
-        "benchmark": config.benchmark, "candidate": candidate, "workloads": per_workload,
+        "benchmark": config.benchmark, "candidates": candidates, "workloads": per_workload,
         "scores": profiles, "tests": tests, "alpha": alpha, "tau_max": scoring.TAU_MAX,
         "settings": {"seeds": config.seeds, "n_trials": config.n_trials, "seed": config.seed},
     }  # fmt: skip
@@ -304,21 +332,24 @@ def leaderboard(config: Any, workloads: list[dict], experiments: dict[str, Path]
 
 
 def verdict(board: dict) -> str:
-    """One paragraph: where the candidate wins, loses and ties, and its score."""
-    candidate, tests = board["candidate"], board["tests"]
-    wins = sorted({t["workload"] for t in tests if t["significant"] and t["difference"] < 0})
-    losses = sorted({t["workload"] for t in tests if t["significant"] and t["difference"] > 0})
-    ties = sorted({t["workload"] for t in tests} - set(wins) - set(losses))
-    scores = board["scores"]
-    best_other = max((s for s in scores if s != candidate), key=lambda s: scores[s]["score"])
+    """One paragraph: where each candidate wins, loses and ties, and its score."""
+    scores, alpha = board["scores"], board["alpha"]
     parts = [
-        f"Test loss, {len(tests)} candidate-baseline tests with Holm's correction at "
-        f"{board['alpha']}: {candidate} is significantly lower than a baseline on "
-        f"{', '.join(wins) or 'no workload'}, significantly higher on "
-        f"{', '.join(losses) or 'no workload'}, and not significantly different on "
-        f"{', '.join(ties) or 'no workload'}."
+        f"Test loss, {len(board['tests'])} candidate-baseline tests with Holm's correction at "
+        f"{alpha}:"
     ]
-    undetected = [t for t in tests if not t["significant"]]
+    for candidate in board["candidates"]:
+        tests = [t for t in board["tests"] if t["candidate"] == candidate]
+        wins = sorted({t["workload"] for t in tests if t["significant"] and t["difference"] < 0})
+        losses = sorted({t["workload"] for t in tests if t["significant"] and t["difference"] > 0})
+        ties = sorted({t["workload"] for t in tests} - set(wins) - set(losses))
+        parts.append(
+            f"{candidate} is significantly lower than a baseline on "
+            f"{', '.join(wins) or 'no workload'}, significantly higher on "
+            f"{', '.join(losses) or 'no workload'}, and not significantly different on "
+            f"{', '.join(ties) or 'no workload'}."
+        )
+    undetected = [t for t in board["tests"] if not t["significant"]]
     if undetected:
         largest = max(t["detectable"] for t in undetected)
         parts.append(
@@ -326,10 +357,12 @@ def verdict(board: dict) -> str:
             "(test loss, at each workload experiment's own Holm level; the benchmark's "
             "correction over every test is stricter still)."
         )
+    baselines = [s for s in scores if s not in board["candidates"]]
+    best = max(baselines, key=lambda s: scores[s]["score"])
+    shown = ", ".join(f"{c} {scores[c]['score']:.3f}" for c in board["candidates"])
     parts.append(
-        f"Time to target (AlgoPerf's score, tau_max {board['tau_max']:g}): {candidate} "
-        f"{scores[candidate]['score']:.3f}, the best baseline ({best_other}) "
-        f"{scores[best_other]['score']:.3f}."
+        f"Time to target (AlgoPerf's score, tau_max {board['tau_max']:g}): {shown}; the best "
+        f"baseline ({best}) {scores[best]['score']:.3f}."
     )
     return " ".join(parts)
 
@@ -340,7 +373,8 @@ def _steps(value: float) -> str:
 
 def markdown(board: dict) -> str:
     """``leaderboard.md``."""
-    lines = [f"# Benchmark {board['benchmark']}: {board['candidate']} against the baselines", ""]
+    names = ", ".join(board["candidates"])
+    lines = [f"# Benchmark {board['benchmark']}: {names} against the baselines", ""]
     lines += [board["verdict"], "", "## Score (time to target across workloads)", ""]
     taus = " | ".join(f"rho({t:g})" for t in SHOWN_TAUS)
     lines += [f"| submission | score | {taus} |", "|---" * (2 + len(SHOWN_TAUS)) + "|"]
@@ -364,11 +398,12 @@ def markdown(board: dict) -> str:
                 f"| {_steps(row['median_steps'])} | {row['reached']}/{len(row['steps_to_target'])} |"
             )
     lines += ["", "## Tests (candidate minus baseline, test loss)", "",
-              "| workload | baseline | difference [95% CI] | p | p (Holm) | A12 |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "| workload | candidate | baseline | difference [95% CI] | p | p (Holm) | A12 |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for t in board["tests"]:
         lines.append(
-            f"| {t['workload']} | {t['baseline']} | {t['difference']:+.4f} [{t['low']:+.4f}, "
+            f"| {t['workload']} | {t['candidate']} | {t['baseline']} | {t['difference']:+.4f} "
+            f"[{t['low']:+.4f}, "
             f"{t['high']:+.4f}] | {t['p_value']:.3g} | {t['p_holm']:.3g}"
             f"{' *' if t['significant'] else ''} | {t['a12']:.2f} |"
         )

@@ -17,8 +17,9 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt import report, report_page, report_text, signals
 from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.final_units import FinalUnits
 from lightning_opt.finals import net_record, run_finals
-from lightning_opt.fingerprints import run_fingerprint
+from lightning_opt.fingerprints import EXPERIMENT_KEYS, run_fingerprint
 from lightning_opt.parsing import UsageError, optimizer_dict, run_name
 from lightning_opt.plans import (
     ArmPlan,
@@ -69,6 +70,13 @@ class CompareCLI(TuneCLI):
             help="Train an arm's final seeds at once as one population (the same numbers as "
             "separate runs, to float rounding); false: one run per seed.",
         )  # fmt: skip
+        group.add_argument(
+            "--share_arms", type=bool, default=False,
+            help="Name each arm's studies by its settings (<arm>.<digest>) instead of "
+            "<experiment>.<arm>: experiments on one storage whose arm is identical (net, data, "
+            "budgets, optimizer, search space, trials, seeds' settings) share its tuning trials "
+            "and final runs, each trained once.",
+        )  # fmt: skip
 
 
 def run_compare(args: list[str]) -> Path:
@@ -90,13 +98,19 @@ def run_compare(args: list[str]) -> Path:
     data.prepare_data()
 
     summary: dict[str, Any] = {}
+    labelled = [(p.name, p.name, p) for p in plans]
+    labelled += [(p.name, f"{p.name}/retuned", p.retune) for p in plans if p.retune is not None]
+    order = {label: k for k, (_, label, _) in enumerate(labelled)}
     try:
-        for plan in plans:
-            summary[plan.name] = run_arm(cli.parser, config, plan, plan.name, exp_dir, data)
-            if plan.retune is not None:  # the robustness check: tuned at the finals' budget
-                summary[plan.name]["retuned"] = run_arm(
-                    cli.parser, config, plan.retune, f"{plan.name}/retuned", exp_dir, data
-                )
+        # Final runs that other processes sharing the storage are training are waited for only
+        # after every arm's own work: meanwhile this process tunes the next arm.
+        done, pending = {}, []
+        for name, label, plan in labelled:
+            done[label] = run_arm(cli.parser, config, plan, label, exp_dir, data, wait=False)
+            if done[label] is None:
+                pending.append((name, label, plan))
+        for _, label, plan in pending:
+            done[label] = run_arm(cli.parser, config, plan, label, exp_dir, data)
     except KeyboardInterrupt:  # in the finals (tuning says so itself and exits)
         print(
             "interrupted: finished tuning trials and final runs are kept; run the same command "
@@ -104,6 +118,11 @@ def run_compare(args: list[str]) -> Path:
             file=sys.stderr,
         )
         sys.exit(signals.interrupt_exit_code())
+    for name, label, _ in sorted(labelled, key=lambda item: order[item[1]]):
+        if label == name:
+            summary[name] = done[label]
+        else:  # the robustness check: tuned at the finals' budget
+            summary[name]["retuned"] = done[label]
     results = report.summarize(config.experiment, summary, experiment_settings(config))
     report_page.write_all(exp_dir, results)
     print(report_text.markdown_table(results))
@@ -119,10 +138,11 @@ def run_compare(args: list[str]) -> Path:
 
 def run_arm(
     parser: LightningArgumentParser, config: Any, plan: ArmPlan, label: str, exp_dir: Path,
-    data: MNIST1DDataModule,
-) -> dict[str, Any]:  # fmt: skip
+    data: MNIST1DDataModule, wait: bool = True,
+) -> dict[str, Any] | None:  # fmt: skip
     """Tune one arm, run its finals over the seeds, and summarise both (``label``: where its
-    finals go under the experiment, ``<arm>`` or ``<arm>/retuned``)."""
+    finals go under the experiment, ``<arm>`` or ``<arm>/retuned``); ``None`` with ``wait=False``
+    while another process sharing the storage still trains some of its final runs."""
     epochs = plan.tune_cfg.trainer.max_epochs
     print(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
     study = run_study(plan.tune_cfg, plan.options)
@@ -135,8 +155,18 @@ def run_arm(
     tuned_cfg = with_values(plan.final_cfg, best.params)
     seeds = [config.seed_everything + s for s in range(config.seeds)]
     chunk_where_invisible(tuned_cfg, data)  # the arm's own callbacks decide
-    runs = run_finals(tuned_cfg, label, seeds, exp_dir, data, plan.population_finals)
-    for run in runs:  # each final run's fit config, next to its checkpoint
+    fingerprint = run_fingerprint(parser, tuned_cfg, drop=EXPERIMENT_KEYS)  # a seed's values
+    try:
+        units = FinalUnits.open(plan.options, label, seeds, fingerprint)
+    except ValueError as err:  # a finals study of other settings
+        raise UsageError(str(err)) from None
+    runs = run_finals(tuned_cfg, label, units, exp_dir, data, plan.population_finals, wait)
+    if runs is None:
+        print(f"== arm {label}: final runs in another process; coming back to them", flush=True)
+        return None
+    for run in runs:  # each final run's fit config, next to its checkpoint (where it ran)
+        if not Path(run["log_dir"]).is_dir():
+            continue
         seed_cfg = copy.deepcopy(tuned_cfg)
         seed_cfg.seed_everything = run["seed"]
         header = (

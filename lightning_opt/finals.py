@@ -1,9 +1,10 @@
 """An arm's final runs: each seed trained on the tuned settings (one run at a time, or all seeds
 as one population), tested once on the held-out split at the last and at the best-validation
-epoch, and recorded as one ``result.json`` per seed (``final_record``), resumable.
+epoch, and recorded as one ``result.json`` per seed (``final_record``) and on the seed's unit of
+the study storage (``final_units``), from which every process sharing it reads the results.
 
-The same record whichever way the seeds trained; a finished seed's record is reused, an
-unfinished one's partial logs are replaced, and a Ctrl-C inside Lightning's fit exits with the
+The same record whichever way the seeds trained; a recorded seed is never trained again, an
+unrecorded one's partial logs are replaced, and a Ctrl-C inside Lightning's fit exits with the
 resume line.
 """
 
@@ -25,6 +26,8 @@ from lightning_opt import signals
 from lightning_opt.atomic import temporary_path
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.final_units import FinalUnits
+from lightning_opt.parsing import RunFailure
 from lightning_opt.runs import (
     QUIET_TRAINER,
     RunSpec,
@@ -202,35 +205,85 @@ def _print_result(arm: str, result: dict[str, Any]) -> None:
 
 
 def run_finals(
-    cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule,
-    population: bool,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """An arm's final runs, one per seed; resumable: finished seeds' result.json are reused.
+    cfg: Any, arm: str, units: FinalUnits, exp_dir: Path, data: MNIST1DDataModule,
+    population: bool, wait: bool = True,
+) -> list[dict[str, Any]] | None:  # fmt: skip
+    """An arm's final runs, one per seed of ``units``: this process claims and trains the seeds
+    no process has run (all at once as one population, or one at a time), records each on its
+    unit, and returns every seed's result, read from the storage. Seeds that another process
+    is training are waited for, or with ``wait=False`` left for later (``None``).
 
-    With ``population`` the seeds still to run train at once as one population; each member
-    logs to the directory its own run would (``<arm>/final/seed_<s>``).
+    Resumable: a seed recorded by any process is never trained again; each member of a
+    population logs to the directory its own run would (``<arm>/final/seed_<s>``).
     """
-    done = {}
-    for seed in seeds:
+    limit = len(units.seeds) if population else 1
+    while True:
+        units.plan()
+        with _ctrl_c_resumable():
+            while batch := units.claim(limit):
+                _run_claimed(cfg, arm, units, batch, exp_dir, data, population)
+        done = units.results()
+        if len(done) == len(units.seeds):
+            return [done[s] for s in units.seeds]
+        elsewhere = units.running_elsewhere()
+        if not wait and elsewhere:
+            return None
+        if elsewhere and not units.waits_safely:
+            raise RunFailure(
+                f"arm {arm!r}: the final runs of seeds {elsewhere} are running in another "
+                "process and this storage has no heartbeat to tell whether it is alive; run the "
+                "same command again when it has finished"
+            )
+        if elsewhere:
+            time.sleep(min(0.5, units.options.heartbeat_interval))
+
+
+def _run_claimed(
+    cfg: Any, arm: str, units: FinalUnits, batch: list[tuple[Any, int, int]], exp_dir: Path,
+    data: MNIST1DDataModule, population: bool,
+) -> None:  # fmt: skip
+    """Train the claimed seeds and record each on its unit; a failure or an interruption
+    fails the units, to be re-run at the next launch."""
+    trials = {seed: trial for trial, _, seed in batch}
+    todo = []
+    for seed in trials:  # a run that finished here but was not recorded: its result.json
         path = exp_dir / arm / "final" / f"seed_{seed}" / "result.json"
         if path.exists():
-            done[seed] = json.loads(path.read_text())
-    todo = [s for s in seeds if s not in done]
-    for seed in todo:
-        _clear_unfinished(exp_dir / arm / "final" / f"seed_{seed}")
-    with _ctrl_c_resumable():
-        if todo and population:
-            for result in run_final_population(cfg, arm, todo, exp_dir, data):
-                done[result["seed"]] = result
-        for seed in todo if not population else []:
-            done[seed] = run_final(cfg, arm, seed, exp_dir, data)
-    return [done[s] for s in seeds]
+            units.record(trials[seed], json.loads(path.read_text()))
+        else:
+            _clear_unfinished(path.parent)
+            todo.append(seed)
+    failures: dict[int, str] = {}
+    with units.heartbeats(batch):
+        try:
+            if todo and population:
+                results = run_final_population(cfg, arm, todo, exp_dir, data, failures)
+            else:
+                results = [run_final(cfg, arm, seed, exp_dir, data) for seed in todo]
+        except (KeyboardInterrupt, SystemExit):
+            units.fail([trials[s] for s in todo], "interrupted")
+            raise
+        except BaseException as err:
+            units.fail([trials[s] for s in todo], f"{type(err).__name__}: {err}")
+            raise
+    for result in results:
+        units.record(trials[result["seed"]], result)
+    if failures:
+        units.fail([trials[s] for s in failures], "non-finite loss")
+        raise NonFiniteLossError(
+            f"arm {arm!r} final runs failed "
+            f"({'; '.join(f'seed {s}: {r}' for s, r in failures.items())}); the other seeds' "
+            "results are kept"
+        )
 
 
 def run_final_population(
-    cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule
-) -> list[dict[str, Any]]:
-    """Final runs of ``seeds`` trained as one population; the result of each seed."""
+    cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule,
+    failures: dict[int, str] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Final runs of ``seeds`` trained as one population; the result of each seed that
+    finished. A member that failed (a non-finite loss) raises ``NonFiniteLossError`` after the
+    others' results are written, or with ``failures`` is put there (seed: why)."""
     model = build_population(cfg, seeds)
     model.track_best = True
     model.member_loggers = [
@@ -256,10 +309,10 @@ def run_final_population(
     seconds = time.perf_counter() - start
     clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
     rates = dict(zip(model.member_ids, clippers[0].clip_rates(), strict=True)) if clippers else {}
-    results, failed = [], []
+    results, failed = [], {}
     for member, seed in enumerate(seeds):
         if member in model.dropped:
-            failed.append(f"seed {seed}: {model.dropped[member]}")
+            failed[seed] = str(model.dropped[member])
             continue
         history = model.history[member]
         internals = {n: v for n, v in history.items() if n.startswith("optim/")}
@@ -275,9 +328,12 @@ def run_final_population(
         _write_result(result, Path(result["log_dir"]))
         _print_result(arm, result)
         results.append(result)
-    if failed:
+    if failures is not None:
+        failures.update(failed)
+    elif failed:
         raise NonFiniteLossError(
-            f"arm {arm!r} final runs failed ({'; '.join(failed)}); the other seeds' results "
-            "are kept"
+            f"arm {arm!r} final runs failed "
+            f"({'; '.join(f'seed {s}: {r}' for s, r in failed.items())}); the other seeds' "
+            "results are kept"
         )
     return results

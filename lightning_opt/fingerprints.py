@@ -25,6 +25,7 @@ NOT_IN_FINGERPRINT = (
 #: compare's own options (see ``compare.CompareCLI``).
 EXPERIMENT_KEYS = (
     "experiment", "arms", "seeds", "tune_max_epochs", "population_finals", "robustness",
+    "share_arms",
 )  # fmt: skip
 
 
@@ -44,7 +45,37 @@ def run_fingerprint(
         if isinstance(holder, dict):
             holder.pop(name, None)
     dumped["lightning_opt"] = lightning_opt.__version__
-    return dumped
+    return _spelled_out(dumped)
+
+
+def _spelled_out(node: Any) -> Any:
+    """Every ``{class_path, init_args}`` in ``node`` with the class's unset defaults filled in
+    (those a config can hold), so one setting spelled two ways (``optimizer: adam`` in an arm,
+    ``--optimizer adam`` on the command line, which jsonargparse fills) has one fingerprint."""
+    import inspect
+    import json
+
+    from lightning_opt.optim.registry import writable
+    from lightning_opt.reflection import constructor_arguments, import_class
+
+    if isinstance(node, list):
+        return [_spelled_out(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _spelled_out(value) for key, value in node.items()}
+    path, init_args = node.get("class_path"), node.get("init_args")
+    if isinstance(path, str) and isinstance(init_args, dict | None):
+        try:
+            arguments = constructor_arguments(import_class(path))
+        except (ValueError, TypeError):  # a short name, spelled out where it resolves
+            return node
+        filled = dict(init_args or {})
+        for name, param in arguments.items():
+            default = param.default
+            if name not in filled and default is not inspect.Parameter.empty and writable(default):
+                filled[name] = json.loads(json.dumps(default))
+        node["init_args"] = filled
+    return node
 
 
 def differences(recorded: Any, now: Any, prefix: str = "") -> list[str]:
@@ -64,3 +95,22 @@ def mismatch_message(what: str, diffs: list[str], rename: str) -> str:
         f"{what} was run with other settings ({shown}); its results cannot be reused: choose "
         f"another {rename}, or pass --overwrite to start it afresh"
     )
+
+
+def digest(settings: Any, length: int = 12) -> str:
+    """A short name for ``settings`` (plain data): equal settings (as ``==`` compares them,
+    ``0`` and ``0.0`` alike), equal digests."""
+    import hashlib
+    import json
+
+    def canonical(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): canonical(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [canonical(v) for v in value]
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    text = json.dumps(canonical(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

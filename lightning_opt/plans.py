@@ -20,6 +20,7 @@ from lightning_opt.atomic import temporary_path
 from lightning_opt.fingerprints import (
     EXPERIMENT_KEYS,
     differences,
+    digest,
     mismatch_message,
     run_fingerprint,
 )
@@ -187,8 +188,11 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
                 budgets.append((config.trainer.max_epochs, ".retuned"))
             for epochs, suffix in reversed(budgets):
                 tune_cfg = arm_config(config, arm, epochs)
-                # Named after the experiment too: a shared storage holds many experiments.
+                # Named after the experiment too: a shared storage holds many experiments;
+                # or after everything that determines the arm's numbers, to share them.
                 study = f"{config.experiment}.{name}{suffix}"
+                if config.share_arms:
+                    study = f"{name}{suffix}.{_arm_digest(parser, config, tune_cfg, final_cfg)}"
                 options = replace(
                     base_options, study_name=study, output_dir=str(exp_dir), storage=storage,
                     log_dir_name=f"{name}/retuned" if suffix else name,
@@ -202,6 +206,20 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
             raise ValueError(f"arm {name!r}: {err}") from None
         plans.append(plan)
     return plans
+
+
+def _arm_digest(
+    parser: LightningArgumentParser | None, config: Any, tune_cfg: Any, final_cfg: Any
+) -> str:
+    """What an arm's tuning trials and final runs come to depends on: its tuning run's settings,
+    the finals' budget, and the study's trial count and population (the sampler's batches)."""
+    if parser is None:
+        raise ValueError("share_arms needs the experiment's parser to record the arm's settings")
+    return digest({
+        "tune": run_fingerprint(parser, tune_cfg, drop=EXPERIMENT_KEYS),
+        "final_epochs": final_cfg.trainer.max_epochs, "n_trials": config.n_trials,
+        "population": config.population,
+    })  # fmt: skip
 
 
 def check_finals(config: Any, name: str, final_cfg: Any) -> bool:

@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -141,8 +141,37 @@ def claim_waiting_trial(
     With ``sampler_seed`` the TPE sampler is reseeded with ``sampler_seed + trial number``: one
     worker's suggestions are reproducible, and workers on other machines do not repeat them.
     """
+
+    def reseed(frozen: optuna.trial.FrozenTrial) -> None:
+        if sampler_seed is not None:  # a re-run samples as the trial it replaces would have
+            study.sampler = optuna.samplers.TPESampler(
+                seed=sampler_seed + original_number(frozen), constant_liar=True
+            )
+
+    def first_n(live: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        return live[:n_trials]
+
     with _sqlite_claim_lock(storage) as serialized:
-        return _claim(study, storage, n_trials, sampler_seed, serialized)
+        return _claim(study, storage, first_n, reseed, serialized)
+
+
+def claim_waiting_unit(
+    study: optuna.Study, storage: BaseStorage, key: str, values: Sequence[Any]
+) -> tuple[optuna.Trial, int] | None:
+    """``claim_waiting_trial`` for a study of planned units (final runs), one per value of the
+    user attribute ``key`` (a seed) among ``values``: only the first trial that can still finish
+    of each value is claimed, so two launchers that enqueued the same unit at once run it once."""
+
+    def first_of_each(live: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        seen, first = set(), []
+        for frozen in live:
+            if frozen.user_attrs.get(key) in values and frozen.user_attrs.get(key) not in seen:
+                seen.add(frozen.user_attrs.get(key))
+                first.append(frozen)
+        return first
+
+    with _sqlite_claim_lock(storage) as serialized:
+        return _claim(study, storage, first_of_each, lambda frozen: None, serialized)
 
 
 @contextlib.contextmanager
@@ -165,25 +194,49 @@ def _sqlite_claim_lock(storage: BaseStorage) -> Iterator[bool]:
 _HOST = socket.gethostname()
 
 
+def worker_id() -> str:
+    """This process, as a trial's ``worker`` attribute records it."""
+    return f"{_HOST}:{os.getpid()}"
+
+
+def killed_here(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` is RUNNING for a process of this machine that is gone (killed)."""
+    owner_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    return (
+        trial.state == TrialState.RUNNING
+        and owner_host == _HOST
+        and pid.isdigit()
+        and int(pid) != os.getpid()
+        and not _alive(int(pid))
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _claim(
     study: optuna.Study,
     storage: BaseStorage,
-    n_trials: int,
-    sampler_seed: int | None,
+    claimable: Callable[[list[optuna.trial.FrozenTrial]], list[optuna.trial.FrozenTrial]],
+    on_claim: Callable[[optuna.trial.FrozenTrial], None],
     serialized: bool = False,
 ) -> tuple[optuna.Trial, int] | None:
-    """Claim the first WAITING trial. A process killed at any point of a claim leaves a trial
-    that comes back: still WAITING, or RUNNING with a heartbeat (found stale by Optuna) and,
-    where claims are serialised (no rival can win the trial meanwhile), its worker recorded
-    (re-run at the next launch on this machine, ``tune.retry_interrupted``)."""
-    worker = f"{_HOST}:{os.getpid()}"
+    """Claim the first WAITING trial of those ``claimable`` keeps of the live ones. A process
+    killed at any point of a claim leaves a trial that comes back: still WAITING, or RUNNING with
+    a heartbeat (found stale by Optuna) and, where claims are serialised (no rival can win the
+    trial meanwhile), its worker recorded (re-run at the next launch on this machine,
+    ``tune.retry_interrupted``)."""
+    worker = worker_id()
     study_id = storage.get_study_id_from_name(study.study_name)
     live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
-    rank = 0
-    for frozen in study.get_trials(deepcopy=False, states=live):  # ordered by number
-        if rank >= n_trials:
-            return None
-        rank += 1
+    for frozen in claimable(study.get_trials(deepcopy=False, states=live)):  # by number
         if frozen.state != TrialState.WAITING:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
@@ -196,11 +249,7 @@ def _claim(
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                 if not serialized:  # only now: a rival may have won the trial
                     storage.set_trial_user_attr(trial_id, "worker", worker)
-                if sampler_seed is not None:
-                    # A re-run samples as the trial it replaces would have.
-                    study.sampler = optuna.samplers.TPESampler(
-                        seed=sampler_seed + original_number(frozen), constant_liar=True
-                    )
+                on_claim(frozen)
                 return optuna.Trial(study, trial_id), trial_id
     return None
 

@@ -207,7 +207,7 @@ def open_study_storage(options: TuneOptions) -> Any:
 _CONFIG_ATTR = "run_config"
 
 
-def _check_recorded(
+def check_recorded(
     study: optuna.Study, storage: Any, space: Any, options: TuneOptions
 ) -> optuna.Study:
     """Refuse a study that recorded other settings (or start it afresh with ``--overwrite``);
@@ -244,10 +244,6 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
     ``fail_reason: interrupted``; killed: still RUNNING, claimed by a process of this machine
     that is gone), once each, so a resumed study runs the same trials an uninterrupted one
     would; the number enqueued."""
-    import os
-    import socket
-
-    host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
     every = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("replaces") for t in every}
@@ -256,15 +252,7 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
         attrs = trial.user_attrs
         if trial.number in retried:
             continue
-        worker = attrs.get("worker", "")
-        owner_host, _, pid = worker.rpartition(":")
-        killed = (
-            trial.state == TrialState.RUNNING
-            and owner_host == host
-            and pid.isdigit()
-            and not _alive(int(pid))
-            and int(pid) != os.getpid()
-        )
+        killed = studies.killed_here(trial)
         interrupted = trial.state == TrialState.FAIL and attrs.get("fail_reason") == "interrupted"
         if not (killed or interrupted):
             continue
@@ -279,18 +267,6 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
         )
         count += 1
     return count
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_study(config: Any, options: TuneOptions) -> optuna.Study:
@@ -316,7 +292,7 @@ def _run_study(config: Any, options: TuneOptions) -> optuna.Study:
     try:
         storage = open_study_storage(options)
         study = studies.open_study(storage, options.study_name, space, options.objective)
-        study = _check_recorded(study, storage, space, options)
+        study = check_recorded(study, storage, space, options)
     except storages.StorageMachineError as err:  # a full disk: the machine, not the input
         raise RunFailure(str(err)) from None
     except ValueError as err:  # an unreachable storage, a study of other settings

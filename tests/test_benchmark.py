@@ -1,11 +1,13 @@
 """``benchmark``: AlgoPerf's profile and score against a hand computation, and a tiny suite end
-to end (two workloads, a candidate and a baseline), resumed without retraining."""
+to end (two workloads, a candidate and a baseline), resumed without retraining, then a second
+benchmark with two candidates that reuses what the first one trained."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import optuna
 import pytest
 import yaml
 from conftest import TINY_SAMPLES
@@ -80,7 +82,7 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     cli_main(args)
     bench = tmp_path / "out" / "tiny"
     board = json.loads((bench / "leaderboard.json").read_text())
-    assert board["candidate"] == "adam" and set(board["workloads"]) == {"mlp", "shuffled"}
+    assert board["candidates"] == ["adam"] and set(board["workloads"]) == {"mlp", "shuffled"}
     for name, workload in board["workloads"].items():
         results = json.loads((bench / name / "results.json").read_text())
         assert set(workload["submissions"]) == set(results["arms"]) == {"adam", "nadamw_cosine"}
@@ -108,6 +110,26 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     cli_main(args)  # again: every trial and final run is reused, the numbers the same
     assert "trial " not in capsys.readouterr().out
     assert json.loads((bench / "leaderboard.json").read_text())["scores"] == board["scores"]
+
+    # Another benchmark with two candidates at once: the baseline, and the candidate identical
+    # to the first benchmark's adam, are reused (same settings, same storage); only sgd trains.
+    space = "{name: lr, low: 1.0e-3, high: 1.0e-2, log: true}"
+    candidates = (
+        f"[{{name: adam, optimizer: adam, search_space: [{space}]}}, "
+        f"{{name: sgd, optimizer: sgd, search_space: [{space}]}}]"
+    )
+    cli_main(["benchmark", f"--config={tiny_suite}", "--benchmark=other",
+              f"--candidates={candidates}"])  # fmt: skip
+    out = capsys.readouterr().out
+    trained = {line.split()[1] for line in out.splitlines() if line.startswith("final ")}
+    assert trained == {"sgd"}, trained
+    other = json.loads((tmp_path / "out" / "other" / "leaderboard.json").read_text())
+    assert other["candidates"] == ["adam", "sgd"] and len(other["tests"]) == 4
+    for name, workload in other["workloads"].items():
+        for sub in ("adam", "nadamw_cosine"):
+            assert workload["submissions"][sub] == board["workloads"][name]["submissions"][sub]
+    studies = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    assert len(studies) == 2 * 3 * 2  # workloads x submissions x (tuning, finals)
 
 
 @pytest.mark.parametrize(

@@ -546,3 +546,45 @@ def test_a_full_disk_on_opening_the_storage_is_a_runtime_failure():
     assert str(full).endswith("database or disk is full; free space or choose another --storage")
     bad = storage_module._storage_error("sqlite:///x.db", Exception("no such table: studies"), None)
     assert not isinstance(bad, storage_module.StorageMachineError)
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_storage_finish_exactly_the_planned_units(tmp_path, data_cache):
+    """Two compare processes sharing one SQLite storage (as two machines share a PostgreSQL
+    one) split the tuning trials and final runs: each study ends with exactly the planned
+    units, every seed trained once, and both write the results of one process alone."""
+    args = ["--pruner=none", "--population=1", "--population_finals=false",
+            "--trainer.max_epochs=2", "--seeds=3"]  # fmt: skip
+    _compare(tmp_path / "alone", data_cache, *args)
+    alone = json.loads((tmp_path / "alone" / "cmp" / "gnw_vs_adam" / "results.json").read_text())
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    command = [
+        sys.executable, "-m", "lightning_opt", "compare",
+        f"--config={ROOT / 'configs' / 'experiments' / 'gnw_vs_adam.yaml'}",
+        f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}",
+        "--data.batch_size=50", "--n_trials=2", "--tune_max_epochs=1", "--robustness=false",
+        f"--storage={storage}", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([*command, f"--output_dir={tmp_path / name}"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name in ("one", "two")
+    ]  # fmt: skip
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    for arm in ("gnw", "adam"):
+        tuning = optuna.load_study(study_name=f"gnw_vs_adam.{arm}", storage=storage).trials
+        assert [t.state for t in tuning] == [TrialState.COMPLETE] * 2
+        units = optuna.load_study(study_name=f"gnw_vs_adam.{arm}.finals", storage=storage)
+        assert [t.state for t in units.trials] == [TrialState.COMPLETE] * 3
+        assert sorted(t.user_attrs["seed"] for t in units.trials) == [0, 1, 2]
+    trained = [
+        line.split(":")[0].split()[1:4:2] for out in outputs for line in out.splitlines()
+        if line.startswith("final ")
+    ]  # fmt: skip
+    assert sorted(trained) == sorted([arm, str(s)] for arm in ("gnw", "adam") for s in range(3))
+    for name in ("one", "two"):
+        shared = json.loads((tmp_path / name / "gnw_vs_adam" / "results.json").read_text())
+        assert not differences(_numbers(alone), _numbers(shared))
