@@ -15,3 +15,10 @@ def temporary_path(path: Path) -> Path:
     (``.importance.html.<pid>.<thread>.tmp``); ``replace`` it onto ``path`` when written."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def write_text(path: Path, text: str) -> None:
+    """``text`` as the whole of ``path``, or nothing (an interrupted write leaves the old file)."""
+    tmp = temporary_path(path)
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -104,7 +104,13 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     assert board["verdict"].startswith("Test loss, 2 candidate-baseline tests")
     text = (bench / "leaderboard.md").read_text()
     assert "| submission | score |" in text and "## shuffled" in text
-    assert "<svg" in (bench / "leaderboard.html").read_text()
+    page = (bench / "leaderboard.html").read_text()
+    assert "<svg" in page and "<a href='mlp/comparison.html'>" in page
+    assert (bench / "mlp" / "comparison.html").is_file()
+    assert "## Ranks" in text and board["workloads"]["mlp"]["ranks"].keys() == {
+        "adam",
+        "nadamw_cosine",
+    }
 
     capsys.readouterr()
     cli_main(args)  # again: every trial and final run is reused, the numbers the same

@@ -351,3 +351,41 @@ def test_a_trial_retried_by_the_heartbeat_samples_as_the_trial_it_replaces(tmp_p
         fresh.tell(trial, 1.0)
     assert lr != lr_first
     assert rerun.suggest_float("lr", 1e-4, 1.0, log=True) == lr  # what trial 1 samples
+
+
+def _units(tmp_path: Path, seeds: list[int]):
+    from lightning_opt.final_units import FinalUnits
+    from lightning_opt.trials import TuneOptions
+
+    options = TuneOptions(
+        n_trials=1, n_workers=1, storage=f"sqlite:///{tmp_path / 'units.db'}", study_name="e.a",
+        seed=0, pruner="none", objective="final", output_dir=str(tmp_path), heartbeat_interval=1,
+        grace_period=2, max_retry=3,
+    )  # fmt: skip
+    return FinalUnits.open(options, "a", seeds, {"run": 1})
+
+
+def test_final_run_units_run_each_seed_once_and_come_back_after_a_dead_worker(tmp_path):
+    """Two launchers that planned the same seeds at once: only the first unit of each seed is
+    claimed. A unit whose worker stops beating is failed by the heartbeat and its seed claimed
+    again; a recorded result is every process's."""
+    first, second = _units(tmp_path, [0, 1]), _units(tmp_path, [0, 1])
+    first.plan()
+    for seed in (0, 1):  # the other launcher's plan, made before it saw the first one's
+        second.study.enqueue_trial({}, user_attrs={"seed": seed})
+    batch = first.claim(limit=5)
+    assert sorted(seed for *_, seed in batch) == [0, 1]
+    assert second.claim(limit=5) == []  # the duplicates are never claimable
+    (trial0, _, _), (trial1, _, _) = sorted(batch, key=lambda b: b[2])
+    first.record(trial0, {"seed": 0, "final_val_loss": 1.5})
+    assert second.results() == {0: {"seed": 0, "final_val_loss": 1.5}}
+    assert second.running_elsewhere() == [1]
+    time.sleep(2.5)  # seed 1's worker died: no heartbeat within the grace period
+    second.plan()
+    ((trial, _, seed),) = second.claim(limit=5)
+    assert seed == 1 and trial.number != trial1.number
+    second.record(trial, {"seed": 1, "final_val_loss": 1.25})
+    assert first.results() == {0: {"seed": 0, "final_val_loss": 1.5},
+                               1: {"seed": 1, "final_val_loss": 1.25}}  # fmt: skip
+    states = [t.state.name for t in first.study.trials]
+    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1

@@ -1,0 +1,138 @@
+"""Time ``benchmark`` and ``compare`` end to end, against bare PyTorch loops of the same work.
+
+    python perf/bench_benchmark.py [--candidate gnw] [--second sgd] [--skip-demo] [--skip-suite]
+                                   [--out perf/results/benchmark.json]
+
+1. The demo (``make demo``'s experiment, ``configs/experiments/gnw_vs_adam.yaml``) as a
+   subprocess in a fresh output directory (the data cache warmed first): its wall time, start-up
+   and report included, and the model-epochs it trained (every tuning trial's epochs, a pruned
+   one's up to its pruning, and every final run's), against the time a bare PyTorch loop (per
+   epoch: the minibatches, one validation pass) takes for those model-epochs one model at a time,
+   each arm's optimizer timed on its own (``perf/bench_fit.py``'s loop). The issue's goal: at most
+   0.5x.
+2. The default suite (``configs/benchmarks/mnist1d.yaml``) with ``--optimizer CANDIDATE`` in a
+   fresh output directory, then a second benchmark with ``--optimizer SECOND`` in the same one:
+   the first trains every baseline, the second reuses them (one storage, arms named by their
+   settings) and trains only its candidate. Reported: both wall times, and the population sizes
+   reached (tuning trials and final seeds trained at once) per workload and submission.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from _report import machine_info, write_json
+from bench_fit import _splits, bare_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "lightning_opt", *args], cwd=cwd, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def _model_epochs(exp_dir: Path) -> dict[str, int]:
+    """Per arm: the epochs its tuning trials and final runs trained (from the study and the
+    results)."""
+    results = json.loads((exp_dir / "results.json").read_text())
+    storage = f"sqlite:///{exp_dir / 'optuna.db'}"
+    counts = {}
+    for arm, summary in results["arms"].items():
+        total = 0
+        for entry in (summary, summary.get("retuned")):
+            if entry is None:
+                continue
+            study = optuna.load_study(study_name=entry["tuning"]["study"], storage=storage)
+            for trial in study.trials:
+                if trial.state.is_finished() and trial.state.name in ("COMPLETE", "PRUNED"):
+                    total += len(trial.intermediate_values) or entry["tune_max_epochs"]
+            total += sum(len(run["val_loss_curve"]) for run in entry["runs"])
+        counts[arm] = total
+    return counts
+
+
+def bench_demo(tmp: Path, cache: str) -> dict:
+    config = ROOT / "configs" / "experiments" / "gnw_vs_adam.yaml"
+    wall = _run(["compare", f"--config={config}", f"--output_dir={tmp / 'demo'}",
+                 f"--data.cache_dir={cache}"], tmp)  # fmt: skip
+    exp_dir = tmp / "demo" / "gnw_vs_adam"
+    epochs = _model_epochs(exp_dir)
+    splits = _splits(cache, batch_size=100, val_fraction=0.2)
+    steps_per_epoch = -(-len(splits["train"][0]) // 100)
+    bare = {}
+    for arm, optimizer in (("adam", "adam"), ("gnw", "gnw")):
+        per_step = min(bare_loop(splits, optimizer, False, 5) for _ in range(3))
+        bare[arm] = per_step * steps_per_epoch * epochs[arm]
+    total_bare = sum(bare.values())
+    row = {"wall_s": wall, "model_epochs": epochs, "bare_loop_s": bare,
+           "bare_loop_total_s": total_bare, "ratio": wall / total_bare}  # fmt: skip
+    print(f"demo: {wall:.1f} s for {sum(epochs.values())} model-epochs; bare loops one model at a "
+          f"time {total_bare:.1f} s; ratio {row['ratio']:.2f}x")  # fmt: skip
+    return row
+
+
+def _populations(bench_dir: Path) -> dict:
+    sizes = {}
+    for results_path in sorted(bench_dir.glob("*/results.json")):
+        results = json.loads(results_path.read_text())
+        workload = results_path.parent.name
+        for arm, summary in results["arms"].items():
+            sizes[f"{workload}/{arm}"] = {
+                "tuning": results["settings"].get("tuning_population"),
+                "finals": max(run.get("population") or 1 for run in summary["runs"]),
+            }
+    return sizes
+
+
+def bench_suite(tmp: Path, cache: str, candidate: str, second: str) -> dict:
+    out = tmp / "suite"
+    common = [f"--output_dir={out}", f"--data.cache_dir={cache}"]
+    first = _run(["benchmark", f"--optimizer={candidate}", "--benchmark=first", *common], tmp)
+    again = _run(["benchmark", f"--optimizer={second}", "--benchmark=second", *common], tmp)
+    row = {
+        "first_s": first, "second_s": again, "candidate": candidate, "second": second,
+        "populations": _populations(out / "first"),
+    }  # fmt: skip
+    print(f"default suite, {candidate}: {first:.1f} s (every baseline trained); then {second}: "
+          f"{again:.1f} s (the baselines reused)")  # fmt: skip
+    for name, size in row["populations"].items():
+        print(
+            f"  {name:<28} tuning population {size['tuning']}, finals population {size['finals']}"
+        )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--candidate", default="gnw")
+    parser.add_argument("--second", default="sgd")
+    parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--skip-suite", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "perf" / "results" / "benchmark.json"))
+    args = parser.parse_args()
+    result = {"machine": machine_info()}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        cache = str(tmp / "cache")
+        _splits(cache, batch_size=100, val_fraction=0.2)  # generated once, not timed
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+        if not args.skip_demo:
+            result["demo"] = bench_demo(tmp, cache)
+        if not args.skip_suite:
+            result["suite"] = bench_suite(tmp, cache, args.candidate, args.second)
+    write_json(Path(args.out), result)
+
+
+if __name__ == "__main__":
+    main()
