@@ -9,7 +9,9 @@ then report means with confidence intervals and the differences between arms.
 from __future__ import annotations
 
 import copy
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning_opt import report, report_page, report_text, signals
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.final_units import FinalUnits
-from lightning_opt.finals import net_record, run_finals
+from lightning_opt.finals import FinalPart, net_record, run_finals
 from lightning_opt.fingerprints import EXPERIMENT_KEYS, run_fingerprint
 from lightning_opt.parsing import UsageError, optimizer_dict, run_name
 from lightning_opt.plans import (
@@ -97,20 +99,26 @@ def run_compare(args: list[str]) -> Path:
     data = MNIST1DDataModule(**config.data.as_dict())
     data.prepare_data()
 
-    summary: dict[str, Any] = {}
     labelled = [(p.name, p.name, p) for p in plans]
     labelled += [(p.name, f"{p.name}/retuned", p.retune) for p in plans if p.retune is not None]
-    order = {label: k for k, (_, label, _) in enumerate(labelled)}
+    tuned = {label: tune_arm(cli.parser, config, plan, label, data) for _, label, plan in labelled}
     try:
         # Final runs that other processes sharing the storage are training are waited for only
-        # after every arm's own work: meanwhile this process tunes the next arm.
-        done, pending = {}, []
-        for name, label, plan in labelled:
-            done[label] = run_arm(cli.parser, config, plan, label, exp_dir, data, wait=False)
-            if done[label] is None:
-                pending.append((name, label, plan))
-        for _, label, plan in pending:
-            done[label] = run_arm(cli.parser, config, plan, label, exp_dir, data)
+        # after this process's own: meanwhile it trains the next group's.
+        runs, pending = {}, []
+        for group in final_groups(cli.parser, labelled, tuned):
+            done = run_finals(
+                [tuned[label].part for label in group], exp_dir, data,
+                tuned[group[0]].plan.population_finals, wait=False,
+            )  # fmt: skip
+            if done is None:
+                print(f"== final runs of {', '.join(group)} in another process; coming back "
+                      "to them", flush=True)  # fmt: skip
+                pending.append(group)
+            runs.update(done or {})
+        for group in pending:
+            parts = [tuned[label].part for label in group]
+            runs.update(run_finals(parts, exp_dir, data, tuned[group[0]].plan.population_finals))
     except KeyboardInterrupt:  # in the finals (tuning says so itself and exits)
         print(
             "interrupted: finished tuning trials and final runs are kept; run the same command "
@@ -118,11 +126,13 @@ def run_compare(args: list[str]) -> Path:
             file=sys.stderr,
         )
         sys.exit(signals.interrupt_exit_code())
-    for name, label, _ in sorted(labelled, key=lambda item: order[item[1]]):
+    summary: dict[str, Any] = {}
+    for name, label, _ in labelled:
+        arm = summarize_arm(cli.parser, config, tuned[label], runs[label])
         if label == name:
-            summary[name] = done[label]
+            summary[name] = arm
         else:  # the robustness check: tuned at the finals' budget
-            summary[name]["retuned"] = done[label]
+            summary[name]["retuned"] = arm
     results = report.summarize(config.experiment, summary, experiment_settings(config))
     report_page.write_all(exp_dir, results)
     print(report_text.markdown_table(results))
@@ -136,13 +146,25 @@ def run_compare(args: list[str]) -> Path:
     return exp_dir
 
 
-def run_arm(
-    parser: LightningArgumentParser, config: Any, plan: ArmPlan, label: str, exp_dir: Path,
-    data: MNIST1DDataModule, wait: bool = True,
-) -> dict[str, Any] | None:  # fmt: skip
-    """Tune one arm, run its finals over the seeds, and summarise both (``label``: where its
-    finals go under the experiment, ``<arm>`` or ``<arm>/retuned``); ``None`` with ``wait=False``
-    while another process sharing the storage still trains some of its final runs."""
+@dataclass(frozen=True)
+class TunedArm:
+    """An arm (or an arm re-tuned) after its tuning: the study, its best trial, and its final
+    runs to train (``part``)."""
+
+    label: str
+    plan: ArmPlan
+    study: Any
+    completed: list[Any]
+    best: Any
+    part: FinalPart
+
+
+def tune_arm(
+    parser: LightningArgumentParser, config: Any, plan: ArmPlan, label: str,
+    data: MNIST1DDataModule,
+) -> TunedArm:  # fmt: skip
+    """Tune one arm (``label``: where its finals go under the experiment, ``<arm>`` or
+    ``<arm>/retuned``) and open the units of its final runs."""
     epochs = plan.tune_cfg.trainer.max_epochs
     print(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
     study = run_study(plan.tune_cfg, plan.options)
@@ -155,16 +177,44 @@ def run_arm(
     tuned_cfg = with_values(plan.final_cfg, best.params)
     seeds = [config.seed_everything + s for s in range(config.seeds)]
     chunk_where_invisible(tuned_cfg, data)  # the arm's own callbacks decide
-    fingerprint = run_fingerprint(parser, tuned_cfg, drop=EXPERIMENT_KEYS)  # a seed's values
+    fingerprint = run_fingerprint(parser, tuned_cfg, drop=EXPERIMENT_KEYS)  # a seed's numbers
     try:
         units = FinalUnits.open(plan.options, label, seeds, fingerprint)
     except ValueError as err:  # a finals study of other settings
         raise UsageError(str(err)) from None
-    runs = run_finals(tuned_cfg, label, units, exp_dir, data, plan.population_finals, wait)
-    if runs is None:
-        print(f"== arm {label}: final runs in another process; coming back to them", flush=True)
-        return None
-    for run in runs:  # each final run's fit config, next to its checkpoint (where it ran)
+    return TunedArm(
+        label, plan, study, completed, best, FinalPart(label, tuned_cfg, best.params, units)
+    )
+
+
+def final_groups(
+    parser: LightningArgumentParser, labelled: list[tuple[str, str, ArmPlan]],
+    tuned: dict[str, TunedArm],
+) -> list[list[str]]:  # fmt: skip
+    """The labels whose final runs train together: those with population finals whose final
+    configs differ only in the tuned values (an arm and its re-tuned self, or arms that differ
+    only in their search spaces), each such group one population; every other label alone."""
+    groups: dict[str, list[str]] = {}
+    for _, label, plan in labelled:
+        key = label
+        if plan.population_finals:
+            settings = run_fingerprint(
+                parser, plan.final_cfg, drop=(*EXPERIMENT_KEYS, "search_space")
+            )
+            key = json.dumps(
+                [settings, sorted(tuned[label].best.params)], sort_keys=True, default=str
+            )
+        groups.setdefault(key, []).append(label)
+    return list(groups.values())
+
+
+def summarize_arm(
+    parser: LightningArgumentParser, config: Any, arm: TunedArm, runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """An arm's tuning and final runs as results.json records them; each final run's fit
+    config written next to its checkpoint (where it ran)."""
+    tuned_cfg, label, study, completed = arm.part.cfg, arm.label, arm.study, arm.completed
+    for run in runs:
         if not Path(run["log_dir"]).is_dir():
             continue
         seed_cfg = copy.deepcopy(tuned_cfg)
@@ -188,16 +238,16 @@ def run_arm(
             for c in tuned_cfg.trainer.callbacks
             if c in clipping_callbacks(tuned_cfg)
         ],
-        "tuned": best.params,
-        "tune_max_epochs": epochs,
+        "tuned": arm.best.params,
+        "tune_max_epochs": arm.plan.tune_cfg.trainer.max_epochs,
         "tuning": {
-            "study": plan.options.study_name,
-            "best_trial": original_number(best),
-            "best_val_loss": best.value,
+            "study": arm.plan.options.study_name,
+            "best_trial": original_number(arm.best),
+            "best_val_loss": arm.best.value,
             "complete": len(completed),
             "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
             "values": values,
-            "search_space": [p.as_dict() for p in resolve_search_space(plan.tune_cfg)],
+            "search_space": [p.as_dict() for p in resolve_search_space(arm.plan.tune_cfg)],
         },
         "runs": runs,
     }

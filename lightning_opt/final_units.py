@@ -88,14 +88,6 @@ class FinalUnits:
             batch.append((trial, trial_id, int(trial.user_attrs[SEED])))
         return batch
 
-    def heartbeats(self, batch: list[tuple[optuna.Trial, int, int]]) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        for _, trial_id, _ in batch:
-            stack.enter_context(
-                studies.heartbeat(self.storage, trial_id, self.options.heartbeat_interval)
-            )
-        return stack
-
     def record(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
         """A seed's result, on its unit (then COMPLETE, valued by its final val/loss)."""
         trial.set_user_attr(RESULT, result)

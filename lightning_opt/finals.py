@@ -17,12 +17,14 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from lightning_opt import signals
+from lightning_opt import study as studies
 from lightning_opt.atomic import temporary_path
 from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MNIST1DDataModule
@@ -204,90 +206,152 @@ def _print_result(arm: str, result: dict[str, Any]) -> None:
     )
 
 
+@dataclass(frozen=True)
+class FinalPart:
+    """One label's final runs (an arm, or an arm re-tuned): its tuned config, the tuned values
+    and its units. Parts whose configs differ only in those values train as one population."""
+
+    label: str
+    cfg: Any
+    values: dict[str, Any]
+    units: FinalUnits
+
+
 def run_finals(
-    cfg: Any, arm: str, units: FinalUnits, exp_dir: Path, data: MNIST1DDataModule,
-    population: bool, wait: bool = True,
-) -> list[dict[str, Any]] | None:  # fmt: skip
-    """An arm's final runs, one per seed of ``units``: this process claims and trains the seeds
-    no process has run (all at once as one population, or one at a time), records each on its
-    unit, and returns every seed's result, read from the storage. Seeds that another process
-    is training are waited for, or with ``wait=False`` left for later (``None``).
+    parts: list[FinalPart], exp_dir: Path, data: MNIST1DDataModule, population: bool,
+    wait: bool = True,
+) -> dict[str, list[dict[str, Any]]] | None:  # fmt: skip
+    """The final runs of ``parts``, one per seed of each: this process claims and trains the
+    seeds no process has run (all of them at once as one population, or one at a time),
+    records each on its unit, and returns every part's results, read from the storage. Seeds
+    that another process is training are waited for, or with ``wait=False`` left for later
+    (``None``).
 
     Resumable: a seed recorded by any process is never trained again; each member of a
-    population logs to the directory its own run would (``<arm>/final/seed_<s>``).
+    population logs to the directory its own run would (``<label>/final/seed_<s>``).
     """
-    limit = len(units.seeds) if population else 1
     while True:
-        units.plan()
+        for part in parts:
+            part.units.plan()
         with _ctrl_c_resumable():
-            while batch := units.claim(limit):
-                _run_claimed(cfg, arm, units, batch, exp_dir, data, population)
-        done = units.results()
-        if len(done) == len(units.seeds):
-            return [done[s] for s in units.seeds]
-        elsewhere = units.running_elsewhere()
+            while batch := _claim(parts, population):
+                _run_claimed(parts, batch, exp_dir, data, population)
+        done = {part.label: part.units.results() for part in parts}
+        if all(len(done[p.label]) == len(p.units.seeds) for p in parts):
+            return {p.label: [done[p.label][s] for s in p.units.seeds] for p in parts}
+        elsewhere = {p.label: p.units.running_elsewhere() for p in parts}
+        elsewhere = {label: seeds for label, seeds in elsewhere.items() if seeds}
         if not wait and elsewhere:
             return None
-        if elsewhere and not units.waits_safely:
+        if elsewhere and not parts[0].units.waits_safely:
+            shown = "; ".join(f"{label} seeds {seeds}" for label, seeds in elsewhere.items())
             raise RunFailure(
-                f"arm {arm!r}: the final runs of seeds {elsewhere} are running in another "
-                "process and this storage has no heartbeat to tell whether it is alive; run the "
-                "same command again when it has finished"
+                f"the final runs of {shown} are running in another process and this storage "
+                "has no heartbeat to tell whether it is alive; run the same command again when "
+                "it has finished"
             )
         if elsewhere:
-            time.sleep(min(0.5, units.options.heartbeat_interval))
+            time.sleep(min(0.5, parts[0].units.options.heartbeat_interval))
+
+
+#: A claimed final run: its part, its trial, the trial's id and the seed.
+Claimed = tuple[FinalPart, Any, int, int]
+
+
+def _claim(parts: list[FinalPart], population: bool) -> list[Claimed]:
+    """Every claimable seed of every part (a population), or the first one."""
+    batch: list[Claimed] = []
+    for part in parts:
+        limit = len(part.units.seeds) if population else 1 - len(batch)
+        batch += [(part, *claimed) for claimed in part.units.claim(limit)]
+    return batch
 
 
 def _run_claimed(
-    cfg: Any, arm: str, units: FinalUnits, batch: list[tuple[Any, int, int]], exp_dir: Path,
-    data: MNIST1DDataModule, population: bool,
+    parts: list[FinalPart], batch: list[Claimed], exp_dir: Path, data: MNIST1DDataModule,
+    population: bool,
 ) -> None:  # fmt: skip
     """Train the claimed seeds and record each on its unit; a failure or an interruption
     fails the units, to be re-run at the next launch."""
-    trials = {seed: trial for trial, _, seed in batch}
     todo = []
-    for seed in trials:  # a run that finished here but was not recorded: its result.json
-        path = exp_dir / arm / "final" / f"seed_{seed}" / "result.json"
+    for part, trial, _, seed in batch:  # finished here but not recorded: its result.json
+        path = exp_dir / part.label / "final" / f"seed_{seed}" / "result.json"
         if path.exists():
-            units.record(trials[seed], json.loads(path.read_text()))
+            part.units.record(trial, json.loads(path.read_text()))
         else:
             _clear_unfinished(path.parent)
-            todo.append(seed)
-    failures: dict[int, str] = {}
-    with units.heartbeats(batch):
+            todo.append((part, trial, seed))
+    failures: dict[tuple[str, int], str] = {}
+    with contextlib.ExitStack() as beats:
+        for part, _, trial_id, _ in batch:
+            beats.enter_context(
+                studies.heartbeat(
+                    part.units.storage, trial_id, part.units.options.heartbeat_interval
+                )
+            )
         try:
-            if todo and population:
-                results = run_final_population(cfg, arm, todo, exp_dir, data, failures)
-            else:
-                results = [run_final(cfg, arm, seed, exp_dir, data) for seed in todo]
+            results = _train(todo, exp_dir, data, population, failures)
         except (KeyboardInterrupt, SystemExit):
-            units.fail([trials[s] for s in todo], "interrupted")
+            for part, trial, _ in todo:
+                part.units.fail([trial], "interrupted")
             raise
         except BaseException as err:
-            units.fail([trials[s] for s in todo], f"{type(err).__name__}: {err}")
+            for part, trial, _ in todo:
+                part.units.fail([trial], f"{type(err).__name__}: {err}")
             raise
-    for result in results:
-        units.record(trials[result["seed"]], result)
+    for (part, trial, _), result in zip([t for t in todo if (t[0].label, t[2]) not in failures],
+                                        results, strict=True):  # fmt: skip
+        part.units.record(trial, result)
+    for part, trial, seed in todo:
+        if (part.label, seed) in failures:
+            part.units.fail([trial], "non-finite loss")
     if failures:
-        units.fail([trials[s] for s in failures], "non-finite loss")
-        raise NonFiniteLossError(
-            f"arm {arm!r} final runs failed "
-            f"({'; '.join(f'seed {s}: {r}' for s, r in failures.items())}); the other seeds' "
-            "results are kept"
-        )
+        shown = "; ".join(f"{label} seed {s}: {r}" for (label, s), r in failures.items())
+        raise NonFiniteLossError(f"final runs failed ({shown}); the other seeds' results are kept")
+
+
+def _train(
+    todo: list[tuple[FinalPart, Any, int]], exp_dir: Path, data: MNIST1DDataModule,
+    population: bool, failures: dict[tuple[str, int], str],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The results of ``todo`` in its order (those in ``failures`` left out)."""
+    if not todo:
+        return []
+    if not population:
+        return [run_final(part.cfg, part.label, seed, exp_dir, data) for part, _, seed in todo]
+    labels = {part.label for part, _, _ in todo}
+    part = todo[0][0]
+    seeds = [seed for _, _, seed in todo]
+    if len(labels) == 1:  # one part: its tuned config, exactly as it always trained
+        failed: dict[int, str] = {}
+        results = run_final_population(part.cfg, part.label, seeds, exp_dir, data, failed)
+        failures.update({(part.label, s): r for s, r in failed.items()})
+        return results
+    members = [(p.label, p.values) for p, _, _ in todo]
+    return run_final_population(part.cfg, part.label, seeds, exp_dir, data, failures, members)
 
 
 def run_final_population(
     cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule,
-    failures: dict[int, str] | None = None,
+    failures: dict[Any, str] | None = None,
+    members: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Final runs of ``seeds`` trained as one population; the result of each seed that
     finished. A member that failed (a non-finite loss) raises ``NonFiniteLossError`` after the
-    others' results are written, or with ``failures`` is put there (seed: why)."""
-    model = build_population(cfg, seeds)
+    others' results are written, or with ``failures`` is put there (seed: why; with
+    ``members``, (label, seed): why).
+
+    ``members``: each member's label and tuned values, for parts of several labels trained
+    together (``cfg`` is then any of theirs: the values are each member's own)."""
+    labels = [label for label, _ in members] if members else [arm] * len(seeds)
+    hparams = None
+    if members:
+        hparams = {name: [values[name] for _, values in members] for name in members[0][1]}
+    model = build_population(cfg, seeds, hparams)
     model.track_best = True
     model.member_loggers = [
-        run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}") for seed in seeds
+        run_loggers(cfg, exp_dir / label, "final", f"seed_{seed}")
+        for label, seed in zip(labels, seeds, strict=True)
     ]
     start = time.perf_counter()
     trainer = build_trainer(cfg, False)
@@ -298,7 +362,7 @@ def run_final_population(
         trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
         last = dict(model.test_results)
         for member in model.member_ids:
-            out = exp_dir / arm / "final" / f"seed_{seeds[member]}"
+            out = exp_dir / labels[member] / "final" / f"seed_{seeds[member]}"
             checkpoints[member] = save_member_checkpoint(model, member, out)
         # The early-stopping view: each member's lowest val/loss epoch, tested without loggers.
         model.use_best_weights()
@@ -312,7 +376,7 @@ def run_final_population(
     results, failed = [], {}
     for member, seed in enumerate(seeds):
         if member in model.dropped:
-            failed[seed] = str(model.dropped[member])
+            failed[(labels[member], seed) if members else seed] = str(model.dropped[member])
             continue
         history = model.history[member]
         internals = {n: v for n, v in history.items() if n.startswith("optim/")}
@@ -322,11 +386,11 @@ def run_final_population(
         result = final_record(
             cfg, seed, history["val/loss"], history["val/acc"], last[member], best[member],
             clip_rate=rates.get(member), clip=clip, internals=internals, seconds=seconds,
-            log_dir=exp_dir / arm / "final" / f"seed_{seed}", checkpoint=checkpoints[member],
-            population=len(seeds),
+            log_dir=exp_dir / labels[member] / "final" / f"seed_{seed}",
+            checkpoint=checkpoints[member], population=len(seeds),
         )  # fmt: skip
         _write_result(result, Path(result["log_dir"]))
-        _print_result(arm, result)
+        _print_result(labels[member], result)
         results.append(result)
     if failures is not None:
         failures.update(failed)

@@ -137,10 +137,12 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
 
 
 def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_path, monkeypatch):
-    """The default population finals give the numbers of separate runs (float32 rounding);
-    an interrupted experiment keeps the finished arm's population results."""
+    """The default population finals give the numbers of separate runs (float32 rounding),
+    an arm's finals and its re-tuned finals trained as one population; an interrupted
+    experiment keeps the finished arm's population results."""
     path, _ = tiny_experiment
-    cli_main(["compare", f"--config={path}", "--population_finals=false",
+    retune = "--trainer.max_epochs=3"  # tuned at 2 epochs, re-tuned at 3: the robustness check
+    cli_main(["compare", f"--config={path}", "--population_finals=false", retune,
               f"--output_dir={tmp_path / 'separate'}"])  # fmt: skip
     separate = json.loads((tmp_path / "separate" / "tiny" / "results.json").read_text())
 
@@ -155,26 +157,33 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
 
     monkeypatch.setattr(finals, "run_final_population", interrupted)
     with pytest.raises(SystemExit):  # exit 130, "run the same command again to resume"
-        cli_main(["compare", f"--config={path}"])
+        cli_main(["compare", f"--config={path}", retune])
     exp_dir = tmp_path / "out" / "tiny"
     kept = sorted(p.parent.name for p in exp_dir.glob("*/final/*/result.json"))
     assert kept == ["seed_0", "seed_1"] and not list((exp_dir / "wnclip").glob("final/*/*.json"))
     first = [json.loads((exp_dir / "adam" / "final" / s / "result.json").read_text()) for s in kept]
 
     monkeypatch.setattr(finals, "run_final_population", real)
-    cli_main(["compare", f"--config={path}"])
+    cli_main(["compare", f"--config={path}", retune])
     results = _check_outputs(exp_dir, ["adam", "wnclip"], seeds=2)
     assert results["arms"]["adam"]["runs"] == first  # reused, not retrained
+    pairs = []
     for arm in ("adam", "wnclip"):
-        for pop, sep in zip(
-            results["arms"][arm]["runs"], separate["arms"][arm]["runs"], strict=True
-        ):
-            assert pop["population"] == 2 and pop["seed"] == sep["seed"]
+        ours, theirs = results["arms"][arm], separate["arms"][arm]
+        pairs += [
+            (ours["runs"], theirs["runs"]),
+            (ours["retuned"]["runs"], theirs["retuned"]["runs"]),
+        ]
+    for arm_runs, separate_runs in pairs:
+        for pop, sep in zip(arm_runs, separate_runs, strict=True):
+            assert pop["population"] == 4 and pop["seed"] == sep["seed"]  # 2 seeds x 2 tunings
             for key in ("test_loss", "test_acc", "final_val_loss", "best_val_loss"):
-                assert pop[key] == pytest.approx(sep[key], rel=1e-3), (arm, key)
+                assert pop[key] == pytest.approx(sep[key], rel=1e-3), key
             assert pop["val_loss_curve"] == pytest.approx(sep["val_loss_curve"], rel=1e-3)
+    for arm in ("adam", "wnclip"):
         assert (results["arms"][arm]["clip_rate"] is None) == (arm == "adam")
-        for run in results["arms"][arm]["runs"]:  # each seed's own TensorBoard run, test included
+        runs = results["arms"][arm]["runs"] + results["arms"][arm]["retuned"]["runs"]
+        for run in runs:  # each seed's own TensorBoard run, test included
             scalars = read_scalars(Path(run["log_dir"]))
             assert scalars["test/loss"][-1][1] == pytest.approx(run["test_loss"], rel=1e-6)
             assert [v for _, v in scalars["val/loss"]] == pytest.approx(run["val_loss_curve"])
