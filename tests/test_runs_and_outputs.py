@@ -489,7 +489,8 @@ def test_compare_final_runs_keep_a_checkpoint_and_config_that_replay(
     for k, seed in enumerate((0, 1)):
         out = arm / "final" / f"seed_{seed}"
         result = json.loads((out / "result.json").read_text())
-        assert result.get("population") == (2 if population_finals else None)
+        # 2 seeds, and 2 more of the re-tuned arm (tuned at 1 epoch, re-tuned at 2) beside them
+        assert result.get("population") == (4 if population_finals else None)
         assert Path(result["checkpoint"]).resolve() == out / "checkpoints" / "final.ckpt"
         assert Path(result["log_dir"]).resolve() == out
         config = out / "config.yaml"
