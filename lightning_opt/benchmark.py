@@ -85,7 +85,7 @@ def run_benchmark(args: list[str]) -> Path:
     cli = parse(args, BenchmarkCLI)
     config = cli.config
     try:
-        bench_dir, candidates, workloads = _plan(cli.parser, config)
+        bench_dir, candidates, workloads = _plan(cli.parser, config, _names_candidate(args))
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     experiments = {}
@@ -99,8 +99,15 @@ def run_benchmark(args: list[str]) -> Path:
     return bench_dir
 
 
+def _names_candidate(args: list[str]) -> bool:
+    """Whether the command line sets the candidate itself (its optimizer, schedule or name)."""
+    flags = ("--optimizer", "--lr_scheduler", "--candidate")
+    return any(a.split("=")[0] in flags or a.startswith(("--optimizer.", "--lr_scheduler."))
+               for a in args)  # fmt: skip
+
+
 def _plan(
-    parser: LightningArgumentParser, config: Any
+    parser: LightningArgumentParser, config: Any, names_candidate: bool = False
 ) -> tuple[Path, list[str], list[tuple[dict, Path]]]:
     """Every workload's compare config, written under the benchmark's directory and checked
     (compare's ``plan_arms``) before anything trains; the candidates' names."""
@@ -130,7 +137,8 @@ def _plan(
                 "experiment"):  # fmt: skip
         base.pop(key, None)
     command_line = _candidate_arm(base, config)
-    if named and (config.candidate or _changed(config, defaults, "optimizer", "lr_scheduler")):
+    changed = _changed(config, defaults, "optimizer", "lr_scheduler")
+    if named and (names_candidate or config.candidate or changed):
         raise ValueError(
             "give the candidates either as --candidates (arms) or as the command line's "
             "optimizer (--optimizer, --lr_scheduler, --candidate), not both"

@@ -144,6 +144,7 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
         ({"workloads": [{"name": "mlp", "epochs": 2}]}, "target is a validation loss > 0"),
         ({"workloads": [{"name": "a/b", "epochs": 2, "target": 1.0}]}, "workloads[].name"),
         ({"baselines": []}, "a benchmark needs baselines"),
+        ({"candidates": [{"name": "sgd", "optimizer": "sgd"}]}, "not both"),  # and --optimizer
     ],
 )
 def test_a_bad_suite_is_one_line_before_anything_trains(
