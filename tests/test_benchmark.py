@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import TINY_SAMPLES
 
-from lightning_opt import scoring
+from lightning_opt import scoring, stats
 from lightning_opt.cli import cli_main
 
 INF = math.inf
@@ -101,6 +101,15 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     for sub, entry in board["scores"].items():
         assert entry["score"] == pytest.approx(scoring.score(scoring.ratios(times)[sub]))
     assert len(board["tests"]) == 2 and all("p_holm" in t for t in board["tests"])
+    levels = sorted(test["holm_level"] for test in board["tests"])
+    assert levels == [0.025, 0.05]  # Holm over the benchmark's two tests
+    for test in board["tests"]:  # what the seeds detect at that level, from the spreads
+        results = json.loads((bench / test["workload"] / "results.json").read_text())
+        (diff,) = [c["differences"]["test_loss"] for c in results["comparisons"]]
+        expected = stats.detectable_difference(
+            diff["sd_a"], diff["n_a"], diff["sd_b"], diff["n_b"], alpha=test["holm_level"]
+        )
+        assert test["detectable_at_holm"] == pytest.approx(expected)
     assert board["verdict"].startswith("Test loss, 2 candidate-baseline tests")
     text = (bench / "leaderboard.md").read_text()
     assert "| submission | score |" in text and "## shuffled" in text
