@@ -316,6 +316,47 @@ def _profile_svg(board: dict, width: int = 680, height: int = 260) -> str:
     return "\n".join(parts)
 
 
+def _tuning_svg(workload: dict, width: int = 680, height: int = 220) -> str:
+    """A workload's tuning curves as an inline SVG: each submission's expected best validation
+    loss after n of its trials (compare's estimator), n = 1..N."""
+    curves = {s: r["tuning_curve"] for s, r in workload["submissions"].items() if r["tuning_curve"]}
+    if not curves:
+        return ""
+    pad, legend = 48, 160
+    trials = max(len(c["n"]) for c in curves.values())
+    values = [v for c in curves.values() for v in c["expected_best"]]
+    low, high = min(values), max(values)
+    high = high if high > low else low + 1.0
+
+    def x(n: float) -> float:
+        return pad + (n - 1) / max(trials - 1, 1) * (width - 2 * pad - legend)
+
+    def y(v: float) -> float:
+        return height - pad - (v - low) / (high - low) * (height - 2 * pad)
+
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
+             f'<line x1="{pad}" y1="{y(low)}" x2="{x(trials)}" y2="{y(low)}" stroke="#444"/>',
+             f'<line x1="{pad}" y1="{y(low)}" x2="{pad}" y2="{y(high)}" stroke="#444"/>',
+             f'<text x="{x((1 + trials) / 2)}" y="{height - 8}" text-anchor="middle">trials n'
+             "</text>",
+             f'<text x="6" y="{pad - 14}">expected best val loss after n trials</text>',
+             f'<text x="{pad - 4}" y="{y(high) + 4}" text-anchor="end">{high:.3g}</text>',
+             f'<text x="{pad - 4}" y="{y(low) + 4}" text-anchor="end">{low:.3g}</text>']  # fmt: skip
+    for n in range(1, trials + 1):
+        parts.append(f'<text x="{x(n)}" y="{y(low) + 16}" text-anchor="middle">{n}</text>')
+    for i, (sub, curve) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        path = " ".join(
+            f"{x(n):.1f},{y(v):.1f}"
+            for n, v in zip(curve["n"], curve["expected_best"], strict=True)
+        )
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
+        parts.append(f'<text x="{x(trials) + 12}" y="{pad + 16 * i}" fill="{colour}">{sub}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
 def html(board: dict) -> str:
     """``leaderboard.html``: self-contained (the tables of leaderboard.md and the profile)."""
     import html as escape
@@ -328,6 +369,9 @@ def html(board: dict) -> str:
             body.append(f"<h2>{escape.escape(line[3:])}</h2>")
             if line.startswith("## Score"):
                 body.append(_profile_svg(board))
+            for name, workload in board["workloads"].items():
+                if line.startswith(f"## {name} (target val loss"):
+                    body.append(_tuning_svg(workload))
         elif line.startswith("|---"):
             continue
         elif line.startswith("|"):

@@ -115,6 +115,7 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     assert "| submission | score |" in text and "## shuffled" in text
     page = (bench / "leaderboard.html").read_text()
     assert "<svg" in page and "<a href='mlp/comparison.html'>" in page
+    assert page.count("expected best val loss after n trials") == 2  # a tuning plot a workload
     assert (bench / "mlp" / "comparison.html").is_file()
     assert "## Ranks" in text and board["workloads"]["mlp"]["ranks"].keys() == {
         "adam",
