@@ -282,13 +282,11 @@ def _run_claimed(
             _clear_unfinished(path.parent)
             todo.append((part, trial, seed))
     failures: dict[tuple[str, int], str] = {}
-    with contextlib.ExitStack() as beats:
-        for part, _, trial_id, _ in batch:
-            beats.enter_context(
-                studies.heartbeat(
-                    part.units.storage, trial_id, part.units.options.heartbeat_interval
-                )
-            )
+    with contextlib.ExitStack() as beats:  # the parts' units may live in other storages
+        for part in {id(p): p for p, *_ in batch}.values():
+            ids = [trial_id for p, _, trial_id, _ in batch if p is part]
+            interval = part.units.options.heartbeat_interval
+            beats.enter_context(studies.heartbeats(part.units.storage, ids, interval))
         try:
             results = _train(todo, exp_dir, data, population, failures)
         except (KeyboardInterrupt, SystemExit):

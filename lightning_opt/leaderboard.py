@@ -19,6 +19,8 @@ from lightning_opt.atomic import write_text
 SHOWN_TAUS = (1.0, 1.5, 2.0, 3.0, 4.0)
 #: The tested metric and its direction.
 METRIC = "test_loss"
+#: The submissions' colours in the plots, in order.
+COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf")
 
 
 def leaderboard(
@@ -137,7 +139,7 @@ def _outcome(board: dict, candidate: str, workload: str) -> str:
 def _robustness(board: dict, candidate: str) -> list[str]:
     """Whether the candidate's outcome holds across dataset variants (workloads of one net on
     other data) and across tuning budgets (tuning curves crossing a baseline's)."""
-    from lightning_opt.report import _crossing
+    from lightning_opt.report import tuning_crossing
 
     parts = []
     workloads = board["workloads"]
@@ -160,7 +162,7 @@ def _robustness(board: dict, candidate: str) -> list[str]:
         for other in rows:
             if other in board["candidates"]:
                 continue
-            cross = _crossing(candidate, rows[candidate].get("tuning_curve"), other,
+            cross = tuning_crossing(candidate, rows[candidate].get("tuning_curve"), other,
                               rows[other].get("tuning_curve"))  # fmt: skip
             if cross:
                 crossings.append(f"{name} vs {other} at n = {cross[0]}")
@@ -281,7 +283,6 @@ def markdown(board: dict) -> str:
 def _profile_svg(board: dict, width: int = 680, height: int = 260) -> str:
     """The performance profiles as an inline SVG (step functions over tau in [1, tau_max])."""
     pad, legend, tau_max = 40, 160, board["tau_max"]
-    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
 
     def x(tau: float) -> float:
         return pad + (tau - 1) / (tau_max - 1) * (width - 2 * pad - legend)
@@ -305,7 +306,7 @@ def _profile_svg(board: dict, width: int = 680, height: int = 260) -> str:
             rho += 1 / n
             points += [(x(max(1.0, r)), y(rho))]
         points.append((x(tau_max), y(rho)))
-        colour = colours[i % len(colours)]
+        colour = COLOURS[i % len(COLOURS)]
         path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
         label = f"{sub} ({entry['score']:.3f})"
@@ -334,7 +335,6 @@ def _tuning_svg(workload: dict, width: int = 680, height: int = 220) -> str:
     def y(v: float) -> float:
         return height - pad - (v - low) / (high - low) * (height - 2 * pad)
 
-    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
              f'<line x1="{pad}" y1="{y(low)}" x2="{x(trials)}" y2="{y(low)}" stroke="#444"/>',
              f'<line x1="{pad}" y1="{y(low)}" x2="{pad}" y2="{y(high)}" stroke="#444"/>',
@@ -346,7 +346,7 @@ def _tuning_svg(workload: dict, width: int = 680, height: int = 220) -> str:
     for n in range(1, trials + 1):
         parts.append(f'<text x="{x(n)}" y="{y(low) + 16}" text-anchor="middle">{n}</text>')
     for i, (sub, curve) in enumerate(curves.items()):
-        colour = colours[i % len(colours)]
+        colour = COLOURS[i % len(COLOURS)]
         path = " ".join(
             f"{x(n):.1f},{y(v):.1f}"
             for n, v in zip(curve["n"], curve["expected_best"], strict=True)

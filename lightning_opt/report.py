@@ -128,7 +128,7 @@ def _comparison(
     sentences = {
         key: stats.verdict(d, a, b, lower_is_better=COMPARED[key][1]) for key, d in diffs.items()
     }
-    cross = _crossing(a, arms[a].get("tuning_curve"), b, arms[b].get("tuning_curve"))
+    cross = tuning_crossing(a, arms[a].get("tuning_curve"), b, arms[b].get("tuning_curve"))
     details = [v for key, v in sentences.items() if key != PRIMARY]
     if cross:
         details.append(cross[1])
@@ -294,7 +294,7 @@ def _provenance(
     return f"{head}: {'; '.join(clauses)}."
 
 
-def _crossing(
+def tuning_crossing(
     a: str, curve_a: dict[str, Any] | None, b: str, curve_b: dict[str, Any] | None
 ) -> tuple[int, str] | None:
     """(n, sentence) where the expected-best tuning curves last change order, if they do."""

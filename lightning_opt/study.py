@@ -255,6 +255,15 @@ def _claim(
 
 
 @contextlib.contextmanager
+def heartbeats(storage: BaseStorage, trial_ids: Sequence[int], interval: int) -> Iterator[None]:
+    """``heartbeat`` for every trial of a batch (a population) while the block runs."""
+    with contextlib.ExitStack() as stack:
+        for trial_id in trial_ids:
+            stack.enter_context(heartbeat(storage, trial_id, interval))
+        yield
+
+
+@contextlib.contextmanager
 def heartbeat(storage: BaseStorage, trial_id: int, interval: int) -> Iterator[None]:
     """Record the trial's heartbeat every ``interval`` s while the block runs (database storages)."""
     if not has_heartbeat(storage):

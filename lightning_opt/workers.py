@@ -86,11 +86,7 @@ def claim_and_run(
             batch.append(more)
             params.append(runner.suggest(more[0]))
         trials = [trial for trial, _ in batch]
-        with contextlib.ExitStack() as beats:
-            for _, trial_id in batch:
-                beats.enter_context(
-                    studies.heartbeat(storage, trial_id, options.heartbeat_interval)
-                )
+        with studies.heartbeats(storage, [i for _, i in batch], options.heartbeat_interval):
             try:
                 outcomes = runner.run_trials(trials, params)
             except (KeyboardInterrupt, SystemExit):
