@@ -127,7 +127,12 @@ def _plan(
             "to cap every budget at N)"
         )
     cap = config.trainer.max_epochs
-    cap = None if cap == defaults.trainer.max_epochs or not cap or cap < 0 else cap
+    cap = None if cap == defaults.trainer.max_epochs else cap
+    if cap is not None and (isinstance(cap, bool) or cap < 1):
+        raise ValueError(
+            f"--trainer.max_epochs {cap}: it caps every workload's budget, so it is a positive "
+            "integer (leave it out to train each workload for its own epochs)"
+        )
     if cap is not None:
         print(f"trainer.max_epochs {cap} caps every workload's budget", flush=True)
     base = yaml.safe_load(parser.dump(config, skip_none=False, skip_check=True))

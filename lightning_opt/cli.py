@@ -351,6 +351,16 @@ def _run_subcommand(argv: list[str], debug: bool) -> None:
             run_benchmark(argv[1:])
             return
         _lightning_subcommand(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM between runs (a study or an experiment writing its outputs, a
+        # benchmark between workloads): every finished trial and run is recorded already.
+        if debug:
+            raise
+        print(
+            "interrupted: finished trials and runs are kept; run the same command again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(signals.interrupt_exit_code())
     except ArgumentError as err:  # jsonargparse: an unknown key, a wrong type, ...
         if debug:
             raise

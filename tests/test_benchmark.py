@@ -154,6 +154,7 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
         ({"workloads": [{"name": "mlp", "epochs": 2}]}, "target is a validation loss > 0"),
         ({"workloads": [{"name": "a/b", "epochs": 2, "target": 1.0}]}, "workloads[].name"),
         ({"baselines": []}, "a benchmark needs baselines"),
+        ({"trainer": {"max_epochs": 0}}, "--trainer.max_epochs 0: it caps every workload"),
         ({"candidates": [{"name": "sgd", "optimizer": "sgd"}]}, "not both"),  # and --optimizer
     ],
 )
