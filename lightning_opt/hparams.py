@@ -16,12 +16,17 @@ def global_seed() -> int | None:
     return int(seed) if seed is not None else None
 
 
-def run_hparams(module: LightningModule, optimizer_kwargs: dict[str, Any], seed: Any) -> dict:
+def run_hparams(
+    module: LightningModule, optimizer_kwargs: dict[str, Any], seed: Any,
+    hparams: dict[str, Any] | None = None,
+) -> dict:  # fmt: skip
     """One run's settings for the HPARAMS tab, flat and resolved: the net's and the optimizer's
     class and every argument, the model's and the data's settings, the seed, and each callback's
-    ``hparams_for_logging``. Sequences become one entry per item (``optimizer/betas.0``)."""
-    hp = module.hparams
-    params: dict[str, Any] = {"optimizer": hp.optimizer["class_path"], "seed": seed}
+    ``hparams_for_logging``. Sequences become one entry per item (``optimizer/betas.0``).
+    ``hparams``: the run's model hyperparameters where they are not ``module``'s own (a
+    population member's)."""
+    hp = module.hparams if hparams is None else hparams
+    params: dict[str, Any] = {"optimizer": hp["optimizer"]["class_path"], "seed": seed}
     params.update({f"optimizer/{k}": v for k, v in optimizer_kwargs.items()})
     net = hp.get("net")
     if isinstance(net, dict):  # the net's class and every argument, as the optimizer's

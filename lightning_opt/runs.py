@@ -245,6 +245,51 @@ def build_population(
     return PopulationClassifier(list(seeds), member_hparams=member_hparams, **model_arguments(cfg))
 
 
+def build_mixed_population(
+    members: Sequence[tuple[Any, dict[str, Any]]], seeds: Sequence[int]
+) -> PopulationClassifier:
+    """A population whose member k is the ``fit`` of ``members[k]``'s config with seed
+    ``seeds[k]`` and its values set, where the configs may differ in their optimizer and LR
+    scheduler (consecutive members of one optimizer and scheduler form a group). Everything
+    else the model takes must be the same (``ValueError``, one line)."""
+    specs = [RunSpec.of(cfg).model_arguments() for cfg, _ in members]
+    own = ("optimizer", "lr_scheduler", "lr_interval")
+    shared = {k: v for k, v in specs[0].items() if k not in own}
+    intervals = {s["lr_interval"] for s in specs if s["lr_scheduler"] is not None}
+    if len(intervals) > 1:
+        raise ValueError("the members' schedulers step at different lr_intervals")
+    interval = intervals.pop() if intervals else specs[0]["lr_interval"]
+    groups: list[dict[str, Any]] = []
+    for spec, (_, values) in zip(specs, members, strict=True):
+        differ = [k for k in shared if spec[k] != shared[k]]
+        if differ:
+            raise ValueError(
+                f"population members differ in {', '.join(differ)}: only their optimizer and "
+                "LR scheduler may"
+            )
+        key = (spec["optimizer"], spec["lr_scheduler"], spec["lr_interval"], sorted(values))
+        if groups and groups[-1]["key"] == key:
+            groups[-1]["values"].append(values)
+            continue
+        groups.append({"key": key, "spec": spec, "values": [values]})
+    entries = [
+        {
+            "optimizer": g["spec"]["optimizer"],
+            "lr_scheduler": g["spec"]["lr_scheduler"],
+            "lr_interval": g["spec"]["lr_interval"],
+            "size": len(g["values"]),
+            "member_hparams": {n: [v[n] for v in g["values"]] for n in g["values"][0]},
+        }
+        for g in groups
+    ]
+    first = groups[0]["spec"]
+    if len(entries) == 1:
+        hparams = entries[0]["member_hparams"]
+        return PopulationClassifier(list(seeds), member_hparams=hparams, **first)
+    args = {**first, "lr_interval": interval}
+    return PopulationClassifier(list(seeds), member_groups=entries, **args)
+
+
 def population_blocker(cfg: Any) -> str | None:
     """Why the runs of ``cfg`` cannot train as one population (one line), or ``None`` if they
     can: the one place that decides it, for ``tune --population`` and ``compare``'s finals (a

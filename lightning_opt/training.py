@@ -298,7 +298,12 @@ class MinibatchTraining:
             lr = effective_lr() if internals and effective_lr is not None else None
             if lr is not None:
                 lrs.append(lr.expand(loss.shape))
-                after.append(optimizer.optimizer.last_grad_norm)  # the norm GNW-Adam used
+                norm = optimizer.optimizer.last_grad_norm  # the norm GNW-Adam used
+                lacking = getattr(optimizer.optimizer, "lacking_effective_lr", None)
+                if lacking is not None:  # members whose optimizer keeps no norm of its own
+                    fallback = self._clipped_norms[0] if self._clipped_norms else before[-1]
+                    norm = torch.where(lacking, fallback, norm)
+                after.append(norm)
             elif internals:
                 after.append(self._clipped_norms[0] if self._clipped_norms else before[-1])
         if len(losses) > 1:

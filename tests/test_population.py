@@ -594,3 +594,89 @@ def test_resume_after_a_member_was_dropped_equals_an_uninterrupted_run(data, tmp
     other = PopulationClassifier([1, 2, 4], **MNIST1D, optimizer="sgd", member_hparams=hparams)
     with pytest.raises(ValueError, match="the checkpoint is of a population with seeds"):
         _trainer(4).fit(other, datamodule=data, ckpt_path=ckpt)
+
+
+# -- members of several optimizers in one population ----------------------------------------
+
+# Each group: (optimizer, lr_scheduler, seeds, member_hparams). Adam and GNW-Adam take their
+# stacked fast paths over their slices, SGD with Nesterov and NAdam with a step-interval
+# schedule one instance per member.
+WARMUP = {"class_path": "lightning_opt.optim.schedulers.WarmupCosine",
+          "init_args": {"total_steps": 35, "warmup_fraction": 0.2}}  # fmt: skip
+MIXED = [
+    ({"class_path": "adam"}, None, [1, 2], {"lr": [0.01, 0.003]}),
+    ({"class_path": "gnw", "init_args": {"gamma": 1.0}}, None, [3, 4, 5],
+     {"lr": [0.01, 0.02, 0.005]}),
+    ({"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9, "nesterov": True}}, None,
+     [6], {"lr": [0.05]}),
+    ({"class_path": "torch.optim.NAdam"}, WARMUP, [7, 8], {"lr": [0.01, 0.002]}),
+]  # fmt: skip
+
+
+def _mixed(callbacks: list, epochs: int = 5) -> PopulationClassifier:
+    groups = [
+        {"optimizer": opt, "lr_scheduler": sched, "size": len(seeds), "member_hparams": hp,
+         "lr_interval": "step"}
+        for opt, sched, seeds, hp in MIXED
+    ]  # fmt: skip
+    pop = PopulationClassifier(
+        [s for *_, seeds, _ in MIXED for s in seeds], **MNIST1D, optimizer=MIXED[0][0],
+        member_groups=groups, lr_interval="step",
+    )  # fmt: skip
+    return pop
+
+
+def test_members_of_several_optimizers_train_as_their_own_populations(data):
+    epochs = 5
+    pop = _mixed([])
+    # Drop a member inside a stacked group, and later a whole group (its part goes).
+    drops = [DropAt(1, {3: "test"}), DropAt(2, {0: "test", 1: "test"})]
+    _trainer(epochs, callbacks=drops).fit(pop, datamodule=data)
+    optimizer = pop.trainer.optimizers[0]
+    assert optimizer.sizes == [2, 1, 2]  # gnw (one dropped), sgd, nadam
+    assert isinstance(optimizer.members[0], GNWAdam)
+
+    start = 0
+    for opt, sched, seeds, hparams in MIXED:
+        alone = PopulationClassifier(
+            seeds, **MNIST1D, optimizer=opt, lr_scheduler=sched, lr_interval="step",
+            member_hparams=hparams,
+        )  # fmt: skip
+        _trainer(epochs).fit(alone, datamodule=data)
+        for i in range(len(seeds)):
+            mixed, own = pop.history[start + i], alone.history[i]
+            n = len(mixed["val/loss"])
+            assert n == {0: 3, 1: 3, 3: 2}.get(start + i, epochs)
+            assert_close(mixed["val/loss"], own["val/loss"][:n], 1e-12)
+            # The effective step size where the member's optimizer keeps one (GNW-Adam's).
+            assert ("optim/effective_lr" in mixed) == (opt["class_path"] == "gnw")
+            if "optim/effective_lr" in mixed:
+                assert_close(mixed["optim/effective_lr"], own["optim/effective_lr"][:n], 1e-9)
+            assert_close(mixed["optim/lr"], own["optim/lr"][:n], 1e-6)
+        start += len(seeds)
+
+    # Each member's own checkpoint is the single run of its optimizer and schedule.
+    checkpoint = pop.member_checkpoint(6)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["optimizer"]["class_path"] == "torch.optim.NAdam"
+    assert hparams["optimizer"]["init_args"]["lr"] == 0.01
+    assert hparams["lr_scheduler"]["class_path"] == WARMUP["class_path"]
+    gnw = pop.member_checkpoint(2)["hyper_parameters"]
+    assert gnw["optimizer"]["class_path"].endswith("GNWAdam") and gnw["lr_scheduler"] is None
+    model = MNIST1DClassifier(**hparams)
+    model.load_state_dict(checkpoint["state_dict"])
+
+
+def test_member_groups_are_checked_at_construction():
+    groups = [{"optimizer": "adam", "size": 1}, {"optimizer": "gnw", "size": 1}]
+    with pytest.raises(ValueError, match="member_groups hold 2 members; seeds give 3"):
+        PopulationClassifier([1, 2, 3], **MNIST1D, member_groups=groups)
+    with pytest.raises(ValueError, match="must be the first group's"):
+        PopulationClassifier([1, 2], **MNIST1D, optimizer="sgd", member_groups=groups)
+    with pytest.raises(ValueError, match="give each group's member_hparams in its entry"):
+        PopulationClassifier([1, 2], **MNIST1D, member_groups=groups,
+                             member_hparams={"lr": [0.1, 0.2]})  # fmt: skip
+    clip = [{"optimizer": "adam", "size": 1, "member_hparams": {"clip_factor": [0.1]}},
+            {"optimizer": "gnw", "size": 1}]  # fmt: skip
+    with pytest.raises(ValueError, match="different clipping settings per member"):
+        PopulationClassifier([1, 2], **MNIST1D, member_groups=clip)

@@ -149,3 +149,96 @@ class MemberwiseOptimizer(torch.optim.Optimizer):
                 return None
             rates.append(torch.as_tensor(value))
         return torch.stack(rates)
+
+
+class GroupedOptimizer(MemberwiseOptimizer):
+    """A population's optimizer when its members train with different optimizers: one part per
+    group of consecutive members, each part an optimizer over just those members' parameters
+    (a stacked optimizer over slices of the stacked parameters, or a ``MemberwiseOptimizer``
+    over each member's views), stepped together.
+
+    Args:
+        parts: the groups' optimizers, in member order.
+        sizes: how many (live) members each part steps.
+
+    ``effective_lr`` and ``last_grad_norm`` hold every member's value where its part keeps one
+    and NaN where it keeps none; ``lacking_effective_lr`` marks the latter members (``(K,)``),
+    whose single fit logs no effective step size.
+    """
+
+    def __init__(self, parts: Sequence[torch.optim.Optimizer], sizes: Sequence[int]) -> None:
+        if len(parts) != len(sizes):
+            raise ValueError(f"{len(parts)} parts but {len(sizes)} sizes")
+        super().__init__(parts)
+        self.sizes = list(sizes)
+        self.lacking_effective_lr: Tensor | None = None
+
+    def train(self) -> None:
+        for part in self.members:
+            if _has_modes(part):
+                part.train()
+
+    def eval(self) -> None:
+        for part in self.members:
+            if _has_modes(part):
+                part.eval()
+
+    def _per_member(self, values: list[Tensor | None], like: Tensor) -> Tensor:
+        return torch.cat([
+            like.new_full((size,), float("nan")) if value is None else value.expand(size)
+            for value, size in zip(values, self.sizes, strict=True)
+        ])  # fmt: skip
+
+    @property
+    def last_grad_norm(self) -> Tensor | None:
+        norms = [getattr(part, "last_grad_norm", None) for part in self.members]
+        found = [n for n in norms if n is not None]
+        return self._per_member(norms, found[0]) if found else None
+
+    def effective_lr(self, group: int = 0) -> Tensor | None:
+        rates = []
+        for part in self.members:
+            rate = getattr(part, "effective_lr", None)
+            value = rate(group) if rate is not None else None
+            rates.append(None if value is None else torch.as_tensor(value))
+        found = [r for r in rates if r is not None]
+        if not found:
+            self.lacking_effective_lr = None
+            return None
+        self.lacking_effective_lr = torch.cat([
+            torch.full((size,), rate is None, device=found[0].device)
+            for rate, size in zip(rates, self.sizes, strict=True)
+        ])  # fmt: skip
+        return self._per_member(rates, found[0])
+
+    def select_parts(self, kept: Sequence[tuple[int, Tensor, Sequence[Any]]]) -> None:
+        """Keep, for each ``(part, local index, tensors)``, that part's members at positions
+        ``local index`` (parts not named go); ``tensors`` now hold those members' parameters:
+        a stacked part's (slices, in its param groups' order) or each member's (a list per
+        member, for a ``MemberwiseOptimizer`` part)."""
+        parts, sizes = [], []
+        for position, index, tensors in kept:
+            part = self.members[position]
+            if isinstance(part, MemberwiseOptimizer):
+                part.select_members(index, tensors)
+            else:
+                part.select_members(index)  # a stacked part narrows its state, then its params
+                new = iter(tensors)
+                for group in part.param_groups:
+                    old = group["params"]
+                    group["params"] = [next(new) for _ in old]
+                    for before, after in zip(old, group["params"], strict=True):
+                        if before in part.state:
+                            part.state[after] = part.state.pop(before)
+            parts.append(part)
+            sizes.append(len(index))
+        self.members[:] = parts
+        self.sizes = sizes
+        self.lacking_effective_lr = None  # the next step's
+        self.param_groups[:] = [g for o in parts for g in o.param_groups]
+
+
+def _has_modes(optimizer: torch.optim.Optimizer) -> bool:
+    if isinstance(optimizer, MemberwiseOptimizer):
+        optimizer = optimizer.members[0]
+    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))

@@ -80,7 +80,8 @@ class MemberwiseScheduler:
     """One scheduler per population member (over that member's own optimizer), stepped together.
 
     Args:
-        members: member k's scheduler, over member k's optimizer.
+        members: member k's scheduler, over member k's optimizer (``None``: member k trains
+            without one, in a population whose members train with different settings).
         optimizer: the ``MemberwiseOptimizer`` of those optimizers.
 
     ``step(metrics)`` gives member k ``metrics[k]`` (a ``ReduceLROnPlateau`` per member);
@@ -94,10 +95,11 @@ class MemberwiseScheduler:
     def step(self, metrics: Tensor | Sequence[float] | None = None) -> None:
         values = metrics.tolist() if isinstance(metrics, Tensor) else metrics
         for k, scheduler in enumerate(self.members):
-            step_scheduler(scheduler, None if values is None else values[k])
+            if scheduler is not None:
+                step_scheduler(scheduler, None if values is None else values[k])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"members": [s.state_dict() for s in self.members]}
+        return {"members": [None if s is None else s.state_dict() for s in self.members]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict["members"]
@@ -107,7 +109,8 @@ class MemberwiseScheduler:
                 f"{len(self.members)}"
             )
         for scheduler, state in zip(self.members, saved, strict=True):
-            scheduler.load_state_dict(state)
+            if scheduler is not None:
+                scheduler.load_state_dict(state)
 
     def select_members(self, index: Tensor) -> None:
         self.members[:] = [self.members[i] for i in index.tolist()]

@@ -22,6 +22,8 @@ class MemberCheckpoints:
             "dropped": self.dropped,
             "history": self.history,
         }
+        if len(self.groups) > 1:
+            checkpoint["population"]["member_groups"] = [g.entry() for g in self.groups]
 
     def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of a single model or of another population (``ValueError``)."""
@@ -33,6 +35,13 @@ class MemberCheckpoints:
                 f"the checkpoint is of a population with seeds {saved['seeds']} and "
                 f"member_hparams {saved['member_hparams']}; this one has {self.all_seeds} and "
                 f"{self.member_hparams}"
+            )
+        groups = [g.entry() for g in self.groups] if len(self.groups) > 1 else None
+        if saved.get("member_groups") != groups:
+            raise ValueError(
+                "the checkpoint is of a population whose members train with other optimizers "
+                f"({_classes(saved.get('member_groups'), saved['seeds'])}; this one: "
+                f"{_classes(groups, self.all_seeds)})"
             )
 
     @override
@@ -57,20 +66,33 @@ class MemberCheckpoints:
 
         position = self.member_ids.index(member)
         state = {k: v[position].detach().clone() for k, v in self.net.state_dict().items()}
-        hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
-        hparams["optimizer"] = {
-            "class_path": self.hparams.optimizer["class_path"],
-            "init_args": dict(self.member_kwargs[member]),
-        }
-        if self.scheduler_class is not None:  # the member's own schedule
-            hparams["lr_scheduler"] = {
-                "class_path": self.hparams.lr_scheduler["class_path"],
-                "init_args": dict(self.member_scheduler_kwargs[member]),
-            }
         return {
             "epoch": self.current_epoch,
             "global_step": self.global_step,
             "pytorch-lightning_version": lightning.__version__,
             "state_dict": {f"net.{k}": v for k, v in state.items()},
-            "hyper_parameters": hparams,
+            "hyper_parameters": self.member_model_hparams(member),
         }
+
+    def member_model_hparams(self, member: int) -> dict[str, Any]:
+        """The ``MNIST1DClassifier`` hyperparameters member ``member`` trains with: its group's
+        optimizer and scheduler with its own arguments."""
+        hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        group = self.groups[self.member_group[member]]
+        hparams["optimizer"] = {
+            "class_path": group.optimizer["class_path"],
+            "init_args": dict(self.member_kwargs[member]),
+        }
+        hparams["lr_scheduler"], hparams["lr_interval"] = None, group.lr_interval
+        if group.scheduler_class is not None:  # the member's own schedule
+            hparams["lr_scheduler"] = {
+                "class_path": group.lr_scheduler["class_path"],
+                "init_args": dict(self.member_scheduler_kwargs[member]),
+            }
+        return hparams
+
+
+def _classes(groups: list[dict[str, Any]] | None, seeds: list[int]) -> str:
+    if groups is None:
+        return f"all {len(seeds)} with one"
+    return ", ".join(f"{g['size']} {g['optimizer']['class_path']}" for g in groups)

@@ -30,8 +30,11 @@ class MemberLogging:
             metrics[n].tolist() if isinstance(metrics[n], Tensor) and metrics[n].dim() else None
             for n in names
         ]
+        absent = self._absent_metrics()
         for position, member in enumerate(self.member_ids):
             for name, column in zip(names, columns, strict=True):
+                if name in absent and absent[name][position]:
+                    continue
                 value = column[position] if column is not None else float(metrics[name])
                 self.history[member].setdefault(name, []).append(value)
 
@@ -46,15 +49,32 @@ class MemberLogging:
         names = list(metrics)
         per_member = [v for v in metrics.values() if isinstance(v, Tensor)]
         rows = torch.stack(per_member, 1).tolist() if per_member else [[]] * self.num_members
+        absent = self._absent_metrics()
         for member, row in enumerate(rows):
             values = iter(row)
             record = {n: next(values) if isinstance(metrics[n], Tensor) else metrics[n]
                       for n in names}  # fmt: skip
+            for name, lacking in absent.items():
+                if name in record and lacking[member]:
+                    del record[name]
             for logger in as_list(self.member_loggers[member]):
                 logger.log_metrics(record, step=step)
 
+    def _absent_metrics(self) -> dict[str, list[bool]]:
+        """``{name: [whether live member k's single fit logs no such value]}``: in a population
+        whose members train with different optimizers, the effective step size of those whose
+        optimizer keeps none (their entries are NaN)."""
+        optimizer = self._memberwise() if self._trainer else None
+        lacking = getattr(optimizer, "lacking_effective_lr", None)
+        if lacking is None or len(lacking) != self.num_members:
+            return {}
+        return {"optim/effective_lr": lacking.tolist()}
+
     def _member_hparams_for_logging(self, member: int) -> dict[str, Any]:
-        params = run_hparams(self, self.member_kwargs[member], seed=self.all_seeds[member])
+        params = run_hparams(
+            self, self.member_kwargs[member], seed=self.all_seeds[member],
+            hparams=self.member_model_hparams(member),
+        )  # fmt: skip
         for name, values in self.member_clipping.items():
             params[f"clip/{name}"] = values[member]
         return params

@@ -21,6 +21,7 @@ optimizer state are narrowed, so dropped members stop costing compute and never 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -37,6 +38,8 @@ from lightning_opt.data import MiniBatches
 from lightning_opt.models import NetFactory, build_net, resolve_net_argument
 from lightning_opt.norms import tensor_norms
 from lightning_opt.optim import groups
+from lightning_opt.optim.contract import StepContract
+from lightning_opt.optim.memberwise import GroupedOptimizer
 from lightning_opt.optim.registry import (
     check_optimizer,
     constructor_arguments,
@@ -51,7 +54,7 @@ from lightning_opt.population.checkpoints import MemberCheckpoints
 from lightning_opt.population.member_logging import MemberLogging, as_list
 from lightning_opt.population.optimizers import MemberOptimizers
 from lightning_opt.population.selection import MemberSelection
-from lightning_opt.population.settings import member_settings
+from lightning_opt.population.settings import MemberGroup, member_settings
 from lightning_opt.protocols import MemberData
 from lightning_opt.stacking import stack_nets, why_not_stackable
 from lightning_opt.training import EpochSums, MinibatchTraining
@@ -65,6 +68,73 @@ def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
     (K=16: 118 vs 252 microseconds a step), with the same values to float rounding.
     """
     return F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+
+
+def _group_specs(
+    optimizer: Any, lr_scheduler: Any, lr_interval: str, member_hparams: dict[str, list] | None,
+    member_groups: list[dict[str, Any]] | None, members: int,
+) -> list[tuple[dict[str, Any], int]]:  # fmt: skip
+    """Each group's ``{optimizer, lr_scheduler, size, member_hparams}`` and its first member."""
+    if member_groups is None:
+        spec = {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "size": members,
+                "member_hparams": dict(member_hparams or {}), "lr_interval": lr_interval}  # fmt: skip
+        return [(spec, 0)]
+    if member_hparams:
+        raise ValueError("with member_groups, give each group's member_hparams in its entry")
+    if not member_groups:
+        raise ValueError("member_groups must hold at least one group")
+    specs, start = [], 0
+    for entry in member_groups:
+        unknown = set(entry) - {"optimizer", "lr_scheduler", "size", "member_hparams",
+                                "lr_interval"}  # fmt: skip
+        size = entry.get("size")
+        if unknown or isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(
+                "each member_groups entry is {optimizer, lr_scheduler, size, member_hparams, "
+                f"lr_interval}}}} with a positive size, got {entry!r}"
+            )
+        spec = {"lr_scheduler": None, "member_hparams": {}, "lr_interval": lr_interval, **entry}
+        if spec["lr_scheduler"] is not None and spec["lr_interval"] != lr_interval:
+            raise ValueError(
+                f"a member group steps its scheduler every {spec['lr_interval']} and the "
+                f"population every {lr_interval}: train them as separate populations"
+            )
+        specs.append((spec, start))
+        start += size
+    if start != members:
+        raise ValueError(f"member_groups hold {start} members; seeds give {members}")
+    first = specs[0][0]
+    same = resolve_optimizer(optimizer)[1] == resolve_optimizer(first["optimizer"])[1] and (
+        resolve_scheduler(lr_scheduler) or (None, None)
+    )[1] == (resolve_scheduler(first["lr_scheduler"]) or (None, None))[1]
+    if not same:
+        raise ValueError(
+            "with member_groups, optimizer and lr_scheduler must be the first group's"
+        )
+    return specs
+
+
+def _clipping_columns(member_groups: list[MemberGroup]) -> dict[str, list[Any]]:
+    """Every member's clipping settings: each group must give the same ones."""
+    names = [sorted(g.settings.clipping) for g in member_groups]
+    if any(n != names[0] for n in names):
+        raise ValueError(
+            f"the member groups give different clipping settings per member ({names}); a "
+            "population's clipping rules act on all its members"
+        )
+    return {n: [v for g in member_groups for v in g.settings.clipping[n]] for n in names[0]}
+
+
+def _population_contract(contracts: list[StepContract]) -> StepContract:
+    """One step contract for a population's groups: their step must be taken alike."""
+    first = contracts[0]
+    for contract in contracts[1:]:
+        if contract.evaluate_first != first.evaluate_first:
+            raise ValueError(
+                "the member groups' optimizers differ in whether they read the gradients "
+                "before their closure: train them as separate populations"
+            )
+    return dataclasses.replace(first, modes=any(c.modes for c in contracts))
 
 
 class PopulationClassifier(
@@ -83,7 +153,8 @@ class PopulationClassifier(
     Args:
         seeds: one seed per member: its initialisation and (unless ``data.shuffle_seed`` is set)
             its data order, exactly as ``fit --seed_everything SEED``.
-        optimizer: as in ``MNIST1DClassifier``; every member uses the class.
+        optimizer: as in ``MNIST1DClassifier``; every member uses the class (but see
+            ``member_groups``).
         member_hparams: per-member values, one list entry per member: any constructor argument
             of the optimizer (``lr``, ``betas``, ...), else of the LR scheduler (``gamma`` of
             StepLR where the optimizer takes none), else a ``member_hparams`` setting of the
@@ -91,6 +162,14 @@ class PopulationClassifier(
         net, lr_scheduler, lr_interval, param_groups, input_size, num_classes, log_internals: as in
             ``MNIST1DClassifier``; each member gets its own scheduler. A net that cannot run as
             members (``lightning_opt.stacking.why_not_stackable``) is refused (``ValueError``).
+        member_groups: members of several optimizers in one population: one entry per group
+            of consecutive members, ``{optimizer, lr_scheduler, size, member_hparams,
+            lr_interval}`` (as above, for its members; ``lr_interval`` of a group without a
+            scheduler is what its runs record); ``optimizer`` and ``lr_scheduler`` must then be
+            the first group's, and ``member_hparams`` is not given. Each group steps as its own
+            population would (its stacked fast path over its slice of the parameters, or one
+            instance per member); the clipping rules act on every member, so every group gives
+            the same per-member clipping settings.
 
     Attributes:
         member_loggers: one entry per member (set before ``fit``): a logger or a list of loggers;
@@ -116,43 +195,48 @@ class PopulationClassifier(
         input_size: int,
         num_classes: int,
         log_internals: bool = True,
+        member_groups: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         # The population's own arguments go into the checkpoint under "population" (see
         # on_save_checkpoint): LightningCLI gives a checkpoint's hyper_parameters to the model's
         # arguments on resume, which are those of a single model.
-        cls, resolved = resolve_optimizer(optimizer)
-        self.optimizer_class = cls
-        scheduler = resolve_scheduler(lr_scheduler)
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
-        self.save_hyperparameters(ignore=["seeds", "member_hparams"], logger=False)
+        self.save_hyperparameters(ignore=["seeds", "member_hparams", "member_groups"],
+                                  logger=False)  # fmt: skip
         self.net_class, self.hparams.net = resolve_net_argument(net, self.hparams)
-        self.hparams.optimizer = resolved
-        self.scheduler_class, self.hparams.lr_scheduler = scheduler or (None, None)
         if not seeds or any(
             isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds
         ):
             raise ValueError(
                 f"seeds must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}"
             )
-        if not supports_population(cls):
-            raise ValueError(
-                f"{cls.__name__} declares supports_population = False: train it one run at a time"
-            )
         k = len(seeds)
-        member_hparams = dict(member_hparams or {})
-        settings = member_settings(
-            cls, resolved["init_args"], self.scheduler_class,
-            scheduler[1]["init_args"] if scheduler else None, member_hparams, k,
-        )  # fmt: skip
-        self.member_kwargs = settings.optimizer_kwargs
-        self.member_scheduler_kwargs = settings.scheduler_kwargs
-        self.member_clipping = settings.clipping  # checked against the clipping rules in setup()
         self.param_group_rules = groups.check_rules(param_groups)
+        specs = _group_specs(
+            optimizer, lr_scheduler, lr_interval, member_hparams, member_groups, k
+        )
+        self.groups = [self._member_group(spec, start) for spec, start in specs]
+        first = self.groups[0]
+        self.optimizer_class = first.optimizer_class
+        self.hparams.optimizer = first.optimizer
+        self.scheduler_class, self.hparams.lr_scheduler = first.scheduler_class, first.lr_scheduler
+        #: Each member's group (its position in ``groups``), by original index.
+        self.member_group = [g for g, group in enumerate(self.groups) for _ in group.members]
+        self.member_kwargs = [kw for g in self.groups for kw in g.settings.optimizer_kwargs]
+        self.member_scheduler_kwargs = [
+            kw for g in self.groups
+            for kw in (g.settings.scheduler_kwargs or [None] * len(g.members))
+        ]  # fmt: skip
+        self.member_clipping = _clipping_columns(self.groups)  # checked in setup()
         # The stacked fast paths know one group: rules train each member's own instance.
-        self.stacked = None if self.param_group_rules else settings.stacked
+        self.stacked = None if self.param_group_rules else first.settings.stacked
+        if len(self.groups) > 1:
+            self.stacked = None  # each group's own, in configure_optimizers
         self._member_params: list[list[Tensor]] = []
+        self._slices: list[tuple[int, int]] = []  # each stacked part's positions [a, b)
+        self._slice_params: list[list[Tensor]] = []  # and its slices of the stacked params
         #: Keep each member's weights of its lowest val/loss epoch (``use_best_weights``).
         self.track_best = False
         self._best_loss: Tensor | None = None
@@ -170,22 +254,30 @@ class PopulationClassifier(
         why = why_not_stackable(nets[0], input_size)
         if why is not None:
             raise ValueError(f"{why}: train it one run at a time")
-        if takes_model(cls):
-            raise ValueError(f"{cls.__name__} takes the model itself: train it one run at a time")
-        for member, (member_net, kwargs) in enumerate(zip(nets, self.member_kwargs, strict=True)):
-            # As a single fit would, first; the first member's step stands for the class's.
-            sizes = (input_size, num_classes) if member == 0 else (None, None)
-            contract = check_optimizer(cls, member_net, kwargs, *sizes, self.param_group_rules)
-            if member == 0:
-                self.step_contract = contract
-        why = self.step_contract.why_not_population(cls.__name__)
-        if why is not None:
-            raise ValueError(f"{why}: train it one run at a time")
+        contracts = []
+        for group in self.groups:
+            cls = group.optimizer_class
+            if takes_model(cls):
+                raise ValueError(
+                    f"{cls.__name__} takes the model itself: train it one run at a time"
+                )
+            for member in group.members:
+                # As a single fit would, first; each group's first step stands for its class's.
+                sizes = (input_size, num_classes) if member == group.members[0] else (None, None)
+                contract = check_optimizer(
+                    cls, nets[member], self.member_kwargs[member], *sizes, self.param_group_rules
+                )
+                if member == group.members[0]:
+                    contracts.append(contract)
+            why = contracts[-1].why_not_population(cls.__name__)
+            if why is not None:
+                raise ValueError(f"{why}: train it one run at a time")
+        self.step_contract = _population_contract(contracts)
         self._optimizer_mode: str | None = None
         self.net = stack_nets(nets)
         self.seeds = list(seeds)
         self.all_seeds = list(seeds)  # by member index, including dropped members
-        self.member_hparams = {name: list(v) for name, v in member_hparams.items()}
+        self.member_hparams = {name: list(v) for name, v in (member_hparams or {}).items()}
         self.member_ids = list(range(k))
         self.member_loggers: list[Logger | list[Logger]] | None = None
         self.dropped: dict[int, str] = {}
@@ -199,6 +291,23 @@ class PopulationClassifier(
         self._clip_overrides: dict[str, Tensor] | None = None
         self._epoch = EpochSums()  # training sums, then each evaluation's loss and acc
         self.register_buffer("_first_bad_step", torch.full((k,), -1), persistent=False)
+
+    def _member_group(self, spec: dict[str, Any], start: int) -> MemberGroup:
+        cls, resolved = resolve_optimizer(spec["optimizer"])
+        scheduler = resolve_scheduler(spec["lr_scheduler"])
+        if not supports_population(cls):
+            raise ValueError(
+                f"{cls.__name__} declares supports_population = False: train it one run at a time"
+            )
+        size, member_hparams = spec["size"], dict(spec["member_hparams"] or {})
+        settings = member_settings(
+            cls, resolved["init_args"], scheduler[0] if scheduler else None,
+            scheduler[1]["init_args"] if scheduler else None, member_hparams, size,
+        )  # fmt: skip
+        return MemberGroup(
+            cls, resolved, *(scheduler or (None, None)), range(start, start + size), settings,
+            {name: list(v) for name, v in member_hparams.items()}, spec["lr_interval"],
+        )  # fmt: skip
 
     @property
     def num_members(self) -> int:
@@ -275,7 +384,9 @@ class PopulationClassifier(
             # The parameters were moved or converted (device, precision) after the optimizer
             # was built: point every member's optimizer at views of the new tensors.
             self._member_params = self._member_views()
-            if optimizer is not None:
+            if isinstance(optimizer, GroupedOptimizer):
+                self.select_parts(optimizer, list(range(self.num_members)))
+            elif optimizer is not None:
                 optimizer.select_members(torch.arange(self.num_members), self._grouped_views())
 
     @override

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from lightning_opt.optim.hypers import select
+from lightning_opt.optim.memberwise import GroupedOptimizer
 from lightning_opt.population.member_logging import as_list
 from lightning_opt.training import NonFiniteLossError
 
@@ -92,8 +93,12 @@ class MemberSelection:
         if self._member_params:
             self._member_params = self._member_views()
         if memberwise is not None:
-            memberwise.select_members(index, self._grouped_views())
-            for scheduler in self.lr_schedulers() if self.scheduler_class else []:
+            if isinstance(memberwise, GroupedOptimizer):
+                self.select_parts(memberwise, keep)
+            else:
+                memberwise.select_members(index, self._grouped_views())
+            scheduled = any(g.scheduler_class for g in self.groups)
+            for scheduler in as_list(self.lr_schedulers() or []) if scheduled else []:
                 scheduler.select_members(index)
         else:
             for optimizer in self.trainer.optimizers if self._trainer else []:

@@ -88,3 +88,32 @@ def member_settings(
     # A scheduler sets each param group's lr as one number: the per-member optimizers then.
     stacked = None if scheduler_class else stacked_optimizer(cls, optimizer_kwargs, own)
     return MemberSettings(optimizer_kwargs, scheduler_kwargs, clipping, stacked)
+
+
+@dataclass(frozen=True)
+class MemberGroup:
+    """Consecutive members that train with one optimizer (and LR scheduler) class: all of a
+    population's members, or one group of a population whose members train with several."""
+
+    optimizer_class: type
+    #: ``{class_path, init_args}``, every constructor default filled in.
+    optimizer: dict[str, Any]
+    scheduler_class: type | None
+    lr_scheduler: dict[str, Any] | None
+    #: The original indices of its members.
+    members: range
+    settings: MemberSettings
+    #: ``member_hparams`` of its members, as given.
+    member_hparams: dict[str, list[Any]]
+    #: When its scheduler steps: the population's, or (a group without one) its runs' setting.
+    lr_interval: str = "epoch"
+
+    def entry(self) -> dict[str, Any]:
+        """What the group is, as a population checkpoint records it."""
+        return {
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "size": len(self.members),
+            "member_hparams": self.member_hparams,
+            "lr_interval": self.lr_interval,
+        }
