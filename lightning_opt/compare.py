@@ -35,6 +35,7 @@ from lightning_opt.runs import (
     clipping_callbacks,
     quiet_lightning,
     scheduler_dict,
+    settable,
     with_values,
 )
 from lightning_opt.study import original_number
@@ -192,18 +193,24 @@ def final_groups(
     tuned: dict[str, TunedArm],
 ) -> list[list[str]]:  # fmt: skip
     """The labels whose final runs train together: those with population finals whose final
-    configs differ only in the tuned values (an arm and its re-tuned self, or arms that differ
-    only in their search spaces), each such group one population; every other label alone."""
+    configs differ only in the optimizer, the LR scheduler and the tuned values (arms of one
+    net, data, budget and clipping rules, each re-tuned one beside its arm), each such group
+    one population (``runs.build_mixed_population``); every other label alone. Members with a
+    scheduler must step it alike, and the tuned clipping settings must be the same names (the
+    clipping rules act on every member)."""
     groups: dict[str, list[str]] = {}
     for _, label, plan in labelled:
         key = label
         if plan.population_finals:
-            settings = run_fingerprint(
-                parser, plan.final_cfg, drop=(*EXPERIMENT_KEYS, "search_space")
-            )
-            key = json.dumps(
-                [settings, sorted(tuned[label].best.params)], sort_keys=True, default=str
-            )
+            cfg = plan.final_cfg
+            drop = (*EXPERIMENT_KEYS, "search_space", "optimizer", "lr_scheduler",
+                    "model.lr_interval")  # fmt: skip
+            settings = run_fingerprint(parser, cfg, drop=drop)
+            where = settable(cfg)
+            clipping = sorted(n for n in tuned[label].best.params
+                              if where.get(n) not in ("optimizer", "lr_scheduler"))  # fmt: skip
+            interval = cfg.model.get("lr_interval") if scheduler_dict(cfg) else None
+            key = json.dumps([settings, clipping, interval], sort_keys=True, default=str)
         groups.setdefault(key, []).append(label)
     return list(groups.values())
 

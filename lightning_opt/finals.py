@@ -33,6 +33,7 @@ from lightning_opt.parsing import RunFailure
 from lightning_opt.runs import (
     QUIET_TRAINER,
     RunSpec,
+    build_mixed_population,
     build_model,
     build_population,
     build_trainer,
@@ -325,8 +326,19 @@ def _train(
         results = run_final_population(part.cfg, part.label, seeds, exp_dir, data, failed)
         failures.update({(part.label, s): r for s, r in failed.items()})
         return results
-    members = [(p.label, p.values) for p, _, _ in todo]
-    return run_final_population(part.cfg, part.label, seeds, exp_dir, data, failures, members)
+    # Members of one optimizer side by side: each run of them is one group of the population.
+    ordered = sorted(todo, key=lambda t: _optimizer_key(t[0].cfg))
+    seeds = [seed for _, _, seed in ordered]
+    members = [(p.label, p.cfg, p.values) for p, _, _ in ordered]
+    results = run_final_population(part.cfg, part.label, seeds, exp_dir, data, failures, members)
+    trained = [(p.label, s) for p, _, s in ordered if (p.label, s) not in failures]
+    found = dict(zip(trained, results, strict=True))
+    return [found[(p.label, s)] for p, _, s in todo if (p.label, s) not in failures]
+
+
+def _optimizer_key(cfg: Any) -> str:
+    spec = RunSpec.of(cfg)
+    return json.dumps([spec.optimizer, spec.lr_scheduler], sort_keys=True, default=str)
 
 
 def run_final_population(
@@ -339,13 +351,14 @@ def run_final_population(
     others' results are written, or with ``failures`` is put there (seed: why; with
     ``members``, (label, seed): why).
 
-    ``members``: each member's label and tuned values, for parts of several labels trained
-    together (``cfg`` is then any of theirs: the values are each member's own)."""
-    labels = [label for label, _ in members] if members else [arm] * len(seeds)
-    hparams = None
+    ``members``: each member's label, tuned config and tuned values, for parts of several labels
+    trained together (configs that may differ in their optimizer and LR scheduler; ``cfg`` is
+    then any of theirs, for the trainer)."""
+    labels = [label for label, *_ in members] if members else [arm] * len(seeds)
     if members:
-        hparams = {name: [values[name] for _, values in members] for name in members[0][1]}
-    model = build_population(cfg, seeds, hparams)
+        model = build_mixed_population([(c, values) for _, c, values in members], seeds)
+    else:
+        model = build_population(cfg, seeds)
     model.track_best = True
     model.member_loggers = [
         run_loggers(cfg, exp_dir / label, "final", f"seed_{seed}")

@@ -137,10 +137,15 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
 
 
 def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_path, monkeypatch):
-    """The default population finals give the numbers of separate runs (float32 rounding),
-    an arm's finals and its re-tuned finals trained as one population; an interrupted
-    experiment keeps the finished arm's population results."""
-    path, _ = tiny_experiment
+    """The default population finals give the numbers of separate runs (float32 rounding):
+    arms of different optimizers (Adam's stacked fast path, SGD with Nesterov one instance per
+    member), each with its re-tuned finals, trained as one population; an arm with another
+    clipping rule alone. An interrupted experiment keeps the finished population's results."""
+    path, config = tiny_experiment
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9, "nesterov": True}}
+    space = [{"name": "lr", "low": 0.01, "high": 0.3, "log": True}]
+    config["arms"].append({"name": "sgd", "optimizer": sgd, "search_space": space})
+    path.write_text(yaml.safe_dump(config))
     retune = "--trainer.max_epochs=3"  # tuned at 2 epochs, re-tuned at 3: the robustness check
     cli_main(["compare", f"--config={path}", "--population_finals=false", retune,
               f"--output_dir={tmp_path / 'separate'}"])  # fmt: skip
@@ -159,29 +164,32 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
     with pytest.raises(SystemExit):  # exit 130, "run the same command again to resume"
         cli_main(["compare", f"--config={path}", retune])
     exp_dir = tmp_path / "out" / "tiny"
-    kept = sorted(p.parent.name for p in exp_dir.glob("*/final/*/result.json"))
-    assert kept == ["seed_0", "seed_1"] and not list((exp_dir / "wnclip").glob("final/*/*.json"))
-    first = [json.loads((exp_dir / "adam" / "final" / s / "result.json").read_text()) for s in kept]
+    kept = sorted(str(p.parent.relative_to(exp_dir)) for p in exp_dir.glob("*/final/*/result.json"))
+    assert kept == [f"{arm}/final/seed_{s}" for arm in ("adam", "sgd") for s in (0, 1)]
+    assert not list((exp_dir / "wnclip").glob("final/*/*.json"))
+    first = [json.loads((exp_dir / k / "result.json").read_text()) for k in kept[:2]]
 
     monkeypatch.setattr(finals, "run_final_population", real)
     cli_main(["compare", f"--config={path}", retune])
-    results = _check_outputs(exp_dir, ["adam", "wnclip"], seeds=2)
+    results = _check_outputs(exp_dir, ["adam", "wnclip", "sgd"], seeds=2)
     assert results["arms"]["adam"]["runs"] == first  # reused, not retrained
     pairs = []
-    for arm in ("adam", "wnclip"):
+    for arm in ("adam", "wnclip", "sgd"):
         ours, theirs = results["arms"][arm], separate["arms"][arm]
+        # 2 seeds x 2 tunings, of both optimizers for adam and sgd
+        size = 4 if arm == "wnclip" else 8
         pairs += [
-            (ours["runs"], theirs["runs"]),
-            (ours["retuned"]["runs"], theirs["retuned"]["runs"]),
+            (ours["runs"], theirs["runs"], size),
+            (ours["retuned"]["runs"], theirs["retuned"]["runs"], size),
         ]
-    for arm_runs, separate_runs in pairs:
+    for arm_runs, separate_runs, size in pairs:
         for pop, sep in zip(arm_runs, separate_runs, strict=True):
-            assert pop["population"] == 4 and pop["seed"] == sep["seed"]  # 2 seeds x 2 tunings
+            assert pop["population"] == size and pop["seed"] == sep["seed"]
             for key in ("test_loss", "test_acc", "final_val_loss", "best_val_loss"):
                 assert pop[key] == pytest.approx(sep[key], rel=1e-3), key
             assert pop["val_loss_curve"] == pytest.approx(sep["val_loss_curve"], rel=1e-3)
-    for arm in ("adam", "wnclip"):
-        assert (results["arms"][arm]["clip_rate"] is None) == (arm == "adam")
+    for arm in ("adam", "wnclip", "sgd"):
+        assert (results["arms"][arm]["clip_rate"] is None) == (arm != "wnclip")
         runs = results["arms"][arm]["runs"] + results["arms"][arm]["retuned"]["runs"]
         for run in runs:  # each seed's own TensorBoard run, test included
             scalars = read_scalars(Path(run["log_dir"]))

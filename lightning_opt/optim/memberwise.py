@@ -239,6 +239,9 @@ class GroupedOptimizer(MemberwiseOptimizer):
 
 
 def _has_modes(optimizer: torch.optim.Optimizer) -> bool:
-    if isinstance(optimizer, MemberwiseOptimizer):
-        optimizer = optimizer.members[0]
-    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+    """Whether a part has ``train()``/``eval()`` (a member's optimizer for a memberwise part)."""
+    from lightning_opt.optim.contract import has_modes
+
+    return has_modes(
+        optimizer.members[0] if isinstance(optimizer, MemberwiseOptimizer) else optimizer
+    )

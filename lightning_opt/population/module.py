@@ -39,7 +39,7 @@ from lightning_opt.models import NetFactory, build_net, resolve_net_argument
 from lightning_opt.norms import tensor_norms
 from lightning_opt.optim import groups
 from lightning_opt.optim.contract import StepContract
-from lightning_opt.optim.memberwise import GroupedOptimizer
+from lightning_opt.optim.memberwise import GroupedOptimizer, MemberwiseOptimizer
 from lightning_opt.optim.registry import (
     check_optimizer,
     constructor_arguments,
@@ -104,13 +104,13 @@ def _group_specs(
     if start != members:
         raise ValueError(f"member_groups hold {start} members; seeds give {members}")
     first = specs[0][0]
-    same = resolve_optimizer(optimizer)[1] == resolve_optimizer(first["optimizer"])[1] and (
-        resolve_scheduler(lr_scheduler) or (None, None)
-    )[1] == (resolve_scheduler(first["lr_scheduler"]) or (None, None))[1]
+    same = (
+        resolve_optimizer(optimizer)[1] == resolve_optimizer(first["optimizer"])[1]
+        and (resolve_scheduler(lr_scheduler) or (None, None))[1]
+        == (resolve_scheduler(first["lr_scheduler"]) or (None, None))[1]
+    )
     if not same:
-        raise ValueError(
-            "with member_groups, optimizer and lr_scheduler must be the first group's"
-        )
+        raise ValueError("with member_groups, optimizer and lr_scheduler must be the first group's")
     return specs
 
 
@@ -214,9 +214,7 @@ class PopulationClassifier(
             )
         k = len(seeds)
         self.param_group_rules = groups.check_rules(param_groups)
-        specs = _group_specs(
-            optimizer, lr_scheduler, lr_interval, member_hparams, member_groups, k
-        )
+        specs = _group_specs(optimizer, lr_scheduler, lr_interval, member_hparams, member_groups, k)
         self.groups = [self._member_group(spec, start) for spec, start in specs]
         first = self.groups[0]
         self.optimizer_class = first.optimizer_class
@@ -242,6 +240,7 @@ class PopulationClassifier(
         self._best_loss: Tensor | None = None
         self._best_state: list[Tensor] = []
         self._share = False  # whether member views get the gradients (see on_train_start)
+        self._share_members = False  # each member's (else only the stacked parts' slices)
 
         with torch.random.fork_rng(devices=[]):
             nets = []
@@ -379,7 +378,14 @@ class PopulationClassifier(
         self._clip_overrides = None  # built on the training device at the first step
         self._start_training()
         optimizer = self._memberwise()
-        self._share = optimizer is not None or any(not c.stacked for c in self._clippers())
+        views = any(not c.stacked for c in self._clippers())  # clipping member by member
+        if isinstance(optimizer, GroupedOptimizer):  # stacked parts take slices of the grads
+            parts = optimizer.members
+            views = views or any(isinstance(p, MemberwiseOptimizer) for p in parts)
+        else:
+            views = views or optimizer is not None
+        self._share_members = views
+        self._share = views or bool(self._slices)
         if self._share and not self._views_current():
             # The parameters were moved or converted (device, precision) after the optimizer
             # was built: point every member's optimizer at views of the new tensors.

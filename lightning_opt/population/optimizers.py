@@ -39,15 +39,13 @@ class MemberOptimizers:
         """Live members ``members``' own optimizers, over their views, as a single fit builds
         them."""
         names = [name for name, _ in self.net.named_parameters()]
-        return [
-            construct(
-                self.groups[self.member_group[member]].optimizer_class,
-                groups.split(zip(names, self._member_params[self.member_ids.index(member)],
-                                 strict=True), self.param_group_rules),  # fmt: skip
-                self.member_kwargs[member],
-            )
-            for member in members
-        ]
+        built = []
+        for member in members:
+            views = self._member_params[self.member_ids.index(member)]
+            params = groups.split(zip(names, views, strict=True), self.param_group_rules)
+            cls = self.groups[self.member_group[member]].optimizer_class
+            built.append(construct(cls, params, self.member_kwargs[member]))
+        return built
 
     def _with_schedulers(
         self, optimizer: torch.optim.Optimizer, member_optimizers: list[Any]
@@ -171,7 +169,7 @@ class MemberOptimizers:
     def _share_grads(self) -> None:
         if not self._share:
             return
-        for member, views in enumerate(self._member_params):
+        for member, views in enumerate(self._member_params if self._share_members else ()):
             for view, p in zip(views, self._params, strict=True):
                 view.grad = None if p.grad is None else p.grad[member]
         for (start, stop), views in zip(self._slices, self._slice_params, strict=True):
