@@ -40,7 +40,7 @@ from lightning_opt.runs import (
 )
 from lightning_opt.study import original_number
 from lightning_opt.trials import resolve_search_space
-from lightning_opt.tune import TuneCLI, parse, run_study
+from lightning_opt.tune import TuneCLI, parse, run_studies_together, run_study
 from lightning_opt.tune_outputs import write_fit_config
 
 
@@ -102,7 +102,19 @@ def run_compare(args: list[str]) -> Path:
 
     labelled = [(p.name, p.name, p) for p in plans]
     labelled += [(p.name, f"{p.name}/retuned", p.retune) for p in plans if p.retune is not None]
-    tuned = {label: tune_arm(cli.parser, config, plan, label, data) for _, label, plan in labelled}
+    plans_by_label = {label: plan for _, label, plan in labelled}
+    tuned = {}
+    for group in tuning_groups(cli.parser, labelled):
+        together = {}
+        if len(group) > 1:
+            epochs = plans_by_label[group[0]].tune_cfg.trainer.max_epochs
+            print(f"== arms {', '.join(group)}: tuning together ({epochs} epochs a trial)")
+            entries = [(label, plans_by_label[label].tune_cfg, plans_by_label[label].options)
+                       for label in group]  # fmt: skip
+            together = run_studies_together(entries, data)
+        for label in group:
+            plan = plans_by_label[label]
+            tuned[label] = tune_arm(cli.parser, config, plan, label, data, together.get(label))
     try:
         # Final runs that other processes sharing the storage are training are waited for only
         # after this process's own: meanwhile it trains the next group's.
@@ -162,13 +174,15 @@ class TunedArm:
 
 def tune_arm(
     parser: LightningArgumentParser, config: Any, plan: ArmPlan, label: str,
-    data: MNIST1DDataModule,
+    data: MNIST1DDataModule, study: Any = None,
 ) -> TunedArm:  # fmt: skip
     """Tune one arm (``label``: where its finals go under the experiment, ``<arm>`` or
-    ``<arm>/retuned``) and open the units of its final runs."""
-    epochs = plan.tune_cfg.trainer.max_epochs
-    print(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
-    study = run_study(plan.tune_cfg, plan.options)
+    ``<arm>/retuned``), unless ``study`` is its study already tuned, and open the units of its
+    final runs."""
+    if study is None:
+        epochs = plan.tune_cfg.trainer.max_epochs
+        print(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
+        study = run_study(plan.tune_cfg, plan.options)
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
     if not completed:
         raise ValueError(f"arm {label!r}: no tuning trial completed; widen the search space")
@@ -202,17 +216,65 @@ def final_groups(
     for _, label, plan in labelled:
         key = label
         if plan.population_finals:
-            cfg = plan.final_cfg
-            drop = (*EXPERIMENT_KEYS, "search_space", "optimizer", "lr_scheduler",
-                    "model.lr_interval")  # fmt: skip
-            settings = run_fingerprint(parser, cfg, drop=drop)
-            where = settable(cfg)
-            clipping = sorted(n for n in tuned[label].best.params
-                              if where.get(n) not in ("optimizer", "lr_scheduler"))  # fmt: skip
-            interval = cfg.model.get("lr_interval") if scheduler_dict(cfg) else None
-            key = json.dumps([settings, clipping, interval], sort_keys=True, default=str)
+            key = _population_key(parser, plan.final_cfg, tuned[label].best.params)
         groups.setdefault(key, []).append(label)
     return list(groups.values())
+
+
+def _population_key(parser: LightningArgumentParser, cfg: Any, names: Any) -> str:
+    """What runs of ``cfg`` with values for ``names`` share with every run of one population:
+    all settings but the optimizer, the LR scheduler and the search space, the names of the
+    values that are no optimizer's or scheduler's (the clipping rules' act on every member),
+    and when a scheduler steps."""
+    drop = (*EXPERIMENT_KEYS, "search_space", "optimizer", "lr_scheduler", "model.lr_interval")
+    settings = run_fingerprint(parser, cfg, drop=drop)
+    where = settable(cfg)
+    clipping = sorted(n for n in names if where.get(n) not in ("optimizer", "lr_scheduler"))
+    interval = cfg.model.get("lr_interval") if scheduler_dict(cfg) else None
+    return json.dumps([settings, clipping, interval], sort_keys=True, default=str)
+
+
+def tuning_groups(
+    parser: LightningArgumentParser, labelled: list[tuple[str, str, ArmPlan]]
+) -> list[list[str]]:
+    """The labels whose tuning trials train together (``tune.run_studies_together``): those
+    tuned as populations by one worker whose tuning configs differ only in the optimizer, the
+    LR scheduler and the search space (arms on one net, data, budget and clipping rules), if
+    one population of them builds at the ends of their search spaces; every other label alone."""
+    groups: dict[str, list[tuple[str, ArmPlan]]] = {}
+    for _, label, plan in labelled:
+        key = label
+        if plan.options.population > 1 and plan.options.n_workers == 1:
+            names = [p.name for p in resolve_search_space(plan.tune_cfg)]
+            key = _population_key(parser, plan.tune_cfg, names)
+        groups.setdefault(key, []).append((label, plan))
+    out = []
+    for group in groups.values():
+        if len(group) > 1 and not _builds_together([plan for _, plan in group]):
+            out += [[label] for label, _ in group]
+        else:
+            out.append([label for label, _ in group])
+    return out
+
+
+def _builds_together(plans: list[ArmPlan]) -> bool:
+    """Whether one population of every plan's trials builds, at each end of the search spaces
+    (the check ``check_study`` makes for one study's population)."""
+    from lightning_opt.runs import build_mixed_population, trainer_arguments
+
+    for end in (0, 1):
+        members = []
+        for plan in plans:
+            values = {p.name: p.ends()[end] for p in resolve_search_space(plan.tune_cfg)}
+            members.append((plan.tune_cfg, values))
+        try:
+            model = build_mixed_population(members, [0] * len(members))
+            model.check_clipping(trainer_arguments(plans[0].tune_cfg)["callbacks"])
+        except ValueError as err:
+            names = ", ".join(p.name for p in plans)
+            print(f"arms {names} tune one population each ({err})", flush=True)
+            return False
+    return True
 
 
 def summarize_arm(

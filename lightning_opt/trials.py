@@ -28,6 +28,7 @@ from lightning_opt.optim.registry import (
 )
 from lightning_opt.parsing import optimizer_dict, run_name
 from lightning_opt.runs import (
+    build_mixed_population,
     build_model,
     build_population,
     build_trainer,
@@ -208,12 +209,20 @@ def _shown(value: Any) -> str:
 class TrialRunner:
     """Runs the trials one worker claims; the data is generated and split once per worker."""
 
-    def __init__(self, config: Any, options: TuneOptions) -> None:
+    def __init__(
+        self, config: Any, options: TuneOptions, data: MNIST1DDataModule | None = None,
+        label: str | None = None, storage: Any = None,
+    ) -> None:  # fmt: skip
         self.config, self.options = config, options
+        self.storage = storage  # the study's, where the worker opened it
         self.space = resolve_search_space(config)
-        self.data = MNIST1DDataModule(**config.data.as_dict())
-        self.data.prepare_data()
+        if data is None:
+            data = MNIST1DDataModule(**config.data.as_dict())
+            data.prepare_data()
+        self.data = data
         chunk_where_invisible(config, self.data)  # every trial of a study has the same settings
+        #: Printed before each trial's line where trials of several studies train together.
+        self.label = label
         self.trainer: Trainer | None = None
         self.interrupted = False
 
@@ -248,7 +257,8 @@ class TrialRunner:
     def _report(
         self, trial: optuna.Trial, params: dict[str, float], outcome: TrialOutcome, timing: str
     ) -> TrialOutcome:
-        print(f"trial {trial.number:>3}  {format_params(params)}  {outcome.note}  ({timing})",
+        shown = f"{self.label} trial" if self.label else "trial"
+        print(f"{shown} {trial.number:>3}  {format_params(params)}  {outcome.note}  ({timing})",
               flush=True)  # fmt: skip
         return outcome
 
@@ -256,40 +266,9 @@ class TrialRunner:
         self, trials: list[optuna.Trial], params: list[dict[str, float]]
     ) -> list[TrialOutcome]:
         """Train ``trials`` as one population; each trial's outcome, as ``run`` gives it."""
-        seed = self.config.seed_everything
-        seed_everything(seed, verbose=False)
-        member_hparams = {name: [p[name] for p in params] for name in params[0]}
-        model = build_population(self.config, [seed] * len(trials), member_hparams)
-        model.member_loggers = [self._loggers(trial) for trial in trials]
-        pruning = PopulationPruning(trials, self.options.pruner)
-        trainer = self.trainer = build_trainer(self.config, False, [pruning])
-        start = time.perf_counter()
-        try:
-            trainer.fit(model, datamodule=self.data)
-        except NonFiniteLossError:
-            pass  # every member is dropped; each one's reason is in model.dropped
-        finally:
-            self.trainer = None
-        if self.interrupted:
-            raise KeyboardInterrupt
-        elapsed = time.perf_counter() - start
-        outcomes = []
-        for member, (trial, p) in enumerate(zip(trials, params, strict=True)):
-            losses = model.history[member]["val/loss"]
-            reason = model.dropped.get(member)
-            if reason is None:
-                state = TrialState.COMPLETE
-                value = min(losses) if self.options.objective == "best" else losses[-1]
-                note = f"val/loss {value:.4f}"
-                path = save_member_checkpoint(model, member, self._log_dir(trial))
-                trial.set_user_attr("checkpoint", path)
-            else:
-                state, value, note = TrialState.PRUNED, None, reason
-                if "non-finite" in reason:
-                    trial.set_user_attr("pruned_reason", "non-finite training loss")
-            timing = f"population of {len(trials)}: {elapsed:.1f} s"
-            outcomes.append(self._report(trial, p, TrialOutcome(state, value, note), timing))
-        return outcomes
+        return run_trial_population(
+            self, [(self, t, p) for t, p in zip(trials, params, strict=True)]
+        )
 
     def run(self, trial: optuna.Trial, params: dict[str, float]) -> TrialOutcome:
         """Train ``trial`` alone: the ``fit`` of its config with its values set."""
@@ -324,24 +303,82 @@ class TrialRunner:
         return self._report(trial, params, TrialOutcome(state, value, note), f"{elapsed:.1f} s")
 
 
+#: A trial of a population: the runner of its study, the trial and its sampled values.
+TrialMember = tuple["TrialRunner", optuna.Trial, dict[str, float]]
+
+
+def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> list[TrialOutcome]:
+    """Train ``members`` as one population, each exactly its own trial's run: trials of one
+    study, or of several whose configs differ only in their optimizer, LR scheduler and values
+    (``runs.build_mixed_population``); ``driver``'s config gives the trainer and the data, and
+    ``driver.interrupt`` stops it. Each trial's outcome, as ``TrialRunner.run`` gives it."""
+    config = driver.config
+    seed = config.seed_everything
+    seed_everything(seed, verbose=False)
+    if all(runner is driver for runner, _, _ in members):
+        params = [p for _, _, p in members]
+        member_hparams = {name: [p[name] for p in params] for name in params[0]}
+        model = build_population(config, [seed] * len(members), member_hparams)
+    else:
+        entries = [(runner.config, p) for runner, _, p in members]
+        model = build_mixed_population(entries, [seed] * len(members))
+    trials = [trial for _, trial, _ in members]
+    model.member_loggers = [runner._loggers(trial) for runner, trial, _ in members]
+    pruning = PopulationPruning(trials, [runner.storage for runner, _, _ in members])
+    trainer = driver.trainer = build_trainer(config, False, [pruning])
+    start = time.perf_counter()
+    try:
+        trainer.fit(model, datamodule=driver.data)
+    except NonFiniteLossError:
+        pass  # every member is dropped; each one's reason is in model.dropped
+    finally:
+        driver.trainer = None
+    if driver.interrupted:
+        raise KeyboardInterrupt
+    elapsed = time.perf_counter() - start
+    outcomes = []
+    for member, (runner, trial, p) in enumerate(members):
+        losses = model.history[member]["val/loss"]
+        reason = model.dropped.get(member)
+        if reason is None:
+            state = TrialState.COMPLETE
+            value = min(losses) if runner.options.objective == "best" else losses[-1]
+            note = f"val/loss {value:.4f}"
+            path = save_member_checkpoint(model, member, runner._log_dir(trial))
+            trial.set_user_attr("checkpoint", path)
+        else:
+            state, value, note = TrialState.PRUNED, None, reason
+            if "non-finite" in reason:
+                trial.set_user_attr("pruned_reason", "non-finite training loss")
+        timing = f"population of {len(members)}: {elapsed:.1f} s"
+        outcomes.append(runner._report(trial, p, TrialOutcome(state, value, note), timing))
+    return outcomes
+
+
 class PopulationPruning(Callback):
     """Optuna pruning for a population: each epoch, report every live member's val/loss to its
     trial (as ``PyTorchLightningPruningCallback`` does for one) and drop the members to prune."""
 
-    def __init__(self, trials: list[optuna.Trial], pruner: str = "median") -> None:
+    def __init__(self, trials: list[optuna.Trial], storages: list[Any] | None = None) -> None:
         self.trials = trials
-        self.pruner = pruner
+        #: Each trial's storage (``None``: read it from its study's trials).
+        self.storages = storages or [None] * len(trials)
 
-    def _may_prune(self) -> bool:
+    @staticmethod
+    def _may_prune(study: optuna.Study, storage: Any) -> bool:
         """Whether the study's pruner can prune now: ``none`` never does, and the median pruner
-        not before ``MEDIAN_STARTUP_TRIALS`` trials completed (one storage query an epoch,
-        instead of one ``should_prune`` per member, each reading every trial)."""
-        study = self.trials[0].study
+        not before ``MEDIAN_STARTUP_TRIALS`` trials completed (counted by the storage: a query
+        an epoch per study, instead of one ``should_prune`` per member, each reading every
+        trial)."""
         if isinstance(study.pruner, optuna.pruners.NopPruner):
             return False
         if type(study.pruner) is optuna.pruners.MedianPruner:  # make_pruner's
-            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            return len(complete) >= MEDIAN_STARTUP_TRIALS
+            if storage is None:
+                complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            else:
+                study_id = storage.get_study_id_from_name(study.study_name)
+                complete = storage.get_n_trials(study_id, TrialState.COMPLETE)
+            return complete >= MEDIAN_STARTUP_TRIALS
         return True
 
     @override
@@ -350,12 +387,15 @@ class PopulationPruning(Callback):
             return
         epoch = trainer.current_epoch
         drop = {}
-        may_prune = self._may_prune()
+        may_prune: dict[int, bool] = {}  # by study (the trials of several studies may train)
         for member, loss in zip(pl_module.member_ids, pl_module.val_loss.tolist(), strict=True):
             if not math.isfinite(loss):
                 continue  # the model drops a member whose loss is not finite, with its reason
             trial = self.trials[member]
             trial.report(loss, step=epoch)
-            if may_prune and trial.should_prune():
+            study = trial.study
+            if id(study) not in may_prune:
+                may_prune[id(study)] = self._may_prune(study, self.storages[member])
+            if may_prune[id(study)] and trial.should_prune():
                 drop[member] = f"pruned at epoch {epoch}"
         pl_module.drop_members(drop)

@@ -50,7 +50,7 @@ from lightning_opt.trials import (
     resolve_search_space,
 )
 from lightning_opt.tune_outputs import write_outputs
-from lightning_opt.workers import run_workers
+from lightning_opt.workers import run_together, run_workers
 
 
 class TuneCLI(OptimizerCLI):
@@ -288,6 +288,56 @@ def _run_study(config: Any, options: TuneOptions) -> optuna.Study:
     Ctrl-C ends the process with exit code 130 after saying how to resume.
     """
     quiet_lightning()
+    study = prepare_study(config, options)
+    try:
+        run_workers(config, options)
+    except KeyboardInterrupt:
+        _interrupted([(study, options)])
+    return study
+
+
+def run_studies_together(
+    entries: list[tuple[str, Any, TuneOptions]], data: Any
+) -> dict[str, optuna.Study]:
+    """The studies of ``entries`` (``(label, config, options)``, each checked with
+    ``check_study``), their trials trained together: each round one population of up to
+    ``population`` trials of every study (``workers.run_together``), so arms whose configs
+    differ only in their optimizer, LR scheduler and search space tune at the cost of one.
+    Each study's trials are the ones it would run alone (claimed, sampled and told as its own
+    worker would). The finished studies by label; a storage failure is one line, and Ctrl-C
+    exits with 130 after saying how to resume."""
+    quiet_lightning()
+    try:
+        studies_ = {label: prepare_study(cfg, opts) for label, cfg, opts in entries}
+        try:
+            run_together(entries, data)
+        except KeyboardInterrupt:
+            _interrupted([(studies_[label], opts) for label, _, opts in entries])
+    except Exception as err:
+        failure = storages.storage_failure(err, entries[0][2].storage)
+        if failure is None:
+            raise
+        raise RunFailure(failure) from None
+    return studies_
+
+
+def _interrupted(studies_: list[tuple[optuna.Study, TuneOptions]]) -> None:
+    shown = []
+    for study, options in studies_:
+        counts = studies.count_states(study)
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        shown.append(f"{finished} of {options.n_trials}")
+    print(
+        f"interrupted: {', '.join(shown)} trials finished and are kept; "
+        "run the same command again to resume",
+        file=sys.stderr,
+    )
+    sys.exit(signals.interrupt_exit_code())
+
+
+def prepare_study(config: Any, options: TuneOptions) -> optuna.Study:
+    """Open (or create) the study, refuse one of other settings, re-plan its interrupted
+    trials and top it up to ``n_trials``; say what is left to run."""
     space = resolve_search_space(config)
     try:
         storage = open_study_storage(options)
@@ -307,15 +357,4 @@ def _run_study(config: Any, options: TuneOptions) -> optuna.Study:
         f"{added} to run with {options.n_workers} worker(s); logs in {options.study_dir}",
         flush=True,
     )
-    try:
-        run_workers(config, options)
-    except KeyboardInterrupt:
-        counts = studies.count_states(study)
-        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-        print(
-            f"interrupted: {finished} of {options.n_trials} trials finished and are kept; "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
-        sys.exit(signals.interrupt_exit_code())
     return study

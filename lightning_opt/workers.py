@@ -25,7 +25,7 @@ from lightning_opt import storage as storages
 from lightning_opt import study as studies
 from lightning_opt.parsing import RunFailure
 from lightning_opt.runs import quiet_lightning
-from lightning_opt.trials import TrialRunner, TuneOptions, make_pruner
+from lightning_opt.trials import TrialRunner, TuneOptions, make_pruner, run_trial_population
 
 
 def run_worker(config: Any, options: TuneOptions) -> int:
@@ -39,7 +39,7 @@ def run_worker(config: Any, options: TuneOptions) -> int:
         study_name=options.study_name, storage=storage,
         pruner=make_pruner(options.pruner),
     )  # fmt: skip
-    runner = TrialRunner(config, options)
+    runner = TrialRunner(config, options, storage=storage)
     with on_sigint(runner.interrupt):
         return claim_and_run(study, storage, runner, options)
 
@@ -103,6 +103,74 @@ def claim_and_run(
             complete = outcome.state == TrialState.COMPLETE
             study.tell(trial, outcome.value if complete else None, state=outcome.state)
         done += len(trials)
+
+
+def run_together(entries: list[tuple[str, Any, TuneOptions]], data: Any) -> int:
+    """Claim and run the trials of several studies (``(label, config, options)``, one worker)
+    until none is left, each round up to ``population`` trials of every study trained as one
+    population; the number run. Each study's trials are claimed, sampled, pruned and told as
+    ``claim_and_run`` does for one."""
+    arms = []
+    for label, config, options in entries:
+        storage = storages.open_storage(
+            options.storage, options.heartbeat_interval, options.grace_period,
+            options.max_retry, connect_timeout=options.connect_timeout,
+        )  # fmt: skip
+        study = optuna.load_study(
+            study_name=options.study_name, storage=storage, pruner=make_pruner(options.pruner)
+        )
+        arms.append((study, storage, TrialRunner(config, options, data, label, storage)))
+    driver = arms[0][2]
+    done = 0
+    with on_sigint(driver.interrupt):
+        while True:
+            if driver.interrupted:
+                raise KeyboardInterrupt
+            members, claims = [], []
+            for study, storage, runner in arms:
+                options = runner.options
+                if storages.has_heartbeat(storage):
+                    optuna.storages.fail_stale_trials(study)
+                for _ in range(options.population):
+                    claimed = studies.claim_waiting_trial(
+                        study, storage, options.n_trials, options.seed
+                    )
+                    if claimed is None:
+                        break
+                    # Sampled now: the next claim reseeds the sampler.
+                    members.append((runner, claimed[0], runner.suggest(claimed[0])))
+                    claims.append((study, storage, *claimed))
+            if not members:
+                waiting = any(
+                    storages.has_heartbeat(storage)
+                    and studies.count_states(study)[TrialState.RUNNING]
+                    for study, storage, _ in arms
+                )
+                if waiting:  # a dead worker's trial may come back
+                    time.sleep(min(0.5, min(r.options.heartbeat_interval for *_, r in arms)))
+                    continue
+                return done
+            with contextlib.ExitStack() as beats:
+                for study, storage, runner in arms:
+                    ids = [trial_id for s, _, _, trial_id in claims if s is study]
+                    interval = runner.options.heartbeat_interval
+                    beats.enter_context(studies.heartbeats(storage, ids, interval))
+                try:
+                    outcomes = run_trial_population(driver, members)
+                except (KeyboardInterrupt, SystemExit):
+                    for study, _, trial, _ in claims:
+                        trial.set_user_attr("fail_reason", "interrupted")
+                        study.tell(trial, state=TrialState.FAIL)
+                    raise KeyboardInterrupt from None
+                except BaseException as err:
+                    for study, _, trial, _ in claims:
+                        trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+                        study.tell(trial, state=TrialState.FAIL)
+                    raise
+            for (study, _, trial, _), outcome in zip(claims, outcomes, strict=True):
+                complete = outcome.state == TrialState.COMPLETE
+                study.tell(trial, outcome.value if complete else None, state=outcome.state)
+            done += len(members)
 
 
 def _worker_process(config: Any, options: TuneOptions) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -136,7 +137,9 @@ def test_interrupted_experiment_resumes_without_redoing_trials(
     assert results["arms"]["adam"]["runs"][0] == first_run  # reused, not retrained
 
 
-def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_path, monkeypatch):
+def test_population_finals_equal_separate_runs_and_resume(
+    tiny_experiment, tmp_path, monkeypatch, capsys
+):
     """The default population finals give the numbers of separate runs (float32 rounding):
     arms of different optimizers (Adam's stacked fast path, SGD with Nesterov one instance per
     member), each with its re-tuned finals, trained as one population; an arm with another
@@ -161,8 +164,16 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
         return real(*args, **kwargs)
 
     monkeypatch.setattr(finals, "run_final_population", interrupted)
+    together = "--population=2"  # adam's and sgd's trials tune as one population
+    capsys.readouterr()
     with pytest.raises(SystemExit):  # exit 130, "run the same command again to resume"
-        cli_main(["compare", f"--config={path}", retune])
+        cli_main(["compare", f"--config={path}", retune, together])
+    shown = capsys.readouterr().out
+    for arms in ("adam, sgd", "adam/retuned, sgd/retuned"):
+        assert f"== arms {arms}: tuning together" in shown
+    assert "sgd/retuned trial   1" in shown
+    trained = re.findall(r"^(\S+) trial .*population of (\d+)", shown, re.M)
+    assert {int(n) for label, n in trained if "sgd" in label} == {4}  # 2 trials of each arm
     exp_dir = tmp_path / "out" / "tiny"
     kept = sorted(str(p.parent.relative_to(exp_dir)) for p in exp_dir.glob("*/final/*/result.json"))
     assert kept == [f"{arm}/final/seed_{s}" for arm in ("adam", "sgd") for s in (0, 1)]
@@ -170,7 +181,7 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
     first = [json.loads((exp_dir / k / "result.json").read_text()) for k in kept[:2]]
 
     monkeypatch.setattr(finals, "run_final_population", real)
-    cli_main(["compare", f"--config={path}", retune])
+    cli_main(["compare", f"--config={path}", retune, together])
     results = _check_outputs(exp_dir, ["adam", "wnclip", "sgd"], seeds=2)
     assert results["arms"]["adam"]["runs"] == first  # reused, not retrained
     pairs = []
@@ -182,6 +193,11 @@ def test_population_finals_equal_separate_runs_and_resume(tiny_experiment, tmp_p
             (ours["runs"], theirs["runs"], size),
             (ours["retuned"]["runs"], theirs["retuned"]["runs"], size),
         ]
+    for arm in ("adam", "wnclip", "sgd"):  # tuned together, each trial is its own
+        for ours, theirs in ((results["arms"][arm], separate["arms"][arm]),
+                             (results["arms"][arm]["retuned"], separate["arms"][arm]["retuned"])):  # fmt: skip
+            assert ours["tuned"] == theirs["tuned"]
+            assert ours["tuning"]["values"] == pytest.approx(theirs["tuning"]["values"], rel=1e-3)
     for arm_runs, separate_runs, size in pairs:
         for pop, sep in zip(arm_runs, separate_runs, strict=True):
             assert pop["population"] == size and pop["seed"] == sep["seed"]
