@@ -107,8 +107,9 @@ def run_compare(args: list[str]) -> Path:
     for group in tuning_groups(cli.parser, labelled):
         together = {}
         if len(group) > 1:
-            epochs = plans_by_label[group[0]].tune_cfg.trainer.max_epochs
-            print(f"== arms {', '.join(group)}: tuning together ({epochs} epochs a trial)")
+            epochs = sorted({plans_by_label[label].tune_cfg.trainer.max_epochs for label in group})
+            shown = " or ".join(map(str, epochs))
+            print(f"== arms {', '.join(group)}: tuning together ({shown} epochs a trial)")
             entries = [(label, plans_by_label[label].tune_cfg, plans_by_label[label].options)
                        for label in group]  # fmt: skip
             together = run_studies_together(entries, data)
@@ -221,12 +222,17 @@ def final_groups(
     return list(groups.values())
 
 
-def _population_key(parser: LightningArgumentParser, cfg: Any, names: Any) -> str:
+def _population_key(
+    parser: LightningArgumentParser, cfg: Any, names: Any, budgets: bool = False
+) -> str:
     """What runs of ``cfg`` with values for ``names`` share with every run of one population:
-    all settings but the optimizer, the LR scheduler and the search space, the names of the
-    values that are no optimizer's or scheduler's (the clipping rules' act on every member),
-    and when a scheduler steps."""
+    all settings but the optimizer, the LR scheduler and the search space (with ``budgets``,
+    the epochs too: each member ends at its own), the names of the values that are no
+    optimizer's or scheduler's (the clipping rules' act on every member), and when a
+    scheduler steps."""
     drop = (*EXPERIMENT_KEYS, "search_space", "optimizer", "lr_scheduler", "model.lr_interval")
+    if budgets and cfg.trainer.get("max_steps") in (None, -1):
+        drop += ("trainer.max_epochs",)
     settings = run_fingerprint(parser, cfg, drop=drop)
     where = settable(cfg)
     clipping = sorted(n for n in names if where.get(n) not in ("optimizer", "lr_scheduler"))
@@ -239,14 +245,15 @@ def tuning_groups(
 ) -> list[list[str]]:
     """The labels whose tuning trials train together (``tune.run_studies_together``): those
     tuned as populations by one worker whose tuning configs differ only in the optimizer, the
-    LR scheduler and the search space (arms on one net, data, budget and clipping rules), if
-    one population of them builds at the ends of their search spaces; every other label alone."""
+    LR scheduler, the search space and the epochs (arms on one net, data and clipping rules,
+    each re-tuned one beside them), if one population of them builds at the ends of their
+    search spaces; every other label alone."""
     groups: dict[str, list[tuple[str, ArmPlan]]] = {}
     for _, label, plan in labelled:
         key = label
         if plan.options.population > 1 and plan.options.n_workers == 1:
             names = [p.name for p in resolve_search_space(plan.tune_cfg)]
-            key = _population_key(parser, plan.tune_cfg, names)
+            key = _population_key(parser, plan.tune_cfg, names, budgets=True)
         groups.setdefault(key, []).append((label, plan))
     out = []
     for group in groups.values():

@@ -433,8 +433,11 @@ def save_final_checkpoint(trainer: Trainer, log_dir: Any) -> str:
     return str(path)
 
 
-def save_member_checkpoint(model: PopulationClassifier, member: int, log_dir: Any) -> str:
-    """Member ``member``'s single-model checkpoint: ``<log_dir>/checkpoints/final.ckpt``."""
+def save_member_checkpoint(
+    model: PopulationClassifier, member: int, log_dir: Any, checkpoint: Any = None
+) -> str:
+    """Member ``member``'s single-model checkpoint (of now, or ``checkpoint``, taken when it
+    ended): ``<log_dir>/checkpoints/final.ckpt``."""
     from pathlib import Path
 
     import torch
@@ -442,7 +445,7 @@ def save_member_checkpoint(model: PopulationClassifier, member: int, log_dir: An
     path = Path(log_dir) / "checkpoints" / "final.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    torch.save(model.member_checkpoint(member), tmp)
+    torch.save(model.member_checkpoint(member) if checkpoint is None else checkpoint, tmp)
     tmp.replace(path)
     return str(path)
 

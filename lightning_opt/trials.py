@@ -312,7 +312,9 @@ def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> lis
     study, or of several whose configs differ only in their optimizer, LR scheduler and values
     (``runs.build_mixed_population``); ``driver``'s config gives the trainer and the data, and
     ``driver.interrupt`` stops it. Each trial's outcome, as ``TrialRunner.run`` gives it."""
-    config = driver.config
+    epochs = [runner.config.trainer.max_epochs for runner, _, _ in members]
+    # The longest budget's config gives the trainer; each member ends at its own last epoch.
+    config = members[epochs.index(max(epochs))][0].config
     seed = config.seed_everything
     seed_everything(seed, verbose=False)
     if all(runner is driver for runner, _, _ in members):
@@ -322,6 +324,8 @@ def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> lis
     else:
         entries = [(runner.config, p) for runner, _, p in members]
         model = build_mixed_population(entries, [seed] * len(members))
+    if len(set(epochs)) > 1:
+        model.member_epochs = epochs
     trials = [trial for _, trial, _ in members]
     model.member_loggers = [runner._loggers(trial) for runner, trial, _ in members]
     pruning = PopulationPruning(trials, [runner.storage for runner, _, _ in members])
@@ -344,7 +348,8 @@ def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> lis
             state = TrialState.COMPLETE
             value = min(losses) if runner.options.objective == "best" else losses[-1]
             note = f"val/loss {value:.4f}"
-            path = save_member_checkpoint(model, member, runner._log_dir(trial))
+            checkpoint = model.finished_checkpoints.get(member)
+            path = save_member_checkpoint(model, member, runner._log_dir(trial), checkpoint)
             trial.set_user_attr("checkpoint", path)
         else:
             state, value, note = TrialState.PRUNED, None, reason

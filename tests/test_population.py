@@ -680,3 +680,21 @@ def test_member_groups_are_checked_at_construction():
             {"optimizer": "gnw", "size": 1}]  # fmt: skip
     with pytest.raises(ValueError, match="different clipping settings per member"):
         PopulationClassifier([1, 2], **MNIST1D, member_groups=clip)
+
+
+def test_members_of_different_budgets_each_end_at_their_own_last_epoch(data):
+    seeds, epochs, lrs = [1, 2, 3], [2, 4, 3], [0.01, 0.003, 0.02]
+    pop = PopulationClassifier(seeds, **MNIST1D, optimizer="gnw", member_hparams={"lr": lrs},
+                               member_epochs=epochs)  # fmt: skip
+    _trainer(max(epochs)).fit(pop, datamodule=data)
+    assert pop.finished == {0: 2, 2: 3} and pop.dropped == {} and pop.member_ids == [1]
+    for member, (seed, lr, n) in enumerate(zip(seeds, lrs, epochs, strict=True)):
+        alone = fit_population(data, [seed], "gnw", {"lr": [lr]}, n)
+        assert_close(pop.history[member]["val/loss"], alone.history[0]["val/loss"], 1e-12)
+        checkpoint = pop.finished_checkpoints.get(member) or pop.member_checkpoint(member)
+        assert checkpoint["epoch"] == n and checkpoint["hyper_parameters"]["optimizer"][
+            "init_args"]["lr"] == lr  # fmt: skip
+        for name, weight in alone.member_checkpoint(0)["state_dict"].items():
+            torch.testing.assert_close(
+                checkpoint["state_dict"][name], weight, rtol=1e-12, atol=1e-14
+            )

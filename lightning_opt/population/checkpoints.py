@@ -58,7 +58,7 @@ class MemberCheckpoints:
         self.dropped = {int(m): why for m, why in saved["dropped"].items()}
         self.history = {int(m): h for m, h in saved["history"].items()}
 
-    def member_checkpoint(self, member: int) -> dict[str, Any]:
+    def member_checkpoint(self, member: int, epoch: int | None = None) -> dict[str, Any]:
         """A single-model checkpoint of live member ``member`` (its original index): its weights
         and the ``MNIST1DClassifier`` hyperparameters it trained with, so ``test``, ``validate``
         and ``predict --ckpt_path`` load it as the run of its own seed."""
@@ -67,7 +67,7 @@ class MemberCheckpoints:
         position = self.member_ids.index(member)
         state = {k: v[position].detach().clone() for k, v in self.net.state_dict().items()}
         return {
-            "epoch": self.current_epoch,
+            "epoch": self.current_epoch if epoch is None else epoch,
             "global_step": self.global_step,
             "pytorch-lightning_version": lightning.__version__,
             "state_dict": {f"net.{k}": v for k, v in state.items()},

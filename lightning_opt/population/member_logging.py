@@ -93,12 +93,16 @@ class MemberLogging:
         if not self.member_loggers:
             return
         for loggers, member in zip(self.member_loggers, self.member_ids, strict=True):
-            history = self.history[member]
-            results = {
-                "hp/val_loss": history["val/loss"][-1] if history["val/loss"] else float("nan"),
-                "hp/val_acc": history["val/acc"][-1] if history["val/acc"] else float("nan"),
-                "hp/best_val_loss": min(history["val/loss"], default=float("inf")),
-            }
-            params = self._member_hparams_for_logging(member)
-            for logger in as_list(loggers):
-                log_hyperparams(logger, params, results, self._lightning_step() - 1)
+            self._log_member_results(member, loggers)
+
+    def _log_member_results(self, member: int, loggers: Any) -> None:
+        """What a single fit's ``on_train_end`` logs: its hyperparameters with its results."""
+        history = self.history[member]
+        results = {
+            "hp/val_loss": history["val/loss"][-1] if history["val/loss"] else float("nan"),
+            "hp/val_acc": history["val/acc"][-1] if history["val/acc"] else float("nan"),
+            "hp/best_val_loss": min(history["val/loss"], default=float("inf")),
+        }
+        params = self._member_hparams_for_logging(member)
+        for logger in as_list(loggers):
+            log_hyperparams(logger, params, results, self._lightning_step() - 1)

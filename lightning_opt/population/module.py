@@ -53,7 +53,7 @@ from lightning_opt.optim.schedulers import (
 from lightning_opt.population.checkpoints import MemberCheckpoints
 from lightning_opt.population.member_logging import MemberLogging, as_list
 from lightning_opt.population.optimizers import MemberOptimizers
-from lightning_opt.population.selection import MemberSelection
+from lightning_opt.population.selection import FINISHED, MemberSelection
 from lightning_opt.population.settings import MemberGroup, member_settings
 from lightning_opt.protocols import MemberData
 from lightning_opt.stacking import stack_nets, why_not_stackable
@@ -170,6 +170,9 @@ class PopulationClassifier(
             population would (its stacked fast path over its slice of the parameters, or one
             instance per member); the clipping rules act on every member, so every group gives
             the same per-member clipping settings.
+        member_epochs: each member's own last epoch (its runs' ``max_epochs``; the trainer's
+            is the largest): a member ends there as its single fit would (``finished``,
+            ``finished_checkpoints``; results logged), and the others go on.
 
     Attributes:
         member_loggers: one entry per member (set before ``fit``): a logger or a list of loggers;
@@ -196,6 +199,7 @@ class PopulationClassifier(
         num_classes: int,
         log_internals: bool = True,
         member_groups: list[dict[str, Any]] | None = None,
+        member_epochs: list[int] | None = None,
     ) -> None:
         super().__init__()
         # The population's own arguments go into the checkpoint under "population" (see
@@ -203,8 +207,9 @@ class PopulationClassifier(
         # arguments on resume, which are those of a single model.
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
-        self.save_hyperparameters(ignore=["seeds", "member_hparams", "member_groups"],
-                                  logger=False)  # fmt: skip
+        self.save_hyperparameters(
+            ignore=["seeds", "member_hparams", "member_groups", "member_epochs"], logger=False
+        )
         self.net_class, self.hparams.net = resolve_net_argument(net, self.hparams)
         if not seeds or any(
             isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds
@@ -213,6 +218,20 @@ class PopulationClassifier(
                 f"seeds must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}"
             )
         k = len(seeds)
+        if member_epochs is not None and (
+            len(member_epochs) != k
+            or any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in member_epochs)
+        ):
+            raise ValueError(
+                f"member_epochs must hold one positive integer per member ({k}), got "
+                f"{member_epochs!r}"
+            )
+        #: Each member's own last epoch (its runs' max_epochs), or ``None``: the trainer's.
+        self.member_epochs = None if member_epochs is None else list(member_epochs)
+        #: ``{member: epochs}`` of the members that ended at their own last epoch, before the
+        #: population's, and each one's single-model checkpoint of then.
+        self.finished: dict[int, int] = {}
+        self.finished_checkpoints: dict[int, dict[str, Any]] = {}
         self.param_group_rules = groups.check_rules(param_groups)
         specs = _group_specs(optimizer, lr_scheduler, lr_interval, member_hparams, member_groups, k)
         self.groups = [self._member_group(spec, start) for spec, start in specs]
@@ -435,7 +454,30 @@ class PopulationClassifier(
                     f"training loss became non-finite at global step {step} "
                     f"(epoch {self.current_epoch})"
                 )
+        self._finish_members()
         self._apply_drops()
+
+    def _finish_members(self) -> None:
+        """Members whose own last epoch this was end here, as their single fit ends: their
+        results logged and their checkpoint taken (in evaluation mode), then they leave."""
+        epochs = self.current_epoch + 1
+        if self.member_epochs is None or epochs >= self.trainer.max_epochs:
+            return  # the members of the population's budget end with the fit
+        ending = [m for m in self.member_ids
+                  if self.member_epochs[m] == epochs and m not in self._to_drop]  # fmt: skip
+        if not ending:
+            return
+        if self.step_contract.modes:
+            self._set_optimizer_mode("eval")
+        for member in ending:
+            self.finished[member] = epochs
+            self.finished_checkpoints[member] = self.member_checkpoint(member, epochs)
+            if self.member_loggers:
+                loggers = self.member_loggers[self.member_ids.index(member)]
+                self._log_member_results(member, loggers)
+            self._to_drop[member] = FINISHED
+        if self.step_contract.modes:
+            self._set_optimizer_mode("train")
 
     def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
         x, y = batch

@@ -11,6 +11,9 @@ from lightning_opt.optim.memberwise import GroupedOptimizer
 from lightning_opt.population.member_logging import as_list
 from lightning_opt.training import NonFiniteLossError
 
+#: The reason of a member that ended at its own last epoch (``member_epochs``): not a drop.
+FINISHED = "finished at its own last epoch"
+
 
 class MemberSelection:
     """Dropping and narrowing members, and each member's best weights; a mixin of
@@ -62,7 +65,8 @@ class MemberSelection:
             return
         keep = [i for i, m in enumerate(self.member_ids) if m not in self._to_drop]
         for member, reason in self._to_drop.items():
-            self.dropped[member] = reason
+            if reason is not FINISHED:
+                self.dropped[member] = reason
             if self.member_loggers:
                 loggers = self.member_loggers[self.member_ids.index(member)]
                 for logger in as_list(loggers):
@@ -73,7 +77,9 @@ class MemberSelection:
             self.member_ids, self._data_seeds[:] = [], []
             if self.member_loggers:
                 self.member_loggers = []
-            if all("non-finite" in r for r in self.dropped.values()):
+            if len(self.dropped) == len(self.all_seeds) and all(
+                "non-finite" in r for r in self.dropped.values()
+            ):
                 raise NonFiniteLossError(
                     "every member's training loss became non-finite; "
                     "lower the learning rate or add clipping"
