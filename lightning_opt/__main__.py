@@ -3,7 +3,8 @@
 Once the command is over, the interpreter's own teardown (freeing every module of torch,
 Lightning, SciPy, ...) takes 1-1.5 s on a 2-core machine and does nothing a user sees: this
 exits as Python's normal exit does up to that point (non-daemon threads joined, exit handlers
-run, standard streams flushed), with the same exit status, and skips it. An uncaught exception
+run, the study storages closed, so SQLite folds its write-ahead log into the database file, and
+the standard streams flushed), with the same exit status, and skips it. An uncaught exception
 takes Python's usual path (its traceback, exit 1).
 """
 
@@ -32,6 +33,8 @@ def _exit(status: int) -> None:
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
     atexit._run_exitfuncs()
+    if "lightning_opt.storage" in sys.modules:  # what the teardown would have closed
+        sys.modules["lightning_opt.storage"].close_all()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: as Python's exit
             stream.flush()

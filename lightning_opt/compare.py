@@ -213,13 +213,28 @@ def final_groups(
     one population (``runs.build_mixed_population``); every other label alone. Members with a
     scheduler must step it alike, and the tuned clipping settings must be the same names (the
     clipping rules act on every member)."""
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[tuple[str, Any]]] = {}
     for _, label, plan in labelled:
         key = label
         if plan.population_finals:
             key = _population_key(parser, plan.final_cfg, tuned[label].best.params)
-        groups.setdefault(key, []).append(label)
-    return list(groups.values())
+        groups.setdefault(key, []).append((label, plan.final_cfg))
+    return [g for group in groups.values() for g in _by_interval(group)]
+
+
+def _by_interval(group: list[tuple[str, Any]]) -> list[list[str]]:
+    """``group``'s labels split so that the members with an LR scheduler in each step it at
+    one interval (a population steps its schedulers alike); members without one join the
+    first."""
+    intervals: dict[Any, list[str]] = {}
+    for label, cfg in group:
+        if scheduler_dict(cfg) is not None:
+            intervals.setdefault(cfg.model.get("lr_interval", "epoch"), []).append(label)
+    unscheduled = [label for label, cfg in group if scheduler_dict(cfg) is None]
+    split = list(intervals.values()) or [[]]
+    split[0] = unscheduled + split[0]
+    order = [label for label, _ in group]
+    return [sorted(labels, key=order.index) for labels in split]
 
 
 def _population_key(
@@ -228,16 +243,15 @@ def _population_key(
     """What runs of ``cfg`` with values for ``names`` share with every run of one population:
     all settings but the optimizer, the LR scheduler and the search space (with ``budgets``,
     the epochs too: each member ends at its own), the names of the values that are no
-    optimizer's or scheduler's (the clipping rules' act on every member), and when a
-    scheduler steps."""
+    optimizer's or scheduler's (the clipping rules' act on every member); when the members'
+    schedulers step is split apart afterwards (``_by_interval``)."""
     drop = (*EXPERIMENT_KEYS, "search_space", "optimizer", "lr_scheduler", "model.lr_interval")
     if budgets and cfg.trainer.get("max_steps") in (None, -1):
         drop += ("trainer.max_epochs",)
     settings = run_fingerprint(parser, cfg, drop=drop)
     where = settable(cfg)
     clipping = sorted(n for n in names if where.get(n) not in ("optimizer", "lr_scheduler"))
-    interval = cfg.model.get("lr_interval") if scheduler_dict(cfg) else None
-    return json.dumps([settings, clipping, interval], sort_keys=True, default=str)
+    return json.dumps([settings, clipping], sort_keys=True, default=str)
 
 
 def tuning_groups(
@@ -256,11 +270,13 @@ def tuning_groups(
             key = _population_key(parser, plan.tune_cfg, names, budgets=True)
         groups.setdefault(key, []).append((label, plan))
     out = []
-    for group in groups.values():
-        if len(group) > 1 and not _builds_together([plan for _, plan in group]):
-            out += [[label] for label, _ in group]
-        else:
-            out.append([label for label, _ in group])
+    for whole in groups.values():
+        plans = dict(whole)
+        for group in _by_interval([(label, plan.tune_cfg) for label, plan in whole]):
+            if len(group) > 1 and not _builds_together([plans[label] for label in group]):
+                out += [[label] for label in group]
+            else:
+                out.append(group)
     return out
 
 

@@ -9,6 +9,7 @@ import random
 import re
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,6 +187,19 @@ def _storage_error(url: str | None, err: BaseException, timeout: int | None) -> 
     return kind(f"cannot open the study storage {shown}: {reason}")
 
 
+#: Every database storage this process opened (see ``close_all``).
+_OPENED: weakref.WeakSet = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Close every database storage this process opened, as their garbage collection at exit
+    does: SQLite then folds its write-ahead log back into the database file (a copy of the file
+    alone holds every trial)."""
+    for storage in list(_OPENED):
+        storage.remove_session()
+        storage.engine.dispose()
+
+
 def open_storage(
     url: str,
     heartbeat_interval: int = 10,
@@ -237,7 +251,7 @@ def open_storage(
         sqlite_file(parsed).parent.mkdir(parents=True, exist_ok=True)
 
     def connect() -> RDBStorage:
-        return RDBStorage(
+        storage = RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
@@ -246,6 +260,8 @@ def open_storage(
                 max_retry=max_retry
             ),
         )
+        _OPENED.add(storage)
+        return storage
 
     try:
         return retry_races(connect, url, connect_timeout)
