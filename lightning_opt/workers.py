@@ -8,6 +8,7 @@ with a ``TrialRunner``; a database storage gets a heartbeat per running trial.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -25,7 +26,13 @@ from lightning_opt import storage as storages
 from lightning_opt import study as studies
 from lightning_opt.parsing import RunFailure
 from lightning_opt.runs import quiet_lightning
-from lightning_opt.trials import TrialRunner, TuneOptions, make_pruner, run_trial_population
+from lightning_opt.trials import (
+    TrialOutcome,
+    TrialRunner,
+    TuneOptions,
+    make_pruner,
+    run_trial_population,
+)
 
 
 def run_worker(config: Any, options: TuneOptions) -> int:
@@ -86,22 +93,10 @@ def claim_and_run(
             batch.append(more)
             params.append(runner.suggest(more[0]))
         trials = [trial for trial, _ in batch]
-        with studies.heartbeats(storage, [i for _, i in batch], options.heartbeat_interval):
-            try:
-                outcomes = runner.run_trials(trials, params)
-            except (KeyboardInterrupt, SystemExit):
-                for trial in trials:
-                    trial.set_user_attr("fail_reason", "interrupted")
-                    study.tell(trial, state=TrialState.FAIL)
-                raise KeyboardInterrupt from None
-            except BaseException as err:
-                for trial in trials:
-                    trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
-                    study.tell(trial, state=TrialState.FAIL)
-                raise
-        for trial, outcome in zip(trials, outcomes, strict=True):
-            complete = outcome.state == TrialState.COMPLETE
-            study.tell(trial, outcome.value if complete else None, state=outcome.state)
+        claims = [(study, storage, trial, trial_id) for trial, trial_id in batch]
+        _train_claimed(
+            claims, options.heartbeat_interval, functools.partial(runner.run_trials, trials, params)
+        )
         done += len(trials)
 
 
@@ -150,27 +145,41 @@ def run_together(entries: list[tuple[str, Any, TuneOptions]], data: Any) -> int:
                     time.sleep(min(0.5, min(r.options.heartbeat_interval for *_, r in arms)))
                     continue
                 return done
-            with contextlib.ExitStack() as beats:
-                for study, storage, runner in arms:
-                    ids = [trial_id for s, _, _, trial_id in claims if s is study]
-                    interval = runner.options.heartbeat_interval
-                    beats.enter_context(studies.heartbeats(storage, ids, interval))
-                try:
-                    outcomes = run_trial_population(driver, members)
-                except (KeyboardInterrupt, SystemExit):
-                    for study, _, trial, _ in claims:
-                        trial.set_user_attr("fail_reason", "interrupted")
-                        study.tell(trial, state=TrialState.FAIL)
-                    raise KeyboardInterrupt from None
-                except BaseException as err:
-                    for study, _, trial, _ in claims:
-                        trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
-                        study.tell(trial, state=TrialState.FAIL)
-                    raise
-            for (study, _, trial, _), outcome in zip(claims, outcomes, strict=True):
-                complete = outcome.state == TrialState.COMPLETE
-                study.tell(trial, outcome.value if complete else None, state=outcome.state)
+            interval = min(r.options.heartbeat_interval for *_, r in arms)
+            _train_claimed(
+                claims, interval, functools.partial(run_trial_population, driver, members)
+            )
             done += len(members)
+
+
+#: A claimed trial: its study, the study's storage, the trial and its id.
+Claim = tuple[optuna.Study, Any, optuna.Trial, int]
+
+
+def _train_claimed(
+    claims: list[Claim], interval: int, run: Callable[[], list[TrialOutcome]]
+) -> None:
+    """``run()`` the claimed trials with a heartbeat each, and tell each study its trials'
+    outcomes; an interruption or a failure fails every claimed trial (with its reason), to be
+    re-run at the next launch."""
+    with contextlib.ExitStack() as beats:
+        for _, storage, _, trial_id in claims:
+            beats.enter_context(studies.heartbeat(storage, trial_id, interval))
+        try:
+            outcomes = run()
+        except (KeyboardInterrupt, SystemExit):
+            for study, _, trial, _ in claims:
+                trial.set_user_attr("fail_reason", "interrupted")
+                study.tell(trial, state=TrialState.FAIL)
+            raise KeyboardInterrupt from None
+        except BaseException as err:
+            for study, _, trial, _ in claims:
+                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+    for (study, _, trial, _), outcome in zip(claims, outcomes, strict=True):
+        complete = outcome.state == TrialState.COMPLETE
+        study.tell(trial, outcome.value if complete else None, state=outcome.state)
 
 
 def _worker_process(config: Any, options: TuneOptions) -> None:

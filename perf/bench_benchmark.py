@@ -13,8 +13,9 @@
 2. The default suite (``configs/benchmarks/mnist1d.yaml``) with ``--optimizer CANDIDATE`` in a
    fresh output directory, then a second benchmark with ``--optimizer SECOND`` in the same one:
    the first trains every baseline, the second reuses them (one storage, arms named by their
-   settings) and trains only its candidate. Reported: both wall times, and the population sizes
-   reached (tuning trials and final seeds trained at once) per workload and submission.
+   settings) and trains only its candidate. Reported: both wall times, and every population
+   trained (per workload: tuning or finals, its size and the submissions in it), from the
+   commands' own lines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,11 +37,42 @@ from bench_fit import _splits, bare_loop
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args: list[str], cwd: Path) -> float:
+def _run(args: list[str], cwd: Path) -> tuple[float, str]:
+    """The command's wall time and its standard output."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lightning_opt", *args], cwd=cwd, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    return time.perf_counter() - start
+    done = subprocess.run([sys.executable, "-m", "lightning_opt", *args], cwd=cwd, check=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    return time.perf_counter() - start, done.stdout
+
+
+def _trained_populations(output: str) -> list[dict]:
+    """Each population a command trained, from its lines: the workload, what trained (tuning
+    trials or final runs), its size and the labels of its members."""
+    populations: dict[tuple, dict] = {}
+    workload = arm = None
+    for line in output.splitlines():
+        if line.startswith("=== workload "):
+            workload = line.split()[2]
+            continue
+        if line.startswith("== arm "):  # the study whose trials print as "trial N"
+            arm = line.split()[2].rstrip(":")
+            continue
+        found = re.search(r"\(population of (\d+): ([\d.]+) s\)", line)
+        if found is None:
+            continue
+        kind = "finals" if line.startswith("final ") else "tuning"
+        if kind == "finals":
+            label = line.split()[1]
+        else:
+            label = arm if line.startswith("trial ") else line.split(" trial ")[0]
+        key = (workload, kind, found.group(2), found.group(1))
+        entry = populations.setdefault(
+            key, {"workload": workload, "kind": kind, "size": int(found.group(1)),
+                  "seconds": float(found.group(2)), "labels": []},
+        )  # fmt: skip
+        if label not in entry["labels"]:
+            entry["labels"].append(label)
+    return list(populations.values())
 
 
 def _model_epochs(exp_dir: Path) -> dict[str, int]:
@@ -64,8 +97,8 @@ def _model_epochs(exp_dir: Path) -> dict[str, int]:
 
 def bench_demo(tmp: Path, cache: str) -> dict:
     config = ROOT / "configs" / "experiments" / "gnw_vs_adam.yaml"
-    wall = _run(["compare", f"--config={config}", f"--output_dir={tmp / 'demo'}",
-                 f"--data.cache_dir={cache}"], tmp)  # fmt: skip
+    wall, output = _run(["compare", f"--config={config}", f"--output_dir={tmp / 'demo'}",
+                         f"--data.cache_dir={cache}"], tmp)  # fmt: skip
     exp_dir = tmp / "demo" / "gnw_vs_adam"
     epochs = _model_epochs(exp_dir)
     splits = _splits(cache, batch_size=100, val_fraction=0.2)
@@ -75,41 +108,40 @@ def bench_demo(tmp: Path, cache: str) -> dict:
         per_step = min(bare_loop(splits, optimizer, False, 5) for _ in range(3))
         bare[arm] = per_step * steps_per_epoch * epochs[arm]
     total_bare = sum(bare.values())
+    populations = _trained_populations(output)
     row = {"wall_s": wall, "model_epochs": epochs, "bare_loop_s": bare,
-           "bare_loop_total_s": total_bare, "ratio": wall / total_bare}  # fmt: skip
+           "bare_loop_total_s": total_bare, "ratio": wall / total_bare,
+           "populations": populations}  # fmt: skip
     print(f"demo: {wall:.1f} s for {sum(epochs.values())} model-epochs; bare loops one model at a "
           f"time {total_bare:.1f} s; ratio {row['ratio']:.2f}x")  # fmt: skip
+    for p in populations:
+        print(f"  {p['kind']} population of {p['size']} ({', '.join(p['labels'])}): "
+              f"{p['seconds']:.1f} s")  # fmt: skip
     return row
-
-
-def _populations(bench_dir: Path) -> dict:
-    sizes = {}
-    for results_path in sorted(bench_dir.glob("*/results.json")):
-        results = json.loads(results_path.read_text())
-        workload = results_path.parent.name
-        for arm, summary in results["arms"].items():
-            sizes[f"{workload}/{arm}"] = {
-                "tuning": results["settings"].get("tuning_population"),
-                "finals": max(run.get("population") or 1 for run in summary["runs"]),
-            }
-    return sizes
 
 
 def bench_suite(tmp: Path, cache: str, candidate: str, second: str) -> dict:
     out = tmp / "suite"
     common = [f"--output_dir={out}", f"--data.cache_dir={cache}"]
-    first = _run(["benchmark", f"--optimizer={candidate}", "--benchmark=first", *common], tmp)
-    again = _run(["benchmark", f"--optimizer={second}", "--benchmark=second", *common], tmp)
+    first, output = _run(
+        ["benchmark", f"--optimizer={candidate}", "--benchmark=first", *common], tmp
+    )
+    again, second_output = _run(
+        ["benchmark", f"--optimizer={second}", "--benchmark=second", *common], tmp
+    )
     row = {
         "first_s": first, "second_s": again, "candidate": candidate, "second": second,
-        "populations": _populations(out / "first"),
+        "populations": _trained_populations(output),
+        "second_populations": _trained_populations(second_output),
     }  # fmt: skip
     print(f"default suite, {candidate}: {first:.1f} s (every baseline trained); then {second}: "
           f"{again:.1f} s (the baselines reused)")  # fmt: skip
-    for name, size in row["populations"].items():
-        print(
-            f"  {name:<28} tuning population {size['tuning']}, finals population {size['finals']}"
-        )
+    for name, populations in (("first", row["populations"]),
+                              ("second", row["second_populations"])):  # fmt: skip
+        print(f" {name}: {len(populations)} populations")
+        for p in populations:
+            print(f"  {p['workload']:<14} {p['kind']:<7} population of {p['size']:>2} "
+                  f"({', '.join(p['labels'])}): {p['seconds']:.1f} s")  # fmt: skip
     return row
 
 

@@ -123,13 +123,7 @@ class MemberwiseOptimizer(torch.optim.Optimizer):
         kept member j's parameters (in the order of its param groups)."""
         kept = [self.members[i] for i in index.tolist()]
         for optimizer, new in zip(kept, params, strict=True):
-            new = iter(new)
-            for group in optimizer.param_groups:
-                old = group["params"]
-                group["params"] = [next(new) for _ in old]
-                for before, after in zip(old, group["params"], strict=True):
-                    if before in optimizer.state:
-                        optimizer.state[after] = optimizer.state.pop(before)
+            repoint(optimizer, new)
         self.members[:] = kept
         self.param_groups[:] = [g for o in kept for g in o.param_groups]
 
@@ -149,6 +143,18 @@ class MemberwiseOptimizer(torch.optim.Optimizer):
                 return None
             rates.append(torch.as_tensor(value))
         return torch.stack(rates)
+
+
+def repoint(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
+    """Point ``optimizer``'s param groups at ``params`` (in their order), each parameter's state
+    moved with it."""
+    new = iter(params)
+    for group in optimizer.param_groups:
+        old = group["params"]
+        group["params"] = [next(new) for _ in old]
+        for before, after in zip(old, group["params"], strict=True):
+            if before in optimizer.state:
+                optimizer.state[after] = optimizer.state.pop(before)
 
 
 class GroupedOptimizer(MemberwiseOptimizer):
@@ -223,13 +229,7 @@ class GroupedOptimizer(MemberwiseOptimizer):
                 part.select_members(index, tensors)
             else:
                 part.select_members(index)  # a stacked part narrows its state, then its params
-                new = iter(tensors)
-                for group in part.param_groups:
-                    old = group["params"]
-                    group["params"] = [next(new) for _ in old]
-                    for before, after in zip(old, group["params"], strict=True):
-                        if before in part.state:
-                            part.state[after] = part.state.pop(before)
+                repoint(part, tensors)
             parts.append(part)
             sizes.append(len(index))
         self.members[:] = parts
