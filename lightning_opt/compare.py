@@ -273,14 +273,14 @@ def tuning_groups(
     for whole in groups.values():
         plans = dict(whole)
         for group in _by_interval([(label, plan.tune_cfg) for label, plan in whole]):
-            if len(group) > 1 and not _builds_together([plans[label] for label in group]):
+            if len(group) > 1 and not _builds_together(group, [plans[label] for label in group]):
                 out += [[label] for label in group]
             else:
                 out.append(group)
     return out
 
 
-def _builds_together(plans: list[ArmPlan]) -> bool:
+def _builds_together(labels: list[str], plans: list[ArmPlan]) -> bool:
     """Whether one population of every plan's trials builds, at each end of the search spaces
     (the check ``check_study`` makes for one study's population)."""
     from lightning_opt.runs import build_mixed_population, trainer_arguments
@@ -294,8 +294,7 @@ def _builds_together(plans: list[ArmPlan]) -> bool:
             model = build_mixed_population(members, [0] * len(members))
             model.check_clipping(trainer_arguments(plans[0].tune_cfg)["callbacks"])
         except ValueError as err:
-            names = ", ".join(p.name for p in plans)
-            print(f"arms {names} tune one population each ({err})", flush=True)
+            print(f"arms {', '.join(labels)} tune one population each ({err})", flush=True)
             return False
     return True
 
