@@ -288,7 +288,7 @@ def _run_study(config: Any, options: TuneOptions) -> optuna.Study:
     Ctrl-C ends the process with exit code 130 after saying how to resume.
     """
     quiet_lightning()
-    study = prepare_study(config, options)
+    study, _ = prepare_study(config, options)
     try:
         run_workers(config, options)
     except KeyboardInterrupt:
@@ -308,9 +308,10 @@ def run_studies_together(
     exits with 130 after saying how to resume."""
     quiet_lightning()
     try:
-        studies_ = {label: prepare_study(cfg, opts) for label, cfg, opts in entries}
+        prepared = {label: prepare_study(cfg, opts) for label, cfg, opts in entries}
+        studies_ = {label: study for label, (study, _) in prepared.items()}
         try:
-            run_together(entries, data)
+            run_together(entries, data, {label: st for label, (_, st) in prepared.items()})
         except KeyboardInterrupt:
             _interrupted([(studies_[label], opts) for label, _, opts in entries])
     except Exception as err:
@@ -335,9 +336,9 @@ def _interrupted(studies_: list[tuple[optuna.Study, TuneOptions]]) -> None:
     sys.exit(signals.interrupt_exit_code())
 
 
-def prepare_study(config: Any, options: TuneOptions) -> optuna.Study:
+def prepare_study(config: Any, options: TuneOptions) -> tuple[optuna.Study, Any]:
     """Open (or create) the study, refuse one of other settings, re-plan its interrupted
-    trials and top it up to ``n_trials``; say what is left to run."""
+    trials and top it up to ``n_trials``; say what is left to run. The study and its storage."""
     space = resolve_search_space(config)
     try:
         storage = open_study_storage(options)
@@ -357,4 +358,4 @@ def prepare_study(config: Any, options: TuneOptions) -> optuna.Study:
         f"{added} to run with {options.n_workers} worker(s); logs in {options.study_dir}",
         flush=True,
     )
-    return study
+    return study, storage

@@ -100,14 +100,16 @@ def claim_and_run(
         done += len(trials)
 
 
-def run_together(entries: list[tuple[str, Any, TuneOptions]], data: Any) -> int:
+def run_together(
+    entries: list[tuple[str, Any, TuneOptions]], data: Any, opened: dict[str, Any] | None = None
+) -> int:
     """Claim and run the trials of several studies (``(label, config, options)``, one worker)
     until none is left, each round up to ``population`` trials of every study trained as one
     population; the number run. Each study's trials are claimed, sampled, pruned and told as
-    ``claim_and_run`` does for one."""
+    ``claim_and_run`` does for one. ``opened``: storages this process opened already, by label."""
     arms = []
     for label, config, options in entries:
-        storage = storages.open_storage(
+        storage = (opened or {}).get(label) or storages.open_storage(
             options.storage, options.heartbeat_interval, options.grace_period,
             options.max_retry, connect_timeout=options.connect_timeout,
         )  # fmt: skip
