@@ -252,7 +252,11 @@ def build_mixed_population(
     ``seeds[k]`` and its values set, where the configs may differ in their optimizer and LR
     scheduler (consecutive members of one optimizer and scheduler form a group). Everything
     else the model takes must be the same (``ValueError``, one line)."""
-    specs = [RunSpec.of(cfg).model_arguments() for cfg, _ in members]
+    by_config: dict[int, dict[str, Any]] = {}  # the members of one study share their config
+    for cfg, _ in members:
+        if id(cfg) not in by_config:
+            by_config[id(cfg)] = RunSpec.of(cfg).model_arguments()
+    specs = [by_config[id(cfg)] for cfg, _ in members]
     own = ("optimizer", "lr_scheduler", "lr_interval")
     shared = {k: v for k, v in specs[0].items() if k not in own}
     intervals = {s["lr_interval"] for s in specs if s["lr_scheduler"] is not None}

@@ -30,7 +30,6 @@ from lightning_opt.parsing import optimizer_dict, run_name
 from lightning_opt.runs import (
     build_mixed_population,
     build_model,
-    build_population,
     build_trainer,
     callback_class,
     chunk_where_invisible,
@@ -317,13 +316,8 @@ def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> lis
     config = members[epochs.index(max(epochs))][0].config
     seed = config.seed_everything
     seed_everything(seed, verbose=False)
-    if all(runner is driver for runner, _, _ in members):
-        params = [p for _, _, p in members]
-        member_hparams = {name: [p[name] for p in params] for name in params[0]}
-        model = build_population(config, [seed] * len(members), member_hparams)
-    else:
-        entries = [(runner.config, p) for runner, _, p in members]
-        model = build_mixed_population(entries, [seed] * len(members))
+    entries = [(runner.config, p) for runner, _, p in members]
+    model = build_mixed_population(entries, [seed] * len(members))
     if len(set(epochs)) > 1:
         model.member_epochs = epochs
     trials = [trial for _, trial, _ in members]

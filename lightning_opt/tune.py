@@ -9,8 +9,10 @@ best trial exactly. The trials themselves are in ``trials.py``, the worker proce
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -272,10 +274,16 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
 def run_study(config: Any, options: TuneOptions) -> optuna.Study:
     """``_run_study``; a storage that fails on the way (a damaged page in the middle of a
     SQLite file, a server gone) is one line (``RunFailure``, exit 1), not a traceback."""
-    try:
+    with _storage_failures_in_one_line(options.storage):
         return _run_study(config, options)
+
+
+@contextlib.contextmanager
+def _storage_failures_in_one_line(url: str) -> Iterator[None]:
+    try:
+        yield
     except Exception as err:
-        failure = storages.storage_failure(err, options.storage)
+        failure = storages.storage_failure(err, url)
         if failure is None:
             raise
         raise RunFailure(failure) from None
@@ -307,18 +315,13 @@ def run_studies_together(
     worker would). The finished studies by label; a storage failure is one line, and Ctrl-C
     exits with 130 after saying how to resume."""
     quiet_lightning()
-    try:
+    with _storage_failures_in_one_line(entries[0][2].storage):
         prepared = {label: prepare_study(cfg, opts) for label, cfg, opts in entries}
         studies_ = {label: study for label, (study, _) in prepared.items()}
         try:
             run_together(entries, data, {label: st for label, (_, st) in prepared.items()})
         except KeyboardInterrupt:
             _interrupted([(studies_[label], opts) for label, _, opts in entries])
-    except Exception as err:
-        failure = storages.storage_failure(err, entries[0][2].storage)
-        if failure is None:
-            raise
-        raise RunFailure(failure) from None
     return studies_
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_opt.optim.contract import has_modes
+
 
 class _MemberStates(MutableMapping):
     """``state`` of every member's optimizer, keyed by parameter as ``Optimizer.state`` is.
@@ -178,6 +180,7 @@ class GroupedOptimizer(MemberwiseOptimizer):
         super().__init__(parts)
         self.sizes = list(sizes)
         self.lacking_effective_lr: Tensor | None = None
+        self._lacking_parts: tuple[list[bool], list[int]] | None = None
 
     def train(self) -> None:
         for part in self.members:
@@ -211,10 +214,13 @@ class GroupedOptimizer(MemberwiseOptimizer):
         if not found:
             self.lacking_effective_lr = None
             return None
-        self.lacking_effective_lr = torch.cat([
-            torch.full((size,), rate is None, device=found[0].device)
-            for rate, size in zip(rates, self.sizes, strict=True)
-        ])  # fmt: skip
+        lacking = [rate is None for rate in rates]
+        if self._lacking_parts != (lacking, self.sizes):  # the parts changed: a new mask
+            self._lacking_parts = (lacking, list(self.sizes))
+            self.lacking_effective_lr = torch.cat([
+                torch.full((size,), none, device=found[0].device)
+                for none, size in zip(lacking, self.sizes, strict=True)
+            ])  # fmt: skip
         return self._per_member(rates, found[0])
 
     def select_parts(self, kept: Sequence[tuple[int, Tensor, Sequence[Any]]]) -> None:
@@ -234,14 +240,12 @@ class GroupedOptimizer(MemberwiseOptimizer):
             sizes.append(len(index))
         self.members[:] = parts
         self.sizes = sizes
-        self.lacking_effective_lr = None  # the next step's
+        self.lacking_effective_lr = self._lacking_parts = None  # the next step's
         self.param_groups[:] = [g for o in parts for g in o.param_groups]
 
 
 def _has_modes(optimizer: torch.optim.Optimizer) -> bool:
     """Whether a part has ``train()``/``eval()`` (a member's optimizer for a memberwise part)."""
-    from lightning_opt.optim.contract import has_modes
-
     return has_modes(
         optimizer.members[0] if isinstance(optimizer, MemberwiseOptimizer) else optimizer
     )

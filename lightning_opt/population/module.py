@@ -247,10 +247,9 @@ class PopulationClassifier(
             for kw in (g.settings.scheduler_kwargs or [None] * len(g.members))
         ]  # fmt: skip
         self.member_clipping = _clipping_columns(self.groups)  # checked in setup()
-        # The stacked fast paths know one group: rules train each member's own instance.
-        self.stacked = None if self.param_group_rules else first.settings.stacked
-        if len(self.groups) > 1:
-            self.stacked = None  # each group's own, in configure_optimizers
+        # The stacked fast paths know one group: rules train each member's own instance. With
+        # several groups each takes its own (``_stacked_path``) in configure_optimizers.
+        self.stacked = self._stacked_path(first) if len(self.groups) == 1 else None
         self._member_params: list[list[Tensor]] = []
         self._slices: list[tuple[int, int]] = []  # each stacked part's positions [a, b)
         self._slice_params: list[list[Tensor]] = []  # and its slices of the stacked params
@@ -326,6 +325,10 @@ class PopulationClassifier(
             cls, resolved, *(scheduler or (None, None)), range(start, start + size), settings,
             {name: list(v) for name, v in member_hparams.items()}, spec["lr_interval"],
         )  # fmt: skip
+
+    def _stacked_path(self, group: MemberGroup) -> Any:
+        """``group``'s stacked fast path, or ``None``: one instance per member."""
+        return None if self.param_group_rules else group.settings.stacked
 
     @property
     def num_members(self) -> int:

@@ -80,7 +80,7 @@ class MemberOptimizers:
         self._slices, self._slice_params = [], []
         for position, members in self._live_groups():
             group = self.groups[position]
-            stacked = None if self.param_group_rules else group.settings.stacked
+            stacked = self._stacked_path(group)
             if stacked is None:
                 part = MemberwiseOptimizer(self._member_instances(members))
                 per_member += part.members

@@ -65,7 +65,7 @@ class MemberSelection:
             return
         keep = [i for i, m in enumerate(self.member_ids) if m not in self._to_drop]
         for member, reason in self._to_drop.items():
-            if reason is not FINISHED:
+            if reason != FINISHED:
                 self.dropped[member] = reason
             if self.member_loggers:
                 loggers = self.member_loggers[self.member_ids.index(member)]
