@@ -63,6 +63,11 @@ class GradientClippingCallback(Callback, ABC):
       member's own tensors, with its own settings set on ``self`` for the call, so a rule written
       for one model is exact for every member.
 
+    A population whose member groups clip by different rules (``PopulationClassifier``'s
+    ``member_groups`` with ``clipping``) restricts each rule to its groups' members
+    (``restrict_to``): it clips, counts and logs those alone; the others' gradients are left as
+    they are and log no ``clip/*`` values, as their own runs without the rule would.
+
     Args:
         log_stats: log ``clip/fraction_clipped`` and ``clip/mean_scale`` each epoch.
     """
@@ -93,7 +98,14 @@ class GradientClippingCallback(Callback, ABC):
         self._compared: list[Tensor] = []  # per step, (N, *members): for compared_quantiles
         #: Each epoch's fraction of tensors clipped (a list per epoch; one value per member).
         self.fraction_history: list[list[float]] = []
+        #: The original indices of the population members this rule clips (``restrict_to``),
+        #: in the order of its per-member statistics; ``None``: every member.
+        self.members: list[int] | None = None
         self._reset_epoch()
+
+    def restrict_to(self, members: Sequence[int]) -> None:
+        """Clip only the population members of original indices ``members`` (before a fit)."""
+        self.members = sorted(members)
 
     def _reset_epoch(self) -> None:
         self._epoch_fraction = torch.zeros(())
@@ -127,8 +139,11 @@ class GradientClippingCallback(Callback, ABC):
             return [0.0]
         return (self._run_fraction / self._run_steps).reshape(-1).tolist()
 
-    def select_members(self, index: Tensor) -> None:
-        """Keep the per-member statistics of the population members at ``index``."""
+    def select_members(self, index: Tensor, members: Sequence[int] | None = None) -> None:
+        """Keep the per-member statistics at positions ``index`` (of this rule's members);
+        ``members``: the original indices of the kept ones, for a restricted rule."""
+        if members is not None:
+            self.members = list(members)
         if self._run_fraction.dim() > 0:
             self._run_fraction = self._run_fraction[index.to(self._run_fraction.device)]
         self._compared = [c.index_select(1, index.to(c.device)) for c in self._compared]
@@ -184,13 +199,17 @@ class GradientClippingCallback(Callback, ABC):
             params, member_dims = [p for g in optimizer.param_groups for p in g["params"]], 0
         if member_dims == 0:
             stats = self.clip_(params, 0, None)
-        elif self.stacked:
-            overrides = (
-                pl_module.clipping_overrides() if isinstance(pl_module, MemberTraining) else {}
-            )
-            stats = self.clip_(params, member_dims, overrides)
-        else:
-            stats = self._clip_each_member(pl_module)
+        elif isinstance(pl_module, MemberTraining):
+            stats = self._clip_population(pl_module, params)
+        else:  # stacked members of a module of the user's own: every member, its own settings
+            stats = self.clip_(params, member_dims, {}) if self.stacked else None
+            if stats is None:
+                raise TypeError(
+                    f"{type(self).__name__} clips one model at a time, and "
+                    f"{type(pl_module).__name__} stacks members without MemberTraining"
+                )
+        if stats is None:  # a restricted rule none of whose members is live
+            return
         self._epoch_fraction = self._epoch_fraction + stats.fraction_clipped
         self._epoch_scale = self._epoch_scale + stats.mean_scale
         self._epoch_steps += 1
@@ -199,19 +218,39 @@ class GradientClippingCallback(Callback, ABC):
         if getattr(stats, "compared", None) is not None:
             self._compared.append(stats.compared.detach())
 
-    def _clip_each_member(self, pl_module: LightningModule) -> ClipStats:
-        """Clip each member's own tensors with its own settings; the stats stacked ``(K,)``."""
-        values = pl_module.clipping_values()
-        stats = []
-        for member, params in enumerate(pl_module.member_parameters()):
-            with self.settings(**{n: v[member] for n, v in values.items()}):
-                stats.append(self.clip_(params, 0, None))
-        fraction = torch.stack([st.fraction_clipped for st in stats])
-        scale = torch.stack([st.mean_scale for st in stats])
-        compared = [getattr(st, "compared", None) for st in stats]
-        if any(c is None for c in compared):
-            return ClipStats(fraction, scale)
-        return ClipStats(fraction, scale, torch.stack(compared, dim=-1))  # (N, K)
+    def _clip_population(self, pl_module: Any, params: list[Tensor]) -> ClipStats | None:
+        """Clip the population's members (this rule's, if restricted), each with its own
+        settings: stacked runs of consecutive members at once where the rule is ``stacked``,
+        else member by member; the stats ``(K,)`` of the members clipped, in their order."""
+        if self.members is None:
+            runs = [(0, len(pl_module.member_ids))]
+        else:
+            runs = pl_module.member_runs(self.members)
+        if not runs:
+            return None
+        parts = []
+        if self.stacked:
+            overrides = pl_module.clipping_overrides()
+            for start, stop in runs:
+                if self.members is None:
+                    parts.append(self.clip_(params, 1, overrides))
+                    continue
+                own = {n: v[start:stop] for n, v in overrides.items() if n in self.member_hparams}
+                parts.append(self.clip_(pl_module.member_slice(start, stop), 1, own))
+        else:
+            values = pl_module.clipping_values()
+            each = pl_module.member_parameters()
+            for start, stop in runs:
+                parts += [self._clip_member(each[m], values, m) for m in range(start, stop)]
+        return _joined(parts, stacked=self.stacked)
+
+    def _clip_member(
+        self, params: list[Tensor], values: dict[str, list[Any]], member: int
+    ) -> ClipStats:
+        """One member's own tensors clipped with its own settings set on ``self``."""
+        own = {n: v[member] for n, v in values.items() if n in self.member_hparams}
+        with self.settings(**own):
+            return self.clip_(params, 0, None)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -225,11 +264,24 @@ class GradientClippingCallback(Callback, ABC):
             members = fraction.dim() > 0 and isinstance(pl_module, MemberTraining)
             if members:  # a population: each member logs its own, to its own run
                 pl_module.log_member_metrics(
-                    {"clip/fraction_clipped": fraction, "clip/mean_scale": scale}
+                    {"clip/fraction_clipped": fraction, "clip/mean_scale": scale}, self.members
                 )
-            pl_module.log("clip/fraction_clipped", fraction.mean(), logger=not members)
-            pl_module.log("clip/mean_scale", scale.mean(), logger=not members)
+            if self.members is None:  # the progress bar's mean over members
+                pl_module.log("clip/fraction_clipped", fraction.mean(), logger=not members)
+                pl_module.log("clip/mean_scale", scale.mean(), logger=not members)
         self._reset_epoch()
+
+
+def _joined(parts: list[ClipStats], stacked: bool) -> ClipStats:
+    """The stats of runs of members (stacked: ``(n,)`` each) or of single members (0-dim
+    each), as one ``(K,)`` in member order."""
+    join = torch.cat if stacked else torch.stack
+    fraction = join([p.fraction_clipped for p in parts])
+    scale = join([p.mean_scale for p in parts])
+    compared = [getattr(p, "compared", None) for p in parts]
+    if any(c is None for c in compared):
+        return ClipStats(fraction, scale)
+    return ClipStats(fraction, scale, join(compared, dim=-1))  # (N, K)
 
 
 def check_clipping_callbacks(callbacks: Sequence[Callback], gradient_clip_val: Any) -> None:
@@ -240,6 +292,13 @@ def check_clipping_callbacks(callbacks: Sequence[Callback], gradient_clip_val: A
             f"{clippers[0]} and Trainer(gradient_clip_val={gradient_clip_val}) both clip; "
             "use one (remove the callback or set gradient_clip_val=None)"
         )
+    restricted = [c.members for c in callbacks
+                  if isinstance(c, GradientClippingCallback) and c.members is not None]  # fmt: skip
+    if len(clippers) > 1 and len(restricted) == len(clippers):
+        taken = [m for members in restricted for m in members]
+        if len(taken) == len(set(taken)):  # rules of a population's groups, each its own members
+            return
+        raise ValueError(f"{len(clippers)} gradient clipping callbacks clip the same members")
     if len(clippers) > 1:
         raise ValueError(
             f"{len(clippers)} gradient clipping callbacks were given ({', '.join(clippers)}); "

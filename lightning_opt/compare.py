@@ -33,9 +33,9 @@ from lightning_opt.runs import (
     check_writable,
     chunk_where_invisible,
     clipping_callbacks,
+    is_clipping_entry,
     quiet_lightning,
     scheduler_dict,
-    settable,
     with_values,
 )
 from lightning_opt.study import original_number
@@ -120,7 +120,7 @@ def run_compare(args: list[str]) -> Path:
         # Final runs that other processes sharing the storage are training are waited for only
         # after this process's own: meanwhile it trains the next group's.
         runs, pending = {}, []
-        for group in final_groups(cli.parser, labelled, tuned):
+        for group in final_groups(cli.parser, labelled):
             done = run_finals(
                 [tuned[label].part for label in group], exp_dir, data,
                 tuned[group[0]].plan.population_finals, wait=False,
@@ -204,20 +204,18 @@ def tune_arm(
 
 
 def final_groups(
-    parser: LightningArgumentParser, labelled: list[tuple[str, str, ArmPlan]],
-    tuned: dict[str, TunedArm],
-) -> list[list[str]]:  # fmt: skip
+    parser: LightningArgumentParser, labelled: list[tuple[str, str, ArmPlan]]
+) -> list[list[str]]:
     """The labels whose final runs train together: those with population finals whose final
-    configs differ only in the optimizer, the LR scheduler and the tuned values (arms of one
-    net, data, budget and clipping rules, each re-tuned one beside its arm), each such group
-    one population (``runs.build_mixed_population``); every other label alone. Members with a
-    scheduler must step it alike, and the tuned clipping settings must be the same names (the
-    clipping rules act on every member)."""
+    configs differ only in the optimizer, the LR scheduler, the clipping rule and the tuned
+    values (arms of one net, data and budget, each re-tuned one beside its arm), each such
+    group one population (``runs.build_mixed_population``: each member group clips by its own
+    rule); every other label alone. Members with a scheduler must step it alike."""
     groups: dict[str, list[tuple[str, Any]]] = {}
     for _, label, plan in labelled:
         key = label
         if plan.population_finals:
-            key = _population_key(parser, plan.final_cfg, tuned[label].best.params)
+            key = _population_key(parser, plan.final_cfg)
         groups.setdefault(key, []).append((label, plan.final_cfg))
     return [g for group in groups.values() for g in _by_interval(group)]
 
@@ -237,21 +235,19 @@ def _by_interval(group: list[tuple[str, Any]]) -> list[list[str]]:
     return [sorted(labels, key=order.index) for labels in split]
 
 
-def _population_key(
-    parser: LightningArgumentParser, cfg: Any, names: Any, budgets: bool = False
-) -> str:
-    """What runs of ``cfg`` with values for ``names`` share with every run of one population:
-    all settings but the optimizer, the LR scheduler and the search space (with ``budgets``,
-    the epochs too: each member ends at its own), the names of the values that are no
-    optimizer's or scheduler's (the clipping rules' act on every member); when the members'
-    schedulers step is split apart afterwards (``_by_interval``)."""
+def _population_key(parser: LightningArgumentParser, cfg: Any, budgets: bool = False) -> str:
+    """What runs of ``cfg`` share with every run of one population: all settings but the
+    optimizer, the LR scheduler, the clipping rule (each member group clips by its own) and the
+    search space (with ``budgets``, the epochs too: each member ends at its own); when the
+    members' schedulers step is split apart afterwards (``_by_interval``)."""
     drop = (*EXPERIMENT_KEYS, "search_space", "optimizer", "lr_scheduler", "model.lr_interval")
     if budgets and cfg.trainer.get("max_steps") in (None, -1):
         drop += ("trainer.max_epochs",)
     settings = run_fingerprint(parser, cfg, drop=drop)
-    where = settable(cfg)
-    clipping = sorted(n for n in names if where.get(n) not in ("optimizer", "lr_scheduler"))
-    return json.dumps([settings, clipping], sort_keys=True, default=str)
+    trainer = settings.get("trainer") or {}
+    trainer["callbacks"] = [c for c in trainer.get("callbacks") or []
+                            if not is_clipping_entry(c)]  # fmt: skip
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def tuning_groups(
@@ -259,15 +255,14 @@ def tuning_groups(
 ) -> list[list[str]]:
     """The labels whose tuning trials train together (``tune.run_studies_together``): those
     tuned as populations by one worker whose tuning configs differ only in the optimizer, the
-    LR scheduler, the search space and the epochs (arms on one net, data and clipping rules,
-    each re-tuned one beside them), if one population of them builds at the ends of their
-    search spaces; every other label alone."""
+    LR scheduler, the clipping rule, the search space and the epochs (arms on one net and
+    data, each re-tuned one beside them), if one population of them builds at the ends of
+    their search spaces; every other label alone."""
     groups: dict[str, list[tuple[str, ArmPlan]]] = {}
     for _, label, plan in labelled:
         key = label
         if plan.options.population > 1 and plan.options.n_workers == 1:
-            names = [p.name for p in resolve_search_space(plan.tune_cfg)]
-            key = _population_key(parser, plan.tune_cfg, names, budgets=True)
+            key = _population_key(parser, plan.tune_cfg, budgets=True)
         groups.setdefault(key, []).append((label, plan))
     out = []
     for whole in groups.values():

@@ -382,8 +382,7 @@ def run_final_population(
         model.member_loggers = loggers
         best = dict(model.test_results)
     seconds = time.perf_counter() - start
-    clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
-    rates = dict(zip(model.member_ids, clippers[0].clip_rates(), strict=True)) if clippers else {}
+    rules = {member: model.rule_of(member) for member in model.member_ids}
     results, failed = [], {}
     for member, seed in enumerate(seeds):
         if member in model.dropped:
@@ -391,12 +390,14 @@ def run_final_population(
             continue
         history = model.history[member]
         internals = {n: v for n, v in history.items() if n.startswith("optim/")}
-        clip = _clip_report(clippers[0], model.member_ids.index(member)) if clippers else None
+        rule, position = rules[member]  # its own clipping rule, and its place in the stats
+        clip = _clip_report(rule, position) if rule is not None else None
         if clip:
             internals["clip/fraction_clipped"] = clip["fraction_history"]
+        rate = rule.clip_rates()[position] if rule is not None else None
         result = final_record(
             cfg, seed, history["val/loss"], history["val/acc"], last[member], best[member],
-            clip_rate=rates.get(member), clip=clip, internals=internals, seconds=seconds,
+            clip_rate=rate, clip=clip, internals=internals, seconds=seconds,
             log_dir=exp_dir / labels[member] / "final" / f"seed_{seed}",
             checkpoint=checkpoints[member], population=len(seeds),
         )  # fmt: skip

@@ -18,13 +18,14 @@ def global_seed() -> int | None:
 
 def run_hparams(
     module: LightningModule, optimizer_kwargs: dict[str, Any], seed: Any,
-    hparams: dict[str, Any] | None = None,
+    hparams: dict[str, Any] | None = None, callbacks: Any = None,
 ) -> dict:  # fmt: skip
     """One run's settings for the HPARAMS tab, flat and resolved: the net's and the optimizer's
     class and every argument, the model's and the data's settings, the seed, and each callback's
     ``hparams_for_logging``. Sequences become one entry per item (``optimizer/betas.0``).
     ``hparams``: the run's model hyperparameters where they are not ``module``'s own (a
-    population member's)."""
+    population member's); ``callbacks``: the run's callbacks where they are not all the
+    trainer's (a member's clipping rule among several)."""
     hp = module.hparams if hparams is None else hparams
     params: dict[str, Any] = {"optimizer": hp["optimizer"]["class_path"], "seed": seed}
     params.update({f"optimizer/{k}": v for k, v in optimizer_kwargs.items()})
@@ -39,7 +40,7 @@ def run_hparams(
     if trainer.datamodule is not None:
         data = trainer.datamodule.hparams
         params.update({f"data/{k}": v for k, v in data.items() if not k.startswith("_")})
-    for callback in trainer.callbacks:
+    for callback in trainer.callbacks if callbacks is None else callbacks:
         params.update(getattr(callback, "hparams_for_logging", dict)())
     flat: dict[str, Any] = {}
     for key, value in params.items():

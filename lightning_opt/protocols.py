@@ -9,6 +9,7 @@ callbacks, ``tune``'s population pruning, ``compare``'s finals and the command l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
@@ -52,8 +53,19 @@ class MemberTraining(GradientSource, Protocol):
         """Each live member's parameters as its own leaf tensors."""
         ...
 
-    def log_member_metrics(self, metrics: dict[str, Tensor]) -> None:
-        """Per-member values ``(K,)`` to log with this epoch's, each to its member's loggers."""
+    def member_runs(self, members: Sequence[int]) -> list[tuple[int, int]]:
+        """The live positions of ``members`` (original indices), as runs ``[start, stop)``."""
+        ...
+
+    def member_slice(self, start: int, stop: int) -> list[Tensor]:
+        """Members ``start:stop``'s stacked parameters, their ``.grad`` the gradients' slices."""
+        ...
+
+    def log_member_metrics(
+        self, metrics: dict[str, Tensor], members: Sequence[int] | None = None
+    ) -> None:
+        """Per-member values ``(K,)`` (or one per live member of ``members``) to log with this
+        epoch's, each to its member's loggers."""
         ...
 
     def drop_members(self, members: dict[int, str]) -> None:

@@ -67,14 +67,15 @@ def callback_class(callback_config: Any) -> type | None:
     return import_class(str(path)) if path else None
 
 
+def is_clipping_entry(entry: Any) -> bool:
+    """Whether a ``{class_path, init_args}`` callback entry is a gradient clipping rule."""
+    cls = callback_class(entry)
+    return isinstance(cls, type) and issubclass(cls, GradientClippingCallback)
+
+
 def clipping_callbacks(config: Any) -> list[Any]:
     """The entries of ``trainer.callbacks`` that are gradient clipping rules."""
-    found = []
-    for entry in config.trainer.get("callbacks") or []:
-        cls = callback_class(entry)
-        if isinstance(cls, type) and issubclass(cls, GradientClippingCallback):
-            found.append(entry)
-    return found
+    return [entry for entry in config.trainer.get("callbacks") or [] if is_clipping_entry(entry)]
 
 
 def settable(config: Any) -> dict[str, str]:
@@ -249,14 +250,20 @@ def build_mixed_population(
     members: Sequence[tuple[Any, dict[str, Any]]], seeds: Sequence[int]
 ) -> PopulationClassifier:
     """A population whose member k is the ``fit`` of ``members[k]``'s config with seed
-    ``seeds[k]`` and its values set, where the configs may differ in their optimizer and LR
-    scheduler (consecutive members of one optimizer and scheduler form a group). Everything
-    else the model takes must be the same (``ValueError``, one line)."""
+    ``seeds[k]`` and its values set, where the configs may differ in their optimizer, LR
+    scheduler and clipping rule (consecutive members of one optimizer, scheduler and rule form
+    a group; members of several configs clip by their own config's rule). Everything else the
+    model takes must be the same (``ValueError``, one line)."""
     by_config: dict[int, dict[str, Any]] = {}  # the members of one study share their config
+    rules: dict[int, Any] = {}
     for cfg, _ in members:
         if id(cfg) not in by_config:
             by_config[id(cfg)] = RunSpec.of(cfg).model_arguments()
+            rules[id(cfg)] = [_plain(entry) for entry in clipping_callbacks(cfg)]
     specs = [by_config[id(cfg)] for cfg, _ in members]
+    # Several configs with a rule among them: each group clips by its own (restricted) rule,
+    # which is exact whether their rules and the settings they tune differ or not.
+    own_rules = len(rules) > 1 and any(rules.values())
     own = ("optimizer", "lr_scheduler", "lr_interval")
     shared = {k: v for k, v in specs[0].items() if k not in own}
     intervals = {s["lr_interval"] for s in specs if s["lr_scheduler"] is not None}
@@ -264,18 +271,19 @@ def build_mixed_population(
         raise ValueError("the members' schedulers step at different lr_intervals")
     interval = intervals.pop() if intervals else specs[0]["lr_interval"]
     groups: list[dict[str, Any]] = []
-    for spec, (_, values) in zip(specs, members, strict=True):
+    for spec, (cfg, values) in zip(specs, members, strict=True):
         differ = [k for k in shared if spec[k] != shared[k]]
         if differ:
             raise ValueError(
-                f"population members differ in {', '.join(differ)}: only their optimizer and "
-                "LR scheduler may"
+                f"population members differ in {', '.join(differ)}: only their optimizer, "
+                "LR scheduler and clipping rule may"
             )
-        key = (spec["optimizer"], spec["lr_scheduler"], spec["lr_interval"], sorted(values))
+        rule = (rules[id(cfg)] or [None])[0] if own_rules else None
+        key = (spec["optimizer"], spec["lr_scheduler"], spec["lr_interval"], rule, sorted(values))
         if groups and groups[-1]["key"] == key:
             groups[-1]["values"].append(values)
             continue
-        groups.append({"key": key, "spec": spec, "values": [values]})
+        groups.append({"key": key, "spec": spec, "values": [values], "rule": rule})
     entries = [
         {
             "optimizer": g["spec"]["optimizer"],
@@ -283,6 +291,7 @@ def build_mixed_population(
             "lr_interval": g["spec"]["lr_interval"],
             "size": len(g["values"]),
             "member_hparams": {n: [v[n] for v in g["values"]] for n in g["values"][0]},
+            **({"clipping": g["rule"]} if own_rules else {}),
         }
         for g in groups
     ]
@@ -292,6 +301,14 @@ def build_mixed_population(
         return PopulationClassifier(list(seeds), member_hparams=hparams, **first)
     args = {**first, "lr_interval": interval}
     return PopulationClassifier(list(seeds), member_groups=entries, **args)
+
+
+def _plain(entry: Any) -> dict[str, Any]:
+    """A ``{class_path, init_args}`` callback entry of a config as plain data."""
+    entry = entry.as_dict() if isinstance(entry, Namespace) else dict(entry)
+    args = entry.get("init_args") or {}
+    return {"class_path": entry["class_path"],
+            "init_args": args.as_dict() if isinstance(args, Namespace) else dict(args)}  # fmt: skip
 
 
 def population_blocker(cfg: Any) -> str | None:

@@ -1,15 +1,16 @@
 """Time ``benchmark`` and ``compare`` end to end, against bare PyTorch loops of the same work.
 
     python perf/bench_benchmark.py [--candidate gnw] [--second sgd] [--skip-demo] [--skip-suite]
-                                   [--out perf/results/benchmark.json]
+                                   [--experiment gnw_vs_adam] [--out perf/results/benchmark.json]
 
 1. The demo (``make demo``'s experiment, ``configs/experiments/gnw_vs_adam.yaml``) as a
    subprocess in a fresh output directory (the data cache warmed first): its wall time, start-up
    and report included, and the model-epochs it trained (every tuning trial's epochs, a pruned
    one's up to its pruning, and every final run's), against the time a bare PyTorch loop (per
    epoch: the minibatches, one validation pass) takes for those model-epochs one model at a time,
-   each arm's optimizer timed on its own (``perf/bench_fit.py``'s loop). The issue's goal: at most
-   0.5x.
+   each arm's optimizer timed on its own (``perf/bench_fit.py``'s loop, clipping each step for an
+   arm with a clipping rule). The issue's goal: at most 0.5x. ``--experiment`` times another
+   experiment of ``configs/experiments/`` the same way (``wnclip_vs_fixedclip``).
 2. The default suite (``configs/benchmarks/mnist1d.yaml``) with ``--optimizer CANDIDATE`` in a
    fresh output directory, then a second benchmark with ``--optimizer SECOND`` in the same one:
    the first trains every baseline, the second reuses them (one storage, arms named by their
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import optuna
+import yaml
 from _report import machine_info, write_json
 from bench_fit import _splits, bare_loop
 
@@ -95,24 +97,27 @@ def _model_epochs(exp_dir: Path) -> dict[str, int]:
     return counts
 
 
-def bench_demo(tmp: Path, cache: str) -> dict:
-    config = ROOT / "configs" / "experiments" / "gnw_vs_adam.yaml"
-    wall, output = _run(["compare", f"--config={config}", f"--output_dir={tmp / 'demo'}",
+def bench_demo(tmp: Path, cache: str, experiment: str = "gnw_vs_adam") -> dict:
+    config = ROOT / "configs" / "experiments" / f"{experiment}.yaml"
+    wall, output = _run(["compare", f"--config={config}", f"--output_dir={tmp / experiment}",
                          f"--data.cache_dir={cache}"], tmp)  # fmt: skip
-    exp_dir = tmp / "demo" / "gnw_vs_adam"
+    exp_dir = tmp / experiment / experiment
     epochs = _model_epochs(exp_dir)
     splits = _splits(cache, batch_size=100, val_fraction=0.2)
     steps_per_epoch = -(-len(splits["train"][0]) // 100)
     bare = {}
-    for arm, optimizer in (("adam", "adam"), ("gnw", "gnw")):
-        per_step = min(bare_loop(splits, optimizer, False, 5) for _ in range(3))
-        bare[arm] = per_step * steps_per_epoch * epochs[arm]
+    for arm in yaml.safe_load(config.read_text())["arms"]:
+        # Each arm's optimizer; a clipping arm's loop clips each step (weight-norm clipping's
+        # arithmetic: per-tensor norms, as the fixed per-tensor rule's).
+        clip = bool(arm.get("callbacks"))
+        per_step = min(bare_loop(splits, arm["optimizer"], clip, 5) for _ in range(3))
+        bare[arm["name"]] = per_step * steps_per_epoch * epochs[arm["name"]]
     total_bare = sum(bare.values())
     populations = _trained_populations(output)
-    row = {"wall_s": wall, "model_epochs": epochs, "bare_loop_s": bare,
+    row = {"experiment": experiment, "wall_s": wall, "model_epochs": epochs, "bare_loop_s": bare,
            "bare_loop_total_s": total_bare, "ratio": wall / total_bare,
            "populations": populations}  # fmt: skip
-    print(f"demo: {wall:.1f} s for {sum(epochs.values())} model-epochs; bare loops one model at a "
+    print(f"{experiment}: {wall:.1f} s for {sum(epochs.values())} model-epochs; bare loops one model at a "
           f"time {total_bare:.1f} s; ratio {row['ratio']:.2f}x")  # fmt: skip
     for p in populations:
         print(f"  {p['kind']} population of {p['size']} ({', '.join(p['labels'])}): "
@@ -151,6 +156,8 @@ def main() -> None:
     parser.add_argument("--second", default="sgd")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-suite", action="store_true")
+    parser.add_argument("--experiment", default="gnw_vs_adam",
+                        help="the compare experiment timed as the demo (configs/experiments/)")
     parser.add_argument("--out", default=str(ROOT / "perf" / "results" / "benchmark.json"))
     args = parser.parse_args()
     result = {"machine": machine_info()}
@@ -160,7 +167,7 @@ def main() -> None:
         _splits(cache, batch_size=100, val_fraction=0.2)  # generated once, not timed
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         if not args.skip_demo:
-            result["demo"] = bench_demo(tmp, cache)
+            result["demo"] = bench_demo(tmp, cache, args.experiment)
         if not args.skip_suite:
             result["suite"] = bench_suite(tmp, cache, args.candidate, args.second)
     write_json(Path(args.out), result)

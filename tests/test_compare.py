@@ -142,8 +142,9 @@ def test_population_finals_equal_separate_runs_and_resume(
 ):
     """The default population finals give the numbers of separate runs (float32 rounding):
     arms of different optimizers (Adam's stacked fast path, SGD with Nesterov one instance per
-    member), each with its re-tuned finals, trained as one population; an arm with another
-    clipping rule alone. An interrupted experiment keeps the finished population's results."""
+    member) and clipping rules (wnclip's members clip, the others' do not), each with its
+    re-tuned finals, tuned as one population and finished as one. An experiment interrupted
+    after the finals population keeps its results."""
     path, config = tiny_experiment
     sgd = {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9, "nesterov": True}}
     space = [{"name": "lr", "low": 0.01, "high": 0.3, "log": True}]
@@ -159,26 +160,26 @@ def test_population_finals_equal_separate_runs_and_resume(
 
     def interrupted(*args, **kwargs):
         calls.append(args[1])
-        if len(calls) == 2:  # the second arm's finals
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        real(*args, **kwargs)
+        raise KeyboardInterrupt  # after the finals population
 
     monkeypatch.setattr(finals, "run_final_population", interrupted)
-    together = "--population=2"  # adam's and sgd's trials tune as one population
+    together = "--population=2"  # every arm's trials tune as one population
     capsys.readouterr()
     with pytest.raises(SystemExit):  # exit 130, "run the same command again to resume"
         cli_main(["compare", f"--config={path}", retune, together])
     shown = capsys.readouterr().out
-    # Tuned at 2 epochs and re-tuned at 3, both arms: one population, each member ending at
-    # its own last epoch.
-    assert "== arms adam, sgd, adam/retuned, sgd/retuned: tuning together (2 or 3 epochs" in shown
-    assert "sgd/retuned trial   1" in shown
+    # Tuned at 2 epochs and re-tuned at 3, every arm: one population, each member ending at
+    # its own last epoch and clipping by its own arm's rule.
+    labels = "adam, wnclip, sgd, adam/retuned, wnclip/retuned, sgd/retuned"
+    assert f"== arms {labels}: tuning together (2 or 3 epochs" in shown
+    assert "wnclip/retuned trial   1" in shown
     trained = re.findall(r"^(\S+) trial .*population of (\d+)", shown, re.M)
-    assert {int(n) for label, n in trained if "sgd" in label} == {8}  # 2 trials of each
+    assert {int(n) for _, n in trained} == {12}  # 2 trials of each
+    assert len(calls) == 1  # every final run in one population
     exp_dir = tmp_path / "out" / "tiny"
     kept = sorted(str(p.parent.relative_to(exp_dir)) for p in exp_dir.glob("*/final/*/result.json"))
-    assert kept == [f"{arm}/final/seed_{s}" for arm in ("adam", "sgd") for s in (0, 1)]
-    assert not list((exp_dir / "wnclip").glob("final/*/*.json"))
+    assert kept == [f"{arm}/final/seed_{s}" for arm in ("adam", "sgd", "wnclip") for s in (0, 1)]
     first = [json.loads((exp_dir / k / "result.json").read_text()) for k in kept[:2]]
 
     monkeypatch.setattr(finals, "run_final_population", real)
@@ -188,8 +189,7 @@ def test_population_finals_equal_separate_runs_and_resume(
     pairs = []
     for arm in ("adam", "wnclip", "sgd"):
         ours, theirs = results["arms"][arm], separate["arms"][arm]
-        # 2 seeds x 2 tunings, of both optimizers for adam and sgd
-        size = 4 if arm == "wnclip" else 8
+        size = 12  # 2 seeds x 2 tunings x 3 arms
         pairs += [
             (ours["runs"], theirs["runs"], size),
             (ours["retuned"]["runs"], theirs["retuned"]["runs"], size),

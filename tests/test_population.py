@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import MNIST1D, quiet_trainer
 from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.loggers import Logger
 from torch import Tensor
 
 from lightning_opt.callbacks import FixedNormClipping, GradientClippingCallback, WeightNormClipping
@@ -698,3 +699,129 @@ def test_members_of_different_budgets_each_end_at_their_own_last_epoch(data):
             torch.testing.assert_close(
                 checkpoint["state_dict"][name], weight, rtol=1e-12, atol=1e-14
             )
+
+
+class MemoryLogger(Logger):
+    """Keeps what a run logs: its hyperparameters and every metrics dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: dict = {}
+        self.metrics: list[dict] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.metrics.append(dict(metrics))
+
+    def logged(self) -> set[str]:
+        return {name for record in self.metrics for name in record}
+
+
+WNCLIP = "lightning_opt.callbacks.WeightNormClipping"
+FIXED = "lightning_opt.callbacks.FixedNormClipping"
+VALUE = "test_bring_your_own.ValueClip"  # a rule that clips one model at a time
+ADAM, SGD_N = (
+    "adam",
+    {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9, "nesterov": True}},
+)
+RULED = [  # optimizer, clipping rule, seeds, member_hparams
+    (ADAM, {"class_path": WNCLIP, "init_args": {"clip_factor": 1.0}}, [1, 2], {"lr": [0.01, 0.01], "clip_factor": [0.05, 0.5]}),
+    (ADAM, None, [3], {"lr": [0.01]}),
+    (SGD_N, {"class_path": FIXED, "init_args": {"clip_value": 0.5}}, [4], {"lr": [0.05]}),
+    (ADAM, {"class_path": WNCLIP, "init_args": {"clip_factor": 0.2}}, [5], {"lr": [0.003]}),
+    (ADAM, {"class_path": VALUE}, [6, 7], {"lr": [0.01, 0.01], "limit": [0.003, 0.03]}),
+]  # fmt: skip
+
+
+def test_members_of_several_clipping_rules_clip_as_their_own_runs(data):
+    import test_bring_your_own
+
+    from lightning_opt.runs import instantiate
+
+    epochs = 4
+    groups = [{"optimizer": opt, "clipping": rule, "size": len(seeds), "member_hparams": hp}
+              for opt, rule, seeds, hp in RULED]  # fmt: skip
+    seeds = [s for *_, group_seeds, _ in RULED for s in group_seeds]
+    pop = PopulationClassifier(seeds, **MNIST1D, member_groups=groups)
+    # Two groups of one rule (their per-member settings aside) share one instance.
+    wnclip, fixed, value = pop.clipping_rules
+    assert wnclip.members == [0, 1, 5 - 1] and fixed.members == [3] and value.members == [5, 6]
+    assert isinstance(value, test_bring_your_own.ValueClip) and not value.stacked
+    pop.member_loggers = [MemoryLogger() for _ in seeds]
+    loggers = list(pop.member_loggers)
+    # Drop a member of the shared rule, then the fixed-clipping group whole.
+    drops = [DropAt(1, {1: "test"}), DropAt(2, {3: "test"})]
+    trainer = _trainer(epochs, callbacks=drops)
+    trainer.fit(pop, datamodule=data)
+    clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
+    assert clippers == [wnclip, fixed, value]  # the population's, in the trainer's callbacks
+    assert wnclip.members == [0, 4] and fixed.members == []
+
+    start = 0
+    for opt, rule, group_seeds, hparams in RULED:
+        callbacks = [] if rule is None else [instantiate(rule)]
+        alone = PopulationClassifier(group_seeds, **MNIST1D, optimizer=opt,
+                                     member_hparams=hparams)  # fmt: skip
+        _trainer(epochs, callbacks=callbacks).fit(alone, datamodule=data)
+        for i in range(len(group_seeds)):
+            member = start + i
+            mixed, own = pop.history[member], alone.history[i]
+            n = len(mixed["val/loss"])
+            assert n == {1: 2, 3: 3}.get(member, epochs)
+            assert_close(mixed["val/loss"], own["val/loss"][:n], 1e-12)
+            assert_close(mixed["optim/grad_norm_after_clip"],
+                         own["optim/grad_norm_after_clip"][:n], 1e-9)  # fmt: skip
+            logged, params = loggers[member].logged(), loggers[member].params
+            # Each member logs its own rule's statistics and settings, and no other's.
+            assert ("clip/fraction_clipped" in logged) == (rule is not None)
+            assert params.get("clipping") == (None if rule is None else type(callbacks[0]).__name__)
+            if member in pop.member_ids:
+                own_rule, position = pop.rule_of(member)
+                assert (own_rule is None) == (rule is None)
+                if own_rule is not None:
+                    rate = callbacks[0].clip_rates()[i]
+                    assert own_rule.clip_rates()[position] == pytest.approx(rate, rel=1e-12)
+                    assert 0 < rate <= 1
+        start += len(group_seeds)
+    assert loggers[4].params["clip/clip_factor"] == 0.2 and "clip/limit" not in loggers[4].params
+    assert loggers[0].params["clip/clip_factor"] == 0.05
+    assert (
+        loggers[3].params["clip/clip_value"] == 0.5 and "clip/clip_factor" not in loggers[3].params
+    )
+    # A member's checkpoint is its own run's model (the rule is a trainer callback, as in fit).
+    MNIST1DClassifier(**pop.member_checkpoint(4)["hyper_parameters"])
+
+
+def test_clipping_rules_of_member_groups_are_checked_at_construction():
+    def build(*groups):
+        return PopulationClassifier(list(range(len(groups))), **MNIST1D,
+                                    member_groups=[{"size": 1, "optimizer": "adam", **g}
+                                                   for g in groups])  # fmt: skip
+
+    with pytest.raises(ValueError, match="clip_factor must be a positive finite number"):
+        build({"clipping": {"class_path": WNCLIP}, "member_hparams": {"clip_factor": [-1.0]}},
+              {"clipping": None})  # fmt: skip
+    with pytest.raises(ValueError, match="a member group without a clipping rule has no clip"):
+        build({"clipping": None, "member_hparams": {"clip_factor": [0.1]}},
+              {"clipping": {"class_path": WNCLIP}})  # fmt: skip
+    with pytest.raises(ValueError, match="nor its clipping rule FixedNormClipping takes it"):
+        build({"clipping": {"class_path": FIXED}, "member_hparams": {"clip_factor": [0.1]}},
+              {"clipping": None})  # fmt: skip
+    with pytest.raises(ValueError, match="is not a GradientClippingCallback"):
+        build({"clipping": {"class_path": "lightning_opt.finals.EpochHistory"}}, {})
+    with pytest.raises(ValueError, match=r"clipping WeightNormClipping: .*unexpected keyword"):
+        build({"clipping": {"class_path": WNCLIP, "init_args": {"clip_value": 1.0}}}, {})
+    pop = build({"clipping": {"class_path": WNCLIP, "init_args": {"clip_factor": 0.1}}}, {})
+    with pytest.raises(ValueError, match="clip with FixedNormClipping and the member groups"):
+        pop.check_clipping([FixedNormClipping(1.0)])
+    pop.check_clipping([WeightNormClipping(3.0)])  # replaced by the population's own

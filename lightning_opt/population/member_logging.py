@@ -38,9 +38,25 @@ class MemberLogging:
                 value = column[position] if column is not None else float(metrics[name])
                 self.history[member].setdefault(name, []).append(value)
 
-    def log_member_metrics(self, metrics: dict[str, Tensor]) -> None:
-        """Per-member values ``(K,)`` to log with this epoch's (used by the clipping callbacks)."""
-        self._member_metrics.update(metrics)
+    def log_member_metrics(
+        self, metrics: dict[str, Tensor], members: list[int] | None = None
+    ) -> None:
+        """Per-member values to log with this epoch's (used by the clipping callbacks): ``(K,)``,
+        or with ``members`` (original indices) one value per live one of them, in their order;
+        the other members log no such value."""
+        if members is None:
+            self._member_metrics.update(metrics)
+            return
+        positions = [p for start, stop in self.member_runs(members) for p in range(start, stop)]
+        index = torch.tensor(positions)
+        for name, values in metrics.items():
+            full = self._member_metrics.get(name)
+            if full is None:
+                full = values.new_full((self.num_members,), float("nan"))
+                self._metric_lacking[name] = [True] * self.num_members
+            self._member_metrics[name] = full.index_copy(0, index.to(full.device), values)
+            for position in positions:
+                self._metric_lacking[name][position] = False
 
     def _log_members(self, metrics: dict[str, Tensor | float], step: int) -> None:
         """Send ``metrics`` (per-member tensors ``(K,)`` or shared numbers) to member loggers."""
@@ -63,20 +79,27 @@ class MemberLogging:
     def _absent_metrics(self) -> dict[str, list[bool]]:
         """``{name: [whether live member k's single fit logs no such value]}``: in a population
         whose members train with different optimizers, the effective step size of those whose
-        optimizer keeps none (their entries are NaN)."""
+        optimizer keeps none, and with different clipping rules, the clip/* values of those
+        that clip by none (their entries are NaN)."""
+        absent = dict(self._metric_lacking)  # the clip/* values of members another rule clips
         optimizer = self._memberwise() if self._trainer else None
         lacking = getattr(optimizer, "lacking_effective_lr", None)
-        if lacking is None or len(lacking) != self.num_members:
-            return {}
-        return {"optim/effective_lr": lacking.tolist()}
+        if lacking is not None and len(lacking) == self.num_members:
+            absent["optim/effective_lr"] = lacking.tolist()
+        return absent
 
     def _member_hparams_for_logging(self, member: int) -> dict[str, Any]:
+        callbacks = self.trainer.callbacks
+        if self.clipping_rules is not None:  # its own rule's settings only
+            rule = self.member_rule[member]
+            callbacks = [c for c in callbacks if c not in self.clipping_rules or c is rule]
         params = run_hparams(
             self, self.member_kwargs[member], seed=self.all_seeds[member],
-            hparams=self.member_model_hparams(member),
+            hparams=self.member_model_hparams(member), callbacks=callbacks,
         )  # fmt: skip
         for name, values in self.member_clipping.items():
-            params[f"clip/{name}"] = values[member]
+            if values[member] is not None:
+                params[f"clip/{name}"] = values[member]
         return params
 
     @override

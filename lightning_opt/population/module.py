@@ -22,7 +22,6 @@ optimizer state are narrowed, so dropped members stop costing compute and never 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -33,7 +32,6 @@ from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_opt.callbacks import GradientClippingCallback
 from lightning_opt.data import MiniBatches
 from lightning_opt.models import NetFactory, build_net, resolve_net_argument
 from lightning_opt.norms import tensor_norms
@@ -42,7 +40,6 @@ from lightning_opt.optim.contract import StepContract
 from lightning_opt.optim.memberwise import GroupedOptimizer, MemberwiseOptimizer
 from lightning_opt.optim.registry import (
     check_optimizer,
-    constructor_arguments,
     resolve_optimizer,
     supports_population,
     takes_model,
@@ -53,8 +50,9 @@ from lightning_opt.optim.schedulers import (
 from lightning_opt.population.checkpoints import MemberCheckpoints
 from lightning_opt.population.member_logging import MemberLogging, as_list
 from lightning_opt.population.optimizers import MemberOptimizers
+from lightning_opt.population.rules import MemberClipping, group_rules
 from lightning_opt.population.selection import FINISHED, MemberSelection
-from lightning_opt.population.settings import MemberGroup, member_settings
+from lightning_opt.population.settings import NOT_GIVEN, MemberGroup, member_settings
 from lightning_opt.protocols import MemberData
 from lightning_opt.stacking import stack_nets, why_not_stackable
 from lightning_opt.training import EpochSums, MinibatchTraining
@@ -86,14 +84,16 @@ def _group_specs(
     specs, start = [], 0
     for entry in member_groups:
         unknown = set(entry) - {"optimizer", "lr_scheduler", "size", "member_hparams",
-                                "lr_interval"}  # fmt: skip
+                                "lr_interval", "clipping"}  # fmt: skip
         size = entry.get("size")
         if unknown or isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(
                 "each member_groups entry is {optimizer, lr_scheduler, size, member_hparams, "
-                f"lr_interval}}}} with a positive size, got {entry!r}"
+                f"lr_interval, clipping}}}} with a positive size, got {entry!r}"
             )
         spec = {"lr_scheduler": None, "member_hparams": {}, "lr_interval": lr_interval, **entry}
+        if any("clipping" in e for e in member_groups):  # then a group without clips nothing
+            spec.setdefault("clipping", None)
         if spec["lr_scheduler"] is not None and spec["lr_interval"] != lr_interval:
             raise ValueError(
                 f"a member group steps its scheduler every {spec['lr_interval']} and the "
@@ -114,17 +114,6 @@ def _group_specs(
     return specs
 
 
-def _clipping_columns(member_groups: list[MemberGroup]) -> dict[str, list[Any]]:
-    """Every member's clipping settings: each group must give the same ones."""
-    names = [sorted(g.settings.clipping) for g in member_groups]
-    if any(n != names[0] for n in names):
-        raise ValueError(
-            f"the member groups give different clipping settings per member ({names}); a "
-            "population's clipping rules act on all its members"
-        )
-    return {n: [v for g in member_groups for v in g.settings.clipping[n]] for n in names[0]}
-
-
 def _population_contract(contracts: list[StepContract]) -> StepContract:
     """One step contract for a population's groups: their step must be taken alike."""
     first = contracts[0]
@@ -139,6 +128,7 @@ def _population_contract(contracts: list[StepContract]) -> StepContract:
 
 class PopulationClassifier(
     MemberOptimizers,
+    MemberClipping,
     MemberSelection,
     MemberCheckpoints,
     MemberLogging,
@@ -168,8 +158,13 @@ class PopulationClassifier(
             scheduler is what its runs record); ``optimizer`` and ``lr_scheduler`` must then be
             the first group's, and ``member_hparams`` is not given. Each group steps as its own
             population would (its stacked fast path over its slice of the parameters, or one
-            instance per member); the clipping rules act on every member, so every group gives
-            the same per-member clipping settings.
+            instance per member). Without ``clipping`` entries the trainer's clipping rules act
+            on every member, so every group gives the same per-member clipping settings. With
+            them, each group clips by its own rule: ``clipping`` is ``{class_path, init_args}``
+            of a ``GradientClippingCallback`` (``None`` or absent: no clipping); groups of one
+            rule share one instance, restricted to their members, which the population puts in
+            the trainer's callbacks (``configure_callbacks``); a group's ``member_hparams`` may
+            then give its rule's per-member settings.
         member_epochs: each member's own last epoch (its runs' ``max_epochs``; the trainer's
             is the largest): a member ends there as its single fit would (``finished``,
             ``finished_checkpoints``; results logged), and the others go on.
@@ -246,7 +241,12 @@ class PopulationClassifier(
             kw for g in self.groups
             for kw in (g.settings.scheduler_kwargs or [None] * len(g.members))
         ]  # fmt: skip
-        self.member_clipping = _clipping_columns(self.groups)  # checked in setup()
+        #: The population's own clipping rules, each restricted to its groups' members, where
+        #: the groups give theirs (``None``: the trainer's rules act on every member); each
+        #: member's rule; each member's clipping settings (checked in setup()).
+        self.clipping_rules, self.member_rule, self.member_clipping = group_rules(self.groups)
+        self._member_runs: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        self._clip_views: dict[tuple[int, int], list[Tensor]] = {}
         # The stacked fast paths know one group: rules train each member's own instance. With
         # several groups each takes its own (``_stacked_path``) in configure_optimizers.
         self.stacked = self._stacked_path(first) if len(self.groups) == 1 else None
@@ -305,6 +305,7 @@ class PopulationClassifier(
         self._data_seeds: list[int] = []
         self._to_drop: dict[int, str] = {}
         self._member_metrics: dict[str, Tensor] = {}
+        self._metric_lacking: dict[str, list[bool]] = {}  # of the members a value is not for
         self._clip_overrides: dict[str, Tensor] | None = None
         self._epoch = EpochSums()  # training sums, then each evaluation's loss and acc
         self.register_buffer("_first_bad_step", torch.full((k,), -1), persistent=False)
@@ -324,6 +325,7 @@ class PopulationClassifier(
         return MemberGroup(
             cls, resolved, *(scheduler or (None, None)), range(start, start + size), settings,
             {name: list(v) for name, v in member_hparams.items()}, spec["lr_interval"],
+            spec.get("clipping", NOT_GIVEN),
         )  # fmt: skip
 
     def _stacked_path(self, group: MemberGroup) -> Any:
@@ -359,30 +361,6 @@ class PopulationClassifier(
         data.population_seeds = self._data_seeds
         self.check_clipping(self.trainer.callbacks)
 
-    def check_clipping(self, callbacks: Sequence[Any]) -> None:
-        """Refuse per-member settings that neither the optimizer nor a clipping callback among
-        ``callbacks`` takes (before any training)."""
-        clippers = [c for c in callbacks if isinstance(c, GradientClippingCallback)]
-        names = {name for cb in clippers for name in cb.member_hparams}
-        missing = sorted(set(self.member_clipping) - names)
-        if missing:
-            takes = ", ".join(f"{type(c).__name__}: {', '.join(c.member_hparams) or 'nothing'}"
-                              for c in clippers) or "no clipping callback is on"  # fmt: skip
-            raise ValueError(
-                f"member_hparams {', '.join(missing)}: {self.optimizer_class.__name__} takes no "
-                f"such argument and no clipping callback sets it per member ({takes})"
-            )
-        for clipper in clippers:  # each member's settings, checked by the rule's constructor
-            cls = type(clipper)
-            own = {
-                n: getattr(clipper, n) for n in constructor_arguments(cls) if hasattr(clipper, n)
-            }
-            for member in range(len(self.all_seeds)):
-                values = {n: v[member] for n, v in self.member_clipping.items()
-                          if n in clipper.member_hparams}  # fmt: skip
-                if values:
-                    cls(**{**own, **values})
-
     @override
     def teardown(self, stage: str) -> None:
         for loggers in self.member_loggers or []:
@@ -392,12 +370,10 @@ class PopulationClassifier(
         if isinstance(data, MemberData) and data.population_seeds is self._data_seeds:
             data.population_seeds = None  # the next single-model fit shuffles as usual
 
-    def _clippers(self) -> list[GradientClippingCallback]:
-        return [c for c in self.trainer.callbacks if isinstance(c, GradientClippingCallback)]
-
     @override
     def on_train_start(self) -> None:
-        self._clip_overrides = None  # built on the training device at the first step
+        # Built on the training device at the first step, over the parameters of now.
+        self._clip_overrides, self._member_runs, self._clip_views = None, {}, {}
         self._start_training()
         optimizer = self._memberwise()
         views = any(not c.stacked for c in self._clippers())  # clipping member by member
@@ -448,6 +424,7 @@ class PopulationClassifier(
         # index of the epoch's last batch, and the model logs its internals there too.
         metrics["epoch"] = float(self.current_epoch)
         self._log_members(metrics, self._lightning_step() - 1)
+        self._metric_lacking = {}
         self._epoch_end_schedulers()
 
         first_bad = self._first_bad_step.tolist()

@@ -19,20 +19,6 @@ class MemberSelection:
     """Dropping and narrowing members, and each member's best weights; a mixin of
     ``PopulationClassifier``."""
 
-    def clipping_overrides(self) -> dict[str, Tensor]:
-        """Per-member clipping thresholds of the live members, on the parameters' device."""
-        if self._clip_overrides is None:
-            like = next(self.net.parameters())
-            self._clip_overrides = {
-                name: like.new_tensor([values[i] for i in self.member_ids])
-                for name, values in self.member_clipping.items()
-            }
-        return self._clip_overrides
-
-    def clipping_values(self) -> dict[str, list[float]]:
-        """The live members' per-member clipping settings, ``{name: [value of each member]}``."""
-        return {n: [v[i] for i in self.member_ids] for n, v in self.member_clipping.items()}
-
     @torch.no_grad()
     def _keep_best(self, loss: Tensor) -> None:
         params = list(self.net.parameters())
@@ -109,9 +95,7 @@ class MemberSelection:
         else:
             for optimizer in self.trainer.optimizers if self._trainer else []:
                 optimizer.select_members(index)  # the stacked fast path's MemberOptimizer
-        if self._trainer:
-            for clipper in self._clippers():
-                clipper.select_members(index)
+        self._select_rules(keep)
         if self.stacked is not None:  # a resumed run builds its optimizer after this
             factory, kwargs = self.stacked
             self.stacked = factory, {k: select(v, index) for k, v in kwargs.items()}
@@ -126,4 +110,3 @@ class MemberSelection:
         if self.member_loggers:
             self.member_loggers = [self.member_loggers[i] for i in keep]
         self._params = list(self.net.parameters())
-        self._clip_overrides = None

@@ -12,6 +12,9 @@ from lightning_opt.optim.registry import constructor_arguments
 from lightning_opt.optim.schedulers import check_scheduler, scheduler_arguments
 from lightning_opt.optim.stacked import stacked_optimizer
 
+#: A group's ``clipping`` when the groups give none: the trainer's clipping callbacks act on all.
+NOT_GIVEN = "not given"
+
 
 @dataclass(frozen=True)
 class MemberSettings:
@@ -107,13 +110,19 @@ class MemberGroup:
     member_hparams: dict[str, list[Any]]
     #: When its scheduler steps: the population's, or (a group without one) its runs' setting.
     lr_interval: str = "epoch"
+    #: Its own clipping rule ``{class_path, init_args}`` (``None``: none) where the groups give
+    #: theirs (``PopulationClassifier``'s ``clipping_rules``); ``NOT_GIVEN``: the trainer's rule.
+    clipping: Any = NOT_GIVEN
 
     def entry(self) -> dict[str, Any]:
         """What the group is, as a population checkpoint records it."""
-        return {
+        entry = {
             "optimizer": self.optimizer,
             "lr_scheduler": self.lr_scheduler,
             "size": len(self.members),
             "member_hparams": self.member_hparams,
             "lr_interval": self.lr_interval,
         }
+        if self.clipping != NOT_GIVEN:
+            entry["clipping"] = self.clipping
+        return entry
