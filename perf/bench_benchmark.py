@@ -156,8 +156,11 @@ def main() -> None:
     parser.add_argument("--second", default="sgd")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-suite", action="store_true")
-    parser.add_argument("--experiment", default="gnw_vs_adam",
-                        help="the compare experiment timed as the demo (configs/experiments/)")
+    parser.add_argument(
+        "--experiment",
+        default="gnw_vs_adam",
+        help="the compare experiment timed as the demo (configs/experiments/)",
+    )
     parser.add_argument("--out", default=str(ROOT / "perf" / "results" / "benchmark.json"))
     args = parser.parse_args()
     result = {"machine": machine_info()}
