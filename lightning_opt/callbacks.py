@@ -96,11 +96,15 @@ class GradientClippingCallback(Callback, ABC):
         # device, and takes the shape (K,) of a population's per-member stats.
         self._run_fraction, self._run_steps = torch.zeros(()), 0
         self._compared: list[Tensor] = []  # per step, (N, *members): for compared_quantiles
-        #: Each epoch's fraction of tensors clipped (a list per epoch; one value per member).
+        #: Each epoch's fraction of tensors clipped (a list per epoch; one value per member
+        #: it clipped then, whose original indices are ``history_members``'s of that epoch).
         self.fraction_history: list[list[float]] = []
+        self.history_members: list[list[int]] = []
         #: The original indices of the population members this rule clips (``restrict_to``),
         #: in the order of its per-member statistics; ``None``: every member.
         self.members: list[int] | None = None
+        self._module: Any = None  # the module last clipped, and whether it is a
+        self._kinds = (False, False)  # GradientSource and a MemberTraining
         self._reset_epoch()
 
     def restrict_to(self, members: Sequence[int]) -> None:
@@ -138,6 +142,15 @@ class GradientClippingCallback(Callback, ABC):
         if not self._run_steps:
             return [0.0]
         return (self._run_fraction / self._run_steps).reshape(-1).tolist()
+
+    def member_fraction_history(self, member: int = 0) -> list[float]:
+        """The fraction of tensors clipped at each epoch of population member ``member`` (its
+        original index; 0 for a single model), for the epochs it trained."""
+        return [
+            fractions[members.index(member)]
+            for fractions, members in zip(self.fraction_history, self.history_members, strict=True)
+            if member in members
+        ]
 
     def select_members(self, index: Tensor, members: Sequence[int] | None = None) -> None:
         """Keep the per-member statistics at positions ``index`` (of this rule's members);
@@ -193,13 +206,20 @@ class GradientClippingCallback(Callback, ABC):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        if isinstance(pl_module, GradientSource):
+        if pl_module is not self._module:  # protocol checks cost ~25 us each: once a module
+            self._module = pl_module
+            self._kinds = (
+                isinstance(pl_module, GradientSource),
+                isinstance(pl_module, MemberTraining),
+            )
+        source, population = self._kinds
+        if source:
             params, member_dims = pl_module.gradient_parameters()
         else:  # any LightningModule: the optimizer's parameters
             params, member_dims = [p for g in optimizer.param_groups for p in g["params"]], 0
         if member_dims == 0:
             stats = self.clip_(params, 0, None)
-        elif isinstance(pl_module, MemberTraining):
+        elif population:
             stats = self._clip_population(pl_module, params)
         else:  # stacked members of a module of the user's own: every member, its own settings
             stats = self.clip_(params, member_dims, {}) if self.stacked else None
@@ -255,9 +275,17 @@ class GradientClippingCallback(Callback, ABC):
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._epoch_steps:
-            self.fraction_history.append(
-                (self._epoch_fraction / self._epoch_steps).reshape(-1).tolist()
-            )
+            fractions = (self._epoch_fraction / self._epoch_steps).reshape(-1).tolist()
+            self.fraction_history.append(fractions)
+            members = [0]  # one model
+            if isinstance(pl_module, MemberTraining) and self._epoch_fraction.dim() > 0:
+                runs = (
+                    [(0, len(pl_module.member_ids))]
+                    if self.members is None
+                    else pl_module.member_runs(self.members)
+                )
+                members = [pl_module.member_ids[p] for a, b in runs for p in range(a, b)]
+            self.history_members.append(members)
         if self.log_stats and self._epoch_steps:
             fraction = self._epoch_fraction / self._epoch_steps
             scale = self._epoch_scale / self._epoch_steps

@@ -8,7 +8,6 @@ then report means with confidence intervals and the differences between arms.
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from lightning_opt.runs import (
 from lightning_opt.study import original_number
 from lightning_opt.trials import resolve_search_space
 from lightning_opt.tune import TuneCLI, parse, run_studies_together, run_study
-from lightning_opt.tune_outputs import write_fit_config
+from lightning_opt.tune_outputs import fit_config, write_fit_config
 
 
 class CompareCLI(TuneCLI):
@@ -300,17 +299,17 @@ def summarize_arm(
     """An arm's tuning and final runs as results.json records them; each final run's fit
     config written next to its checkpoint (where it ran)."""
     tuned_cfg, label, study, completed = arm.part.cfg, arm.label, arm.study, arm.completed
+    dumped = fit_config(parser, tuned_cfg)  # once: the seeds' configs differ in their seed alone
     for run in runs:
         if not Path(run["log_dir"]).is_dir():
             continue
-        seed_cfg = copy.deepcopy(tuned_cfg)
-        seed_cfg.seed_everything = run["seed"]
         header = (
             f"# Final run of arm {label!r} of experiment {config.experiment!r}, seed "
             f"{run['seed']}.\n# Its weights: python -m lightning_opt test --config "
             f"{run['log_dir']}/config.yaml --ckpt_path {run['checkpoint']}\n"
         )
-        write_fit_config(parser, seed_cfg, Path(run["log_dir"]) / "config.yaml", header)
+        seed_cfg = {**dumped, "seed_everything": run["seed"]}
+        write_fit_config(parser, tuned_cfg, Path(run["log_dir"]) / "config.yaml", header, seed_cfg)
     # In the order, and under the numbers, of an uninterrupted study: a re-run stands for the
     # trial it replaces.
     values = [t.value for t in sorted(completed, key=original_number)]

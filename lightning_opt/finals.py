@@ -65,12 +65,12 @@ class EpochHistory(Callback):
         self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
 
 
-def _clip_report(clipper: Any, member: int | None = None) -> dict[str, Any]:
-    """A clipping callback's per-epoch clip rate and the quantiles of what it compared."""
-    position = 0 if member is None else member
+def _clip_report(clipper: Any, member: int = 0, position: int = 0) -> dict[str, Any]:
+    """A clipping callback's per-epoch clip rate of population member ``member`` (0: a single
+    model) and the quantiles of what it compared (at ``position`` of its live members)."""
     quantiles = clipper.compared_quantiles()
     return {
-        "fraction_history": [epoch[position] for epoch in clipper.fraction_history],
+        "fraction_history": clipper.member_fraction_history(member),
         "quantity": None
         if quantiles is None
         else {"name": clipper.compared_quantity, "quantiles": quantiles[position]},
@@ -391,7 +391,7 @@ def run_final_population(
         history = model.history[member]
         internals = {n: v for n, v in history.items() if n.startswith("optim/")}
         rule, position = rules[member]  # its own clipping rule, and its place in the stats
-        clip = _clip_report(rule, position) if rule is not None else None
+        clip = _clip_report(rule, member, position) if rule is not None else None
         if clip:
             internals["clip/fraction_clipped"] = clip["fraction_history"]
         rate = rule.clip_rates()[position] if rule is not None else None

@@ -57,12 +57,22 @@ def write_outputs(parser: LightningArgumentParser, config: Any, options: TuneOpt
     return path
 
 
-def write_fit_config(parser: LightningArgumentParser, cfg: Any, path: Path, header: str) -> None:
-    """``cfg`` as the ``fit`` config that replays it (the study's and experiment's own keys
-    left out), written atomically to ``path`` under ``header``."""
+def fit_config(parser: LightningArgumentParser, cfg: Any) -> dict[str, Any]:
+    """``cfg`` as the ``fit`` config that replays it: its dump, the study's and experiment's own
+    keys left out."""
     dumped = yaml.safe_load(parser.dump(cfg, skip_check=True))
     for key in (*TUNE_KEYS, *EXPERIMENT_KEYS, "config"):
         dumped.pop(key, None)
+    return dumped
+
+
+def write_fit_config(
+    parser: LightningArgumentParser, cfg: Any, path: Path, header: str,
+    dumped: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """``cfg`` as the ``fit`` config that replays it (``fit_config``; or ``dumped``, that
+    already), written atomically to ``path`` under ``header``."""
+    dumped = fit_config(parser, cfg) if dumped is None else dumped
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     tmp.write_text(header + yaml.safe_dump(dumped, sort_keys=False))

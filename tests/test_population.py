@@ -785,6 +785,9 @@ def test_members_of_several_clipping_rules_clip_as_their_own_runs(data):
             # Each member logs its own rule's statistics and settings, and no other's.
             assert ("clip/fraction_clipped" in logged) == (rule is not None)
             assert params.get("clipping") == (None if rule is None else type(callbacks[0]).__name__)
+            if rule is not None:  # each epoch's clip rate, the dropped members' too
+                fractions = pop.member_rule[member].member_fraction_history(member)
+                assert_close(fractions, callbacks[0].member_fraction_history(i)[:n], 1e-12)
             if member in pop.member_ids:
                 own_rule, position = pop.rule_of(member)
                 assert (own_rule is None) == (rule is None)
