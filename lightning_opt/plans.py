@@ -181,7 +181,7 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
         name = arm["name"]
         final_cfg = arm_config(config, arm, config.trainer.max_epochs)
         try:
-            population = check_finals(config, name, final_cfg)
+            population, finals_blocker = check_finals(config, name, final_cfg)
             plan = None
             budgets = [(config.tune_max_epochs, "")]
             if retune:
@@ -197,15 +197,31 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
                     base_options, study_name=study, output_dir=str(exp_dir), storage=storage,
                     log_dir_name=f"{name}/retuned" if suffix else name,
                 )  # fmt: skip
-                options = check_study(tune_cfg, options)
+                options = check_study(tune_cfg, options, announce=False)
                 if parser is not None:
                     fingerprint = run_fingerprint(parser, tune_cfg, drop=EXPERIMENT_KEYS)
                     options = replace(options, fingerprint=fingerprint)
                 plan = ArmPlan(name, tune_cfg, final_cfg, options, population, plan)
         except ValueError as err:
             raise ValueError(f"arm {name!r}: {err}") from None
+        tuning_blocker = population_blocker(plan.tune_cfg) if (
+            config.population > 1 and plan.options.population == 1) else None  # fmt: skip
+        _say_blocked(name, finals_blocker, tuning_blocker, config.population)
         plans.append(plan)
     return plans
+
+
+def _say_blocked(name: str, finals: str | None, tuning: str | None, population: int) -> None:
+    """One line per reason an arm's runs train one at a time."""
+    ignored = f"(--population {population} ignored)"
+    if finals is not None and finals == tuning:
+        print(f"arm {name}: {finals}: its trials and final runs train one at a time {ignored}",
+              flush=True)  # fmt: skip
+        return
+    if finals is not None:
+        print(f"arm {name}: {finals}: its final runs train one seed at a time", flush=True)
+    if tuning is not None:
+        print(f"arm {name}: {tuning}: its trials run one at a time {ignored}", flush=True)
 
 
 def _arm_digest(
@@ -222,19 +238,19 @@ def _arm_digest(
     })  # fmt: skip
 
 
-def check_finals(config: Any, name: str, final_cfg: Any) -> bool:
-    """Check an arm's final runs; whether they train as one population."""
+def check_finals(config: Any, name: str, final_cfg: Any) -> tuple[bool, str | None]:
+    """Check an arm's final runs; whether they train as one population, and if they were to
+    but cannot, why (one line)."""
     build_model(final_cfg)
     check_run_loggers(final_cfg)
     population = config.population_finals
     blocker = population_blocker(final_cfg) if population else None
     if blocker is not None:
-        print(f"arm {name}: {blocker}: its final runs train one seed at a time", flush=True)
         population = False
     if population:
         model = build_population(final_cfg, [0, 1])
         model.check_clipping(trainer_arguments(final_cfg)["callbacks"])
-    return population
+    return population, blocker
 
 
 def experiment_settings(config: Any) -> dict[str, Any]:

@@ -168,10 +168,11 @@ def run_tune(args: list[str]) -> None:
     write_outputs(cli.parser, cli.config, options, study)
 
 
-def check_study(config: Any, options: TuneOptions) -> TuneOptions:
+def check_study(config: Any, options: TuneOptions, announce: bool = True) -> TuneOptions:
     """Everything about a study that can fail before its first trial, checked now: the search
     space, the Trainer settings, one trial's model, callbacks and data at both ends of the space,
-    and whether the optimizer can train a population. The options to run with.
+    and whether the optimizer can train a population. The options to run with (a population
+    that cannot be is said in one line, unless not ``announce``, and trains one at a time).
 
     Raises ``ValueError`` with one line.
     """
@@ -190,10 +191,9 @@ def check_study(config: Any, options: TuneOptions) -> TuneOptions:
     check_writable(options.output_dir)
     blocker = population_blocker(config) if options.population > 1 else None
     if blocker is not None:
-        print(
-            f"{blocker}: the trials run one at a time (--population {options.population} ignored)",
-            flush=True,
-        )
+        if announce:
+            print(f"{blocker}: the trials run one at a time (--population {options.population} "
+                  "ignored)", flush=True)  # fmt: skip
         options = replace(options, population=1)
     return options
 

@@ -214,6 +214,51 @@ def test_population_finals_equal_separate_runs_and_resume(
             assert [v for _, v in scalars["val/loss"]] == pytest.approx(run["val_loss_curve"])
 
 
+def test_arms_that_cannot_tune_together_tune_apart_and_say_why(
+    tiny_experiment, tmp_path, monkeypatch, capsys
+):
+    """Where the joint population of a group of arms does not build (the check before the first
+    trial), its arms tune one population each and a line says why; an arm whose optimizer
+    cannot train as a population says so once, for its trials and its finals."""
+    from lightning_opt import compare, runs
+
+    path, config = tiny_experiment
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}}
+    lbfgs = {"class_path": "torch.optim.LBFGS", "init_args": {"max_iter": 2}}
+    space = [{"name": "lr", "low": 0.01, "high": 0.3, "log": True}]
+    config["arms"] = [
+        {"name": "adam", "optimizer": "adam"},
+        {"name": "sgd", "optimizer": sgd, "search_space": space},
+        {"name": "lbfgs", "optimizer": lbfgs, "search_space": space},
+    ]
+    config["population"] = 2
+    path.write_text(yaml.safe_dump(config))
+    real = compare._builds_together
+
+    def refused(*members, **kwargs):
+        raise ValueError("made up for the test")
+
+    def builds_together(labels, plans):
+        with monkeypatch.context() as patched:
+            patched.setattr(runs, "build_mixed_population", refused)
+            return real(labels, plans)
+
+    monkeypatch.setattr(compare, "_builds_together", builds_together)
+    cli_main(["compare", f"--config={path}"])
+    shown = capsys.readouterr().out
+    assert "arms adam, sgd tune one population each (made up for the test)" in shown
+    blocked = [line for line in shown.splitlines() if "LBFGS evaluates" in line]
+    assert blocked == [
+        "arm lbfgs: LBFGS evaluates the loss 2 times in a step (its closure), which members of "
+        "a population cannot share: its trials and final runs train one at a time "
+        "(--population 2 ignored)"
+    ]
+    trained = re.findall(r"^trial .*population of (\d+)", shown, re.M)
+    assert trained == ["2"] * 4  # adam's two trials, then sgd's: each arm its own population
+    assert "tuning together" not in shown and "== arm sgd: tuning" in shown
+    _check_outputs(tmp_path / "out" / "tiny", ["adam", "sgd", "lbfgs"], seeds=2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["gnw_vs_adam", "wnclip_vs_fixedclip"])
 def test_quick_preset_of_each_seed_experiment(experiment, tmp_path, data_cache, monkeypatch):
