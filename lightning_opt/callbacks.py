@@ -250,12 +250,11 @@ class GradientClippingCallback(Callback, ABC):
             return None
         parts = []
         if self.stacked:
-            overrides = pl_module.clipping_overrides()
             for start, stop in runs:
                 if self.members is None:
-                    parts.append(self.clip_(params, 1, overrides))
+                    parts.append(self.clip_(params, 1, pl_module.clipping_overrides()))
                     continue
-                own = {n: v[start:stop] for n, v in overrides.items() if n in self.member_hparams}
+                own = pl_module.clipping_overrides(start, stop, self.member_hparams)
                 parts.append(self.clip_(pl_module.member_slice(start, stop), 1, own))
         else:
             values = pl_module.clipping_values()

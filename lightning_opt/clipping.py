@@ -13,6 +13,7 @@ are per member, and member k's result equals clipping member k's slices alone.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable
 from numbers import Real
 from typing import NamedTuple
@@ -39,14 +40,33 @@ class ClipStats(NamedTuple):
     compared: Tensor | None = None
 
 
+#: ``id`` of each live CPU tensor found positive and finite, with a weak reference to it and its
+#: version then: a population's per-member thresholds are checked once, not at every step (an
+#: in-place change bumps the version; the entry goes with the tensor).
+_CHECKED: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _checked_before(value: Tensor) -> bool:
+    entry = _CHECKED.get(id(value))
+    return entry is not None and entry[0]() is value and entry[1] == value._version
+
+
+def _remember_checked(value: Tensor) -> None:
+    key = id(value)
+    _CHECKED[key] = (weakref.ref(value, lambda _: _CHECKED.pop(key, None)), value._version)
+
+
 def check_positive(name: str, value: object) -> None:
     """Raise unless ``value`` is a positive finite number (or a tensor of them, checked on CPU)."""
     if isinstance(value, Tensor):
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
         # Values of a tensor on an accelerator are trusted: checking them would sync the host.
-        if value.device.type == "cpu" and not bool(((value > 0) & value.isfinite()).all()):
+        if value.device.type != "cpu" or _checked_before(value):
+            return
+        if not bool(((value > 0) & value.isfinite()).all()):
             raise ValueError(f"{name} must hold positive finite numbers, got {value.tolist()}")
+        _remember_checked(value)
         return
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a positive finite number, got {value!r}")

@@ -41,8 +41,11 @@ class MemberTraining(GradientSource, Protocol):
     #: The seed of each member, by original index (dropped ones included).
     all_seeds: list[int]
 
-    def clipping_overrides(self) -> dict[str, Tensor]:
-        """Per-member clipping thresholds of the live members, ``{name: (K,)}``."""
+    def clipping_overrides(
+        self, start: int = 0, stop: int | None = None, names: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Per-member clipping thresholds of the live members, ``{name: (K,)}`` (positions
+        ``start:stop``, only ``names``, if given)."""
         ...
 
     def clipping_values(self) -> dict[str, list[float]]:

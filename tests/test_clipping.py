@@ -234,3 +234,16 @@ def test_bad_per_member_values():
 def test_non_number_is_a_type_error():
     with pytest.raises(TypeError, match="clip_value must be a positive finite number, got '1'"):
         clip_grad_norm_per_tensor_(make_params([1.0]), "1")
+
+
+def test_per_member_thresholds_are_checked_again_after_an_in_place_change():
+    """A thresholds tensor is checked once while unchanged (a population passes the same one at
+    every step); changed in place, it is checked again."""
+    grads = torch.ones(2, 3)
+    p = torch.zeros(2, 3, requires_grad=True)
+    p.grad = grads.clone()
+    values = torch.tensor([0.5, 2.0])
+    clip_grad_norm_per_tensor_([p], values, member_dims=1)
+    values.mul_(-1)  # the same object, now negative
+    with pytest.raises(ValueError, match="must hold positive finite numbers"):
+        clip_grad_norm_per_tensor_([p], values, member_dims=1)

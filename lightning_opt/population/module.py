@@ -247,6 +247,7 @@ class PopulationClassifier(
         self.clipping_rules, self.member_rule, self.member_clipping = group_rules(self.groups)
         self._member_runs: dict[tuple[int, ...], list[tuple[int, int]]] = {}
         self._clip_views: dict[tuple[int, int], list[Tensor]] = {}
+        self._override_slices: dict[tuple[Any, ...], dict[str, Tensor]] = {}
         # The stacked fast paths know one group: rules train each member's own instance. With
         # several groups each takes its own (``_stacked_path``) in configure_optimizers.
         self.stacked = self._stacked_path(first) if len(self.groups) == 1 else None
@@ -374,6 +375,7 @@ class PopulationClassifier(
     def on_train_start(self) -> None:
         # Built on the training device at the first step, over the parameters of now.
         self._clip_overrides, self._member_runs, self._clip_views = None, {}, {}
+        self._override_slices = {}
         self._start_training()
         optimizer = self._memberwise()
         views = any(not c.stacked for c in self._clippers())  # clipping member by member

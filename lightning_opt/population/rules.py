@@ -156,9 +156,12 @@ class MemberClipping:
                 if values:
                     cls(**{**own, **values})
 
-    def clipping_overrides(self) -> dict[str, Tensor]:
-        """Per-member clipping thresholds of the live members, on the parameters' device (NaN
-        for a member whose rule has no such setting)."""
+    def clipping_overrides(
+        self, start: int = 0, stop: int | None = None, names: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Per-member clipping thresholds of the live members (positions ``start:stop``; only
+        ``names``, if given), on the parameters' device (NaN for a member whose rule has no
+        such setting). The same tensors until the members change."""
         if self._clip_overrides is None:
             like = next(self.net.parameters())
             nan = float("nan")
@@ -166,7 +169,15 @@ class MemberClipping:
                 name: like.new_tensor([nan if v is None else v for v in values])
                 for name, values in self.clipping_values().items()
             }
-        return self._clip_overrides
+        if stop is None and names is None:
+            return self._clip_overrides
+        key = (start, stop, tuple(names or ()))
+        found = self._override_slices.get(key)
+        if found is None:
+            found = {n: v[start:stop] for n, v in self._clip_overrides.items()
+                     if names is None or n in names}  # fmt: skip
+            self._override_slices[key] = found
+        return found
 
     def clipping_values(self) -> dict[str, list[Any]]:
         """The live members' per-member clipping settings, ``{name: [value of each member]}``."""
@@ -204,6 +215,7 @@ class MemberClipping:
         """Narrow the clipping statistics to the live members at old positions ``keep``
         (before ``member_ids`` is narrowed)."""
         self._clip_overrides, self._member_runs, self._clip_views = None, {}, {}
+        self._override_slices = {}
         if self.clipping_rules is None:
             if self._trainer:
                 index = torch.tensor(keep, dtype=torch.long)
