@@ -69,11 +69,12 @@ class FinalUnits:
                 with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
                     self.storage.set_trial_user_attr(trial_id, "fail_reason", "killed")
                     self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        live = self.study.get_trials(deepcopy=False, states=_LIVE)
-        planned = {t.user_attrs.get(SEED) for t in live}
-        for seed in self.seeds:
-            if seed not in planned:
-                self.study.enqueue_trial({}, user_attrs={SEED: seed})
+        with studies.sqlite_lock(self.storage):  # two launchers at once plan each seed once
+            live = self.study.get_trials(deepcopy=False, states=_LIVE)
+            planned = {t.user_attrs.get(SEED) for t in live}
+            for seed in self.seeds:
+                if seed not in planned:
+                    self.study.enqueue_trial({}, user_attrs={SEED: seed})
         if storages.has_heartbeat(self.storage):
             optuna.storages.fail_stale_trials(self.study)  # a dead worker's seed comes back
 

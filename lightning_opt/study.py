@@ -110,13 +110,18 @@ def count_states(study: optuna.Study) -> dict[TrialState, int]:
     return counts
 
 
-def top_up(study: optuna.Study, n_trials: int) -> int:
-    """Enqueue WAITING trials until finished + running + waiting == ``n_trials``; how many."""
-    counts = count_states(study)
-    planned = sum(counts[s] for s in (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
-    missing = max(0, n_trials - planned)
-    for _ in range(missing):
-        study.enqueue_trial({})  # the sampler fills every parameter when a worker claims it
+def top_up(study: optuna.Study, n_trials: int, storage: BaseStorage | None = None) -> int:
+    """Enqueue WAITING trials until finished + running + waiting == ``n_trials``; how many.
+
+    With the study's SQLite ``storage`` the count and the enqueueing hold its claim lock, so
+    two launchers starting at once plan ``n_trials`` between them; on a server database both may
+    top up at once, and the surplus stays WAITING, never claimed (``claim_waiting_trial``)."""
+    with sqlite_lock(storage):
+        counts = count_states(study)
+        planned = sum(counts[s] for s in (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
+        missing = max(0, n_trials - planned)
+        for _ in range(missing):
+            study.enqueue_trial({})  # the sampler fills every parameter when a worker claims it
     return missing
 
 
@@ -151,7 +156,7 @@ def claim_waiting_trial(
     def first_n(live: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
         return live[:n_trials]
 
-    with _sqlite_claim_lock(storage) as serialized:
+    with sqlite_lock(storage) as serialized:
         return _claim(study, storage, first_n, reseed, serialized)
 
 
@@ -170,16 +175,16 @@ def claim_waiting_unit(
                 first.append(frozen)
         return first
 
-    with _sqlite_claim_lock(storage) as serialized:
+    with sqlite_lock(storage) as serialized:
         return _claim(study, storage, first_of_each, lambda frozen: None, serialized)
 
 
 @contextlib.contextmanager
-def _sqlite_claim_lock(storage: BaseStorage) -> Iterator[bool]:
+def sqlite_lock(storage: BaseStorage | None) -> Iterator[bool]:
     """SQLite ignores ``SELECT ... FOR UPDATE``, so two processes could claim the same trial:
-    serialise claims with a lock file next to the database (PostgreSQL and MySQL lock the row);
-    whether claims are serialised."""
-    url = getattr(storage, "url", "")
+    serialise claims (and plans: ``top_up``, the final units') with a lock file next to the
+    database (PostgreSQL and MySQL lock the row); whether they are serialised."""
+    url = getattr(storage, "url", "") if storage is not None else ""
     if not url.startswith("sqlite:///") or url.endswith(":memory:"):
         yield False
         return

@@ -352,7 +352,7 @@ def prepare_study(config: Any, options: TuneOptions) -> tuple[optuna.Study, Any]
     except ValueError as err:  # an unreachable storage, a study of other settings
         raise UsageError(str(err)) from None
     rerun = retry_interrupted(study, storage)
-    added = studies.top_up(study, options.n_trials)
+    added = studies.top_up(study, options.n_trials, storage)
     if rerun:
         print(f"re-running {rerun} interrupted trial(s) with their own parameters", flush=True)
     print(

@@ -391,3 +391,33 @@ def test_final_run_units_run_each_seed_once_and_come_back_after_a_dead_worker(tm
                                1: {"seed": 1, "final_val_loss": 1.25}}  # fmt: skip
     states = [t.state.name for t in first.study.trials]
     assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1
+
+
+def test_two_launchers_topping_up_one_sqlite_study_at_once_plan_n_trials(tmp_path, monkeypatch):
+    """Two launchers that count a study's trials at the same moment would each enqueue the
+    missing ones; on SQLite the count and the enqueueing hold the claim lock, so the study
+    holds exactly ``n_trials``."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    open_study(open_storage(url), "both", SPACE, "val/loss")
+    real = studies.count_states
+
+    def slow_count(study):  # widen the window between counting and enqueueing
+        counts = real(study)
+        time.sleep(0.3)
+        return counts
+
+    monkeypatch.setattr(studies, "count_states", slow_count)
+    added = []
+
+    def launcher() -> None:
+        storage = open_storage(url)
+        study = open_study(storage, "both", SPACE, "val/loss")
+        added.append(studies.top_up(study, 3, storage))
+
+    threads = [threading.Thread(target=launcher) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(added) == [0, 3]
+    assert len(optuna.load_study(study_name="both", storage=url).trials) == 3
