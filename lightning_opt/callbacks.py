@@ -242,20 +242,15 @@ class GradientClippingCallback(Callback, ABC):
         """Clip the population's members (this rule's, if restricted), each with its own
         settings: stacked runs of consecutive members at once where the rule is ``stacked``,
         else member by member; the stats ``(K,)`` of the members clipped, in their order."""
-        if self.members is None:
-            runs = [(0, len(pl_module.member_ids))]
-        else:
-            runs = pl_module.member_runs(self.members)
+        runs = pl_module.member_runs(self.members)
         if not runs:
             return None
         parts = []
         if self.stacked:
             for start, stop in runs:
-                if self.members is None:
-                    parts.append(self.clip_(params, 1, pl_module.clipping_overrides()))
-                    continue
+                tensors = params if self.members is None else pl_module.member_slice(start, stop)
                 own = pl_module.clipping_overrides(start, stop, self.member_hparams)
-                parts.append(self.clip_(pl_module.member_slice(start, stop), 1, own))
+                parts.append(self.clip_(tensors, 1, own))
         else:
             values = pl_module.clipping_values()
             each = pl_module.member_parameters()
@@ -278,11 +273,7 @@ class GradientClippingCallback(Callback, ABC):
             self.fraction_history.append(fractions)
             members = [0]  # one model
             if isinstance(pl_module, MemberTraining) and self._epoch_fraction.dim() > 0:
-                runs = (
-                    [(0, len(pl_module.member_ids))]
-                    if self.members is None
-                    else pl_module.member_runs(self.members)
-                )
+                runs = pl_module.member_runs(self.members)
                 members = [pl_module.member_ids[p] for a, b in runs for p in range(a, b)]
             self.history_members.append(members)
         if self.log_stats and self._epoch_steps:

@@ -40,7 +40,7 @@ from lightning_opt.runs import (
 from lightning_opt.study import original_number
 from lightning_opt.trials import resolve_search_space
 from lightning_opt.tune import TuneCLI, parse, run_studies_together, run_study
-from lightning_opt.tune_outputs import fit_config, write_fit_config
+from lightning_opt.tune_outputs import fit_config, write_config
 
 
 class CompareCLI(TuneCLI):
@@ -309,7 +309,7 @@ def summarize_arm(
             f"{run['log_dir']}/config.yaml --ckpt_path {run['checkpoint']}\n"
         )
         seed_cfg = {**dumped, "seed_everything": run["seed"]}
-        write_fit_config(parser, tuned_cfg, Path(run["log_dir"]) / "config.yaml", header, seed_cfg)
+        write_config(seed_cfg, Path(run["log_dir"]) / "config.yaml", header)
     # In the order, and under the numbers, of an uninterrupted study: a re-run stands for the
     # trial it replaces.
     values = [t.value for t in sorted(completed, key=original_number)]

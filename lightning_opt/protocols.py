@@ -56,8 +56,9 @@ class MemberTraining(GradientSource, Protocol):
         """Each live member's parameters as its own leaf tensors."""
         ...
 
-    def member_runs(self, members: Sequence[int]) -> list[tuple[int, int]]:
-        """The live positions of ``members`` (original indices), as runs ``[start, stop)``."""
+    def member_runs(self, members: Sequence[int] | None) -> list[tuple[int, int]]:
+        """The live positions of ``members`` (original indices; ``None``: all), as runs
+        ``[start, stop)``."""
         ...
 
     def member_slice(self, start: int, stop: int) -> list[Tensor]:

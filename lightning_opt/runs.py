@@ -305,10 +305,8 @@ def build_mixed_population(
 
 def _plain(entry: Any) -> dict[str, Any]:
     """A ``{class_path, init_args}`` callback entry of a config as plain data."""
-    entry = entry.as_dict() if isinstance(entry, Namespace) else dict(entry)
-    args = entry.get("init_args") or {}
-    return {"class_path": entry["class_path"],
-            "init_args": args.as_dict() if isinstance(args, Namespace) else dict(args)}  # fmt: skip
+    entry = entry.as_dict() if isinstance(entry, Namespace) else dict(entry)  # as_dict: nested
+    return {"class_path": entry["class_path"], "init_args": dict(entry.get("init_args") or {})}
 
 
 def population_blocker(cfg: Any) -> str | None:

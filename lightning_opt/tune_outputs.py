@@ -66,13 +66,14 @@ def fit_config(parser: LightningArgumentParser, cfg: Any) -> dict[str, Any]:
     return dumped
 
 
-def write_fit_config(
-    parser: LightningArgumentParser, cfg: Any, path: Path, header: str,
-    dumped: dict[str, Any] | None = None,
-) -> None:  # fmt: skip
-    """``cfg`` as the ``fit`` config that replays it (``fit_config``; or ``dumped``, that
-    already), written atomically to ``path`` under ``header``."""
-    dumped = fit_config(parser, cfg) if dumped is None else dumped
+def write_fit_config(parser: LightningArgumentParser, cfg: Any, path: Path, header: str) -> None:
+    """``cfg`` as the ``fit`` config that replays it, written atomically to ``path`` under
+    ``header``."""
+    write_config(fit_config(parser, cfg), path, header)
+
+
+def write_config(dumped: dict[str, Any], path: Path, header: str) -> None:
+    """A dumped config (``fit_config``), written atomically to ``path`` under ``header``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     tmp.write_text(header + yaml.safe_dump(dumped, sort_keys=False))

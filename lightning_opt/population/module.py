@@ -81,6 +81,7 @@ def _group_specs(
         raise ValueError("with member_groups, give each group's member_hparams in its entry")
     if not member_groups:
         raise ValueError("member_groups must hold at least one group")
+    own_clipping = any("clipping" in e for e in member_groups)  # a group without clips nothing
     specs, start = [], 0
     for entry in member_groups:
         unknown = set(entry) - {"optimizer", "lr_scheduler", "size", "member_hparams",
@@ -92,7 +93,7 @@ def _group_specs(
                 f"lr_interval, clipping}}}} with a positive size, got {entry!r}"
             )
         spec = {"lr_scheduler": None, "member_hparams": {}, "lr_interval": lr_interval, **entry}
-        if any("clipping" in e for e in member_groups):  # then a group without clips nothing
+        if own_clipping:
             spec.setdefault("clipping", None)
         if spec["lr_scheduler"] is not None and spec["lr_interval"] != lr_interval:
             raise ValueError(
@@ -245,9 +246,6 @@ class PopulationClassifier(
         #: the groups give theirs (``None``: the trainer's rules act on every member); each
         #: member's rule; each member's clipping settings (checked in setup()).
         self.clipping_rules, self.member_rule, self.member_clipping = group_rules(self.groups)
-        self._member_runs: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-        self._clip_views: dict[tuple[int, int], list[Tensor]] = {}
-        self._override_slices: dict[tuple[Any, ...], dict[str, Tensor]] = {}
         # The stacked fast paths know one group: rules train each member's own instance. With
         # several groups each takes its own (``_stacked_path``) in configure_optimizers.
         self.stacked = self._stacked_path(first) if len(self.groups) == 1 else None
@@ -307,7 +305,7 @@ class PopulationClassifier(
         self._to_drop: dict[int, str] = {}
         self._member_metrics: dict[str, Tensor] = {}
         self._metric_lacking: dict[str, list[bool]] = {}  # of the members a value is not for
-        self._clip_overrides: dict[str, Tensor] | None = None
+        self._reset_clip_caches()  # built at the first step
         self._epoch = EpochSums()  # training sums, then each evaluation's loss and acc
         self.register_buffer("_first_bad_step", torch.full((k,), -1), persistent=False)
 
@@ -374,8 +372,7 @@ class PopulationClassifier(
     @override
     def on_train_start(self) -> None:
         # Built on the training device at the first step, over the parameters of now.
-        self._clip_overrides, self._member_runs, self._clip_views = None, {}, {}
-        self._override_slices = {}
+        self._reset_clip_caches()
         self._start_training()
         optimizer = self._memberwise()
         views = any(not c.stacked for c in self._clippers())  # clipping member by member

@@ -100,7 +100,7 @@ def group_rules(
             column = columns.setdefault(name, [None] * size)
             for position, (member, value) in enumerate(zip(group.members, values, strict=True)):
                 column[member] = value
-                if position:  # each member's value, as its own run's constructor takes it
+                if position and name in tuned:  # each member's own, checked as its run's
                     _build(cls, {**args, name: value})
         member_rule += [rules[key]] * len(group.members)
     for key, rule in rules.items():
@@ -118,6 +118,14 @@ class MemberClipping:
         """The population's own clipping rules (Lightning puts them in place of the trainer's
         callbacks of the same classes)."""
         return list(self.clipping_rules or [])
+
+    def _reset_clip_caches(self) -> None:
+        """Forget what depends on the live members and the parameters' tensors (rebuilt at the
+        next step): thresholds, their slices, runs of members, slice views."""
+        self._clip_overrides: dict[str, Tensor] | None = None
+        self._override_slices: dict[tuple[Any, ...], dict[str, Tensor]] = {}
+        self._member_runs: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        self._clip_views: dict[tuple[int, int], list[Tensor]] = {}
 
     def _clippers(self) -> list[GradientClippingCallback]:
         return [c for c in self.trainer.callbacks if isinstance(c, GradientClippingCallback)]
@@ -183,9 +191,11 @@ class MemberClipping:
         """The live members' per-member clipping settings, ``{name: [value of each member]}``."""
         return {n: [v[i] for i in self.member_ids] for n, v in self.member_clipping.items()}
 
-    def member_runs(self, members: Sequence[int]) -> list[tuple[int, int]]:
-        """The live positions of ``members`` (original indices) as runs ``[start, stop)`` of
-        consecutive members."""
+    def member_runs(self, members: Sequence[int] | None) -> list[tuple[int, int]]:
+        """The live positions of ``members`` (original indices; ``None``: every member) as runs
+        ``[start, stop)`` of consecutive members."""
+        if members is None:
+            return [(0, len(self.member_ids))] if self.member_ids else []
         key = tuple(members)
         runs = self._member_runs.get(key)
         if runs is None:
@@ -214,8 +224,7 @@ class MemberClipping:
     def _select_rules(self, keep: list[int]) -> None:
         """Narrow the clipping statistics to the live members at old positions ``keep``
         (before ``member_ids`` is narrowed)."""
-        self._clip_overrides, self._member_runs, self._clip_views = None, {}, {}
-        self._override_slices = {}
+        self._reset_clip_caches()
         if self.clipping_rules is None:
             if self._trainer:
                 index = torch.tensor(keep, dtype=torch.long)
