@@ -13,7 +13,9 @@ everything checked before the first trial (every workload's plan is checked befo
 the same numbers after Ctrl-C or a kill, a changed setting refused with the first differences,
 tuning trials and final runs claimable by every process sharing the storage. Every benchmark
 under one output directory shares one storage, its arms' studies named by their settings
-(compare's ``share_arms``): an identical baseline in another benchmark is trained once.
+(compare's ``share_arms``): an identical baseline in another benchmark is trained once, its
+logs and checkpoints in ``<output_dir>/shared_arms/<arm>.<digest>/`` (never under one benchmark,
+whose ``--overwrite`` would delete what the others' results point at).
 The benchmark then reads each experiment's results.json and scores: time to the target in
 optimizer steps per seed (``inf``: did not reach) and prorated wall time, the performance
 profile and score across workloads, each candidate-baseline test-loss comparison with Holm's
@@ -151,9 +153,18 @@ def _plan(
     candidates = [dict(c) for c in named] or [command_line]
     # One storage for every benchmark under output_dir, arms named by their settings: a
     # baseline (or candidate) identical in another benchmark is trained once.
+    # Their logs and checkpoints too: in one folder per arm study, which a benchmark's
+    # --overwrite never deletes (another benchmark's results may point at them).
     base["storage"] = base.get("storage") or f"sqlite:///{Path(config.output_dir) / 'optuna.db'}"
     base["share_arms"] = True
+    shared = Path(base.get("shared_arms_dir") or Path(config.output_dir) / "shared_arms")
+    base["shared_arms_dir"] = str(shared)
     bench_dir = Path(config.output_dir) / name
+    if bench_dir.resolve() == shared.resolve():
+        raise ValueError(
+            f"--benchmark {name}: {bench_dir} holds the shared arms' logs (--shared_arms_dir); "
+            "choose another name"
+        )
     bench_dir.mkdir(parents=True, exist_ok=True)
     planned = []
     seen = set()

@@ -79,6 +79,12 @@ class CompareCLI(TuneCLI):
             "budgets, optimizer, search space, trials, seeds' settings) share its tuning trials "
             "and final runs, each trained once.",
         )  # fmt: skip
+        group.add_argument(
+            "--shared_arms_dir", type=str | None, default=None,
+            help="With --share_arms: where the shared arms' logs and checkpoints go, a folder "
+            "<arm>.<digest> per study (default <output_dir>/shared_arms); --overwrite never "
+            "deletes them (other experiments' results point at them).",
+        )  # fmt: skip
 
 
 def run_compare(args: list[str]) -> Path:
@@ -121,7 +127,7 @@ def run_compare(args: list[str]) -> Path:
         runs, pending = {}, []
         for group in final_groups(cli.parser, labelled):
             done = run_finals(
-                [tuned[label].part for label in group], exp_dir, data,
+                [tuned[label].part for label in group], data,
                 tuned[group[0]].plan.population_finals, wait=False,
             )  # fmt: skip
             if done is None:
@@ -131,7 +137,7 @@ def run_compare(args: list[str]) -> Path:
             runs.update(done or {})
         for group in pending:
             parts = [tuned[label].part for label in group]
-            runs.update(run_finals(parts, exp_dir, data, tuned[group[0]].plan.population_finals))
+            runs.update(run_finals(parts, data, tuned[group[0]].plan.population_finals))
     except KeyboardInterrupt:  # in the finals (tuning says so itself and exits)
         print(
             "interrupted: finished tuning trials and final runs are kept; run the same command "
@@ -194,7 +200,7 @@ def tune_arm(
     chunk_where_invisible(tuned_cfg, data)  # the arm's own callbacks decide
     fingerprint = run_fingerprint(parser, tuned_cfg, drop=EXPERIMENT_KEYS)  # a seed's numbers
     try:
-        units = FinalUnits.open(plan.options, label, seeds, fingerprint)
+        units = FinalUnits.open(plan.options, seeds, fingerprint)
     except ValueError as err:  # a finals study of other settings
         raise UsageError(str(err)) from None
     return TunedArm(
@@ -300,11 +306,14 @@ def summarize_arm(
     config written next to its checkpoint (where it ran)."""
     tuned_cfg, label, study, completed = arm.part.cfg, arm.label, arm.study, arm.completed
     dumped = fit_config(parser, tuned_cfg)  # once: the seeds' configs differ in their seed alone
+    whose = f"of experiment {config.experiment!r}"
+    if config.share_arms:  # the same run for every experiment that shares it
+        whose = f"(study {arm.plan.options.study_name!r}, shared by arm settings)"
     for run in runs:
         if not Path(run["log_dir"]).is_dir():
             continue
         header = (
-            f"# Final run of arm {label!r} of experiment {config.experiment!r}, seed "
+            f"# Final run of arm {label!r} {whose}, seed "
             f"{run['seed']}.\n# Its weights: python -m lightning_opt test --config "
             f"{run['log_dir']}/config.yaml --ckpt_path {run['checkpoint']}\n"
         )

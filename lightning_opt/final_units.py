@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -42,16 +43,19 @@ class FinalUnits:
 
     @classmethod
     def open(
-        cls, options: TuneOptions, label: str, seeds: list[int], fingerprint: dict[str, Any]
+        cls, options: TuneOptions, seeds: list[int], fingerprint: dict[str, Any]
     ) -> FinalUnits:
-        """The finals study of the arm whose tuning study ``options`` names; refused (one
-        line) when it recorded other settings, unless ``--overwrite``."""
+        """The finals study of the arm whose tuning study ``options`` names, its runs logged in
+        ``final/`` of the arm's folder; refused (one line) when it recorded other settings,
+        unless ``--overwrite``."""
         from lightning_opt.tune import check_recorded, open_study_storage
 
         name = options.study_name + SUFFIX
+        # --overwrite deletes this arm's final runs, never its tuning trials.
         options = replace(
-            options, study_name=name, fingerprint=fingerprint, log_dir_name=f"{label}/final"
-        )  # --overwrite deletes this arm's final runs, never its tuning trials
+            options, study_name=name, fingerprint=fingerprint, output_dir=str(options.study_dir),
+            log_dir_name="final",
+        )  # fmt: skip
         storage = open_study_storage(options)
         study = studies.open_study(storage, name, [], "final runs")
         study = check_recorded(study, storage, [], options)
@@ -102,6 +106,11 @@ class FinalUnits:
         for trial in trials:
             trial.set_user_attr("fail_reason", reason)
             self.study.tell(trial, state=TrialState.FAIL)
+
+    @property
+    def log_dir(self) -> Path:
+        """The folder of the arm's final runs: ``seed_<s>/`` each."""
+        return self.options.study_dir
 
     def results(self) -> dict[int, dict[str, Any]]:
         """The recorded result of every needed seed that has one (its first complete unit)."""

@@ -78,10 +78,11 @@ def _clip_report(clipper: Any, member: int = 0, position: int = 0) -> dict[str, 
 
 
 def run_final(
-    cfg: Any, arm: str, seed: int, exp_dir: Path, data: MNIST1DDataModule
+    cfg: Any, arm: str, seed: int, log_dir: Path, data: MNIST1DDataModule
 ) -> dict[str, Any]:
-    """One final run of an arm (resumable: a finished run's result.json is reused)."""
-    out = exp_dir / arm / "final" / f"seed_{seed}"
+    """One final run of an arm, logged in ``log_dir/seed_<seed>`` (resumable: a finished run's
+    result.json is reused)."""
+    out = log_dir / f"seed_{seed}"
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
@@ -91,7 +92,7 @@ def run_final(
     model = build_model(cfg)
     history = EpochHistory()
     start = time.perf_counter()
-    loggers = run_loggers(cfg, exp_dir / arm, "final", f"seed_{seed}")
+    loggers = run_loggers(cfg, log_dir.parent, log_dir.name, f"seed_{seed}")
     trainer = build_trainer(cfg, loggers or False, [history])
     trainer.fit(model, datamodule=data)
     tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
@@ -217,11 +218,15 @@ class FinalPart:
     values: dict[str, Any]
     units: FinalUnits
 
+    @property
+    def log_dir(self) -> Path:
+        """Where its runs log: ``seed_<s>/`` each."""
+        return self.units.log_dir
+
 
 def run_finals(
-    parts: list[FinalPart], exp_dir: Path, data: MNIST1DDataModule, population: bool,
-    wait: bool = True,
-) -> dict[str, list[dict[str, Any]]] | None:  # fmt: skip
+    parts: list[FinalPart], data: MNIST1DDataModule, population: bool, wait: bool = True
+) -> dict[str, list[dict[str, Any]]] | None:
     """The final runs of ``parts``, one per seed of each: this process claims and trains the
     seeds no process has run (all of them at once as one population, or one at a time),
     records each on its unit, and returns every part's results, read from the storage. Seeds
@@ -229,14 +234,15 @@ def run_finals(
     (``None``).
 
     Resumable: a seed recorded by any process is never trained again; each member of a
-    population logs to the directory its own run would (``<label>/final/seed_<s>``).
+    population logs to the directory its own run would (``seed_<s>`` of its part's
+    ``log_dir``).
     """
     while True:
         for part in parts:
             part.units.plan()
         with _ctrl_c_resumable():
             while batch := _claim(parts, population):
-                _run_claimed(parts, batch, exp_dir, data, population)
+                _run_claimed(parts, batch, data, population)
         done = {part.label: part.units.results() for part in parts}
         if all(len(done[p.label]) == len(p.units.seeds) for p in parts):
             return {p.label: [done[p.label][s] for s in p.units.seeds] for p in parts}
@@ -269,14 +275,13 @@ def _claim(parts: list[FinalPart], population: bool) -> list[Claimed]:
 
 
 def _run_claimed(
-    parts: list[FinalPart], batch: list[Claimed], exp_dir: Path, data: MNIST1DDataModule,
-    population: bool,
-) -> None:  # fmt: skip
+    parts: list[FinalPart], batch: list[Claimed], data: MNIST1DDataModule, population: bool
+) -> None:
     """Train the claimed seeds and record each on its unit; a failure or an interruption
     fails the units, to be re-run at the next launch."""
     todo = []
     for part, trial, _, seed in batch:  # finished here but not recorded: its result.json
-        path = exp_dir / part.label / "final" / f"seed_{seed}" / "result.json"
+        path = part.log_dir / f"seed_{seed}" / "result.json"
         if path.exists():
             part.units.record(trial, json.loads(path.read_text()))
         else:
@@ -289,7 +294,7 @@ def _run_claimed(
             interval = part.units.options.heartbeat_interval
             beats.enter_context(studies.heartbeats(part.units.storage, ids, interval))
         try:
-            results = _train(todo, exp_dir, data, population, failures)
+            results = _train(todo, data, population, failures)
         except (KeyboardInterrupt, SystemExit):
             for part, trial, _ in todo:
                 part.units.fail([trial], "interrupted")
@@ -310,27 +315,29 @@ def _run_claimed(
 
 
 def _train(
-    todo: list[tuple[FinalPart, Any, int]], exp_dir: Path, data: MNIST1DDataModule,
-    population: bool, failures: dict[tuple[str, int], str],
+    todo: list[tuple[FinalPart, Any, int]], data: MNIST1DDataModule, population: bool,
+    failures: dict[tuple[str, int], str],
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The results of ``todo`` in its order (those in ``failures`` left out)."""
     if not todo:
         return []
     if not population:
-        return [run_final(part.cfg, part.label, seed, exp_dir, data) for part, _, seed in todo]
+        return [run_final(part.cfg, part.label, seed, part.log_dir, data) for part, _, seed in todo]
     labels = {part.label for part, _, _ in todo}
     part = todo[0][0]
     seeds = [seed for _, _, seed in todo]
     if len(labels) == 1:  # one part: its tuned config, exactly as it always trained
         failed: dict[int, str] = {}
-        results = run_final_population(part.cfg, part.label, seeds, exp_dir, data, failed)
+        results = run_final_population(part.cfg, part.label, seeds, part.log_dir, data, failed)
         failures.update({(part.label, s): r for s, r in failed.items()})
         return results
     # Members of one optimizer side by side: each run of them is one group of the population.
     ordered = sorted(todo, key=lambda t: _optimizer_key(t[0].cfg))
     seeds = [seed for _, _, seed in ordered]
-    members = [(p.label, p.cfg, p.values) for p, _, _ in ordered]
-    results = run_final_population(part.cfg, part.label, seeds, exp_dir, data, failures, members)
+    members = [(p.label, p.log_dir, p.cfg, p.values) for p, _, _ in ordered]
+    results = run_final_population(
+        part.cfg, part.label, seeds, part.log_dir, data, failures, members
+    )
     trained = [(p.label, s) for p, _, s in ordered if (p.label, s) not in failures]
     found = dict(zip(trained, results, strict=True))
     return [found[(p.label, s)] for p, _, s in todo if (p.label, s) not in failures]
@@ -342,28 +349,28 @@ def _optimizer_key(cfg: Any) -> str:
 
 
 def run_final_population(
-    cfg: Any, arm: str, seeds: list[int], exp_dir: Path, data: MNIST1DDataModule,
+    cfg: Any, arm: str, seeds: list[int], log_dir: Path, data: MNIST1DDataModule,
     failures: dict[Any, str] | None = None,
-    members: list[tuple[str, dict[str, Any]]] | None = None,
+    members: list[tuple[str, Path, Any, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Final runs of ``seeds`` trained as one population; the result of each seed that
-    finished. A member that failed (a non-finite loss) raises ``NonFiniteLossError`` after the
+    """Final runs of ``seeds`` trained as one population, each logged in
+    ``log_dir/seed_<seed>``; the result of each seed that finished. A member that failed (a non-finite loss) raises ``NonFiniteLossError`` after the
     others' results are written, or with ``failures`` is put there (seed: why; with
     ``members``, (label, seed): why).
 
-    ``members``: each member's label, tuned config and tuned values, for parts of several labels
-    trained together (configs that may differ in their optimizer and LR scheduler; ``cfg`` is
-    then any of theirs, for the trainer)."""
+    ``members``: each member's label, log folder, tuned config and tuned values, for parts of
+    several labels trained together (configs that may differ in their optimizer and LR
+    scheduler; ``cfg`` is then any of theirs, for the trainer)."""
     labels = [label for label, *_ in members] if members else [arm] * len(seeds)
+    dirs = [d for _, d, *_ in members] if members else [log_dir] * len(seeds)
+    outs = [d / f"seed_{seed}" for d, seed in zip(dirs, seeds, strict=True)]
     if members:
-        model = build_mixed_population([(c, values) for _, c, values in members], seeds)
+        model = build_mixed_population([(c, values) for _, _, c, values in members], seeds)
     else:
         model = build_population(cfg, seeds)
     model.track_best = True
-    model.member_loggers = [
-        run_loggers(cfg, exp_dir / label, "final", f"seed_{seed}")
-        for label, seed in zip(labels, seeds, strict=True)
-    ]
+    model.member_loggers = [run_loggers(cfg, out.parent.parent, out.parent.name, out.name)
+                            for out in outs]  # fmt: skip
     start = time.perf_counter()
     trainer = build_trainer(cfg, False)
     with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
@@ -373,8 +380,7 @@ def run_final_population(
         trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
         last = dict(model.test_results)
         for member in model.member_ids:
-            out = exp_dir / labels[member] / "final" / f"seed_{seeds[member]}"
-            checkpoints[member] = save_member_checkpoint(model, member, out)
+            checkpoints[member] = save_member_checkpoint(model, member, outs[member])
         # The early-stopping view: each member's lowest val/loss epoch, tested without loggers.
         model.use_best_weights()
         loggers, model.member_loggers = model.member_loggers, None
@@ -398,7 +404,7 @@ def run_final_population(
         result = final_record(
             cfg, seed, history["val/loss"], history["val/acc"], last[member], best[member],
             clip_rate=rate, clip=clip, internals=internals, seconds=seconds,
-            log_dir=exp_dir / labels[member] / "final" / f"seed_{seed}",
+            log_dir=outs[member],
             checkpoint=checkpoints[member], population=len(seeds),
         )  # fmt: skip
         _write_result(result, Path(result["log_dir"]))

@@ -21,11 +21,12 @@ NOT_IN_FINGERPRINT = (
     "grace_period", "max_retry", "overwrite", "connect_timeout", "population", "population_finals",
     "experiment", "trainer.logger", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.enable_checkpointing", "trainer.default_root_dir", "data.cache_dir",
+    "shared_arms_dir",
 )  # fmt: skip
 #: compare's own options (see ``compare.CompareCLI``).
 EXPERIMENT_KEYS = (
     "experiment", "arms", "seeds", "tune_max_epochs", "population_finals", "robustness",
-    "share_arms",
+    "share_arms", "shared_arms_dir",
 )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from lightning_opt.runs import (
     build_population,
     callback_class,
     check_run_loggers,
+    check_writable,
     population_blocker,
     trainer_arguments,
 )
@@ -175,6 +176,8 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
     storage = config.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
     if config.storage:  # a database of its own: reachable before anything trains
         open_study_storage(replace(base_options, storage=storage))
+    if config.share_arms:
+        check_writable(shared_arms_dir(config))
     retune = config.robustness and config.tune_max_epochs != config.trainer.max_epochs
     plans = []
     for arm in arms:
@@ -190,12 +193,16 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
                 tune_cfg = arm_config(config, arm, epochs)
                 # Named after the experiment too: a shared storage holds many experiments;
                 # or after everything that determines the arm's numbers, to share them.
+                # Its logs: under the experiment (<arm>, <arm>/retuned), or, shared, in a
+                # folder of the study's own that the experiment's --overwrite never deletes.
                 study = f"{config.experiment}.{name}{suffix}"
+                logs, log_dir_name = exp_dir, f"{name}/retuned" if suffix else name
                 if config.share_arms:
                     study = f"{name}{suffix}.{_arm_digest(parser, config, tune_cfg, final_cfg)}"
+                    logs, log_dir_name = shared_arms_dir(config), study
                 options = replace(
-                    base_options, study_name=study, output_dir=str(exp_dir), storage=storage,
-                    log_dir_name=f"{name}/retuned" if suffix else name,
+                    base_options, study_name=study, output_dir=str(logs), storage=storage,
+                    log_dir_name=log_dir_name,
                 )  # fmt: skip
                 options = check_study(tune_cfg, options, announce=False)
                 if parser is not None:
@@ -209,6 +216,11 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
         _say_blocked(name, finals_blocker, tuning_blocker, config.population)
         plans.append(plan)
     return plans
+
+
+def shared_arms_dir(config: Any) -> Path:
+    """Where shared arms' logs and checkpoints go (``--share_arms``): one folder per study."""
+    return Path(config.shared_arms_dir or Path(config.output_dir) / "shared_arms")
 
 
 def _say_blocked(name: str, finals: str | None, tuning: str | None, population: int) -> None:

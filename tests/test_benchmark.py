@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -146,6 +147,42 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
             assert workload["submissions"][sub] == board["workloads"][name]["submissions"][sub]
     studies = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
     assert len(studies) == 2 * 3 * 2  # workloads x submissions x (tuning, finals)
+
+    # The first benchmark with other settings, --overwrite: its own outputs start afresh, the
+    # shared baseline is reused from the storage, and no run's logs or checkpoint that either
+    # benchmark's results point at is gone (they live with the arm's study, not the benchmark).
+    pointed = _recorded_paths(tmp_path / "out" / "other")
+    assert pointed and all(Path(p).exists() for p in pointed)
+    assert all(Path(p).is_relative_to(tmp_path / "out" / "shared_arms") for p in pointed)
+    cli_main(["benchmark", f"--config={tiny_suite}", "--optimizer=adamw", "--overwrite=true",
+              "--search_space=[{name: lr, low: 1.0e-3, high: 1.0e-2, log: true}]"])  # fmt: skip
+    trained = {line.split()[1] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("final ")}  # fmt: skip
+    assert trained == {"adamw"}, trained
+    assert json.loads((bench / "leaderboard.json").read_text())["candidates"] == ["adamw"]
+    for results in ("other", "tiny"):
+        missing = [p for p in _recorded_paths(tmp_path / "out" / results) if not Path(p).exists()]
+        assert not missing, missing
+
+
+def _recorded_paths(bench: Path) -> list[str]:
+    """Every log folder and checkpoint the benchmark's workloads' results.json record."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("log_dir", "checkpoint") and isinstance(item, str):
+                    found.append(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for path in sorted(bench.glob("*/results.json")):
+        walk(json.loads(path.read_text()))
+    return found
 
 
 @pytest.mark.parametrize(

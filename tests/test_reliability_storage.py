@@ -362,7 +362,7 @@ def _units(tmp_path: Path, seeds: list[int]):
         seed=0, pruner="none", objective="final", output_dir=str(tmp_path), heartbeat_interval=1,
         grace_period=2, max_retry=3,
     )  # fmt: skip
-    return FinalUnits.open(options, "a", seeds, {"run": 1})
+    return FinalUnits.open(options, seeds, {"run": 1})
 
 
 def test_final_run_units_run_each_seed_once_and_come_back_after_a_dead_worker(tmp_path):
