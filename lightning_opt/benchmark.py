@@ -137,7 +137,7 @@ def _plan(
         )
     if cap is not None:
         print(f"trainer.max_epochs {cap} caps every workload's budget", flush=True)
-    base = yaml.safe_load(parser.dump(config, skip_none=False, skip_check=True))
+    base = yaml.safe_load(parser.dump(config, skip_none=False, skip_validation=True))
     baselines, workloads = base.get("baselines") or [], base.get("workloads") or []
     named = base.get("candidates") or []
     for key in ("benchmark", "workloads", "baselines", "candidate", "candidates", "config", "arms",

@@ -81,9 +81,10 @@ class CompareCLI(TuneCLI):
         )  # fmt: skip
         group.add_argument(
             "--shared_arms_dir", type=str | None, default=None,
-            help="With --share_arms: where the shared arms' logs and checkpoints go, a folder "
-            "<arm>.<digest> per study (default <output_dir>/shared_arms); --overwrite never "
-            "deletes them (other experiments' results point at them).",
+            help="With --share_arms and a --storage: where the shared arms' logs and "
+            "checkpoints go, a folder <arm>.<digest> per study (default "
+            "<output_dir>/shared_arms; one per storage); --overwrite never deletes them (other "
+            "experiments' results point at them).",
         )  # fmt: skip
 
 

@@ -39,7 +39,7 @@ def run_fingerprint(
     workers, populations, storage) is left out."""
     import lightning_opt
 
-    dumped = yaml.safe_load(parser.dump(config, skip_check=True))
+    dumped = yaml.safe_load(parser.dump(config, skip_validation=True))
     for key in (*NOT_IN_FINGERPRINT, *drop):
         section, _, name = key.rpartition(".")
         holder = dumped.get(section) if section else dumped

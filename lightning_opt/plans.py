@@ -176,8 +176,9 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
     storage = config.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
     if config.storage:  # a database of its own: reachable before anything trains
         open_study_storage(replace(base_options, storage=storage))
-    if config.share_arms:
-        check_writable(shared_arms_dir(config))
+    shared = shared_arms_dir(config)
+    if shared is not None:
+        check_writable(shared)
     retune = config.robustness and config.tune_max_epochs != config.trainer.max_epochs
     plans = []
     for arm in arms:
@@ -199,7 +200,8 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
                 logs, log_dir_name = exp_dir, f"{name}/retuned" if suffix else name
                 if config.share_arms:
                     study = f"{name}{suffix}.{_arm_digest(parser, config, tune_cfg, final_cfg)}"
-                    logs, log_dir_name = shared_arms_dir(config), study
+                if shared is not None:
+                    logs, log_dir_name = shared, study
                 options = replace(
                     base_options, study_name=study, output_dir=str(logs), storage=storage,
                     log_dir_name=log_dir_name,
@@ -218,8 +220,12 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
     return plans
 
 
-def shared_arms_dir(config: Any) -> Path:
-    """Where shared arms' logs and checkpoints go (``--share_arms``): one folder per study."""
+def shared_arms_dir(config: Any) -> Path | None:
+    """Where shared arms' logs and checkpoints go (``--share_arms`` on a ``--storage`` of
+    several experiments): one folder per study; ``None``: under the experiment, as its own
+    storage is (``<output_dir>/<experiment>/optuna.db``, which nothing shares)."""
+    if not (config.share_arms and config.storage):
+        return None
     return Path(config.shared_arms_dir or Path(config.output_dir) / "shared_arms")
 
 

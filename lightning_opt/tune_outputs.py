@@ -60,7 +60,7 @@ def write_outputs(parser: LightningArgumentParser, config: Any, options: TuneOpt
 def fit_config(parser: LightningArgumentParser, cfg: Any) -> dict[str, Any]:
     """``cfg`` as the ``fit`` config that replays it: its dump, the study's and experiment's own
     keys left out."""
-    dumped = yaml.safe_load(parser.dump(cfg, skip_check=True))
+    dumped = yaml.safe_load(parser.dump(cfg, skip_validation=True))
     for key in (*TUNE_KEYS, *EXPERIMENT_KEYS, "config"):
         dumped.pop(key, None)
     return dumped
