@@ -354,9 +354,9 @@ def run_final_population(
     members: list[tuple[str, Path, Any, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Final runs of ``seeds`` trained as one population, each logged in
-    ``log_dir/seed_<seed>``; the result of each seed that finished. A member that failed (a non-finite loss) raises ``NonFiniteLossError`` after the
-    others' results are written, or with ``failures`` is put there (seed: why; with
-    ``members``, (label, seed): why).
+    ``log_dir/seed_<seed>``; the result of each seed that finished. A member that failed (a
+    non-finite loss) raises ``NonFiniteLossError`` after the others' results are written, or
+    with ``failures`` is put there (seed: why; with ``members``, (label, seed): why).
 
     ``members``: each member's label, log folder, tuned config and tuned values, for parts of
     several labels trained together (configs that may differ in their optimizer and LR
