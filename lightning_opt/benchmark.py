@@ -14,8 +14,8 @@ the same numbers after Ctrl-C or a kill, a changed setting refused with the firs
 tuning trials and final runs claimable by every process sharing the storage. Every benchmark
 under one output directory shares one storage, its arms' studies named by their settings
 (compare's ``share_arms``): an identical baseline in another benchmark is trained once, its
-logs and checkpoints in ``<output_dir>/shared_arms/<arm>.<digest>/`` (never under one benchmark,
-whose ``--overwrite`` would delete what the others' results point at).
+logs and checkpoints in ``<output_dir>/shared_arms/<workload>/<arm>.<digest>/`` (never under one
+benchmark, whose ``--overwrite`` would delete what the others' results point at).
 The benchmark then reads each experiment's results.json and scores: time to the target in
 optimizer steps per seed (``inf``: did not reach) and prorated wall time, the performance
 profile and score across workloads, each candidate-baseline test-loss comparison with Holm's
@@ -266,6 +266,7 @@ def _experiment(
     experiment.update(
         experiment=workload["name"], output_dir=str(bench_dir), tune_max_epochs=epochs,
         robustness=False, arms=arms,
+        shared_arms_dir=str(Path(base["shared_arms_dir"]) / workload["name"]),
     )  # fmt: skip
     return experiment, steps_per_epoch
 

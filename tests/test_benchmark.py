@@ -153,7 +153,10 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     # benchmark's results point at is gone (they live with the arm's study, not the benchmark).
     pointed = _recorded_paths(tmp_path / "out" / "other")
     assert pointed and all(Path(p).exists() for p in pointed)
-    assert all(Path(p).is_relative_to(tmp_path / "out" / "shared_arms") for p in pointed)
+    for path in pointed:  # shared_arms/<workload>/<submission>.<digest>/...
+        workload, folder = Path(path).relative_to(tmp_path / "out" / "shared_arms").parts[:2]
+        assert workload in ("mlp", "shuffled"), path
+        assert folder.split(".")[0] in ("adam", "sgd", "nadamw_cosine"), path
     cli_main(["benchmark", f"--config={tiny_suite}", "--optimizer=adamw", "--overwrite=true",
               "--search_space=[{name: lr, low: 1.0e-3, high: 1.0e-2, log: true}]"])  # fmt: skip
     trained = {line.split()[1] for line in capsys.readouterr().out.splitlines()
