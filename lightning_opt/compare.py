@@ -102,7 +102,9 @@ def run_compare(args: list[str]) -> Path:
         check_writable(exp_dir)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    check_experiment_record(exp_dir, run_fingerprint(cli.parser, config), config.overwrite)
+    check_experiment_record(
+        exp_dir, run_fingerprint(cli.parser, config), config.overwrite, plans, config.share_arms
+    )
     data = MNIST1DDataModule(**config.data.as_dict())
     data.prepare_data()
 

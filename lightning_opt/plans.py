@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import optuna
 from jsonargparse import Namespace
 from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningArgumentParser
@@ -142,9 +143,14 @@ class ArmPlan:
     retune: ArmPlan | None = None
 
 
-def check_experiment_record(exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool) -> None:
+def check_experiment_record(
+    exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool, plans: list[ArmPlan] = (),
+    shared: bool = False,
+) -> None:  # fmt: skip
     """Refuse to reuse an experiment's results (tuning studies, final runs) made with other
-    settings, or start it afresh with ``overwrite``; record the settings of a new one."""
+    settings, or start it afresh with ``overwrite`` (its folder, and its own studies of
+    ``plans``' storage); record the settings of a new one. ``shared``: the plans' studies are
+    shared arms' (``--share_arms``), kept."""
     path = exp_dir / "experiment.json"
     if path.exists():
         recorded = json.loads(path.read_text())
@@ -154,6 +160,7 @@ def check_experiment_record(exp_dir: Path, fingerprint: dict[str, Any], overwrit
                 raise UsageError(
                     mismatch_message(f"experiment {exp_dir.name!r}", diffs, "--experiment")
                 )
+            _delete_own_studies(exp_dir, plans, recorded, shared)
             shutil.rmtree(exp_dir)
     elif exp_dir.exists() and any((exp_dir).iterdir()) and not overwrite:
         raise UsageError(
@@ -164,6 +171,36 @@ def check_experiment_record(exp_dir: Path, fingerprint: dict[str, Any], overwrit
     tmp = temporary_path(path)
     tmp.write_text(json.dumps(fingerprint, indent=1))
     tmp.replace(path)
+
+
+def _delete_own_studies(
+    exp_dir: Path, plans: list[ArmPlan], recorded: dict[str, Any], shared: bool
+) -> None:
+    """``--overwrite`` starts an experiment afresh: on a storage outside its folder, its own
+    studies (``<experiment>.<arm>``, re-tuned, finals: of the arms planned now and of those
+    recorded) are deleted with its outputs, or a study of unchanged settings would be reused
+    with its logs and checkpoints gone. Shared arms' studies (named by their settings, their
+    logs outside the experiment) stay."""
+    from lightning_opt.final_units import SUFFIX
+
+    names = set()
+    for plan in [] if shared else plans:
+        for p in (plan, plan.retune):
+            if p is not None:
+                names |= {p.options.study_name, p.options.study_name + SUFFIX}
+    if not recorded.get("share_arms"):
+        for arm in recorded.get("arms") or []:
+            for retuned in ("", ".retuned"):
+                name = f"{exp_dir.name}.{arm.get('name')}{retuned}"
+                names |= {name, name + SUFFIX}
+    if not plans or plans[0].options.storage == f"sqlite:///{exp_dir / 'optuna.db'}":
+        return  # the experiment's own database: deleted with its folder
+    storage = open_study_storage(plans[0].options)
+    stored = {s.study_name for s in storage.get_all_studies()}
+    for name in sorted(names & stored):
+        optuna.delete_study(study_name=name, storage=storage)
+    if names & stored:
+        print(f"--overwrite: deleted the studies {', '.join(sorted(names & stored))}", flush=True)
 
 
 def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> list[ArmPlan]:

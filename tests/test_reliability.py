@@ -156,6 +156,29 @@ def test_an_experiment_refuses_other_settings(tmp_path, data_cache, capsys):
     assert all(len(run["val_loss_curve"]) == 3 for run in runs)
 
 
+def test_overwrite_on_a_storage_of_its_own_starts_the_experiment_afresh(
+    tmp_path, data_cache, capsys
+):
+    """On a --storage outside the experiment's folder, --overwrite deletes the experiment's own
+    studies with its outputs: a study of unchanged settings is trained again, never reused with
+    its logs and checkpoints gone; another experiment's studies on the storage stay."""
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    _compare(tmp_path, data_cache, f"--storage={storage}", "--experiment=other")
+    _compare(tmp_path, data_cache, f"--storage={storage}")
+    capsys.readouterr()
+    _compare(tmp_path, data_cache, f"--storage={storage}", "--seeds=3", "--overwrite=true")
+    out = capsys.readouterr().out
+    assert "--overwrite: deleted the studies gnw_vs_adam.adam, gnw_vs_adam.adam.finals" in out
+    assert sum(line.startswith("final ") for line in out.splitlines()) == 2 * 3  # every seed
+    assert "adam trial   0" in out  # tuned again
+    results = json.loads((tmp_path / "cmp" / "gnw_vs_adam" / "results.json").read_text())
+    paths = [run[key] for arm in results["arms"].values() for run in arm["runs"]
+             for key in ("log_dir", "checkpoint")]  # fmt: skip
+    assert len(paths) == 2 * 3 * 2 and all(Path(p).exists() for p in paths)
+    names = optuna.get_all_study_names(storage)
+    assert {"other.adam", "other.gnw", "other.adam.finals", "other.gnw.finals"} <= set(names)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
