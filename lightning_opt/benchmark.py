@@ -39,7 +39,7 @@ from lightning_opt.compare import CompareCLI, run_compare
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.names import check_name
 from lightning_opt.parsing import UsageError, run_name
-from lightning_opt.plans import plan_arms
+from lightning_opt.plans import default_shared_arms_dir, plan_arms
 from lightning_opt.runs import quiet_lightning
 from lightning_opt.tune import parse
 
@@ -157,7 +157,7 @@ def _plan(
     # --overwrite never deletes (another benchmark's results may point at them).
     base["storage"] = base.get("storage") or f"sqlite:///{Path(config.output_dir) / 'optuna.db'}"
     base["share_arms"] = True
-    shared = Path(base.get("shared_arms_dir") or Path(config.output_dir) / "shared_arms")
+    shared = default_shared_arms_dir(base.get("shared_arms_dir"), config.output_dir)
     base["shared_arms_dir"] = str(shared)
     bench_dir = Path(config.output_dir) / name
     if bench_dir.resolve() == shared.resolve():

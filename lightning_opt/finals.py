@@ -92,7 +92,7 @@ def run_final(
     model = build_model(cfg)
     history = EpochHistory()
     start = time.perf_counter()
-    loggers = run_loggers(cfg, log_dir.parent, log_dir.name, f"seed_{seed}")
+    loggers = _loggers_at(cfg, out)
     trainer = build_trainer(cfg, loggers or False, [history])
     trainer.fit(model, datamodule=data)
     tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
@@ -116,6 +116,11 @@ def run_final(
     _write_result(result, out)
     _print_result(arm, result)
     return result
+
+
+def _loggers_at(cfg: Any, out: Path) -> list[Any]:
+    """The run's configured loggers, writing to ``out`` (``save_dir/name/version``)."""
+    return run_loggers(cfg, out.parent.parent, out.parent.name, out.name)
 
 
 def final_record(
@@ -369,8 +374,7 @@ def run_final_population(
     else:
         model = build_population(cfg, seeds)
     model.track_best = True
-    model.member_loggers = [run_loggers(cfg, out.parent.parent, out.parent.name, out.name)
-                            for out in outs]  # fmt: skip
+    model.member_loggers = [_loggers_at(cfg, out) for out in outs]
     start = time.perf_counter()
     trainer = build_trainer(cfg, False)
     with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below

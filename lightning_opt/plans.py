@@ -144,8 +144,8 @@ class ArmPlan:
 
 
 def check_experiment_record(
-    exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool, plans: list[ArmPlan] = (),
-    shared: bool = False,
+    exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool, plans: list[ArmPlan],
+    shared: bool,
 ) -> None:  # fmt: skip
     """Refuse to reuse an experiment's results (tuning studies, final runs) made with other
     settings, or start it afresh with ``overwrite`` (its folder, and its own studies of
@@ -183,6 +183,8 @@ def _delete_own_studies(
     logs outside the experiment) stay."""
     from lightning_opt.final_units import SUFFIX
 
+    if not plans or plans[0].options.storage == f"sqlite:///{exp_dir / 'optuna.db'}":
+        return  # the experiment's own database: deleted with its folder
     names = set()
     for plan in [] if shared else plans:
         for p in (plan, plan.retune):
@@ -193,14 +195,12 @@ def _delete_own_studies(
             for retuned in ("", ".retuned"):
                 name = f"{exp_dir.name}.{arm.get('name')}{retuned}"
                 names |= {name, name + SUFFIX}
-    if not plans or plans[0].options.storage == f"sqlite:///{exp_dir / 'optuna.db'}":
-        return  # the experiment's own database: deleted with its folder
     storage = open_study_storage(plans[0].options)
-    stored = {s.study_name for s in storage.get_all_studies()}
-    for name in sorted(names & stored):
+    deleted = sorted(names & {s.study_name for s in storage.get_all_studies()})
+    for name in deleted:
         optuna.delete_study(study_name=name, storage=storage)
-    if names & stored:
-        print(f"--overwrite: deleted the studies {', '.join(sorted(names & stored))}", flush=True)
+    if deleted:
+        print(f"--overwrite: deleted the studies {', '.join(deleted)}", flush=True)
 
 
 def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> list[ArmPlan]:
@@ -263,7 +263,12 @@ def shared_arms_dir(config: Any) -> Path | None:
     storage is (``<output_dir>/<experiment>/optuna.db``, which nothing shares)."""
     if not (config.share_arms and config.storage):
         return None
-    return Path(config.shared_arms_dir or Path(config.output_dir) / "shared_arms")
+    return default_shared_arms_dir(config.shared_arms_dir, config.output_dir)
+
+
+def default_shared_arms_dir(given: str | None, output_dir: str) -> Path:
+    """``--shared_arms_dir``, or ``<output_dir>/shared_arms``."""
+    return Path(given or Path(output_dir) / "shared_arms")
 
 
 def _say_blocked(name: str, finals: str | None, tuning: str | None, population: int) -> None:

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TINY_SAMPLES = 500  # 400 train (320 fit + 80 validation) and 100 test examples
 #: The default data's signal length and class count, which the command line links into a model.
 MNIST1D = {"input_size": 40, "num_classes": 10}
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread, restored after: tiny matrices run faster on one on a busy 2-core
+    machine, and the thread count changes a float32 run in its last bits (docs/perf.md,
+    "Threads"), so runs compared bit for bit use the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

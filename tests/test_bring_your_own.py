@@ -25,6 +25,7 @@ from conftest import (
     MNIST1D,
     TINY_SAMPLES,
     install_entry_point,
+    one_thread,
     quiet_trainer,
     read_scalars,
     tune_args,
@@ -135,10 +136,8 @@ def _restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One intra-op thread: the matrices are tiny and the machine is busy (as test_population)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def _fit(args: list[str], save_dir: Path) -> Path:

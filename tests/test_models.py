@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import MNIST1D, TINY_SAMPLES, quiet_trainer
+from conftest import MNIST1D, TINY_SAMPLES, one_thread, quiet_trainer
 from lightning.pytorch import seed_everything
 from torch import Tensor, nn
 
@@ -66,10 +66,8 @@ USER_NET = f"{__name__}.TinyResNet1d"
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 # -- the GRU written from matmuls is nn.GRU ----------------------------------------------------

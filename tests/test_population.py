@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MNIST1D, quiet_trainer
+from conftest import MNIST1D, one_thread, quiet_trainer
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import Logger
 from torch import Tensor
@@ -40,10 +40,8 @@ GNW_HUGE_LR = 1e200
 def _one_thread():
     """One intra-op thread: these matrices are tiny, and on a busy 2-core machine two threads
     make each fit several times slower. Every run in this file uses the same setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
-from conftest import TINY_SAMPLES
+from conftest import TINY_SAMPLES, one_thread
 from optuna.trial import TrialState
 
 from lightning_opt import signals
@@ -579,14 +578,8 @@ def test_two_processes_on_one_storage_finish_exactly_the_planned_units(tmp_path,
     units, every seed trained once, and both write the results of one process alone."""
     args = ["--pruner=none", "--population=1", "--population_finals=false",
             "--trainer.max_epochs=2", "--seeds=3"]  # fmt: skip
-    # The launchers below run one intra-op thread each; so does the process alone, since the
-    # thread count changes a float32 run in its last bits (docs/perf.md, "Threads").
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # as the launchers below (OMP_NUM_THREADS=1)
         _compare(tmp_path / "alone", data_cache, *args)
-    finally:
-        torch.set_num_threads(threads)
     alone = json.loads((tmp_path / "alone" / "cmp" / "gnw_vs_adam" / "results.json").read_text())
 
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
