@@ -85,10 +85,12 @@ class PostgresServer:
 
     @staticmethod
     def running_with_heartbeat(conn: psycopg.Connection) -> int:
-        """RUNNING trials that have recorded a heartbeat (Optuna's RDB schema)."""
+        """RUNNING trials that have recorded a heartbeat and sampled their parameters (Optuna's
+        RDB schema)."""
         row = conn.execute(
             "SELECT count(*) FROM trials JOIN trial_heartbeats USING (trial_id) "
-            "WHERE trials.state = 'RUNNING'"
+            "WHERE trials.state = 'RUNNING' "
+            "AND EXISTS (SELECT 1 FROM trial_params WHERE trial_params.trial_id = trials.trial_id)"
         ).fetchone()
         return row[0]
 
@@ -216,7 +218,9 @@ def test_two_machines_finish_exactly_n_trials_when_one_is_killed(postgres, data_
         b = Worker(args, tmp_path, "b")  # the study is created and topped up: no launcher race
         a.wait_for(lambda: a.trial_lines(), "first finished trial of worker A")
         # Kill A mid-trial: once two trials run (each worker runs one at a time, so one is A's)
-        # and both have a heartbeat (a trial without one is never detected as stale).
+        # and both have a heartbeat (a trial without one is never detected as stale) and their
+        # parameters (killed before it samples, a trial has none for its retry to repeat; on a
+        # slow day CI caught A killed in that window, its retry sampling afresh).
         with postgres.connect("two_machines") as conn:
             a.wait_for(lambda: postgres.running_with_heartbeat(conn) == 2, "two running trials")
             os.kill(a.proc.pid, signal.SIGKILL)
