@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_opt.callbacks import GradientClippingCallback
-from lightning_opt.clipping import ClipStats, check_positive
-from lightning_opt.search_space import SearchParam
+from lightning_opt.clipping.callbacks import GradientClippingCallback
+from lightning_opt.clipping.kernels import ClipStats, check_positive
+from lightning_opt.core.search_space import SearchParam
 
 
 def unitwise_norms(t: Tensor) -> Tensor:

@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MNIST1DDataModule": "lightning_opt.data",
     "load_mnist1d": "lightning_opt.data",
-    "MNIST1DClassifier": "lightning_opt.model",
-    "NonFiniteLossError": "lightning_opt.training",
+    "MNIST1DClassifier": "lightning_opt.training.classifier",
+    "NonFiniteLossError": "lightning_opt.training.loop",
     "GNWAdam": "lightning_opt.optim",
     "OptimizerSpec": "lightning_opt.optim",
     "get_optimizer": "lightning_opt.optim",
@@ -23,10 +23,10 @@ _EXPORTS = {
     "register_optimizer": "lightning_opt.optim",
     "WeightNormClipping": "lightning_opt.callbacks",
     "FixedNormClipping": "lightning_opt.callbacks",
-    "clip_grad_by_weight_norm_": "lightning_opt.clipping",
-    "clip_grad_norm_per_tensor_": "lightning_opt.clipping",
-    "clip_grad_norm_global_": "lightning_opt.clipping",
-    "cli_main": "lightning_opt.cli",
+    "clip_grad_by_weight_norm_": "lightning_opt.clipping.kernels",
+    "clip_grad_norm_per_tensor_": "lightning_opt.clipping.kernels",
+    "clip_grad_norm_global_": "lightning_opt.clipping.kernels",
+    "cli_main": "lightning_opt.cli.main",
 }
 
 __all__ = sorted(_EXPORTS)

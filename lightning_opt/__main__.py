@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 
-from lightning_opt.cli import cli_main
+from lightning_opt.cli.main import cli_main
 
 
 def _exit_status(exit_: SystemExit) -> int:
@@ -33,8 +33,8 @@ def _exit(status: int) -> None:
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
     atexit._run_exitfuncs()
-    if "lightning_opt.storage" in sys.modules:  # what the teardown would have closed
-        sys.modules["lightning_opt.storage"].close_all()
+    if "lightning_opt.tuning.storage" in sys.modules:  # what the teardown would have closed
+        sys.modules["lightning_opt.tuning.storage"].close_all()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: as Python's exit
             stream.flush()

@@ -27,8 +27,8 @@ from _report import machine_info, write_json
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_opt.callbacks import WeightNormClipping
-from lightning_opt.cli import cli_main
+from lightning_opt.cli.main import cli_main
+from lightning_opt.clipping.callbacks import WeightNormClipping
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.models import build_net, resolve_net
 from lightning_opt.optim.registry import resolve_optimizer
@@ -141,7 +141,7 @@ def lightning_opt_fit(
 ) -> float:
     """The CLI's own ``fit`` path, with all of its standard logging on."""
     timer = _StepTimer()
-    import lightning_opt.cli as cli
+    import lightning_opt.cli.main as cli
 
     original = cli.LightningOptCLI.instantiate_trainer
 

@@ -36,8 +36,8 @@ from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
 from lightning.pytorch.loops.fit_loop import _FitLoop
 from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
 
-import lightning_opt.model as model
-from lightning_opt.cli import cli_main
+import lightning_opt.training.classifier as model
+from lightning_opt.cli.main import cli_main
 
 # (label, class, method, depth): depth is the nesting shown in the table; -1: calls made inside
 # several of the depth-1 parts, shown separately.

@@ -55,10 +55,10 @@ from lightning.pytorch import Trainer, seed_everything
 
 sys.path.insert(0, os.getcwd())  # --optimizer examples.lion.Lion from the repository root
 
-from lightning_opt.callbacks import WeightNormClipping
+from lightning_opt.clipping.callbacks import WeightNormClipping
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.population import PopulationClassifier
+from lightning_opt.training.classifier import MNIST1DClassifier
 
 TARGET_K, TARGET_RATIO = 16, 3.0
 #: The issue's goals per net: K=16 at most this many times one fit (the GRU's is 4).

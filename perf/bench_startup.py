@@ -7,8 +7,8 @@
   ``--trainer.logger.init_args.save_dir``), ``--repeats`` times after one untimed run that warms the
   data cache (``--data.cache_dir`` in the temp dir); the target is well under 10 s. The same
   command with ``--trainer.max_epochs 1`` separates the fixed cost from the 49 further epochs.
-- ``python -c "import lightning_opt.cli"`` alone, ``--repeats`` times.
-- ``python -X importtime -c "import lightning_opt.cli"``: the 15 most expensive top-level packages
+- ``python -c "import lightning_opt.cli.main"`` alone, ``--repeats`` times.
+- ``python -X importtime -c "import lightning_opt.cli.main"``: the 15 most expensive top-level packages
   by cumulative time: the sum, over every place another package imports one of its modules, of
   that import's cumulative time (so it includes what the package drags in, and the figures nest:
   ``torch`` is inside ``lightning``), with the module that first pulls the most in, and each
@@ -53,7 +53,7 @@ def fit_command(tmp: str, epochs: int | None) -> list[str]:
 def import_profile(cwd: str) -> dict:
     """Parse ``-X importtime``: per top-level package, outermost cumulative and summed self (us)."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import lightning_opt.cli"],
+        [sys.executable, "-X", "importtime", "-c", "import lightning_opt.cli.main"],
         cwd=cwd, capture_output=True, text=True,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -102,7 +102,7 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so drift hits each alike
             fit.append(_timed(fit_command(tmp, None), tmp))
             fit1.append(_timed(fit_command(tmp, 1), tmp))
-            imp.append(_timed([sys.executable, "-c", "import lightning_opt.cli"], tmp))
+            imp.append(_timed([sys.executable, "-c", "import lightning_opt.cli.main"], tmp))
         bare = _timed([sys.executable, "-c", "pass"], tmp)
         profile = import_profile(tmp)
 
@@ -113,7 +113,7 @@ def main() -> None:
         ("fit --optimizer gnw (50 epochs), warm", med["fit"], fit),
         ("fit --optimizer gnw --trainer.max_epochs 1", med["fit1"], fit1),
         ("  = 49 further epochs", med["fit"] - med["fit1"], []),
-        ('python -c "import lightning_opt.cli"', med["import"], imp),
+        ('python -c "import lightning_opt.cli.main"', med["import"], imp),
         ('python -c "pass"', bare, [bare]),
     ]
     header = f"command (median of {args.repeats})"
@@ -121,7 +121,7 @@ def main() -> None:
     for name, value, samples in rows:
         print(f"{name:<46} {value:7.2f}  {' '.join(f'{s:.2f}' for s in samples)}")
     total_ms = profile["total_us"] / 1e3
-    print(f"\nimport lightning_opt.cli, -X importtime: {total_ms:.0f} ms cumulative")
+    print(f"\nimport lightning_opt.cli.main, -X importtime: {total_ms:.0f} ms cumulative")
     print(f"{'package':<20} {'cumulative ms':>13} {'self ms':>8}  imported by (largest entry)")
     for row in profile["packages"][:15]:
         print(

@@ -5,7 +5,7 @@
 
 A tuning population of ``--members`` trials reports its validation loss every epoch, each
 report a committed write: ``--members x --epochs`` calls of ``trial.report`` into a fresh
-database opened by ``lightning_opt.storage.open_storage``, timed per call (median over
+database opened by ``lightning_opt.tuning.storage.open_storage``, timed per call (median over
 ``--repeats``), once with SQLite's defaults (rollback journal, ``synchronous=FULL``: every
 commit waits for the disk) and once as ``open_storage`` opens a database on a local disk
 (write-ahead log, ``synchronous=NORMAL``).
@@ -27,7 +27,7 @@ from _report import machine_info, write_json
 def per_report_ms(path: Path, members: int, epochs: int, write_ahead: bool) -> float:
     import optuna
 
-    from lightning_opt import storage
+    from lightning_opt.tuning import storage
 
     real = storage._on_network_filesystem
     storage._on_network_filesystem = lambda *_: not write_ahead  # defaults where no WAL

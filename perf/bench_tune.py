@@ -45,10 +45,11 @@ import torch
 from _report import machine_info, write_json
 from lightning.pytorch import Callback
 
-import lightning_opt.study as studies
-from lightning_opt import runs, trials
-from lightning_opt.cli import cli_main
+import lightning_opt.tuning.claims as studies
+from lightning_opt.cli.main import cli_main
 from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.runs import build as runs
+from lightning_opt.tuning import trials
 
 TRIAL_LINE = re.compile(r"^trial\s+(\d+)\s.*\((\d+(?:\.\d+)?) s\)\s*$")
 

@@ -26,7 +26,7 @@ from _report import machine_info, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_opt.stats import mean_ci
+from lightning_opt.reports.stats import mean_ci
 
 #: The mnist1d README's test accuracies (original, shuffled positions).
 PAPER = {

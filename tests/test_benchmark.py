@@ -13,8 +13,9 @@ import pytest
 import yaml
 from conftest import TINY_SAMPLES
 
-from lightning_opt import scoring, stats
-from lightning_opt.cli import cli_main
+from lightning_opt.benchmark import scoring
+from lightning_opt.cli.main import cli_main
+from lightning_opt.reports import stats
 
 INF = math.inf
 

@@ -35,14 +35,14 @@ from lightning.pytorch import Trainer, seed_everything
 from optuna.trial import TrialState
 from torch import Tensor
 
-from lightning_opt.callbacks import GradientClippingCallback
-from lightning_opt.cli import cli_main
-from lightning_opt.clipping import ClipStats
+from lightning_opt.cli.main import cli_main
+from lightning_opt.clipping.callbacks import GradientClippingCallback
+from lightning_opt.clipping.kernels import ClipStats
+from lightning_opt.core.search_space import SearchParam
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.models import MLP
 from lightning_opt.population import PopulationClassifier
-from lightning_opt.search_space import SearchParam
+from lightning_opt.training.classifier import MNIST1DClassifier
 
 # The clipping callbacks log their stats with self.log, and the direct runs here have no logger.
 pytestmark = pytest.mark.filterwarnings("ignore:You called `self.log")

@@ -11,7 +11,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
-from lightning_opt.callbacks import FixedNormClipping, GradientClippingCallback, WeightNormClipping
+from lightning_opt.clipping.callbacks import (
+    FixedNormClipping,
+    GradientClippingCallback,
+    WeightNormClipping,
+)
 
 STEPS = 4  # batches per epoch
 
@@ -34,7 +38,7 @@ class TinyRegression(LightningModule):
         self.seen: list[list[tuple[Tensor, Tensor]]] = []
 
     def gradient_parameters(self) -> tuple[list[Tensor], int]:
-        """``lightning_opt.protocols.GradientSource``: what the clipping rules clip, and its
+        """``lightning_opt.core.protocols.GradientSource``: what the clipping rules clip, and its
         member dimensions (the stacked weights of two members, or one plain layer)."""
         return list(self.parameters()), self.member_dims
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_SAMPLES, read_scalars, version_dirs
 
-from lightning_opt.cli import cli_main
+from lightning_opt.cli.main import cli_main
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.models import MLP
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from lightning_opt.clipping import (
+from lightning_opt.clipping.kernels import (
     ClipStats,
     clip_grad_by_weight_norm_,
     clip_grad_norm_global_,

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import TINY_SAMPLES, read_scalars
 
-from lightning_opt import finals
-from lightning_opt.cli import cli_main
+from lightning_opt.cli.main import cli_main
+from lightning_opt.experiments import finals
 
 ROOT = Path(__file__).parents[1]
 OUTPUTS = ("comparison.html", "comparison.png", "results.json", "results.md")
@@ -220,7 +220,8 @@ def test_arms_that_cannot_tune_together_tune_apart_and_say_why(
     """Where the joint population of a group of arms does not build (the check before the first
     trial), its arms tune one population each and a line says why; an arm whose optimizer
     cannot train as a population says so once, for its trials and its finals."""
-    from lightning_opt import compare, runs
+    from lightning_opt.experiments import compare
+    from lightning_opt.runs import build as runs
 
     path, config = tiny_experiment
     sgd = {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}}

@@ -408,7 +408,7 @@ def test_a_variant_out_of_range_is_refused_in_one_line(variant, match):
 def test_a_variant_is_recorded_with_the_runs_settings(tiny_fit_args, tmp_path):
     import yaml
 
-    from lightning_opt.cli import cli_main
+    from lightning_opt.cli.main import cli_main
 
     cli_main(["fit", *tiny_fit_args, "--trainer.max_epochs=1", "--data.shuffle_positions=true",
               "--data.shear_scale=0.5", "--model.net=cnn"])  # fmt: skip

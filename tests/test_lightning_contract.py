@@ -19,7 +19,7 @@ from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from lightning_opt.cli import cli_main
+from lightning_opt.cli.main import cli_main
 from lightning_opt.data import MNIST1DDataModule
 
 STEPS_PER_EPOCH = 7  # ceil(319 / 50)
@@ -354,10 +354,10 @@ def _run_with_chunks(chunk, data_cache, log_dir, population: bool = False):
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lightning_opt.callbacks import WeightNormClipping
+    from lightning_opt.clipping.callbacks import WeightNormClipping
     from lightning_opt.data import MNIST1DDataModule
-    from lightning_opt.model import MNIST1DClassifier
     from lightning_opt.population import PopulationClassifier
+    from lightning_opt.training.classifier import MNIST1DClassifier
 
     seed_everything(0, verbose=False)
     data = MNIST1DDataModule(
@@ -398,9 +398,9 @@ def test_chunked_batches_are_bit_identical_to_one_minibatch_per_batch(
 
 
 def test_tune_chunks_only_where_nothing_can_see_it(tmp_path):
-    from lightning_opt import runs
     from lightning_opt.data import MNIST1DDataModule
-    from lightning_opt.tune import parse
+    from lightning_opt.runs import build as runs
+    from lightning_opt.tuning.tune import parse
 
     def decided(*args):
         config = parse([*args, f"--output_dir={tmp_path}"]).config

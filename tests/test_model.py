@@ -7,9 +7,9 @@ from conftest import MNIST1D
 from lightning.pytorch import Callback, Trainer
 
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
 from lightning_opt.models import MLP
 from lightning_opt.optim import get_optimizer, list_optimizers
+from lightning_opt.training.classifier import MNIST1DClassifier, NonFiniteLossError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -194,7 +194,7 @@ class _CountingStep(Callback):
 def test_direct_stepping_equals_lightnings_path(data_cache, clipping):
     """The direct path (loss.backward, hooks, optimizer.step, the loop's step count) gives the
     numbers, global_step and hook calls of manual_backward + LightningOptimizer.step."""
-    from lightning_opt.callbacks import WeightNormClipping
+    from lightning_opt.clipping.callbacks import WeightNormClipping
 
     runs = {}
     for path, counter in (("direct", _CountingStep()), ("lightning", _CountingHooks())):

@@ -12,14 +12,14 @@ from conftest import MNIST1D, TINY_SAMPLES, one_thread, quiet_trainer
 from lightning.pytorch import seed_everything
 from torch import Tensor, nn
 
-from lightning_opt.callbacks import WeightNormClipping
-from lightning_opt.cli import cli_main
+from lightning_opt.cli.main import cli_main
+from lightning_opt.clipping.callbacks import WeightNormClipping
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.finals import EpochHistory
-from lightning_opt.model import MNIST1DClassifier
+from lightning_opt.experiments.finals import EpochHistory
 from lightning_opt.models import GRULayer, list_nets, resolve_net
 from lightning_opt.population import PopulationClassifier
-from lightning_opt.stacking import StackedModule, why_not_stackable
+from lightning_opt.population.stacking import StackedModule, why_not_stackable
+from lightning_opt.training.classifier import MNIST1DClassifier
 
 pytestmark = pytest.mark.filterwarnings("ignore:You called `self.log")
 
@@ -302,7 +302,7 @@ def test_fast_paths_compute_what_the_generic_vmap_path_computes(net):
     """The registered fast paths (batched matmuls, im2col, one scan for all members) give the
     outputs and gradients of ``StackedModule`` (vmap) on the same members, float64."""
     from lightning_opt.models import build_net
-    from lightning_opt.stacking import stack_nets
+    from lightning_opt.population.stacking import stack_nets
 
     cls, config = resolve_net(net)
     nets = [build_net(cls, config["init_args"], 40, 10).double() for _ in range(3)]
@@ -399,7 +399,7 @@ def test_stacked_nets_follow_members_dropped_by_narrowing(net):
     """A population drops members by narrowing every parameter; the stacked forward (fast path
     or vmap) then runs the survivors, on shared and on per-member examples."""
     from lightning_opt.models import build_net
-    from lightning_opt.stacking import stack_nets
+    from lightning_opt.population.stacking import stack_nets
 
     cls, config = resolve_net(net)
     nets = [build_net(cls, config["init_args"], 40, 10) for _ in range(3)]

@@ -14,12 +14,12 @@ import yaml
 from conftest import MNIST1D, TINY_SAMPLES, quiet_trainer
 from lightning.pytorch import Callback, seed_everything
 
-from lightning_opt.cli import cli_main
+from lightning_opt.cli.main import cli_main
+from lightning_opt.core.search_space import SearchParam, parse_search_space
 from lightning_opt.data import MiniBatches, MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.optim.registry import default_search_space, resolve_optimizer
 from lightning_opt.population import PopulationClassifier
-from lightning_opt.search_space import SearchParam, parse_search_space
+from lightning_opt.training.classifier import MNIST1DClassifier
 
 
 def _data(data_cache) -> MNIST1DDataModule:
@@ -296,7 +296,7 @@ def test_sams_gradients_are_clipped_on_lightnings_path_as_on_the_direct_one(data
     """A callback with a backward hook sends the step through Lightning's plugin: SAM's first
     evaluation, before the step, is clipped there too (the same weights either way)."""
     pytest.importorskip("pytorch_optimizer")
-    from lightning_opt.callbacks import FixedNormClipping
+    from lightning_opt.clipping.callbacks import FixedNormClipping
 
     class AfterBackward(Callback):
         def on_after_backward(self, trainer, pl_module):

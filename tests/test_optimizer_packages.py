@@ -10,8 +10,8 @@ import logging
 import pytest
 import torch
 
-from lightning_opt import compatibility
-from lightning_opt.compatibility import CATALOG, check, installed
+from lightning_opt.cli import compatibility
+from lightning_opt.cli.compatibility import CATALOG, check, installed
 
 WORKING = [e for e in CATALOG if e.works]
 REFUSED = [e for e in CATALOG if not e.works]

@@ -17,13 +17,17 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import Logger
 from torch import Tensor
 
-from lightning_opt.callbacks import FixedNormClipping, GradientClippingCallback, WeightNormClipping
+from lightning_opt.clipping.callbacks import (
+    FixedNormClipping,
+    GradientClippingCallback,
+    WeightNormClipping,
+)
 from lightning_opt.data import MiniBatches, MNIST1DDataModule, PopulationBatches, TensorBatches
-from lightning_opt.finals import EpochHistory
-from lightning_opt.model import MNIST1DClassifier, NonFiniteLossError
+from lightning_opt.experiments.finals import EpochHistory
 from lightning_opt.optim.gnw_adam import GNWAdam
 from lightning_opt.optim.sgd import MemberSGD
 from lightning_opt.population import PopulationClassifier
+from lightning_opt.training.classifier import MNIST1DClassifier, NonFiniteLossError
 
 # The clipping callbacks log their stats with self.log, and these runs have no logger.
 pytestmark = pytest.mark.filterwarnings("ignore:You called `self.log")
@@ -744,7 +748,7 @@ RULED = [  # optimizer, clipping rule, seeds, member_hparams
 def test_members_of_several_clipping_rules_clip_as_their_own_runs(data):
     import test_bring_your_own
 
-    from lightning_opt.runs import instantiate
+    from lightning_opt.runs.build import instantiate
 
     epochs = 4
     groups = [{"optimizer": opt, "clipping": rule, "size": len(seeds), "member_hparams": hp}
@@ -819,7 +823,7 @@ def test_clipping_rules_of_member_groups_are_checked_at_construction():
         build({"clipping": {"class_path": FIXED}, "member_hparams": {"clip_factor": [0.1]}},
               {"clipping": None})  # fmt: skip
     with pytest.raises(ValueError, match="is not a GradientClippingCallback"):
-        build({"clipping": {"class_path": "lightning_opt.finals.EpochHistory"}}, {})
+        build({"clipping": {"class_path": "lightning_opt.experiments.finals.EpochHistory"}}, {})
     with pytest.raises(ValueError, match=r"clipping WeightNormClipping: .*unexpected keyword"):
         build({"clipping": {"class_path": WNCLIP, "init_args": {"clip_value": 1.0}}}, {})
     pop = build({"clipping": {"class_path": WNCLIP, "init_args": {"clip_factor": 0.1}}}, {})

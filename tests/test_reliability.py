@@ -18,11 +18,11 @@ import yaml
 from conftest import TINY_SAMPLES, one_thread
 from optuna.trial import TrialState
 
-from lightning_opt import signals
-from lightning_opt import trials as trials_module
-from lightning_opt.cli import cli_main
-from lightning_opt.fingerprints import differences
-from lightning_opt.storage import open_storage
+from lightning_opt.cli.main import cli_main
+from lightning_opt.config.fingerprints import differences
+from lightning_opt.core import signals
+from lightning_opt.tuning import trials as trials_module
+from lightning_opt.tuning.storage import open_storage
 
 ROOT = Path(__file__).parents[1]
 
@@ -251,7 +251,7 @@ def test_an_interrupted_experiment_resumes_to_the_same_numbers(
 ):
     """Ctrl-C in tuning, then in the finals; each resume ends where an uninterrupted run ends,
     in every number of results.json (timings aside)."""
-    from lightning_opt import finals as finals_module
+    from lightning_opt.experiments import finals as finals_module
 
     args = ["--pruner=none", "--population=1", "--population_finals=false",
             "--trainer.max_epochs=2"]  # fmt: skip
@@ -408,8 +408,8 @@ def test_concurrent_writers_of_one_output_never_collide(tmp_path):
     writer finds its temporary file taken by another's rename, and the file is whole."""
     import threading
 
-    from lightning_opt.atomic import temporary_path
-    from lightning_opt.finals import _write_result
+    from lightning_opt.core.atomic import temporary_path
+    from lightning_opt.experiments.finals import _write_result
 
     assert temporary_path(tmp_path / "x.json") != temporary_path(tmp_path / "y.json")
     errors: list[BaseException] = []
@@ -560,7 +560,7 @@ def test_a_full_disk_while_a_study_runs_is_one_line_with_exit_1(
 
 
 def test_a_full_disk_on_opening_the_storage_is_a_runtime_failure():
-    from lightning_opt import storage as storage_module
+    from lightning_opt.tuning import storage as storage_module
 
     full = storage_module._storage_error(
         "sqlite:///x.db", Exception("database or disk is full"), None

@@ -14,12 +14,12 @@ import optuna
 import pytest
 from conftest import TINY_SAMPLES
 
-from lightning_opt import storage as storage_module
-from lightning_opt import study as studies
-from lightning_opt.cli import cli_main
-from lightning_opt.search_space import SearchParam
-from lightning_opt.storage import open_storage, redact
-from lightning_opt.study import open_study
+from lightning_opt.cli.main import cli_main
+from lightning_opt.core.search_space import SearchParam
+from lightning_opt.tuning import claims as studies
+from lightning_opt.tuning import storage as storage_module
+from lightning_opt.tuning.claims import open_study
+from lightning_opt.tuning.storage import open_storage, redact
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -354,8 +354,8 @@ def test_a_trial_retried_by_the_heartbeat_samples_as_the_trial_it_replaces(tmp_p
 
 
 def _units(tmp_path: Path, seeds: list[int]):
-    from lightning_opt.final_units import FinalUnits
-    from lightning_opt.trials import TuneOptions
+    from lightning_opt.experiments.final_units import FinalUnits
+    from lightning_opt.tuning.trials import TuneOptions
 
     options = TuneOptions(
         n_trials=1, n_workers=1, storage=f"sqlite:///{tmp_path / 'units.db'}", study_name="e.a",

@@ -10,7 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from lightning_opt import report, report_page, report_text, stats
+from lightning_opt.reports import page as report_page
+from lightning_opt.reports import stats
+from lightning_opt.reports import summary as report
+from lightning_opt.reports import text as report_text
 
 SEEDS = [0, 1, 2, 3, 4]
 EPOCHS = 50

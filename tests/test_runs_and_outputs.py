@@ -25,12 +25,12 @@ from conftest import tune_args as tiny_tune_args
 from lightning.pytorch import Callback, Trainer, seed_everything
 from optuna.trial import TrialState
 
-from lightning_opt.cli import cli_main
+from lightning_opt.cli.main import cli_main
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.model import MNIST1DClassifier
 from lightning_opt.models import MLP
 from lightning_opt.population import PopulationClassifier
-from lightning_opt.storage import open_storage
+from lightning_opt.training.classifier import MNIST1DClassifier
+from lightning_opt.tuning.storage import open_storage
 
 ADAM_LR = 0.00624  # adam's registered default learning rate
 STEPS_PER_EPOCH = 7  # ceil(319 / 50)

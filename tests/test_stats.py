@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lightning_opt import stats
+from lightning_opt.reports import stats
 
 A = [1.02, 0.98, 1.10, 1.05, 0.95]
 B = [1.20, 1.31, 1.18, 1.25, 1.40]

@@ -10,9 +10,9 @@ import pytest
 from conftest import TINY_SAMPLES, read_scalars, version_dirs
 from optuna.trial import TrialState
 
-from lightning_opt import trials, tune, workers
-from lightning_opt.cli import cli_main
-from lightning_opt.storage import open_storage
+from lightning_opt.cli.main import cli_main
+from lightning_opt.tuning import trials, tune, workers
+from lightning_opt.tuning.storage import open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -266,9 +266,9 @@ def test_unreachable_database_is_one_error_line(data_cache, tmp_path):
 
 def test_launchers_racing_on_a_new_postgres_database_all_succeed(postgres):
     """Eight launchers create the tables, the schema stamp and the study at the same moment."""
-    from lightning_opt.search_space import SearchParam
-    from lightning_opt.storage import open_storage
-    from lightning_opt.study import open_study
+    from lightning_opt.core.search_space import SearchParam
+    from lightning_opt.tuning.claims import open_study
+    from lightning_opt.tuning.storage import open_storage
 
     url = postgres.create_database("race")
     space = (SearchParam("lr", 1e-4, 1.0, log=True),)

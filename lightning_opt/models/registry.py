@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_opt.reflection import Registry, import_class
+from lightning_opt.core.reflection import Registry, import_class
 
 #: Plugins register short names here: ``[project.entry-points."lightning_opt.models"]``.
 ENTRY_POINT_GROUP = "lightning_opt.models"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_opt.norms import global_norm
+from lightning_opt.core.norms import global_norm
 from lightning_opt.optim.hypers import (
     Hyper,
     MemberOptimizer,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_opt.norms import broadcast_to_members
+from lightning_opt.core.norms import broadcast_to_members
 
 Hyper = float | Tensor  # a number, a 0-dim tensor, or (member_dims=1) one value per member
 

@@ -19,15 +19,15 @@ from typing import Any
 
 import torch
 
-from lightning_opt.optim import groups
-from lightning_opt.optim.contract import StepContract, build_optimizer, preflight
-from lightning_opt.reflection import (
+from lightning_opt.core.reflection import (
     Registry,
     constructor_arguments,
     hide_sentinel_arguments,
     import_class,
 )
-from lightning_opt.search_space import SearchParam
+from lightning_opt.core.search_space import SearchParam
+from lightning_opt.optim import groups
+from lightning_opt.optim.contract import StepContract, build_optimizer, preflight
 
 __all__ = ["constructor_arguments", "import_class"]  # re-exported: their old home
 
@@ -328,11 +328,18 @@ def check_optimizer(
     input_size: int | None = None,
     num_classes: int | None = None,
     param_groups: Sequence[Mapping[str, Any]] = (),
+    net_spec: Any = None,
 ) -> StepContract:
     """Take the pre-flight step on a copy of ``net`` (``lightning_opt.optim.contract``): what
     ``cls``'s step needs; its constructor checks ``init_args`` on the way (one line if it
     refuses, whatever it raises). Without ``input_size`` and ``num_classes`` the constructor
-    alone is checked, over ``net``'s parameters (split by ``param_groups`` rules)."""
+    alone is checked, over ``net``'s parameters (split by ``param_groups`` rules).
+
+    With ``net_spec`` (the net's resolved ``{class_path, init_args}``) the step is taken once per
+    process for each distinct question: the same class, arguments, net (spec, structure and every
+    weight and buffer, bit for bit), sizes and rules give the contract already found, since the
+    step is deterministic in all of them (``preflight`` seeds its own minibatch). A refusal is
+    never remembered: it is raised again, as found."""
     groups.check_settings(cls, param_groups)
     groups.split(net.named_parameters(), param_groups)  # a rule that matches nothing: its line
     describe = f"{cls.__name__}({_show(init_args)})"
@@ -345,7 +352,49 @@ def check_optimizer(
         build_optimizer(describe, lambda: build(net))
         return StepContract()
     # The pre-flight step builds the class on its copy: the constructor's check is its first.
-    return preflight(cls, build, net, input_size, num_classes, describe)
+    key = None
+    if net_spec is not None:
+        key = _preflight_key(cls, init_args, net_spec, net, input_size, num_classes, param_groups)
+    if key is not None and key in _PREFLIGHTS:
+        return _PREFLIGHTS[key]
+    contract = preflight(cls, build, net, input_size, num_classes, describe)
+    if key is not None:
+        _PREFLIGHTS[key] = contract
+    return contract
+
+
+#: The contracts found by ``check_optimizer``, by everything that determines them.
+_PREFLIGHTS: dict[tuple, StepContract] = {}
+
+
+def _preflight_key(
+    cls: type, init_args: Mapping[str, Any], net_spec: Any, net: Any, *rest: Any
+) -> tuple | None:
+    """What determines a pre-flight step's outcome, as a hashable key (``None``: a value that
+    has no faithful text, never remembered)."""
+    import hashlib
+    import json
+
+    def text(value: Any) -> str:
+        def refuse(item: Any) -> str:
+            if isinstance(item, type):
+                return f"{item.__module__}.{item.__qualname__}"
+            raise TypeError(type(item).__name__)
+
+        return json.dumps(value, sort_keys=True, default=refuse)
+
+    try:
+        settings = text([dict(init_args), net_spec, [dict(r) for r in rest[2]]])
+    except TypeError:
+        return None
+    state = hashlib.sha256(repr(net).encode())
+    for name, value in net.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # a module's extra state
+            return None
+        state.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        state.update(raw.numpy().tobytes())
+    return (cls, type(net), settings, state.hexdigest(), rest[0], rest[1])
 
 
 def _show(kwargs: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_opt.hparams import log_hyperparams, run_hparams
+from lightning_opt.training.hparams import log_hyperparams, run_hparams
 
 
 def as_list(loggers: Logger | list[Logger]) -> list[Logger]:

@@ -1,7 +1,7 @@
 """Population training (the LightningModule; its jobs are in the sibling modules): K independent copies of any network trained at once.
 
 Every parameter stacks the K members along a leading dimension (``member_dims = 1``; see
-``lightning_opt.stacking``: ``vmap`` for any module, batched matmuls for the MLP). Member k
+``lightning_opt.population.stacking``: ``vmap`` for any module, batched matmuls for the MLP). Member k
 is initialised exactly as ``MNIST1DClassifier`` is after ``seed_everything(seeds[k])``, sees the
 batches of the data order of its seed, and is updated by the registry's optimizer with its own
 hyperparameters, using the same optimizer class and clipping code as the single model. So member k
@@ -21,41 +21,29 @@ optimizer state are narrowed, so dropped members stop costing compute and never 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_opt.core.norms import tensor_norms
+from lightning_opt.core.protocols import MemberData
 from lightning_opt.data import MiniBatches
-from lightning_opt.models import NetFactory, build_net, resolve_net_argument
-from lightning_opt.norms import tensor_norms
-from lightning_opt.optim import groups
-from lightning_opt.optim.contract import StepContract
+from lightning_opt.models import NetFactory
 from lightning_opt.optim.memberwise import GroupedOptimizer, MemberwiseOptimizer
-from lightning_opt.optim.registry import (
-    check_optimizer,
-    resolve_optimizer,
-    supports_population,
-    takes_model,
-)
-from lightning_opt.optim.schedulers import (
-    resolve_scheduler,
-)
 from lightning_opt.population.checkpoints import MemberCheckpoints
 from lightning_opt.population.member_logging import MemberLogging, as_list
 from lightning_opt.population.optimizers import MemberOptimizers
-from lightning_opt.population.rules import MemberClipping, group_rules
+from lightning_opt.population.plan import PopulationPlan
+from lightning_opt.population.rules import MemberClipping
 from lightning_opt.population.selection import FINISHED, MemberSelection
-from lightning_opt.population.settings import NOT_GIVEN, MemberGroup, member_settings
-from lightning_opt.protocols import MemberData
-from lightning_opt.stacking import stack_nets, why_not_stackable
-from lightning_opt.training import EpochSums, MinibatchTraining
+from lightning_opt.population.settings import MemberGroup
+from lightning_opt.population.stacking import stack_nets
+from lightning_opt.training.loop import EpochSums, MinibatchTraining
 
 
 def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
@@ -66,65 +54,6 @@ def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
     (K=16: 118 vs 252 microseconds a step), with the same values to float rounding.
     """
     return F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-
-
-def _group_specs(
-    optimizer: Any, lr_scheduler: Any, lr_interval: str, member_hparams: dict[str, list] | None,
-    member_groups: list[dict[str, Any]] | None, members: int,
-) -> list[tuple[dict[str, Any], int]]:  # fmt: skip
-    """Each group's ``{optimizer, lr_scheduler, size, member_hparams}`` and its first member."""
-    if member_groups is None:
-        spec = {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "size": members,
-                "member_hparams": dict(member_hparams or {}), "lr_interval": lr_interval}  # fmt: skip
-        return [(spec, 0)]
-    if member_hparams:
-        raise ValueError("with member_groups, give each group's member_hparams in its entry")
-    if not member_groups:
-        raise ValueError("member_groups must hold at least one group")
-    own_clipping = any("clipping" in e for e in member_groups)  # a group without clips nothing
-    specs, start = [], 0
-    for entry in member_groups:
-        unknown = set(entry) - {"optimizer", "lr_scheduler", "size", "member_hparams",
-                                "lr_interval", "clipping"}  # fmt: skip
-        size = entry.get("size")
-        if unknown or isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(
-                "each member_groups entry is {optimizer, lr_scheduler, size, member_hparams, "
-                f"lr_interval, clipping}}}} with a positive size, got {entry!r}"
-            )
-        spec = {"lr_scheduler": None, "member_hparams": {}, "lr_interval": lr_interval, **entry}
-        if own_clipping:
-            spec.setdefault("clipping", None)
-        if spec["lr_scheduler"] is not None and spec["lr_interval"] != lr_interval:
-            raise ValueError(
-                f"a member group steps its scheduler every {spec['lr_interval']} and the "
-                f"population every {lr_interval}: train them as separate populations"
-            )
-        specs.append((spec, start))
-        start += size
-    if start != members:
-        raise ValueError(f"member_groups hold {start} members; seeds give {members}")
-    first = specs[0][0]
-    same = (
-        resolve_optimizer(optimizer)[1] == resolve_optimizer(first["optimizer"])[1]
-        and (resolve_scheduler(lr_scheduler) or (None, None))[1]
-        == (resolve_scheduler(first["lr_scheduler"]) or (None, None))[1]
-    )
-    if not same:
-        raise ValueError("with member_groups, optimizer and lr_scheduler must be the first group's")
-    return specs
-
-
-def _population_contract(contracts: list[StepContract]) -> StepContract:
-    """One step contract for a population's groups: their step must be taken alike."""
-    first = contracts[0]
-    for contract in contracts[1:]:
-        if contract.evaluate_first != first.evaluate_first:
-            raise ValueError(
-                "the member groups' optimizers differ in whether they read the gradients "
-                "before their closure: train them as separate populations"
-            )
-    return dataclasses.replace(first, modes=any(c.modes for c in contracts))
 
 
 class PopulationClassifier(
@@ -152,7 +81,7 @@ class PopulationClassifier(
             clipping callback (``clip_factor``). The other arguments are shared by all members.
         net, lr_scheduler, lr_interval, param_groups, input_size, num_classes, log_internals: as in
             ``MNIST1DClassifier``; each member gets its own scheduler. A net that cannot run as
-            members (``lightning_opt.stacking.why_not_stackable``) is refused (``ValueError``).
+            members (``lightning_opt.population.stacking.why_not_stackable``) is refused (``ValueError``).
         member_groups: members of several optimizers in one population: one entry per group
             of consecutive members, ``{optimizer, lr_scheduler, size, member_hparams,
             lr_interval}`` (as above, for its members; ``lr_interval`` of a group without a
@@ -201,54 +130,40 @@ class PopulationClassifier(
         # The population's own arguments go into the checkpoint under "population" (see
         # on_save_checkpoint): LightningCLI gives a checkpoint's hyper_parameters to the model's
         # arguments on resume, which are those of a single model.
-        if lr_interval not in ("epoch", "step"):
-            raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
         self.save_hyperparameters(
             ignore=["seeds", "member_hparams", "member_groups", "member_epochs"], logger=False
         )
-        self.net_class, self.hparams.net = resolve_net_argument(net, self.hparams)
-        if not seeds or any(
-            isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds
-        ):
-            raise ValueError(
-                f"seeds must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}"
-            )
+        plan = PopulationPlan.of(
+            seeds, optimizer, member_hparams, lr_scheduler, lr_interval, net, param_groups,
+            input_size=input_size, num_classes=num_classes, member_groups=member_groups,
+            member_epochs=member_epochs, hparams=self.hparams, build=True,
+        )  # fmt: skip
         k = len(seeds)
-        if member_epochs is not None and (
-            len(member_epochs) != k
-            or any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in member_epochs)
-        ):
-            raise ValueError(
-                f"member_epochs must hold one positive integer per member ({k}), got "
-                f"{member_epochs!r}"
-            )
+        self.net_class, self.hparams.net = plan.net_class, plan.net
         #: Each member's own last epoch (its runs' max_epochs), or ``None``: the trainer's.
-        self.member_epochs = None if member_epochs is None else list(member_epochs)
+        self.member_epochs = plan.member_epochs
         #: ``{member: epochs}`` of the members that ended at their own last epoch, before the
         #: population's, and each one's single-model checkpoint of then.
         self.finished: dict[int, int] = {}
         self.finished_checkpoints: dict[int, dict[str, Any]] = {}
-        self.param_group_rules = groups.check_rules(param_groups)
-        specs = _group_specs(optimizer, lr_scheduler, lr_interval, member_hparams, member_groups, k)
-        self.groups = [self._member_group(spec, start) for spec, start in specs]
+        self.param_group_rules = plan.param_group_rules
+        self.groups = plan.groups
         first = self.groups[0]
         self.optimizer_class = first.optimizer_class
         self.hparams.optimizer = first.optimizer
         self.scheduler_class, self.hparams.lr_scheduler = first.scheduler_class, first.lr_scheduler
         #: Each member's group (its position in ``groups``), by original index.
         self.member_group = [g for g, group in enumerate(self.groups) for _ in group.members]
-        self.member_kwargs = [kw for g in self.groups for kw in g.settings.optimizer_kwargs]
-        self.member_scheduler_kwargs = [
-            kw for g in self.groups
-            for kw in (g.settings.scheduler_kwargs or [None] * len(g.members))
-        ]  # fmt: skip
+        self.member_kwargs = plan.member_kwargs
+        self.member_scheduler_kwargs = plan.member_scheduler_kwargs
         #: The population's own clipping rules, each restricted to its groups' members, where
         #: the groups give theirs (``None``: the trainer's rules act on every member); each
         #: member's rule; each member's clipping settings (checked in setup()).
-        self.clipping_rules, self.member_rule, self.member_clipping = group_rules(self.groups)
+        self.clipping_rules, self.member_rule = plan.clipping_rules, plan.member_rule
+        self.member_clipping = plan.member_clipping
         # The stacked fast paths know one group: rules train each member's own instance. With
         # several groups each takes its own (``_stacked_path``) in configure_optimizers.
-        self.stacked = self._stacked_path(first) if len(self.groups) == 1 else None
+        self.stacked = plan.stacked
         self._member_params: list[list[Tensor]] = []
         self._slices: list[tuple[int, int]] = []  # each stacked part's positions [a, b)
         self._slice_params: list[list[Tensor]] = []  # and its slices of the stacked params
@@ -258,37 +173,8 @@ class PopulationClassifier(
         self._best_state: list[Tensor] = []
         self._share = False  # whether member views get the gradients (see on_train_start)
         self._share_members = False  # each member's (else only the stacked parts' slices)
-
-        with torch.random.fork_rng(devices=[]):
-            nets = []
-            for seed in seeds:
-                torch.manual_seed(seed)  # what seed_everything does before fit builds the model
-                init_args = self.hparams.net["init_args"]
-                # Every member has the same architecture: the first one's probe speaks for all.
-                probe = not nets
-                nets.append(build_net(self.net_class, init_args, input_size, num_classes, probe))
-        why = why_not_stackable(nets[0], input_size)
-        if why is not None:
-            raise ValueError(f"{why}: train it one run at a time")
-        contracts = []
-        for group in self.groups:
-            cls = group.optimizer_class
-            if takes_model(cls):
-                raise ValueError(
-                    f"{cls.__name__} takes the model itself: train it one run at a time"
-                )
-            for member in group.members:
-                # As a single fit would, first; each group's first step stands for its class's.
-                sizes = (input_size, num_classes) if member == group.members[0] else (None, None)
-                contract = check_optimizer(
-                    cls, nets[member], self.member_kwargs[member], *sizes, self.param_group_rules
-                )
-                if member == group.members[0]:
-                    contracts.append(contract)
-            why = contracts[-1].why_not_population(cls.__name__)
-            if why is not None:
-                raise ValueError(f"{why}: train it one run at a time")
-        self.step_contract = _population_contract(contracts)
+        self.step_contract = plan.step_contract
+        nets = plan.nets
         self._optimizer_mode: str | None = None
         self.net = stack_nets(nets)
         self.seeds = list(seeds)
@@ -308,24 +194,6 @@ class PopulationClassifier(
         self._reset_clip_caches()  # built at the first step
         self._epoch = EpochSums()  # training sums, then each evaluation's loss and acc
         self.register_buffer("_first_bad_step", torch.full((k,), -1), persistent=False)
-
-    def _member_group(self, spec: dict[str, Any], start: int) -> MemberGroup:
-        cls, resolved = resolve_optimizer(spec["optimizer"])
-        scheduler = resolve_scheduler(spec["lr_scheduler"])
-        if not supports_population(cls):
-            raise ValueError(
-                f"{cls.__name__} declares supports_population = False: train it one run at a time"
-            )
-        size, member_hparams = spec["size"], dict(spec["member_hparams"] or {})
-        settings = member_settings(
-            cls, resolved["init_args"], scheduler[0] if scheduler else None,
-            scheduler[1]["init_args"] if scheduler else None, member_hparams, size,
-        )  # fmt: skip
-        return MemberGroup(
-            cls, resolved, *(scheduler or (None, None)), range(start, start + size), settings,
-            {name: list(v) for name, v in member_hparams.items()}, spec["lr_interval"],
-            spec.get("clipping", NOT_GIVEN),
-        )  # fmt: skip
 
     def _stacked_path(self, group: MemberGroup) -> Any:
         """``group``'s stacked fast path, or ``None``: one instance per member."""

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_opt.callbacks import GradientClippingCallback
+from lightning_opt.clipping.callbacks import GradientClippingCallback
+from lightning_opt.core.reflection import constructor_arguments, import_class
 from lightning_opt.population.settings import NOT_GIVEN, MemberGroup
-from lightning_opt.reflection import constructor_arguments, import_class
 
 Columns = dict[str, list[Any]]  # {name: [value of each member, None where it has none]}
 
@@ -108,6 +108,45 @@ def group_rules(
     return list(rules.values()), member_rule, columns
 
 
+def check_member_clipping(
+    clipping_rules: Sequence[GradientClippingCallback] | None,
+    member_clipping: Columns,
+    optimizer_class: type,
+    members: int,
+    callbacks: Sequence[Any],
+) -> None:
+    """Refuse per-member settings that neither the optimizer nor a clipping callback among
+    ``callbacks`` takes (before any training), or, where the groups give their own rules
+    (``clipping_rules``), a clipping callback among ``callbacks`` that none of them replaces."""
+    clippers = [c for c in callbacks if isinstance(c, GradientClippingCallback)]
+    if clipping_rules is not None:
+        own = {type(r) for r in clipping_rules}
+        other = sorted({type(c).__name__ for c in clippers if type(c) not in own})
+        if other:
+            raise ValueError(
+                f"the trainer's callbacks clip with {', '.join(other)} and the member groups "
+                "give their own clipping rules: give the rules in one place"
+            )
+        return  # each member's settings were checked when the population was built
+    names = {name for cb in clippers for name in cb.member_hparams}
+    missing = sorted(set(member_clipping) - names)
+    if missing:
+        takes = ", ".join(f"{type(c).__name__}: {', '.join(c.member_hparams) or 'nothing'}"
+                          for c in clippers) or "no clipping callback is on"  # fmt: skip
+        raise ValueError(
+            f"member_hparams {', '.join(missing)}: {optimizer_class.__name__} takes no "
+            f"such argument and no clipping callback sets it per member ({takes})"
+        )
+    for clipper in clippers:  # each member's settings, checked by the rule's constructor
+        cls = type(clipper)
+        own = {n: getattr(clipper, n) for n in constructor_arguments(cls) if hasattr(clipper, n)}
+        for member in range(members):
+            values = {n: v[member] for n, v in member_clipping.items()
+                      if n in clipper.member_hparams}  # fmt: skip
+            if values:
+                cls(**{**own, **values})
+
+
 class MemberClipping:
     """The members' clipping settings and the views a restricted rule clips; a mixin of
     ``PopulationClassifier``, which sets ``clipping_rules``, ``member_rule`` and
@@ -131,38 +170,11 @@ class MemberClipping:
         return [c for c in self.trainer.callbacks if isinstance(c, GradientClippingCallback)]
 
     def check_clipping(self, callbacks: Sequence[Any]) -> None:
-        """Refuse per-member settings that neither the optimizer nor a clipping callback among
-        ``callbacks`` takes (before any training), or, where the groups give their own rules,
-        a clipping callback among ``callbacks`` that none of them replaces."""
-        clippers = [c for c in callbacks if isinstance(c, GradientClippingCallback)]
-        if self.clipping_rules is not None:
-            own = {type(r) for r in self.clipping_rules}
-            other = sorted({type(c).__name__ for c in clippers if type(c) not in own})
-            if other:
-                raise ValueError(
-                    f"the trainer's callbacks clip with {', '.join(other)} and the member groups "
-                    "give their own clipping rules: give the rules in one place"
-                )
-            return  # each member's settings were checked when the population was built
-        names = {name for cb in clippers for name in cb.member_hparams}
-        missing = sorted(set(self.member_clipping) - names)
-        if missing:
-            takes = ", ".join(f"{type(c).__name__}: {', '.join(c.member_hparams) or 'nothing'}"
-                              for c in clippers) or "no clipping callback is on"  # fmt: skip
-            raise ValueError(
-                f"member_hparams {', '.join(missing)}: {self.optimizer_class.__name__} takes no "
-                f"such argument and no clipping callback sets it per member ({takes})"
-            )
-        for clipper in clippers:  # each member's settings, checked by the rule's constructor
-            cls = type(clipper)
-            own = {
-                n: getattr(clipper, n) for n in constructor_arguments(cls) if hasattr(clipper, n)
-            }
-            for member in range(len(self.all_seeds)):
-                values = {n: v[member] for n, v in self.member_clipping.items()
-                          if n in clipper.member_hparams}  # fmt: skip
-                if values:
-                    cls(**{**own, **values})
+        """As ``check_member_clipping``, for this population's members."""
+        check_member_clipping(
+            self.clipping_rules, self.member_clipping, self.optimizer_class,
+            len(self.all_seeds), callbacks,
+        )  # fmt: skip
 
     def clipping_overrides(
         self, start: int = 0, stop: int | None = None, names: Sequence[str] | None = None

@@ -9,7 +9,7 @@ from torch import Tensor
 from lightning_opt.optim.hypers import select
 from lightning_opt.optim.memberwise import GroupedOptimizer
 from lightning_opt.population.member_logging import as_list
-from lightning_opt.training import NonFiniteLossError
+from lightning_opt.training.loop import NonFiniteLossError
 
 #: The reason of a member that ended at its own last epoch (``member_epochs``): not a drop.
 FINISHED = "finished at its own last epoch"

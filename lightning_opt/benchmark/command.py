@@ -1,0 +1,278 @@
+"""``benchmark``: an optimizer against tuned baselines across a suite of workloads, scored as
+AlgoPerf scores (``lightning_opt.benchmark.scoring``).
+
+A suite is a config (``configs/benchmarks/mnist1d.yaml``): its workloads (a net, a dataset
+variant, a budget in epochs and a validation-loss target), its baselines (compare arms), the
+tuning protocol every submission gets (``n_trials`` of its search space per workload, the same
+sampler seed) and the seeds of the final runs. The candidate is the command line's optimizer
+(with its scheduler and clipping rules, as ``fit`` takes them), or several: ``--candidates``.
+
+Each workload is one ``compare`` experiment under ``<output_dir>/<benchmark>/``, written out as
+``<workload>.yaml`` and run by compare's own code, so every guarantee of compare holds for each:
+everything checked before the first trial (every workload's plan is checked before any trains),
+the same numbers after Ctrl-C or a kill, a changed setting refused with the first differences,
+tuning trials and final runs claimable by every process sharing the storage. Every benchmark
+under one output directory shares one storage, its arms' studies named by their settings
+(compare's ``share_arms``): an identical baseline in another benchmark is trained once, its
+logs and checkpoints in ``<output_dir>/shared_arms/<workload>/<arm>.<digest>/`` (never under one
+benchmark, whose ``--overwrite`` would delete what the others' results point at).
+The benchmark then reads each experiment's results.json and scores: time to the target in
+optimizer steps per seed (``inf``: did not reach) and prorated wall time, the performance
+profile and score across workloads, each candidate-baseline test-loss comparison with Holm's
+correction over every test of the benchmark, and a verdict; ``leaderboard.md``,
+``leaderboard.html`` and ``leaderboard.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser
+
+from lightning_opt.benchmark import leaderboard as leaderboards
+from lightning_opt.config.parsing import UsageError, run_name
+from lightning_opt.core.atomic import write_text
+from lightning_opt.core.names import check_name
+from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.experiments.compare import CompareCLI, run_compare
+from lightning_opt.experiments.plans import default_shared_arms_dir, plan_arms
+from lightning_opt.runs.build import quiet_lightning
+from lightning_opt.tuning.tune import parse
+
+#: Keys of a workload entry.
+WORKLOAD_KEYS = {"name", "model", "data", "epochs", "target"}
+#: The suite a command line without ``--config`` runs.
+DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "configs" / "benchmarks" / "mnist1d.yaml"
+
+
+class BenchmarkCLI(CompareCLI):
+    """compare's options plus the suite's: workloads and baselines."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.set_defaults(output_dir="lightning_logs/benchmark")
+        group = parser.add_argument_group("Benchmark")
+        group.add_argument("--benchmark", type=str, default="benchmark",
+                           help="Name; outputs go to <output_dir>/<benchmark>/.")  # fmt: skip
+        group.add_argument(
+            "--workloads", type=list[dict[str, Any]], default=[],
+            help="Each: {name, model: {...}, data: {...}, epochs, target (validation loss)}.",
+        )  # fmt: skip
+        group.add_argument(
+            "--baselines", type=list[dict[str, Any]], default=[],
+            help="Each a compare arm: {name, optimizer, lr_scheduler, model, callbacks, "
+            "search_space}; a scheduler taking total_steps gets each workload's.",
+        )  # fmt: skip
+        group.add_argument("--candidate", type=str, default=None,
+                           help="The candidate's name (default: the optimizer's short name).")  # fmt: skip
+        group.add_argument(
+            "--candidates", type=list[dict[str, Any]], default=[],
+            help="Several candidates at once, each an arm as the baselines are (instead of the "
+            "command line's optimizer).",
+        )  # fmt: skip
+
+
+def run_benchmark(args: list[str]) -> Path:
+    """``python -m lightning_opt benchmark --config SUITE.yaml --optimizer CLASS``; the
+    benchmark's directory."""
+    quiet_lightning()
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        if not DEFAULT_SUITE.exists():
+            raise UsageError(f"give a suite with --config (the default {DEFAULT_SUITE} is gone)")
+        args = ["--config", str(DEFAULT_SUITE), *args]  # the default suite
+    cli = parse(args, BenchmarkCLI)
+    config = cli.config
+    try:
+        bench_dir, candidates, workloads = _plan(cli.parser, config, _names_candidate(args))
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    experiments = {}
+    for workload, path in workloads:
+        print(f"=== workload {workload['name']} ({path})", flush=True)
+        experiments[workload["name"]] = run_compare(["--config", str(path)])
+    board = leaderboards.leaderboard(config, candidates, [w for w, _ in workloads], experiments)
+    leaderboards.write_leaderboard(bench_dir, board)
+    print(leaderboards.markdown(board))
+    print(f"leaderboard: {bench_dir / 'leaderboard.md'}, {bench_dir / 'leaderboard.html'}")
+    return bench_dir
+
+
+def _names_candidate(args: list[str]) -> bool:
+    """Whether the command line sets the candidate itself (its optimizer, schedule or name)."""
+    flags = ("--optimizer", "--lr_scheduler", "--candidate")
+    return any(a.split("=")[0] in flags or a.startswith(("--optimizer.", "--lr_scheduler."))
+               for a in args)  # fmt: skip
+
+
+def _plan(
+    parser: LightningArgumentParser, config: Any, names_candidate: bool = False
+) -> tuple[Path, list[str], list[tuple[dict, Path]]]:
+    """Every workload's compare config, written under the benchmark's directory and checked
+    (compare's ``plan_arms``) before anything trains; the candidates' names."""
+    name = check_name("benchmark", config.benchmark, "--benchmark")
+    if not config.workloads:
+        raise ValueError(
+            f"a benchmark needs workloads: give a suite (--config {DEFAULT_SUITE}) or "
+            "workloads: [{name, model, data, epochs, target}]"
+        )
+    if not config.baselines:
+        raise ValueError("a benchmark needs baselines: compare arms to score the candidate against")
+    defaults = parser.get_defaults()
+    if config.tune_max_epochs != defaults.tune_max_epochs:
+        raise ValueError(
+            f"--tune_max_epochs {config.tune_max_epochs}: a benchmark tunes and trains each "
+            "workload for its own budget; set workloads[].epochs (or --trainer.max_epochs N "
+            "to cap every budget at N)"
+        )
+    cap = config.trainer.max_epochs
+    cap = None if cap == defaults.trainer.max_epochs else cap
+    if cap is not None and (isinstance(cap, bool) or cap < 1):
+        raise ValueError(
+            f"--trainer.max_epochs {cap}: it caps every workload's budget, so it is a positive "
+            "integer (leave it out to train each workload for its own epochs)"
+        )
+    if cap is not None:
+        print(f"trainer.max_epochs {cap} caps every workload's budget", flush=True)
+    base = yaml.safe_load(parser.dump(config, skip_none=False, skip_validation=True))
+    baselines, workloads = base.get("baselines") or [], base.get("workloads") or []
+    named = base.get("candidates") or []
+    for key in ("benchmark", "workloads", "baselines", "candidate", "candidates", "config", "arms",
+                "experiment"):  # fmt: skip
+        base.pop(key, None)
+    command_line = _candidate_arm(base, config)
+    changed = _changed(config, defaults, "optimizer", "lr_scheduler")
+    if named and (names_candidate or config.candidate or changed):
+        raise ValueError(
+            "give the candidates either as --candidates (arms) or as the command line's "
+            "optimizer (--optimizer, --lr_scheduler, --candidate), not both"
+        )
+    candidates = [dict(c) for c in named] or [command_line]
+    # One storage for every benchmark under output_dir, arms named by their settings: a
+    # baseline (or candidate) identical in another benchmark is trained once.
+    # Their logs and checkpoints too: in one folder per arm study, which a benchmark's
+    # --overwrite never deletes (another benchmark's results may point at them).
+    base["storage"] = base.get("storage") or f"sqlite:///{Path(config.output_dir) / 'optuna.db'}"
+    base["share_arms"] = True
+    shared = default_shared_arms_dir(base.get("shared_arms_dir"), config.output_dir)
+    base["shared_arms_dir"] = str(shared)
+    bench_dir = Path(config.output_dir) / name
+    if bench_dir.resolve() == shared.resolve():
+        raise ValueError(
+            f"--benchmark {name}: {bench_dir} holds the shared arms' logs (--shared_arms_dir); "
+            "choose another name"
+        )
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    planned = []
+    seen = set()
+    for entry in workloads:
+        workload = _check_workload(entry)
+        if cap is not None:
+            workload["epochs"] = min(workload["epochs"], cap)
+        if workload["name"] in seen:
+            raise ValueError(f"workload names must be unique; repeated: {workload['name']}")
+        seen.add(workload["name"])
+        experiment, steps = _experiment(base, workload, candidates, baselines, bench_dir)
+        path = bench_dir / f"{workload['name']}.yaml"
+        write_text(path, yaml.safe_dump(experiment, sort_keys=False))
+        compare_cli = parse(["--config", str(path)], CompareCLI)
+        try:
+            plan_arms(compare_cli.config, compare_cli.parser)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"workload {workload['name']!r}: {err}") from None
+        workload["steps_per_epoch"] = steps
+        planned.append((workload, path))
+    return bench_dir, [c["name"] for c in candidates], planned
+
+
+def _changed(config: Any, defaults: Any, *keys: str) -> bool:
+    return any(config.get(key) != defaults.get(key) for key in keys)
+
+
+def _candidate_arm(base: dict[str, Any], config: Any) -> dict[str, Any]:
+    """The command line's optimizer as an arm, with its own scheduler and clipping rules (the
+    experiment-wide ones would reach every baseline too)."""
+    callbacks = (base.get("trainer") or {}).pop("callbacks", None) or []
+    arm = {
+        "name": check_name("candidate", config.candidate or run_name(config), "--candidate"),
+        "optimizer": base["optimizer"],
+        "lr_scheduler": base.pop("lr_scheduler", None),
+        "callbacks": callbacks,
+    }
+    if base.get("search_space") is not None:
+        arm["search_space"] = base.pop("search_space")
+    base.pop("search_space", None)
+    return arm
+
+
+def _check_workload(entry: Any) -> dict[str, Any]:
+    workload = dict(entry)
+    unknown = set(workload) - WORKLOAD_KEYS
+    if unknown:
+        raise ValueError(f"workload keys are {sorted(WORKLOAD_KEYS)}, got {sorted(unknown)}")
+    check_name("workload", workload.get("name"), "workloads[].name")
+    epochs, target = workload.get("epochs"), workload.get("target")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(
+            f"workload {workload['name']!r}: epochs is a positive integer, got {epochs}"
+        )
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
+        raise ValueError(
+            f"workload {workload['name']!r}: target is a validation loss > 0, got {target}"
+        )
+    return workload
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "net":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _experiment(
+    base: dict[str, Any], workload: dict[str, Any], candidates: list[dict[str, Any]],
+    baselines: list[dict[str, Any]], bench_dir: Path,
+) -> tuple[dict[str, Any], int]:  # fmt: skip
+    """The compare config of one workload (the suite's settings, the workload's net, data and
+    budget, the candidates and every baseline as arms) and its optimizer steps per epoch."""
+    experiment = _merge(base, {"model": workload.get("model"), "data": workload.get("data")})
+    epochs = workload["epochs"]
+    experiment["trainer"] = {**(experiment.get("trainer") or {}), "max_epochs": epochs}
+    experiment["trainer"].pop("max_steps", None)
+    data = MNIST1DDataModule(**experiment.get("data") or {})
+    data.prepare_data()
+    data.setup()
+    steps_per_epoch = math.ceil(len(data.splits["train"][0]) / data.hparams.batch_size)
+    total = epochs * steps_per_epoch
+    arms = []
+    for submission in [*candidates, *baselines]:
+        arm = copy.deepcopy(dict(submission))
+        scheduler = arm.get("lr_scheduler")
+        if isinstance(scheduler, dict) and _takes_total_steps(scheduler):
+            init_args = dict(scheduler.get("init_args") or {})
+            init_args.setdefault("total_steps", total)
+            arm["lr_scheduler"] = {**scheduler, "init_args": init_args}
+        arm.setdefault("lr_scheduler", None)
+        arms.append(arm)
+    experiment.update(
+        experiment=workload["name"], output_dir=str(bench_dir), tune_max_epochs=epochs,
+        robustness=False, arms=arms,
+        shared_arms_dir=str(Path(base["shared_arms_dir"]) / workload["name"]),
+    )  # fmt: skip
+    return experiment, steps_per_epoch
+
+
+def _takes_total_steps(scheduler: dict[str, Any]) -> bool:
+    from lightning_opt.optim.schedulers import resolve_scheduler, scheduler_arguments
+
+    resolved = resolve_scheduler(scheduler)
+    return resolved is not None and "total_steps" in scheduler_arguments(resolved[0])

@@ -1,0 +1,412 @@
+"""A benchmark's numbers and pages: from each workload experiment's results.json, time to the
+target per seed (optimizer steps, and prorated wall time), AlgoPerf's performance profile and
+score (``scoring``), each candidate-baseline test-loss comparison with Holm's correction over
+every test of the benchmark, a per-workload rank table and a verdict; written as
+``leaderboard.json`` (every number), ``leaderboard.md`` and ``leaderboard.html`` (self-contained,
+the profile as inline SVG)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from lightning_opt.benchmark import scoring
+from lightning_opt.core.atomic import write_text
+from lightning_opt.reports import stats
+
+#: Taus the leaderboard shows the profile at.
+SHOWN_TAUS = (1.0, 1.5, 2.0, 3.0, 4.0)
+#: The tested metric and its direction.
+METRIC = "test_loss"
+#: The submissions' colours in the plots, in order.
+COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf")
+
+
+def leaderboard(
+    config: Any, candidates: list[str], workloads: list[dict], experiments: dict[str, Path]
+) -> dict:
+    """Every number of the benchmark (``leaderboard.json``)."""
+    per_workload, times, tests = {}, {}, []
+    for workload in workloads:
+        name = workload["name"]
+        results = json.loads((experiments[name] / "results.json").read_text())
+        arms = results["arms"]
+        rows = {}
+        for arm, summary in arms.items():
+            steps = [
+                scoring.steps_to_target(run["val_loss_curve"], workload["target"],
+                                        workload["steps_per_epoch"])
+                for run in summary["runs"]
+            ]  # fmt: skip
+            seconds = [
+                run["seconds"] * s / (len(run["val_loss_curve"]) * workload["steps_per_epoch"])
+                if math.isfinite(s) else math.inf
+                for run, s in zip(summary["runs"], steps, strict=True)
+            ]  # fmt: skip
+            rows[arm] = {
+                "tuned": summary["tuned"],
+                "test_loss": summary["metrics"]["test_loss"],
+                "test_acc": summary["metrics"]["test_acc"],
+                "steps_to_target": steps,
+                "seconds_to_target": seconds,
+                "median_steps": scoring.median_time(steps),
+                "reached": sum(math.isfinite(s) for s in steps),
+                "tuning_curve": summary.get("tuning_curve"),
+            }
+            times.setdefault(arm, {})[name] = rows[arm]["median_steps"]
+        for comparison in results["comparisons"]:
+            pair = (comparison["a"], comparison["b"])
+            if (pair[0] in candidates) == (pair[1] in candidates):
+                continue  # candidate against baseline only
+            diff = comparison["differences"][METRIC]
+            candidate, other = pair if pair[0] in candidates else pair[::-1]
+            sign = 1.0 if comparison["a"] == candidate else -1.0  # candidate minus baseline
+            tests.append({
+                "workload": name, "candidate": candidate, "baseline": other,
+                "difference": sign * diff["difference"],
+                "low": min(sign * diff["low"], sign * diff["high"]),
+                "high": max(sign * diff["low"], sign * diff["high"]),
+                "p_value": diff["p_value"], "a12": diff["a12"], "detectable": diff["detectable"],
+                "spread": [diff.get("sd_a"), diff.get("n_a"), diff.get("sd_b"), diff.get("n_b")],
+            })  # fmt: skip
+        per_workload[name] = {
+            "target": workload["target"], "epochs": workload["epochs"],
+            "steps_per_epoch": workload["steps_per_epoch"], "submissions": rows,
+            "experiment": str(experiments[name]), "model": workload.get("model"),
+            "data": workload.get("data"), "ranks": _ranks(rows),
+        }  # fmt: skip
+    alpha = 0.05
+    p_values = [t["p_value"] for t in tests]
+    levels = stats.holm_levels(p_values, alpha)
+    for test, adjusted, level in zip(tests, stats.holm(p_values), levels, strict=True):
+        test["p_holm"] = adjusted
+        test["significant"] = bool(adjusted < alpha)
+        # What these seeds detect (80% power) at the level the benchmark's Holm held this test to.
+        sd_a, n_a, sd_b, n_b = test.pop("spread")
+        test["holm_level"] = level
+        test["detectable_at_holm"] = (
+            stats.detectable_difference(sd_a, n_a, sd_b, n_b, alpha=level)
+            if None not in (sd_a, n_a, sd_b, n_b) and math.isfinite(level) else math.nan
+        )  # fmt: skip
+    ratio = scoring.ratios(times)
+    profiles = {
+        s: {
+            "ratios": ratio[s],
+            "profile": {str(t): scoring.profile(ratio[s], t) for t in SHOWN_TAUS},
+            "score": scoring.score(ratio[s]),
+        }
+        for s in ratio
+    }
+    board = {
+        "benchmark": config.benchmark, "candidates": candidates, "workloads": per_workload,
+        "scores": profiles, "tests": tests, "alpha": alpha, "tau_max": scoring.TAU_MAX,
+        "settings": {"seeds": config.seeds, "n_trials": config.n_trials, "seed": config.seed},
+        "machine": _machine(),
+    }  # fmt: skip
+    board["verdict"] = verdict(board)
+    return board
+
+
+def _ranks(rows: dict[str, dict]) -> dict[str, int]:
+    """Each submission's rank on a workload: by median steps to the target, then test loss."""
+    order = sorted(rows, key=lambda s: (rows[s]["median_steps"], rows[s]["test_loss"]["mean"]))
+    return {sub: k + 1 for k, sub in enumerate(order)}
+
+
+def _machine() -> dict[str, Any]:
+    """Where the wall times were measured (steps to the target do not depend on it)."""
+    import os
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def _outcome(board: dict, candidate: str, workload: str) -> str:
+    tests = [t for t in board["tests"] if t["candidate"] == candidate and t["workload"] == workload]
+    if any(t["significant"] and t["difference"] < 0 for t in tests):
+        return "lower"
+    if any(t["significant"] and t["difference"] > 0 for t in tests):
+        return "higher"
+    return "no difference"
+
+
+def _robustness(board: dict, candidate: str) -> list[str]:
+    """Whether the candidate's outcome holds across dataset variants (workloads of one net on
+    other data) and across tuning budgets (tuning curves crossing a baseline's)."""
+    from lightning_opt.reports.summary import tuning_crossing
+
+    parts = []
+    workloads = board["workloads"]
+    by_net: dict[str, list[str]] = {}
+    for name, workload in workloads.items():
+        by_net.setdefault(json.dumps(workload.get("model"), sort_keys=True), []).append(name)
+    for names in by_net.values():
+        outcomes = {n: _outcome(board, candidate, n) for n in names}
+        if len(names) > 1 and len(set(outcomes.values())) > 1:
+            shown = ", ".join(f"{n}: {o}" for n, o in outcomes.items())
+            parts.append(f"{candidate}'s outcome changes with the data on one net ({shown}).")
+        elif len(names) > 1:
+            parts.append(
+                f"{candidate}'s outcome holds across the data variants of one net "
+                f"({', '.join(names)}: {outcomes[names[0]]})."
+            )
+    crossings = []
+    for name, workload in workloads.items():
+        rows = workload["submissions"]
+        for other in rows:
+            if other in board["candidates"]:
+                continue
+            cross = tuning_crossing(candidate, rows[candidate].get("tuning_curve"), other,
+                              rows[other].get("tuning_curve"))  # fmt: skip
+            if cross:
+                crossings.append(f"{name} vs {other} at n = {cross[0]}")
+    if crossings:
+        parts.append(
+            f"Tuning budget: {candidate}'s ranking by expected best validation loss changes "
+            f"with the number of trials ({'; '.join(crossings)})."
+        )
+    else:
+        parts.append(
+            f"Tuning budget: {candidate}'s ranking against each baseline by expected best "
+            f"validation loss is the same after any number of the {board['settings']['n_trials']} "
+            "trials."
+        )
+    return parts
+
+
+def verdict(board: dict) -> str:
+    """One paragraph: where each candidate wins, loses and ties, and its score."""
+    scores, alpha = board["scores"], board["alpha"]
+    parts = [
+        f"Test loss, {len(board['tests'])} candidate-baseline tests with Holm's correction at "
+        f"{alpha}:"
+    ]
+    for candidate in board["candidates"]:
+        tests = [t for t in board["tests"] if t["candidate"] == candidate]
+        wins = sorted({t["workload"] for t in tests if t["significant"] and t["difference"] < 0})
+        losses = sorted({t["workload"] for t in tests if t["significant"] and t["difference"] > 0})
+        ties = sorted({t["workload"] for t in tests} - set(wins) - set(losses))
+        parts.append(
+            f"{candidate} is significantly lower than a baseline on "
+            f"{', '.join(wins) or 'no workload'}, significantly higher on "
+            f"{', '.join(losses) or 'no workload'}, and not significantly different on "
+            f"{', '.join(ties) or 'no workload'}."
+        )
+        parts += _robustness(board, candidate)
+    undetected = [t for t in board["tests"] if not t["significant"]]
+    found = [t["detectable_at_holm"] for t in undetected if math.isfinite(t["detectable_at_holm"])]
+    if found:
+        parts.append(
+            f"Where no difference was found, a true difference in test loss would have to be "
+            f"{min(found):.3g} to {max(found):.3g} for these seeds to detect it with 80% power "
+            "at the level Holm's correction over the benchmark held each test to."
+        )
+    baselines = [s for s in scores if s not in board["candidates"]]
+    best = max(baselines, key=lambda s: scores[s]["score"])
+    shown = ", ".join(f"{c} {scores[c]['score']:.3f}" for c in board["candidates"])
+    parts.append(
+        f"Time to target (AlgoPerf's score, tau_max {board['tau_max']:g}): {shown}; the best "
+        f"baseline ({best}) {scores[best]['score']:.3f}."
+    )
+    return " ".join(parts)
+
+
+def _steps(value: float) -> str:
+    return f"{value:.0f}" if math.isfinite(value) else "not reached"
+
+
+def _seconds(values: list[float]) -> str:
+    median = scoring.median_time(values)
+    return f"{median:.2f}" if math.isfinite(median) else "not reached"
+
+
+def markdown(board: dict) -> str:
+    """``leaderboard.md``."""
+    names = ", ".join(board["candidates"])
+    lines = [f"# Benchmark {board['benchmark']}: {names} against the baselines", ""]
+    lines += [board["verdict"], "", "## Score (time to target across workloads)", ""]
+    taus = " | ".join(f"rho({t:g})" for t in SHOWN_TAUS)
+    lines += [f"| submission | score | {taus} |", "|---" * (2 + len(SHOWN_TAUS)) + "|"]
+    for sub, entry in sorted(board["scores"].items(), key=lambda kv: -kv[1]["score"]):
+        row = " | ".join(f"{entry['profile'][str(t)]:.2f}" for t in SHOWN_TAUS)
+        lines.append(f"| {sub} | {entry['score']:.3f} | {row} |")
+    workloads = board["workloads"]
+    lines += ["", "## Ranks (median steps to target, then test loss)", "",
+              f"| submission | {' | '.join(workloads)} | mean rank |",
+              "|---" * (len(workloads) + 2) + "|"]  # fmt: skip
+    subs = list(board["scores"])
+    mean = {s: sum(w["ranks"][s] for w in workloads.values()) / len(workloads) for s in subs}
+    for sub in sorted(subs, key=mean.get):
+        cells = " | ".join(str(w["ranks"][sub]) for w in workloads.values())
+        lines.append(f"| {sub} | {cells} | {mean[sub]:.2f} |")
+    machine = board.get("machine") or {}
+    lines += ["", f"Wall times measured on {machine.get('platform')} ({machine.get('processor')}, "
+              f"{machine.get('cpus')} CPUs, torch {machine.get('torch')}, "
+              f"{machine.get('threads')} threads); steps to target do not depend on it."]  # fmt: skip
+    for name, workload in workloads.items():
+        lines += ["", f"## {name} (target val loss {workload['target']:g}, "
+                  f"{workload['epochs']} epochs x {workload['steps_per_epoch']} steps)", ""]  # fmt: skip
+        lines += [f"Report: {name}/comparison.html ({name}/results.md); every run's "
+                  f"TensorBoard logs under {name}/.", ""]  # fmt: skip
+        lines += ["| submission | tuned | test loss | median steps to target | median s to "
+                  "target | reached |", "|---|---|---|---|---|---|"]  # fmt: skip
+        ranked = sorted(workload["submissions"].items(), key=lambda kv: kv[1]["median_steps"])
+        for sub, row in ranked:
+            tuned = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in row["tuned"].items())  # fmt: skip
+            loss = row["test_loss"]
+            lines.append(
+                f"| {sub} | {tuned} | {loss['mean']:.4f} [{loss['low']:.4f}, {loss['high']:.4f}] "
+                f"| {_steps(row['median_steps'])} | {_seconds(row['seconds_to_target'])} "
+                f"| {row['reached']}/{len(row['steps_to_target'])} |"
+            )
+    lines += ["", "## Tests (candidate minus baseline, test loss)", "",
+              "| workload | candidate | baseline | difference [95% CI] | p | p (Holm) | A12 | "
+              "detectable at Holm's level |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for t in board["tests"]:
+        lines.append(
+            f"| {t['workload']} | {t['candidate']} | {t['baseline']} | {t['difference']:+.4f} "
+            f"[{t['low']:+.4f}, "
+            f"{t['high']:+.4f}] | {t['p_value']:.3g} | {t['p_holm']:.3g}"
+            f"{' *' if t['significant'] else ''} | {t['a12']:.2f} | "
+            f"{t['detectable_at_holm']:.3g} (alpha {t['holm_level']:.3g}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _profile_svg(board: dict, width: int = 680, height: int = 260) -> str:
+    """The performance profiles as an inline SVG (step functions over tau in [1, tau_max])."""
+    pad, legend, tau_max = 40, 160, board["tau_max"]
+
+    def x(tau: float) -> float:
+        return pad + (tau - 1) / (tau_max - 1) * (width - 2 * pad - legend)
+
+    def y(rho: float) -> float:
+        return height - pad - rho * (height - 2 * pad)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
+             f'<line x1="{pad}" y1="{y(0)}" x2="{x(tau_max)}" y2="{y(0)}" stroke="#444"/>',
+             f'<line x1="{pad}" y1="{y(0)}" x2="{pad}" y2="{y(1)}" stroke="#444"/>',
+             f'<text x="{x((1 + tau_max) / 2)}" y="{height - 8}" text-anchor="middle">tau</text>',
+             f'<text x="10" y="{pad - 10}">rho(tau)</text>']  # fmt: skip
+    for tau in (1, 2, 3, 4):
+        parts.append(f'<text x="{x(tau)}" y="{y(0) + 16}" text-anchor="middle">{tau}</text>')
+    for i, (sub, entry) in enumerate(board["scores"].items()):
+        steps = sorted(r for r in entry["ratios"].values() if r <= tau_max)
+        n = len(entry["ratios"])
+        points, rho = [(x(1), y(0))], 0.0
+        for r in steps:
+            points += [(x(max(1.0, r)), y(rho))]
+            rho += 1 / n
+            points += [(x(max(1.0, r)), y(rho))]
+        points.append((x(tau_max), y(rho)))
+        colour = COLOURS[i % len(COLOURS)]
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
+        label = f"{sub} ({entry['score']:.3f})"
+        parts.append(
+            f'<text x="{x(tau_max) + 12}" y="{pad + 16 * i}" fill="{colour}">{label}</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _tuning_svg(workload: dict, width: int = 680, height: int = 220) -> str:
+    """A workload's tuning curves as an inline SVG: each submission's expected best validation
+    loss after n of its trials (compare's estimator), n = 1..N."""
+    curves = {s: r["tuning_curve"] for s, r in workload["submissions"].items() if r["tuning_curve"]}
+    if not curves:
+        return ""
+    pad, legend = 48, 160
+    trials = max(len(c["n"]) for c in curves.values())
+    values = [v for c in curves.values() for v in c["expected_best"]]
+    low, high = min(values), max(values)
+    high = high if high > low else low + 1.0
+
+    def x(n: float) -> float:
+        return pad + (n - 1) / max(trials - 1, 1) * (width - 2 * pad - legend)
+
+    def y(v: float) -> float:
+        return height - pad - (v - low) / (high - low) * (height - 2 * pad)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
+             f'<line x1="{pad}" y1="{y(low)}" x2="{x(trials)}" y2="{y(low)}" stroke="#444"/>',
+             f'<line x1="{pad}" y1="{y(low)}" x2="{pad}" y2="{y(high)}" stroke="#444"/>',
+             f'<text x="{x((1 + trials) / 2)}" y="{height - 8}" text-anchor="middle">trials n'
+             "</text>",
+             f'<text x="6" y="{pad - 14}">expected best val loss after n trials</text>',
+             f'<text x="{pad - 4}" y="{y(high) + 4}" text-anchor="end">{high:.3g}</text>',
+             f'<text x="{pad - 4}" y="{y(low) + 4}" text-anchor="end">{low:.3g}</text>']  # fmt: skip
+    for n in range(1, trials + 1):
+        parts.append(f'<text x="{x(n)}" y="{y(low) + 16}" text-anchor="middle">{n}</text>')
+    for i, (sub, curve) in enumerate(curves.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        path = " ".join(
+            f"{x(n):.1f},{y(v):.1f}"
+            for n, v in zip(curve["n"], curve["expected_best"], strict=True)
+        )
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
+        parts.append(f'<text x="{x(trials) + 12}" y="{pad + 16 * i}" fill="{colour}">{sub}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def html(board: dict) -> str:
+    """``leaderboard.html``: self-contained (the tables of leaderboard.md and the profile)."""
+    import html as escape
+
+    body = []
+    for line in markdown(board).splitlines():
+        if line.startswith("# "):
+            body.append(f"<h1>{escape.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{escape.escape(line[3:])}</h2>")
+            if line.startswith("## Score"):
+                body.append(_profile_svg(board))
+            for name, workload in board["workloads"].items():
+                if line.startswith(f"## {name} (target val loss"):
+                    body.append(_tuning_svg(workload))
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("|"):
+            cells = [escape.escape(c.strip()) for c in line.strip("|").split("|")]
+            tag = "th" if body and not body[-1].startswith("<tr") else "td"
+            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+        elif line.startswith("Report: "):  # the workload's compare report, linked
+            name = line.split()[1]
+            rest = escape.escape(line.split(" ", 2)[2])
+            body.append(f"<p>Report: <a href='{escape.escape(name)}'>{escape.escape(name)}</a> "
+                        f"{rest}</p>")  # fmt: skip
+        elif line:
+            body.append(f"<p>{escape.escape(line)}</p>")
+    rows, out = [], []
+    for item in [*body, ""]:
+        if item.startswith("<tr"):
+            rows.append(item)
+            continue
+        if rows:
+            out.append("<table>" + "".join(rows) + "</table>")
+            rows = []
+        out.append(item)
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+             "padding:4px 8px}th{background:#f3f3f3}")  # fmt: skip
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Benchmark "
+            f"{escape.escape(str(board['benchmark']))}</title><style>{style}</style></head>"
+            f"<body>{''.join(out)}</body></html>")  # fmt: skip
+
+
+def write_leaderboard(bench_dir: Path, board: dict) -> None:
+    for name, text in (
+        ("leaderboard.json", json.dumps(board, indent=1, default=str, allow_nan=True)),
+        ("leaderboard.md", markdown(board)),
+        ("leaderboard.html", html(board)),
+    ):
+        write_text(bench_dir / name, text)

@@ -1,0 +1,436 @@
+"""What every command parses: LightningCLI's model/data/trainer options plus ``--optimizer``.
+
+``--optimizer`` is LightningCLI's own optimizer argument (``class_path`` / ``init_args``, any
+``torch.optim.Optimizer`` subclass, its arguments checked against the class's signature and shown
+by ``--optimizer.help CLASS``), linked into the model's ``optimizer`` argument. A registered short
+name (``gnw``) may stand for a class path on the command line and in config files.
+
+Before jsonargparse sees an optimizer (``--optimizer VALUE`` or a config file's ``optimizer:``),
+it is expanded to its class path with every constructor argument spelled out: the user's values,
+then the short name's defaults, then the class's. jsonargparse keeps the arguments of the
+previous class that the new one also takes when the class changes, which would silently give
+``--optimizer my_opts.Lion`` Adam's tuned learning rate and betas; spelled-out arguments cannot
+be carried over. Every saved ``config.yaml`` so holds the class path and all its arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace, get_loader, set_loader
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_opt.data import NUM_CLASSES, MNIST1DDataModule
+from lightning_opt.models import resolve_net
+from lightning_opt.optim.registry import (
+    for_parser,
+    get_optimizer,
+    list_optimizers,
+    optimizer_config,
+    resolve_optimizer,
+    short_name_of,
+)
+from lightning_opt.optim.schedulers import SCHEDULER_BASES
+from lightning_opt.training.classifier import MNIST1DClassifier
+
+PARSER_MODE = "lightning_opt"  # YAML, with short optimizer names expanded
+DEFAULT_SAVE_DIR = "lightning_logs"  # under trainer.default_root_dir
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 50,  # the GNW-Adam seed note's final runs
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        # save_dir lightning_logs = <trainer.default_root_dir>/lightning_logs (./lightning_logs);
+        # name null = the optimizer's short name: lightning_logs/<optimizer>/version_N
+        "init_args": {"save_dir": "lightning_logs", "name": None, "default_hp_metric": False},
+    },
+}
+
+
+class UsageError(Exception):
+    """Bad input, found before anything ran: one line and exit code 2 on the command line."""
+
+
+class RunFailure(Exception):
+    """The machine or a service failed while a command ran (a damaged study database, a lost
+    server): one line and exit code 1; what finished before is kept."""
+
+
+def spell_out(value: Any) -> Any:
+    """An optimizer value as ``{class_path, init_args}`` with every argument spelled out (see
+    the module docstring); a value that does not name a class is left to jsonargparse's error."""
+    try:
+        return _lists(for_parser(resolve_optimizer(value)[1]))
+    except ValueError:
+        return value
+
+
+def _lists(value: Any) -> Any:
+    """Tuples as lists (what a YAML round trip gives), so dumped configs replay unchanged."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def spell_out_net(value: Any) -> Any:
+    """A net value (short name, class path, mapping) as ``{class_path, init_args}`` with every
+    argument spelled out, for the reason the optimizer's are; else left to jsonargparse."""
+    try:
+        return _lists(resolve_net(value)[1])
+    except ValueError:
+        return value
+
+
+def expand_config(value: Any) -> Any:
+    """A loaded config file with its ``optimizer`` and ``model.net`` spelled out."""
+    if isinstance(value, dict) and value.get("optimizer") is not None:
+        value = {**value, "optimizer": spell_out(value["optimizer"])}
+    model = value.get("model") if isinstance(value, dict) else None
+    if isinstance(model, dict) and model.get("net") is not None:
+        value = {**value, "model": {**model, "net": spell_out_net(model["net"])}}
+    return value
+
+
+def _load(text: str) -> Any:
+    return expand_config(get_loader("yaml")(text))
+
+
+set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
+
+
+def expand_argv(args: Sequence[str]) -> list[str]:
+    """``--optimizer VALUE`` and ``--model.net VALUE`` (or ``=VALUE``) spelled out (see the
+    module docstring)."""
+    out = list(args)
+    flags = (
+        ("--optimizer", _expand_value),
+        ("--model.net", _expand_net),
+        ("--model.net.help", _net_class_path),
+    )
+    for flag, expand in flags:
+        for i, arg in enumerate(out):
+            if arg == flag and i + 1 < len(out):
+                out[i + 1] = expand(out[i + 1])
+            elif arg.startswith(flag + "="):
+                out[i] = f"{flag}=" + expand(arg.split("=", 1)[1])
+    return out
+
+
+def net_class_path(value: Any) -> Any:
+    """A net's canonical class path (a short name, a class path or ``{class_path, init_args}``),
+    or ``value`` itself where it names no net."""
+    try:
+        return resolve_net(value)[1]["class_path"]
+    except (ValueError, TypeError):
+        return value
+
+
+def _net_class_path(text: str) -> str:
+    """A short name's class path (``--model.net.help cnn``); anything else as typed."""
+    if "." in text or text.startswith("-"):
+        return text
+    try:
+        return resolve_net(text)[1]["class_path"]
+    except ValueError as err:
+        raise UsageError(f"--model.net.help: {err}") from None
+
+
+def with_checkpoint_settings(args: Sequence[str]) -> list[str]:
+    """``args`` plus the checkpoint's ``--optimizer`` and ``--model.net`` when ``--ckpt_path``
+    names one and the command line sets neither itself.
+
+    LightningCLI gives a checkpoint's hyperparameters to the model's arguments, but the model's
+    ``optimizer`` is linked from ``--optimizer``, whose default (adam) would then replace the
+    checkpoint's: ``fit --ckpt_path`` of a Lion run would resume Adam from Lion's state.
+    """
+    out = list(args)
+    path = None
+    for i, arg in enumerate(out):
+        if arg == "--ckpt_path" and i + 1 < len(out):
+            path = out[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            path = arg.split("=", 1)[1]
+    given = any(a == "--optimizer" or a.startswith("--optimizer=") for a in out)
+    if not path or not Path(path).is_file():
+        return out
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a text file, a truncated file, an unsafe pickle
+        reason = " ".join(str(err).split())[:200]
+        raise UsageError(f"--ckpt_path {path} is not a readable checkpoint: {reason}") from None
+    optimizer = (checkpoint.get("hyper_parameters") or {}).get("optimizer")
+    if not given and isinstance(optimizer, dict) and "class_path" in optimizer:
+        out.append("--optimizer=" + json.dumps(_lists(optimizer)))
+    # The checkpoint's net, first: --model.net.ARG flags then apply to its class, not the default's.
+    net = (checkpoint.get("hyper_parameters") or {}).get("net")
+    net_given = any(a == "--model.net" or a.startswith("--model.net=") for a in out)
+    if not net_given and isinstance(net, dict) and "class_path" in net:
+        at = 1 if out and not out[0].startswith("-") else 0  # after the subcommand
+        out.insert(at, "--model.net=" + json.dumps(_lists(net)))
+    return out
+
+
+def _expand(text: str, flag: str, check: Any, spell: Any) -> str:
+    """``flag``'s value spelled out by ``spell``; a short name ``check`` refuses is one line."""
+    if text.startswith("-"):
+        return text  # the next option: the flag had no value, jsonargparse says so
+    loaded = get_loader("yaml")(text)
+    if isinstance(loaded, str) and "." not in loaded:
+        try:
+            check(loaded)
+        except ValueError as err:
+            raise UsageError(f"{flag}: {err}") from None
+    expanded = spell(loaded)
+    return text if expanded is loaded else json.dumps(expanded)
+
+
+def _expand_value(text: str) -> str:
+    return _expand(text, "--optimizer", optimizer_config, spell_out)
+
+
+def _expand_net(text: str) -> str:
+    return _expand(text, "--model.net", resolve_net, spell_out_net)
+
+
+def optimizer_dict(config: Any) -> dict[str, Any]:
+    """A parsed ``optimizer`` (Namespace or dict) as ``{"class_path", "init_args"}`` (its
+    ``dict_kwargs``, what only the class's ``**kwargs`` take, among the ``init_args``)."""
+    value = config.optimizer if hasattr(config, "optimizer") else config
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    init_args = {**dict(value.get("dict_kwargs") or {}), **dict(value.get("init_args") or {})}
+    return {"class_path": value["class_path"], "init_args": init_args}
+
+
+def run_name(config: Any) -> str:
+    """The optimizer's short name (or its class name, lowercase): logs and study names."""
+    return short_name_of(optimizer_dict(config)["class_path"])
+
+
+def summarize_argument_error(message: str) -> str:
+    """jsonargparse's error for a class's argument, which lists every type of a Union it tried,
+    cut to the line a person needs: the key, the class and what was wrong with the value.
+
+    ``Parser key "trainer.callbacks": Does not validate against any of the Union subtypes ...
+    Problem with given class_path 'X': Parser key "clip_factor": Expected a <class 'float'>. Got
+    value: abc ...`` becomes ``trainer.callbacks: X: clip_factor: expected a float, got abc``.
+    """
+    text = " ".join(message.split())
+    net = re.match(
+        r"Parser key \"model\.net\": .*?Option '(\w+)' is not accepted.*?class_path='([\w.]+)'",
+        text,
+    )
+    if net:  # the Callable type's words for an argument the net's class does not take
+        from lightning_opt.core.reflection import import_class
+        from lightning_opt.models import net_arguments
+
+        arg, class_path = net.groups()
+        takes = ", ".join(net_arguments(import_class(class_path))) or "nothing"
+        return f"--model.net.{arg}: {class_path.rsplit('.', 1)[-1]} takes no argument {arg!r} (it takes: {takes})"
+    outer = re.match(r'Parser key "([^"]+)": ', text)
+    ambiguous = re.search(r"(Multiple subclasses with name .*?)(?: - |$)", text)
+    if outer and ambiguous:
+        return f"{outer.group(1)}: {ambiguous.group(1).rstrip('.')}"
+    problems = re.findall(
+        r"Problem with given class_path '([^']+)': (.*?)(?= - Problem with| - Expected a <class"
+        r"| Given value type:|$)",
+        text,
+    )
+    if not outer or not problems:
+        return text
+    seen, parts = set(), []
+    for class_path, reason in problems:
+        if class_path.startswith("lightning.") and class_path.count(".") == 1:
+            continue  # the base class jsonargparse also tried (lightning.Callback)
+        reason = _short_reason(reason)
+        if (class_path, reason) not in seen:
+            seen.add((class_path, reason))
+            parts.append(f"{class_path}: {reason}")
+    return f"{outer.group(1)}: {'; '.join(parts)}" if parts else text
+
+
+def _short_reason(reason: str) -> str:
+    key = re.match(r'Parser key "([^"]+)": (.*)', reason)
+    if not key:
+        return reason.strip(" -")
+    name, rest = key.groups()
+    expected = (
+        re.search(r"Subtypes: \[<class '([\w.]+)'>", rest)
+        or re.search(r"Expected an? <class '([\w.]+)'>", rest)
+        or re.search(r"Expected an? typing\.(Literal\[[^\]]*\])", rest)
+    )
+    value = re.search(r"(?:Got|Given) value: (\S+)", rest) or re.search(
+        r"Expected a path but (\S+)", rest
+    )
+    if expected:
+        got = value.group(1) if value else "another value"
+        return f"{name}: expected {expected.group(1)}, got {got}"
+    return f"{name}: {rest.strip(' -')}"
+
+
+def place_loggers(config: Any) -> None:
+    """Where each configured logger writes, as in Lightning: a ``save_dir`` left at its default
+    (``lightning_logs``) goes under ``trainer.default_root_dir`` (``<root>/lightning_logs``), and a
+    ``name`` left unset is the optimizer's (``lightning_logs/<optimizer>/version_N``). Loggers
+    given as a list all count. (jsonargparse requires a logger's ``save_dir``, so the default is a
+    value, not null: one explicitly set to ``lightning_logs`` also follows ``default_root_dir``.)"""
+    loggers = config.trainer.get("logger")
+    if not loggers or isinstance(loggers, bool):
+        return
+    root = Path(config.trainer.get("default_root_dir") or "")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None:
+            continue
+        if "save_dir" in init_args and init_args.save_dir in (None, DEFAULT_SAVE_DIR):
+            init_args.save_dir = str(root / DEFAULT_SAVE_DIR)
+        if "name" in init_args and init_args.name is None:
+            init_args.name = run_name(config)
+
+
+def check_trainer_settings(trainer: Any, training: bool = True) -> None:
+    """Refuse Trainer settings the model cannot honour, before anything is built.
+
+    The model steps its optimizer itself (one step per minibatch, manual optimization), which
+    Lightning does not combine with its own gradient clipping or accumulation. A command that
+    trains (``training``) refuses a budget of nothing, which would save untrained weights as
+    the run's checkpoint.
+    """
+    for budget in ("max_epochs", "max_steps"):
+        if training and trainer.get(budget) == 0:
+            raise ValueError(
+                f"--trainer.{budget} 0 trains nothing (its checkpoint would hold the untrained "
+                "weights): give a positive number, or evaluate a checkpoint with validate/test"
+            )
+    if trainer.get("gradient_clip_val") not in (None, 0, 0.0):
+        raise ValueError(
+            "Trainer(gradient_clip_val=...) is not supported: the model steps its optimizer "
+            "itself (one step per minibatch); use the callback "
+            "lightning_opt.callbacks.FixedNormClipping with mode: global for the same rule"
+        )
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError(
+            "Trainer(accumulate_grad_batches=...) is not supported: the model takes one optimizer "
+            "step per minibatch; raise data.batch_size instead"
+        )
+
+
+def check_run_settings(config: Any) -> None:
+    """One line (``UsageError``) for settings that would fail deep inside a run: a seed numpy
+    cannot take, a file where a folder is expected."""
+    seed = config.get("seed_everything")
+    if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+        raise UsageError(
+            f"--seed_everything {seed}: a seed is an integer from 0 to {MAX_SEED} (or true: random)"
+        )
+    root = config.get("trainer", {}).get("default_root_dir")
+    if root and Path(root).exists() and not Path(root).is_dir():
+        raise UsageError(f"--trainer.default_root_dir {root} is a file; give a folder")
+
+
+class OptimizerCLI(LightningCLI):
+    """LightningCLI for ``MNIST1DClassifier`` on ``MNIST1DDataModule`` with ``--optimizer``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.add_optimizer_argument(parser)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self.argv = list(args) if isinstance(args, (list, tuple)) else []  # as typed
+        super().parse_arguments(parser, args)
+        config = self.config[self.config.subcommand] if "subcommand" in self.config else self.config
+        check_run_settings(config)  # before LightningCLI seeds anything or makes a folder
+
+    @staticmethod
+    def add_optimizer_argument(parser: LightningArgumentParser) -> None:
+        names = "; ".join(f"{n} ({get_optimizer(n).description})" for n in list_optimizers())
+        parser.add_subclass_arguments(
+            torch.optim.Optimizer,
+            "optimizer",
+            skip={"params", "model"},  # the model is the net, given by the model (LOMO)
+            instantiate=False,
+            fail_untyped=False,
+            required=False,
+            default=spell_out("adam"),
+            help="Any torch.optim.Optimizer subclass by class path (my_module.MyOptimizer), or a "
+            f"short name: {names}. Its arguments: --optimizer.ARG; list them with "
+            "--optimizer.help CLASS.",
+        )
+        parser.link_arguments("optimizer", "model.optimizer", compute_fn=_plain)
+        parser.add_subclass_arguments(
+            SCHEDULER_BASES,
+            "lr_scheduler",
+            skip={"optimizer"},
+            instantiate=False,
+            fail_untyped=False,
+            required=False,
+            default=None,
+            help="Any torch LR scheduler by class path (torch.optim.lr_scheduler.CosineAnnealingLR) "
+            "or ReduceLROnPlateau (on val/loss); its arguments: --lr_scheduler.ARG. Stepped at "
+            "the end of every epoch, or after every step with --model.lr_interval step.",
+        )
+        parser.link_arguments("lr_scheduler", "model.lr_scheduler", compute_fn=_plain)
+        # The net's input length and class count are the data's, never a default of the model.
+        parser.link_arguments("data", "model.input_size", compute_fn=_signal_length)
+        parser.link_arguments("data", "model.num_classes", compute_fn=_num_classes)
+        parser.set_defaults({"model.net": spell_out_net("mlp")})
+
+
+def _signal_length(data: Any) -> int:
+    return int(data.final_seq_length)
+
+
+def _num_classes(data: Any) -> int:
+    return NUM_CLASSES  # mnist1d's ten digit templates
+
+
+def _plain(value: Any) -> Any:
+    return _lists(value.as_dict() if isinstance(value, Namespace) else value)
+
+
+def check_config_files(args: Sequence[str]) -> None:
+    """A ``--config`` file that is not UTF-8 text (a binary, a checkpoint given by mistake) is one
+    line, not the decoder's traceback."""
+    for i, arg in enumerate(args):
+        path = None
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        if path is None or not Path(path).is_file():
+            continue  # jsonargparse names a missing file itself
+        try:
+            Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UsageError(
+                f"--config {path} is not a UTF-8 text file (byte {err.start}: {err.reason}); "
+                "give a YAML config"
+            ) from None
+
+
+def build_cli(cli_class: type[LightningCLI], args: Sequence[str] | None, **kwargs: Any) -> Any:
+    """``cli_class`` over the model and data with the project's defaults (``args``: a list)."""
+    if args is not None:
+        check_config_files(args)
+    args = expand_argv(with_checkpoint_settings(args)) if args is not None else None
+    with warnings.catch_warnings():
+        # args come from our own dispatcher, which has already read sys.argv
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return cli_class(
+            MNIST1DClassifier,
+            MNIST1DDataModule,
+            args=args,
+            seed_everything_default=0,
+            trainer_defaults=TRAINER_DEFAULTS,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, "parser_mode": PARSER_MODE},
+            **kwargs,
+        )

@@ -1,0 +1,353 @@
+"""``compare``: a seed note's experiment as one command, made sound.
+
+For each arm: tune on the validation split (the ``tune`` machinery, same budget and sampler seed
+for every arm), retrain the best hyperparameters over several seeds (each seed changes
+initialisation and data order, never the split), evaluate the untouched test set once per run,
+then report means with confidence intervals and the differences between arms.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser
+
+from lightning_opt.config.fingerprints import EXPERIMENT_KEYS, run_fingerprint
+from lightning_opt.config.parsing import UsageError, optimizer_dict, run_name
+from lightning_opt.core import signals
+from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.experiments.final_units import FinalUnits
+from lightning_opt.experiments.finals import FinalPart, net_record, run_finals
+from lightning_opt.experiments.plans import (
+    ArmPlan,
+    check_experiment_record,
+    experiment_settings,
+    plan_arms,
+)
+from lightning_opt.reports import page as report_page
+from lightning_opt.reports import summary as report
+from lightning_opt.reports import text as report_text
+from lightning_opt.runs.build import (
+    check_writable,
+    chunk_where_invisible,
+    clipping_callbacks,
+    is_clipping_entry,
+    quiet_lightning,
+    scheduler_dict,
+    with_values,
+)
+from lightning_opt.tuning.claims import original_number
+from lightning_opt.tuning.outputs import fit_config, write_config
+from lightning_opt.tuning.trials import resolve_search_space
+from lightning_opt.tuning.tune import TuneCLI, parse, run_studies_together, run_study
+
+
+class CompareCLI(TuneCLI):
+    """``tune``'s options plus the experiment's: arms, seeds, tuning epochs."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.set_defaults(output_dir="lightning_logs/compare")  # <output_dir>/<experiment>/
+        group = parser.add_argument_group("Experiment")
+        group.add_argument("--experiment", type=str, default="experiment",
+                           help="Name; outputs go to <output_dir>/<experiment>/.")  # fmt: skip
+        group.add_argument(
+            "--arms", type=list[dict[str, Any]], default=[],
+            help="Each arm: {name, optimizer (a short name, a class path or {class_path, "
+            "init_args}), lr_scheduler (the same; null: none), model: {...}, callbacks: [...], "
+            "search_space: [...]}.",
+        )  # fmt: skip
+        group.add_argument("--seeds", type=int, default=5,
+                           help="Final runs per arm, seeded seed_everything, +1, ...")  # fmt: skip
+        group.add_argument("--tune_max_epochs", type=int, default=25,
+                           help="Epochs per tuning trial (trainer.max_epochs: final runs).")  # fmt: skip
+        group.add_argument(
+            "--robustness", type=bool, default=True,
+            help="When tune_max_epochs differs from trainer.max_epochs, also re-tune each arm at "
+            "the finals' budget and re-run its finals (a robustness check of the verdict).",
+        )  # fmt: skip
+        group.add_argument(
+            "--population_finals", type=bool, default=True,
+            help="Train an arm's final seeds at once as one population (the same numbers as "
+            "separate runs, to float rounding); false: one run per seed.",
+        )  # fmt: skip
+        group.add_argument(
+            "--share_arms", type=bool, default=False,
+            help="Name each arm's studies by its settings (<arm>.<digest>) instead of "
+            "<experiment>.<arm>: experiments on one storage whose arm is identical (net, data, "
+            "budgets, optimizer, search space, trials, seeds' settings) share its tuning trials "
+            "and final runs, each trained once.",
+        )  # fmt: skip
+        group.add_argument(
+            "--shared_arms_dir", type=str | None, default=None,
+            help="With --share_arms and a --storage: where the shared arms' logs and "
+            "checkpoints go, a folder <arm>.<digest> per study (default "
+            "<output_dir>/shared_arms; one per storage); --overwrite never deletes them (other "
+            "experiments' results point at them).",
+        )  # fmt: skip
+
+
+def run_compare(args: list[str]) -> Path:
+    """``python -m lightning_opt compare --config EXPERIMENT.yaml``; the experiment directory."""
+    quiet_lightning()
+    cli = parse(args, CompareCLI)
+    config = cli.config
+    try:
+        plans = plan_arms(config, cli.parser)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    exp_dir = Path(config.output_dir) / config.experiment
+    try:
+        check_writable(exp_dir)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    check_experiment_record(
+        exp_dir, run_fingerprint(cli.parser, config), config.overwrite, plans, config.share_arms
+    )
+    data = MNIST1DDataModule(**config.data.as_dict())
+    data.prepare_data()
+
+    labelled = [(p.name, p.name, p) for p in plans]
+    labelled += [(p.name, f"{p.name}/retuned", p.retune) for p in plans if p.retune is not None]
+    plans_by_label = {label: plan for _, label, plan in labelled}
+    tuned = {}
+    for group in tuning_groups(cli.parser, labelled):
+        together = {}
+        if len(group) > 1:
+            epochs = sorted({plans_by_label[label].tune_cfg.trainer.max_epochs for label in group})
+            shown = " or ".join(map(str, epochs))
+            print(f"== arms {', '.join(group)}: tuning together ({shown} epochs a trial)")
+            entries = [(label, plans_by_label[label].tune_cfg, plans_by_label[label].options)
+                       for label in group]  # fmt: skip
+            together = run_studies_together(entries, data)
+        for label in group:
+            plan = plans_by_label[label]
+            tuned[label] = tune_arm(cli.parser, config, plan, label, data, together.get(label))
+    try:
+        # Final runs that other processes sharing the storage are training are waited for only
+        # after this process's own: meanwhile it trains the next group's.
+        runs, pending = {}, []
+        for group in final_groups(cli.parser, labelled):
+            done = run_finals(
+                [tuned[label].part for label in group], data,
+                tuned[group[0]].plan.population_finals, wait=False,
+            )  # fmt: skip
+            if done is None:
+                print(f"== final runs of {', '.join(group)} in another process; coming back "
+                      "to them", flush=True)  # fmt: skip
+                pending.append(group)
+            runs.update(done or {})
+        for group in pending:
+            parts = [tuned[label].part for label in group]
+            runs.update(run_finals(parts, data, tuned[group[0]].plan.population_finals))
+    except KeyboardInterrupt:  # in the finals (tuning says so itself and exits)
+        print(
+            "interrupted: finished tuning trials and final runs are kept; run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(signals.interrupt_exit_code())
+    summary: dict[str, Any] = {}
+    for name, label, _ in labelled:
+        arm = summarize_arm(cli.parser, config, tuned[label], runs[label])
+        if label == name:
+            summary[name] = arm
+        else:  # the robustness check: tuned at the finals' budget
+            summary[name]["retuned"] = arm
+    results = report.summarize(config.experiment, summary, experiment_settings(config))
+    report_page.write_all(exp_dir, results)
+    print(report_text.markdown_table(results))
+    for line in results["verdicts"]:
+        print(line)
+    for line in results.get("warnings", []):
+        print(f"warning: {line}")
+    print(
+        f"report: {exp_dir / 'results.md'}, {exp_dir / 'comparison.html'}, {exp_dir / 'comparison.png'}"
+    )
+    return exp_dir
+
+
+@dataclass(frozen=True)
+class TunedArm:
+    """An arm (or an arm re-tuned) after its tuning: the study, its best trial, and its final
+    runs to train (``part``)."""
+
+    label: str
+    plan: ArmPlan
+    study: Any
+    completed: list[Any]
+    best: Any
+    part: FinalPart
+
+
+def tune_arm(
+    parser: LightningArgumentParser, config: Any, plan: ArmPlan, label: str,
+    data: MNIST1DDataModule, study: Any = None,
+) -> TunedArm:  # fmt: skip
+    """Tune one arm (``label``: where its finals go under the experiment, ``<arm>`` or
+    ``<arm>/retuned``), unless ``study`` is its study already tuned, and open the units of its
+    final runs."""
+    if study is None:
+        epochs = plan.tune_cfg.trainer.max_epochs
+        print(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
+        study = run_study(plan.tune_cfg, plan.options)
+    completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
+    if not completed:
+        raise ValueError(f"arm {label!r}: no tuning trial completed; widen the search space")
+    best = study.best_trial
+    print(f"== arm {label}: {config.seeds} final runs x {config.trainer.max_epochs} epochs "
+          f"with {best.params}")  # fmt: skip
+    tuned_cfg = with_values(plan.final_cfg, best.params)
+    seeds = [config.seed_everything + s for s in range(config.seeds)]
+    chunk_where_invisible(tuned_cfg, data)  # the arm's own callbacks decide
+    fingerprint = run_fingerprint(parser, tuned_cfg, drop=EXPERIMENT_KEYS)  # a seed's numbers
+    try:
+        units = FinalUnits.open(plan.options, seeds, fingerprint)
+    except ValueError as err:  # a finals study of other settings
+        raise UsageError(str(err)) from None
+    return TunedArm(
+        label, plan, study, completed, best, FinalPart(label, tuned_cfg, best.params, units)
+    )
+
+
+def final_groups(
+    parser: LightningArgumentParser, labelled: list[tuple[str, str, ArmPlan]]
+) -> list[list[str]]:
+    """The labels whose final runs train together: those with population finals whose final
+    configs differ only in the optimizer, the LR scheduler, the clipping rule and the tuned
+    values (arms of one net, data and budget, each re-tuned one beside its arm), each such
+    group one population (``runs.build_mixed_population``: each member group clips by its own
+    rule); every other label alone. Members with a scheduler must step it alike."""
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for _, label, plan in labelled:
+        key = label
+        if plan.population_finals:
+            key = _population_key(parser, plan.final_cfg)
+        groups.setdefault(key, []).append((label, plan.final_cfg))
+    return [g for group in groups.values() for g in _by_interval(group)]
+
+
+def _by_interval(group: list[tuple[str, Any]]) -> list[list[str]]:
+    """``group``'s labels split so that the members with an LR scheduler in each step it at
+    one interval (a population steps its schedulers alike); members without one join the
+    first."""
+    intervals: dict[Any, list[str]] = {}
+    for label, cfg in group:
+        if scheduler_dict(cfg) is not None:
+            intervals.setdefault(cfg.model.get("lr_interval", "epoch"), []).append(label)
+    unscheduled = [label for label, cfg in group if scheduler_dict(cfg) is None]
+    split = list(intervals.values()) or [[]]
+    split[0] = unscheduled + split[0]
+    order = [label for label, _ in group]
+    return [sorted(labels, key=order.index) for labels in split]
+
+
+def _population_key(parser: LightningArgumentParser, cfg: Any, budgets: bool = False) -> str:
+    """What runs of ``cfg`` share with every run of one population: all settings but the
+    optimizer, the LR scheduler, the clipping rule (each member group clips by its own) and the
+    search space (with ``budgets``, the epochs too: each member ends at its own); when the
+    members' schedulers step is split apart afterwards (``_by_interval``)."""
+    drop = (*EXPERIMENT_KEYS, "search_space", "optimizer", "lr_scheduler", "model.lr_interval")
+    if budgets and cfg.trainer.get("max_steps") in (None, -1):
+        drop += ("trainer.max_epochs",)
+    settings = run_fingerprint(parser, cfg, drop=drop)
+    trainer = settings.get("trainer") or {}
+    trainer["callbacks"] = [c for c in trainer.get("callbacks") or []
+                            if not is_clipping_entry(c)]  # fmt: skip
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def tuning_groups(
+    parser: LightningArgumentParser, labelled: list[tuple[str, str, ArmPlan]]
+) -> list[list[str]]:
+    """The labels whose tuning trials train together (``tune.run_studies_together``): those
+    tuned as populations by one worker whose tuning configs differ only in the optimizer, the
+    LR scheduler, the clipping rule, the search space and the epochs (arms on one net and
+    data, each re-tuned one beside them), if one population of them builds at the ends of
+    their search spaces; every other label alone."""
+    groups: dict[str, list[tuple[str, ArmPlan]]] = {}
+    for _, label, plan in labelled:
+        key = label
+        if plan.options.population > 1 and plan.options.n_workers == 1:
+            key = _population_key(parser, plan.tune_cfg, budgets=True)
+        groups.setdefault(key, []).append((label, plan))
+    out = []
+    for whole in groups.values():
+        plans = dict(whole)
+        for group in _by_interval([(label, plan.tune_cfg) for label, plan in whole]):
+            if len(group) > 1 and not _builds_together(group, [plans[label] for label in group]):
+                out += [[label] for label in group]
+            else:
+                out.append(group)
+    return out
+
+
+def _builds_together(labels: list[str], plans: list[ArmPlan]) -> bool:
+    """Whether one population of every plan's trials builds, at each end of the search spaces
+    (the check ``check_study`` makes for one study's population)."""
+    from lightning_opt.runs.build import plan_mixed_population, trainer_arguments
+
+    for end in (0, 1):
+        members = []
+        for plan in plans:
+            values = {p.name: p.ends()[end] for p in resolve_search_space(plan.tune_cfg)}
+            members.append((plan.tune_cfg, values))
+        try:
+            model = plan_mixed_population(members, [0] * len(members))
+            model.check_clipping(trainer_arguments(plans[0].tune_cfg)["callbacks"])
+        except ValueError as err:
+            print(f"arms {', '.join(labels)} tune one population each ({err})", flush=True)
+            return False
+    return True
+
+
+def summarize_arm(
+    parser: LightningArgumentParser, config: Any, arm: TunedArm, runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """An arm's tuning and final runs as results.json records them; each final run's fit
+    config written next to its checkpoint (where it ran)."""
+    tuned_cfg, label, study, completed = arm.part.cfg, arm.label, arm.study, arm.completed
+    dumped = fit_config(parser, tuned_cfg)  # once: the seeds' configs differ in their seed alone
+    whose = f"of experiment {config.experiment!r}"
+    if config.share_arms:  # the same run for every experiment that shares it
+        whose = f"(study {arm.plan.options.study_name!r}, shared by arm settings)"
+    for run in runs:
+        if not Path(run["log_dir"]).is_dir():
+            continue
+        header = (
+            f"# Final run of arm {label!r} {whose}, seed "
+            f"{run['seed']}.\n# Its weights: python -m lightning_opt test --config "
+            f"{run['log_dir']}/config.yaml --ckpt_path {run['checkpoint']}\n"
+        )
+        seed_cfg = {**dumped, "seed_everything": run["seed"]}
+        write_config(seed_cfg, Path(run["log_dir"]) / "config.yaml", header)
+    # In the order, and under the numbers, of an uninterrupted study: a re-run stands for the
+    # trial it replaces.
+    values = [t.value for t in sorted(completed, key=original_number)]
+    return {
+        "optimizer": run_name(tuned_cfg),
+        "optimizer_class": optimizer_dict(tuned_cfg)["class_path"],
+        "net": net_record(tuned_cfg),
+        "lr_scheduler": (scheduler_dict(tuned_cfg) or {}).get("class_path"),
+        "clipping": [
+            c.class_path.rsplit(".", 1)[-1]
+            for c in tuned_cfg.trainer.callbacks
+            if c in clipping_callbacks(tuned_cfg)
+        ],
+        "tuned": arm.best.params,
+        "tune_max_epochs": arm.plan.tune_cfg.trainer.max_epochs,
+        "tuning": {
+            "study": arm.plan.options.study_name,
+            "best_trial": original_number(arm.best),
+            "best_val_loss": arm.best.value,
+            "complete": len(completed),
+            "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+            "values": values,
+            "search_space": [p.as_dict() for p in resolve_search_space(arm.plan.tune_cfg)],
+        },
+        "runs": runs,
+    }

@@ -1,0 +1,291 @@
+"""Optuna studies that end with exactly ``n_trials`` finished trials, however many workers run.
+
+The launcher enqueues exactly the missing number of WAITING trials; workers only *claim* those
+(never ``study.ask()``, which would create extra trials when two workers race). A trial whose
+worker died is marked failed by the heartbeat (database storages) and re-enqueued by Optuna's
+``RetryHeartbeatStaleTrialCallback``, so another worker runs it again.
+
+Every error is one ``ValueError`` line, and no line shows a password (the storage itself:
+``lightning_opt.tuning.storage``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+from lightning_opt.tuning.storage import has_heartbeat, retry_races
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_SPACE_ATTR = "lightning_opt:search_space"
+_OBJECTIVE_ATTR = "lightning_opt:objective"
+
+
+def open_study(
+    storage: BaseStorage,
+    name: str,
+    search_space: Sequence[Any],
+    objective: str,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create or load study ``name``; refuse one whose direction or search space differs.
+
+    Launchers that create the same new study at the same moment all get it: the ones that lose
+    the race load the winner's study and check it like any existing one.
+    """
+    wanted = json.dumps([p.as_dict() for p in search_space], sort_keys=True)
+
+    def load() -> optuna.Study:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+    def create_or_load() -> optuna.Study:
+        try:
+            study = load()
+        except KeyError:  # no such study yet
+            try:
+                study = optuna.create_study(
+                    storage=storage, study_name=name, direction="minimize", sampler=sampler,
+                    pruner=pruner,
+                )  # fmt: skip
+            except optuna.exceptions.DuplicatedStudyError:  # another launcher created it now
+                study = load()
+                _wait_for_settings(study)
+            else:
+                study.set_user_attr(_SPACE_ATTR, wanted)
+                study.set_user_attr(_OBJECTIVE_ATTR, objective)
+                return study
+        _check_settings(study, name, wanted, objective)
+        return study
+
+    return retry_races(create_or_load, getattr(storage, "url", None))
+
+
+def _wait_for_settings(study: optuna.Study, timeout: float = 10.0) -> None:
+    """Wait until the launcher that just created ``study`` has recorded its settings."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        attrs = study.user_attrs
+        if _SPACE_ATTR in attrs and _OBJECTIVE_ATTR in attrs:
+            return
+        time.sleep(0.05)
+
+
+def _check_settings(study: optuna.Study, name: str, wanted: str, objective: str) -> None:
+    directions = study.directions
+    if directions != [optuna.study.StudyDirection.MINIMIZE]:
+        shown = ", ".join(d.name for d in directions)
+        raise ValueError(
+            f"study {name!r} exists with direction {shown}; tune minimizes "
+            "val/loss: choose another --study_name"
+        )
+    attrs = study.user_attrs
+    for attr, value, what in (
+        (_SPACE_ATTR, wanted, "search space"),
+        (_OBJECTIVE_ATTR, objective, "objective"),
+    ):
+        stored = attrs.get(attr)
+        if stored is not None and stored != value:
+            raise ValueError(
+                f"study {name!r} exists with another {what} ({stored}); asked for {value}: "
+                "choose another --study_name or use the original settings"
+            )
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = dict.fromkeys(TrialState, 0)
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts
+
+
+def top_up(study: optuna.Study, n_trials: int, storage: BaseStorage | None = None) -> int:
+    """Enqueue WAITING trials until finished + running + waiting == ``n_trials``; how many.
+
+    With the study's SQLite ``storage`` the count and the enqueueing hold its claim lock, so
+    two launchers starting at once plan ``n_trials`` between them; on a server database both may
+    top up at once, and the surplus stays WAITING, never claimed (``claim_waiting_trial``)."""
+    with sqlite_lock(storage):
+        counts = count_states(study)
+        planned = sum(counts[s] for s in (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
+        missing = max(0, n_trials - planned)
+        for _ in range(missing):
+            study.enqueue_trial({})  # the sampler fills every parameter when a worker claims it
+    return missing
+
+
+def original_number(trial: optuna.trial.FrozenTrial) -> int:
+    """The number of the trial that ``trial`` re-runs, through any chain of re-runs (enqueued by
+    ``tune.retry_interrupted`` as ``retry_of``, or by Optuna's heartbeat retry); its own number
+    if it is no re-run. A re-run samples, sorts and is reported as that trial."""
+    if "retry_of" in trial.user_attrs:
+        return int(trial.user_attrs["retry_of"])
+    history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    return history[0] if history else trial.number
+
+
+def claim_waiting_trial(
+    study: optuna.Study, storage: BaseStorage, n_trials: int, sampler_seed: int | None = None
+) -> tuple[optuna.Trial, int] | None:
+    """Atomically take a WAITING trial (WAITING -> RUNNING): ``(trial, trial_id)`` or ``None``.
+
+    Only trials among the first ``n_trials`` that can still finish are claimed: if two launchers
+    topped up the study at once, the surplus stays WAITING and is never run.
+
+    With ``sampler_seed`` the TPE sampler is reseeded with ``sampler_seed + trial number``: one
+    worker's suggestions are reproducible, and workers on other machines do not repeat them.
+    """
+
+    def reseed(frozen: optuna.trial.FrozenTrial) -> None:
+        if sampler_seed is not None:  # a re-run samples as the trial it replaces would have
+            study.sampler = optuna.samplers.TPESampler(
+                seed=sampler_seed + original_number(frozen), constant_liar=True
+            )
+
+    def first_n(live: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        return live[:n_trials]
+
+    with sqlite_lock(storage) as serialized:
+        return _claim(study, storage, first_n, reseed, serialized)
+
+
+def claim_waiting_unit(
+    study: optuna.Study, storage: BaseStorage, key: str, values: Sequence[Any]
+) -> tuple[optuna.Trial, int] | None:
+    """``claim_waiting_trial`` for a study of planned units (final runs), one per value of the
+    user attribute ``key`` (a seed) among ``values``: only the first trial that can still finish
+    of each value is claimed, so two launchers that enqueued the same unit at once run it once."""
+
+    def first_of_each(live: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        seen, first = set(), []
+        for frozen in live:
+            if frozen.user_attrs.get(key) in values and frozen.user_attrs.get(key) not in seen:
+                seen.add(frozen.user_attrs.get(key))
+                first.append(frozen)
+        return first
+
+    with sqlite_lock(storage) as serialized:
+        return _claim(study, storage, first_of_each, lambda frozen: None, serialized)
+
+
+@contextlib.contextmanager
+def sqlite_lock(storage: BaseStorage | None) -> Iterator[bool]:
+    """SQLite ignores ``SELECT ... FOR UPDATE``, so two processes could claim the same trial:
+    serialise claims (and plans: ``top_up``, the final units') with a lock file next to the
+    database (PostgreSQL and MySQL lock the row); whether they are serialised."""
+    url = getattr(storage, "url", "") if storage is not None else ""
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        yield False
+        return
+    with open(url.split(":///", 1)[1] + ".claim.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_HOST = socket.gethostname()
+
+
+def worker_id() -> str:
+    """This process, as a trial's ``worker`` attribute records it."""
+    return f"{_HOST}:{os.getpid()}"
+
+
+def killed_here(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` is RUNNING for a process of this machine that is gone (killed)."""
+    owner_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    return (
+        trial.state == TrialState.RUNNING
+        and owner_host == _HOST
+        and pid.isdigit()
+        and int(pid) != os.getpid()
+        and not _alive(int(pid))
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(
+    study: optuna.Study,
+    storage: BaseStorage,
+    claimable: Callable[[list[optuna.trial.FrozenTrial]], list[optuna.trial.FrozenTrial]],
+    on_claim: Callable[[optuna.trial.FrozenTrial], None],
+    serialized: bool = False,
+) -> tuple[optuna.Trial, int] | None:
+    """Claim the first WAITING trial of those ``claimable`` keeps of the live ones. A process
+    killed at any point of a claim leaves a trial that comes back: still WAITING, or RUNNING with
+    a heartbeat (found stale by Optuna) and, where claims are serialised (no rival can win the
+    trial meanwhile), its worker recorded (re-run at the next launch on this machine,
+    ``tune.retry_interrupted``)."""
+    worker = worker_id()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+    for frozen in claimable(study.get_trials(deepcopy=False, states=live)):  # by number
+        if frozen.state != TrialState.WAITING:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            if has_heartbeat(storage):
+                # Before it runs: a RUNNING trial without any heartbeat is never found stale.
+                storage.record_heartbeat(trial_id)
+            if serialized:
+                storage.set_trial_user_attr(trial_id, "worker", worker)
+            if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                if not serialized:  # only now: a rival may have won the trial
+                    storage.set_trial_user_attr(trial_id, "worker", worker)
+                on_claim(frozen)
+                return optuna.Trial(study, trial_id), trial_id
+    return None
+
+
+@contextlib.contextmanager
+def heartbeats(storage: BaseStorage, trial_ids: Sequence[int], interval: int) -> Iterator[None]:
+    """``heartbeat`` for every trial of a batch (a population) while the block runs."""
+    with contextlib.ExitStack() as stack:
+        for trial_id in trial_ids:
+            stack.enter_context(heartbeat(storage, trial_id, interval))
+        yield
+
+
+@contextlib.contextmanager
+def heartbeat(storage: BaseStorage, trial_id: int, interval: int) -> Iterator[None]:
+    """Record the trial's heartbeat every ``interval`` s while the block runs (database storages)."""
+    if not has_heartbeat(storage):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

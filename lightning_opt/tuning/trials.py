@@ -1,0 +1,400 @@
+"""The trials of a study: their options, search space, hyperparameters and how each one runs.
+
+A trial is the ``fit`` its config describes with the sampled values set where they belong (the
+optimizer's or a clipping callback's constructor argument, see ``runs.settable``); ``--population
+K`` trains K trials at once as one population, each reporting to its own Optuna trial.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from optuna.trial import TrialState
+from typing_extensions import override
+
+from lightning_opt.config.parsing import optimizer_dict, run_name
+from lightning_opt.core.names import check_name
+from lightning_opt.core.search_space import SearchParam, parse_search_space
+from lightning_opt.data import MNIST1DDataModule
+from lightning_opt.optim.registry import (
+    default_search_space,
+    hashable,
+    optimizer_class,
+    unset_values,
+)
+from lightning_opt.runs.build import (
+    build_mixed_population,
+    build_model,
+    build_trainer,
+    callback_class,
+    chunk_where_invisible,
+    clipping_callbacks,
+    flags,
+    run_loggers,
+    save_final_checkpoint,
+    save_member_checkpoint,
+    settable,
+    with_values,
+)
+from lightning_opt.training.loop import NonFiniteLossError
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """The study's settings (the rest of the command line is the ``fit`` config of a trial)."""
+
+    n_trials: int
+    n_workers: int
+    storage: str
+    study_name: str
+    seed: int
+    pruner: str
+    objective: str
+    output_dir: str
+    heartbeat_interval: int
+    grace_period: int | None
+    max_retry: int
+    population: int = 1
+    overwrite: bool = False
+    connect_timeout: int = 10
+    #: Everything that determines the trials' values (see ``tune.run_fingerprint``).
+    fingerprint: dict[str, Any] | None = None
+    #: The folder of the trials' logs under ``output_dir`` (default: the study's name).
+    log_dir_name: str | None = None
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.output_dir) / (self.log_dir_name or self.study_name)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one trial came to, however it trained (alone or as a population member): the state
+    the study is told, its objective value (``None`` unless complete) and the line printed."""
+
+    state: TrialState
+    value: float | None
+    note: str
+
+
+def default_study_name(config: Any) -> str:
+    """The optimizer's short name, then each clipping rule's ``short_name`` (adam-wnclip)."""
+    clip = [callback_class(cb).short_name for cb in clipping_callbacks(config)]
+    return "-".join([run_name(config), *clip])
+
+
+def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
+    """The config's ``search_space``, else the defaults of the optimizer and clipping callback.
+
+    Every name must be something the trial can set: a constructor argument of the optimizer or
+    of a clipping callback.
+    """
+    cls = optimizer_class(optimizer_dict(config))
+    clippers = [callback_class(cb) for cb in clipping_callbacks(config)]
+    if config.search_space is not None:
+        space = parse_search_space(config.search_space)
+    else:
+        space = (*default_search_space(cls), *(p for c in clippers for p in c.search_space))
+        _check_not_set(config, space)
+    where = settable(config)
+    switches = flags(cls)
+    for param in space:
+        if param.name in switches and param.choices is None:
+            raise ValueError(
+                f"search space parameter {param.name!r} is a flag of {cls.__name__}: give "
+                f"choices: [true, false], not a range"
+            )
+        if param.name not in where:
+            raise ValueError(
+                f"search space parameter {param.name!r} is not an argument of "
+                f"{cls.__name__} or of a clipping callback; choose from: "
+                f"{', '.join(sorted(where))}"
+            )
+    if not space:
+        raise ValueError("the search space is empty: give search_space entries in the config")
+    return space
+
+
+def _check_not_set(config: Any, space: tuple[SearchParam, ...]) -> None:
+    """Refuse an optimizer argument the config sets that the default search space would
+    replace: set means other than the class's default (or a short name's). A clipping rule's
+    arguments are exempt: its entry must be buildable, so a searched one holds a placeholder."""
+    optimizer = optimizer_dict(config)
+    init_args, unset = optimizer["init_args"], unset_values(optimizer["class_path"])
+    for param in space:
+        value = init_args.get(param.name)
+        if param.name in unset and hashable(value) not in unset[param.name]:
+            raise ValueError(
+                f"--optimizer.{param.name} {value} is set, and the default search space searches "
+                f"{param.name} ({_range(param)}), which would replace it: "
+                f"leave it out to search it, or give search_space entries without "
+                f"{param.name} to keep it fixed"
+            )
+
+
+def _range(param: SearchParam) -> str:
+    if param.choices is not None:
+        return "choices " + ", ".join(map(str, param.choices))
+    return f"{param.low:g} to {param.high:g}"
+
+
+def options_from_config(config: Any) -> TuneOptions:
+    for key in ("n_trials", "n_workers", "population"):
+        if config[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {config[key]}")
+    if config.heartbeat_interval < 1:
+        raise ValueError(f"heartbeat_interval must be >= 1 second, got {config.heartbeat_interval}")
+    if config.grace_period is not None and config.grace_period <= config.heartbeat_interval:
+        raise ValueError(
+            f"grace_period must be longer than heartbeat_interval ({config.heartbeat_interval}), "
+            f"got {config.grace_period}"
+        )
+    if isinstance(config.seed, bool) or not 0 <= config.seed < 2**32:
+        raise ValueError(
+            f"--seed {config.seed}: the sampler's seed is an integer from 0 to 2**32 - 1"
+        )
+    if config.connect_timeout < 1:
+        raise ValueError(f"connect_timeout must be >= 1 second, got {config.connect_timeout}")
+    if config.max_retry < 0:
+        raise ValueError(f"max_retry must be >= 0, got {config.max_retry}")
+    return TuneOptions(
+        n_trials=config.n_trials,
+        n_workers=config.n_workers,
+        storage=config.storage or f"sqlite:///{config.output_dir}/optuna.db",
+        study_name=(
+            default_study_name(config)
+            if config.study_name is None
+            else check_name("study", config.study_name, "--study_name")
+        ),
+        seed=config.seed,
+        pruner=config.pruner,
+        objective=config.objective,
+        output_dir=config.output_dir,
+        heartbeat_interval=config.heartbeat_interval,
+        grace_period=config.grace_period,
+        max_retry=config.max_retry,
+        population=config.population,
+        overwrite=config.overwrite,
+        connect_timeout=config.connect_timeout,
+    )
+
+
+#: The median pruner prunes nothing until this many trials have completed.
+MEDIAN_STARTUP_TRIALS = 3
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def format_params(params: dict[str, float]) -> str:
+    return " ".join(f"{k}={_shown(v)}" for k, v in sorted(params.items()))
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class TrialRunner:
+    """Runs the trials one worker claims; the data is generated and split once per worker."""
+
+    def __init__(
+        self, config: Any, options: TuneOptions, data: MNIST1DDataModule | None = None,
+        label: str | None = None, storage: Any = None,
+    ) -> None:  # fmt: skip
+        self.config, self.options = config, options
+        self.storage = storage  # the study's, where the worker opened it
+        self.space = resolve_search_space(config)
+        if data is None:
+            data = MNIST1DDataModule(**config.data.as_dict())
+            data.prepare_data()
+        self.data = data
+        chunk_where_invisible(config, self.data)  # every trial of a study has the same settings
+        #: Printed before each trial's line where trials of several studies train together.
+        self.label = label
+        self.trainer: Trainer | None = None
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the running trial at the next batch (never inside a database write)."""
+        self.interrupted = True
+        if self.trainer is not None:
+            self.trainer.should_stop = True
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, float]:
+        """Sample the trial's hyperparameters and record where it logs."""
+        trial.set_user_attr("log_dir", str(self.options.study_dir / f"trial_{trial.number}"))
+        return {p.name: p.suggest(trial) for p in self.space}
+
+    def _loggers(self, trial: optuna.Trial) -> list[Any]:
+        """The configured loggers (``trainer.logger``), writing to ``<study>/trial_<n>/``."""
+        return run_loggers(self.config, self.options.study_dir, f"trial_{trial.number}")
+
+    def _log_dir(self, trial: optuna.Trial) -> Path:
+        return self.options.study_dir / f"trial_{trial.number}"
+
+    def run_trials(
+        self, trials: list[optuna.Trial], params: list[dict[str, float]]
+    ) -> list[TrialOutcome]:
+        """The one entry for the trials a worker claimed: each trial's outcome. One trial at a
+        time is the ``fit`` its config describes (``run``); with ``--population K`` the K train
+        as one population (``run_population``), each exactly its own run."""
+        if self.options.population == 1:
+            return [self.run(trial, p) for trial, p in zip(trials, params, strict=True)]
+        return self.run_population(trials, params)
+
+    def _report(
+        self, trial: optuna.Trial, params: dict[str, float], outcome: TrialOutcome, timing: str
+    ) -> TrialOutcome:
+        shown = f"{self.label} trial" if self.label else "trial"
+        print(f"{shown} {trial.number:>3}  {format_params(params)}  {outcome.note}  ({timing})",
+              flush=True)  # fmt: skip
+        return outcome
+
+    def run_population(
+        self, trials: list[optuna.Trial], params: list[dict[str, float]]
+    ) -> list[TrialOutcome]:
+        """Train ``trials`` as one population; each trial's outcome, as ``run`` gives it."""
+        return run_trial_population(
+            self, [(self, t, p) for t, p in zip(trials, params, strict=True)]
+        )
+
+    def run(self, trial: optuna.Trial, params: dict[str, float]) -> TrialOutcome:
+        """Train ``trial`` alone: the ``fit`` of its config with its values set."""
+        cfg = with_values(self.config, params)
+        seed_everything(cfg.seed_everything, verbose=False)  # as `fit` does before building
+        model = build_model(cfg)
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        pruning = PyTorchLightningPruningCallback(trial, monitor="val/loss")
+        trainer = self.trainer = build_trainer(cfg, self._loggers(trial) or False, [pruning])
+        start = time.perf_counter()
+        state, value, note = TrialState.COMPLETE, None, ""
+        try:
+            trainer.fit(model, datamodule=self.data)
+        except optuna.TrialPruned:
+            state, note = TrialState.PRUNED, f"pruned at epoch {trainer.current_epoch}"
+        except NonFiniteLossError as err:
+            state, note = TrialState.PRUNED, str(err)
+        finally:
+            self.trainer = None
+        if self.interrupted:
+            raise KeyboardInterrupt
+        if model.first_nonfinite_step is not None:
+            trial.set_user_attr("pruned_reason", "non-finite training loss")
+            note = note or "non-finite loss"
+        if state == TrialState.COMPLETE:
+            final = trainer.callback_metrics.get("val/loss")
+            value = model.best_val_loss if self.options.objective == "best" else float(final)
+            note = f"val/loss {value:.4f}"
+            trial.set_user_attr("checkpoint", save_final_checkpoint(trainer, self._log_dir(trial)))
+        elapsed = time.perf_counter() - start
+        return self._report(trial, params, TrialOutcome(state, value, note), f"{elapsed:.1f} s")
+
+
+#: A trial of a population: the runner of its study, the trial and its sampled values.
+TrialMember = tuple["TrialRunner", optuna.Trial, dict[str, float]]
+
+
+def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> list[TrialOutcome]:
+    """Train ``members`` as one population, each exactly its own trial's run: trials of one
+    study, or of several whose configs differ only in their optimizer, LR scheduler and values
+    (``runs.build_mixed_population``); ``driver``'s config gives the trainer and the data, and
+    ``driver.interrupt`` stops it. Each trial's outcome, as ``TrialRunner.run`` gives it."""
+    epochs = [runner.config.trainer.max_epochs for runner, _, _ in members]
+    # The longest budget's config gives the trainer; each member ends at its own last epoch.
+    config = members[epochs.index(max(epochs))][0].config
+    seed = config.seed_everything
+    seed_everything(seed, verbose=False)
+    entries = [(runner.config, p) for runner, _, p in members]
+    model = build_mixed_population(entries, [seed] * len(members))
+    if len(set(epochs)) > 1:
+        model.member_epochs = epochs
+    trials = [trial for _, trial, _ in members]
+    model.member_loggers = [runner._loggers(trial) for runner, trial, _ in members]
+    pruning = PopulationPruning(trials, [runner.storage for runner, _, _ in members])
+    trainer = driver.trainer = build_trainer(config, False, [pruning])
+    start = time.perf_counter()
+    try:
+        trainer.fit(model, datamodule=driver.data)
+    except NonFiniteLossError:
+        pass  # every member is dropped; each one's reason is in model.dropped
+    finally:
+        driver.trainer = None
+    if driver.interrupted:
+        raise KeyboardInterrupt
+    elapsed = time.perf_counter() - start
+    outcomes = []
+    for member, (runner, trial, p) in enumerate(members):
+        losses = model.history[member]["val/loss"]
+        reason = model.dropped.get(member)
+        if reason is None:
+            state = TrialState.COMPLETE
+            value = min(losses) if runner.options.objective == "best" else losses[-1]
+            note = f"val/loss {value:.4f}"
+            checkpoint = model.finished_checkpoints.get(member)
+            path = save_member_checkpoint(model, member, runner._log_dir(trial), checkpoint)
+            trial.set_user_attr("checkpoint", path)
+        else:
+            state, value, note = TrialState.PRUNED, None, reason
+            if "non-finite" in reason:
+                trial.set_user_attr("pruned_reason", "non-finite training loss")
+        timing = f"population of {len(members)}: {elapsed:.1f} s"
+        outcomes.append(runner._report(trial, p, TrialOutcome(state, value, note), timing))
+    return outcomes
+
+
+class PopulationPruning(Callback):
+    """Optuna pruning for a population: each epoch, report every live member's val/loss to its
+    trial (as ``PyTorchLightningPruningCallback`` does for one) and drop the members to prune."""
+
+    def __init__(self, trials: list[optuna.Trial], storages: list[Any] | None = None) -> None:
+        self.trials = trials
+        #: Each trial's storage (``None``: read it from its study's trials).
+        self.storages = storages or [None] * len(trials)
+
+    @staticmethod
+    def _may_prune(study: optuna.Study, storage: Any) -> bool:
+        """Whether the study's pruner can prune now: ``none`` never does, and the median pruner
+        not before ``MEDIAN_STARTUP_TRIALS`` trials completed (counted by the storage: a query
+        an epoch per study, instead of one ``should_prune`` per member, each reading every
+        trial)."""
+        if isinstance(study.pruner, optuna.pruners.NopPruner):
+            return False
+        if type(study.pruner) is optuna.pruners.MedianPruner:  # make_pruner's
+            if storage is None:
+                complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            else:
+                study_id = storage.get_study_id_from_name(study.study_name)
+                complete = storage.get_n_trials(study_id, TrialState.COMPLETE)
+            return complete >= MEDIAN_STARTUP_TRIALS
+        return True
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        drop = {}
+        may_prune: dict[int, bool] = {}  # by study (the trials of several studies may train)
+        for member, loss in zip(pl_module.member_ids, pl_module.val_loss.tolist(), strict=True):
+            if not math.isfinite(loss):
+                continue  # the model drops a member whose loss is not finite, with its reason
+            trial = self.trials[member]
+            trial.report(loss, step=epoch)
+            study = trial.study
+            if id(study) not in may_prune:
+                may_prune[id(study)] = self._may_prune(study, self.storages[member])
+            if may_prune[id(study)] and trial.should_prune():
+                drop[member] = f"pruned at epoch {epoch}"
+        pl_module.drop_members(drop)
