@@ -241,7 +241,7 @@ def test_arms_that_cannot_tune_together_tune_apart_and_say_why(
 
     def builds_together(labels, plans):
         with monkeypatch.context() as patched:
-            patched.setattr(runs, "build_mixed_population", refused)
+            patched.setattr(runs, "plan_mixed_population", refused)
             return real(labels, plans)
 
     monkeypatch.setattr(compare, "_builds_together", builds_together)

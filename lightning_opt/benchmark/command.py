@@ -38,8 +38,13 @@ from lightning_opt.config.parsing import UsageError, run_name
 from lightning_opt.core.atomic import write_text
 from lightning_opt.core.names import check_name
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.experiments.compare import CompareCLI, run_compare
-from lightning_opt.experiments.plans import default_shared_arms_dir, plan_arms
+from lightning_opt.experiments.compare import (
+    CompareCLI,
+    Experiment,
+    plan_experiment,
+    run_experiment,
+)
+from lightning_opt.experiments.plans import default_shared_arms_dir
 from lightning_opt.runs.build import quiet_lightning
 from lightning_opt.tuning.tune import parse
 
@@ -91,10 +96,10 @@ def run_benchmark(args: list[str]) -> Path:
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     experiments = {}
-    for workload, path in workloads:
+    for workload, path, planned in workloads:
         print(f"=== workload {workload['name']} ({path})", flush=True)
-        experiments[workload["name"]] = run_compare(["--config", str(path)])
-    board = leaderboards.leaderboard(config, candidates, [w for w, _ in workloads], experiments)
+        experiments[workload["name"]] = run_experiment(planned)
+    board = leaderboards.leaderboard(config, candidates, [w for w, _, _ in workloads], experiments)
     leaderboards.write_leaderboard(bench_dir, board)
     print(leaderboards.markdown(board))
     print(f"leaderboard: {bench_dir / 'leaderboard.md'}, {bench_dir / 'leaderboard.html'}")
@@ -110,7 +115,7 @@ def _names_candidate(args: list[str]) -> bool:
 
 def _plan(
     parser: LightningArgumentParser, config: Any, names_candidate: bool = False
-) -> tuple[Path, list[str], list[tuple[dict, Path]]]:
+) -> tuple[Path, list[str], list[tuple[dict, Path, Experiment]]]:
     """Every workload's compare config, written under the benchmark's directory and checked
     (compare's ``plan_arms``) before anything trains; the candidates' names."""
     name = check_name("benchmark", config.benchmark, "--benchmark")
@@ -178,13 +183,12 @@ def _plan(
         experiment, steps = _experiment(base, workload, candidates, baselines, bench_dir)
         path = bench_dir / f"{workload['name']}.yaml"
         write_text(path, yaml.safe_dump(experiment, sort_keys=False))
-        compare_cli = parse(["--config", str(path)], CompareCLI)
         try:
-            plan_arms(compare_cli.config, compare_cli.parser)
-        except (ValueError, TypeError) as err:
+            experiment_plan = plan_experiment(["--config", str(path)])
+        except UsageError as err:
             raise ValueError(f"workload {workload['name']!r}: {err}") from None
         workload["steps_per_epoch"] = steps
-        planned.append((workload, path))
+        planned.append((workload, path, experiment_plan))
     return bench_dir, [c["name"] for c in candidates], planned
 
 

@@ -329,26 +329,34 @@ def _lightning_subcommand(argv: list[str]) -> None:
         sys.exit(signals.interrupt_exit_code())
 
 
+def _study_command(argv: list[str]) -> None:
+    """tune, compare or benchmark."""
+    if argv[0] == "tune":
+        from lightning_opt.tuning.tune import run_tune
+
+        run_tune(argv[1:])
+    elif argv[0] == "compare":
+        from lightning_opt.experiments.compare import run_compare
+
+        run_compare(argv[1:])
+    else:
+        from lightning_opt.benchmark.command import run_benchmark
+
+        run_benchmark(argv[1:])
+
+
 def _run_subcommand(argv: list[str], debug: bool) -> None:
     try:
         if not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
             raise UsageError(
                 f"unknown subcommand {argv[0]!r}; choose one of: {', '.join(SUBCOMMANDS)}"
             )
-        if argv[:1] == ["tune"]:
-            from lightning_opt.tuning.tune import run_tune
+        if argv[0] in ("tune", "compare", "benchmark"):
+            # Imported here: fit, validate, test and predict do not pay for Optuna.
+            from lightning_opt.tuning.storage import one_per_command
 
-            run_tune(argv[1:])
-            return
-        if argv[:1] == ["compare"]:
-            from lightning_opt.experiments.compare import run_compare
-
-            run_compare(argv[1:])
-            return
-        if argv[:1] == ["benchmark"]:
-            from lightning_opt.benchmark.command import run_benchmark
-
-            run_benchmark(argv[1:])
+            with one_per_command():
+                _study_command(argv)
             return
         _lightning_subcommand(argv)
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from jsonargparse import Namespace, get_loader, set_loader
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_opt.core.reflection import class_spec
 from lightning_opt.data import NUM_CLASSES, MNIST1DDataModule
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import (
@@ -205,10 +206,7 @@ def optimizer_dict(config: Any) -> dict[str, Any]:
     """A parsed ``optimizer`` (Namespace or dict) as ``{"class_path", "init_args"}`` (its
     ``dict_kwargs``, what only the class's ``**kwargs`` take, among the ``init_args``)."""
     value = config.optimizer if hasattr(config, "optimizer") else config
-    if isinstance(value, Namespace):
-        value = value.as_dict()
-    init_args = {**dict(value.get("dict_kwargs") or {}), **dict(value.get("init_args") or {})}
-    return {"class_path": value["class_path"], "init_args": init_args}
+    return class_spec(value, "an optimizer is a short name, a class path or")
 
 
 def run_name(config: Any) -> str:

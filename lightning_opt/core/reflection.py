@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Entry = TypeVar("Entry")
 
@@ -29,6 +29,33 @@ def import_class(class_path: str) -> type:
     if not isinstance(cls, type):
         raise ValueError(f"{class_path!r} is not a class")
     return cls
+
+
+def class_spec(
+    value: Any, refusal: str, keys: tuple[str, ...] | None = None, name: str = ""
+) -> dict[str, Any]:
+    """``value`` as plain ``{"class_path": str, "init_args": dict}``: the one reading of a class
+    given by path (a string), as a class, or as a mapping or jsonargparse Namespace with
+    ``class_path`` and optional ``init_args`` (and ``dict_kwargs``, what jsonargparse gives a
+    class's ``**kwargs``: arguments like the others). Short names are the caller's to expand.
+
+    Anything else is refused in one line: ``"{refusal} {class_path, init_args}, got VALUE"``;
+    with ``keys``, so is a mapping with other keys (``"{name} keys are ..., got [...]"``)."""
+    if isinstance(value, type):
+        value = f"{value.__module__}.{value.__qualname__}"
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace, nested ones too
+        value = value.as_dict()
+    if isinstance(value, str):
+        value = {"class_path": value}
+    if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
+        raise ValueError(f"{refusal} {{class_path, init_args}}, got {value!r}")
+    if keys is not None:
+        unknown = set(value) - set(keys)
+        if unknown:
+            listed = f"{', '.join(keys[:-1])} and {keys[-1]}"
+            raise ValueError(f"{name} keys are {listed}, got {sorted(unknown)}")
+    init_args = {**dict(value.get("dict_kwargs") or {}), **dict(value.get("init_args") or {})}
+    return {"class_path": value["class_path"], "init_args": init_args}
 
 
 def constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:

@@ -94,19 +94,38 @@ class CompareCLI(TuneCLI):
 def run_compare(args: list[str]) -> Path:
     """``python -m lightning_opt compare --config EXPERIMENT.yaml``; the experiment directory."""
     quiet_lightning()
+    return run_experiment(plan_experiment(args))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment parsed and planned (every arm checked): what ``run_experiment`` runs."""
+
+    parser: LightningArgumentParser
+    config: Any
+    plans: list[ArmPlan]
+
+
+def plan_experiment(args: list[str]) -> Experiment:
+    """Parse ``compare``'s arguments and plan every arm (``UsageError``, one line)."""
     cli = parse(args, CompareCLI)
-    config = cli.config
     try:
-        plans = plan_arms(config, cli.parser)
+        plans = plan_arms(cli.config, cli.parser)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
+    return Experiment(cli.parser, cli.config, plans)
+
+
+def run_experiment(experiment: Experiment) -> Path:
+    """Run a planned experiment: tune, final runs, report; the experiment directory."""
+    parser, config, plans = experiment.parser, experiment.config, experiment.plans
     exp_dir = Path(config.output_dir) / config.experiment
     try:
         check_writable(exp_dir)
     except ValueError as err:
         raise UsageError(str(err)) from None
     check_experiment_record(
-        exp_dir, run_fingerprint(cli.parser, config), config.overwrite, plans, config.share_arms
+        exp_dir, run_fingerprint(parser, config), config.overwrite, plans, config.share_arms
     )
     data = MNIST1DDataModule(**config.data.as_dict())
     data.prepare_data()
@@ -115,7 +134,7 @@ def run_compare(args: list[str]) -> Path:
     labelled += [(p.name, f"{p.name}/retuned", p.retune) for p in plans if p.retune is not None]
     plans_by_label = {label: plan for _, label, plan in labelled}
     tuned = {}
-    for group in tuning_groups(cli.parser, labelled):
+    for group in tuning_groups(parser, labelled):
         together = {}
         if len(group) > 1:
             epochs = sorted({plans_by_label[label].tune_cfg.trainer.max_epochs for label in group})
@@ -126,12 +145,12 @@ def run_compare(args: list[str]) -> Path:
             together = run_studies_together(entries, data)
         for label in group:
             plan = plans_by_label[label]
-            tuned[label] = tune_arm(cli.parser, config, plan, label, data, together.get(label))
+            tuned[label] = tune_arm(parser, config, plan, label, data, together.get(label))
     try:
         # Final runs that other processes sharing the storage are training are waited for only
         # after this process's own: meanwhile it trains the next group's.
         runs, pending = {}, []
-        for group in final_groups(cli.parser, labelled):
+        for group in final_groups(parser, labelled):
             done = run_finals(
                 [tuned[label].part for label in group], data,
                 tuned[group[0]].plan.population_finals, wait=False,
@@ -153,7 +172,7 @@ def run_compare(args: list[str]) -> Path:
         sys.exit(signals.interrupt_exit_code())
     summary: dict[str, Any] = {}
     for name, label, _ in labelled:
-        arm = summarize_arm(cli.parser, config, tuned[label], runs[label])
+        arm = summarize_arm(parser, config, tuned[label], runs[label])
         if label == name:
             summary[name] = arm
         else:  # the robustness check: tuned at the finals' budget

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_opt.core.reflection import Registry, import_class
+from lightning_opt.core.reflection import Registry, class_spec, import_class
 
 #: Plugins register short names here: ``[project.entry-points."lightning_opt.models"]``.
 ENTRY_POINT_GROUP = "lightning_opt.models"
@@ -85,24 +85,11 @@ def net_arguments(cls: type) -> dict[str, inspect.Parameter]:
 def net_config(value: Any) -> dict[str, Any]:
     """``value`` as ``{"class_path", "init_args"}``: a short name, a class path, a class, or a
     mapping (or jsonargparse Namespace) with ``class_path`` and optional ``init_args``."""
-    if isinstance(value, type):
-        value = f"{value.__module__}.{value.__qualname__}"
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    if isinstance(value, str):
-        value = {"class_path": value}
-    if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
-        raise ValueError(
-            f"a net is a short name ({', '.join(list_nets())}), a class path or "
-            f"{{class_path, init_args}}, got {value!r}"
-        )
-    unknown = set(value) - {"class_path", "init_args"}
-    if unknown:
-        raise ValueError(f"net keys are class_path and init_args, got {sorted(unknown)}")
-    class_path = value["class_path"]
-    if "." not in class_path:
-        class_path = get_net(class_path).class_path
-    return {"class_path": class_path, "init_args": dict(value.get("init_args") or {})}
+    refusal = f"a net is a short name ({', '.join(list_nets())}), a class path or"
+    spec = class_spec(value, refusal, ("class_path", "init_args"), "net")
+    if "." not in spec["class_path"]:
+        spec["class_path"] = get_net(spec["class_path"]).class_path
+    return spec
 
 
 def resolve_net(value: Any) -> tuple[type[nn.Module], dict[str, Any]]:

@@ -21,6 +21,7 @@ import torch
 
 from lightning_opt.core.reflection import (
     Registry,
+    class_spec,
     constructor_arguments,
     hide_sentinel_arguments,
     import_class,
@@ -105,25 +106,13 @@ def optimizer_config(value: Any) -> dict[str, Any]:
     ``class_path`` (a short name or a path) and optional ``init_args``. A short name's defaults
     go under the given ``init_args``. Nothing is checked here but the shape.
     """
-    if isinstance(value, type):
-        value = f"{value.__module__}.{value.__qualname__}"
-    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
-        value = value.as_dict()
-    if isinstance(value, str):
-        value = {"class_path": value}
-    if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
-        raise ValueError(
-            f"an optimizer is a short name, a class path or {{class_path, init_args}}, got {value!r}"
-        )
-    unknown = set(value) - {"class_path", "init_args", "dict_kwargs"}
-    if unknown:
-        raise ValueError(
-            f"optimizer keys are class_path, init_args and dict_kwargs, got {sorted(unknown)}"
-        )
     # dict_kwargs: what jsonargparse gives a class's **kwargs (--optimizer.dict_kwargs.lr 0.05
     # for SAM's base optimizer); here they are arguments like the others.
-    class_path = value["class_path"]
-    init_args = {**dict(value.get("dict_kwargs") or {}), **dict(value.get("init_args") or {})}
+    spec = class_spec(
+        value, "an optimizer is a short name, a class path or",
+        ("class_path", "init_args", "dict_kwargs"), "optimizer",
+    )  # fmt: skip
+    class_path, init_args = spec["class_path"], spec["init_args"]
     if "." not in class_path:
         if class_path in list_optimizers():
             spec = get_optimizer(class_path)

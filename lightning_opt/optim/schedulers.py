@@ -9,13 +9,14 @@ training epoch (after validation, so ``ReduceLROnPlateau`` sees that epoch's ``v
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from lightning_opt.core.reflection import class_spec
 from lightning_opt.optim.registry import constructor_arguments, import_class
 
 SCHEDULER_BASES = (LRScheduler, ReduceLROnPlateau)
@@ -26,17 +27,12 @@ def resolve_scheduler(value: Any) -> tuple[type, dict[str, Any]] | None:
     every constructor default filled in; ``None`` for no scheduler."""
     if value is None:
         return None
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    if isinstance(value, str):
-        value = {"class_path": value}
-    if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
-        raise ValueError(f"a scheduler is a class path or {{class_path, init_args}}, got {value!r}")
+    value = class_spec(value, "a scheduler is a class path or")
     cls = import_class(value["class_path"])
     if not issubclass(cls, SCHEDULER_BASES):
         raise ValueError(f"{value['class_path']} is not a torch LRScheduler or ReduceLROnPlateau")
     args = {n: p.default for n, p in scheduler_arguments(cls).items() if p.default is not p.empty}
-    args.update(value.get("init_args") or {})
+    args.update(value["init_args"])
     return cls, {"class_path": value["class_path"], "init_args": args}
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_opt.clipping.callbacks import GradientClippingCallback
-from lightning_opt.core.reflection import constructor_arguments, import_class
+from lightning_opt.core.reflection import class_spec, constructor_arguments, import_class
 from lightning_opt.population.settings import NOT_GIVEN, MemberGroup
 
 Columns = dict[str, list[Any]]  # {name: [value of each member, None where it has none]}
@@ -22,12 +22,7 @@ Columns = dict[str, list[Any]]  # {name: [value of each member, None where it ha
 
 def _rule_spec(spec: Any) -> tuple[type, dict[str, Any]]:
     """A group's ``clipping`` as its class and every constructor argument (defaults filled in)."""
-    if isinstance(spec, str):
-        spec = {"class_path": spec}
-    if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
-        raise ValueError(
-            f"a member group's clipping is None or {{class_path, init_args}}, got {spec!r}"
-        )
+    spec = class_spec(spec, "a member group's clipping is None or")
     cls = import_class(spec["class_path"])
     if not issubclass(cls, GradientClippingCallback):
         raise ValueError(f"{spec['class_path']} is not a GradientClippingCallback")
@@ -36,7 +31,7 @@ def _rule_spec(spec: Any) -> tuple[type, dict[str, Any]]:
         for n, p in constructor_arguments(cls).items()
         if p.default is not inspect.Parameter.empty
     }
-    return cls, {**defaults, **(spec.get("init_args") or {})}
+    return cls, {**defaults, **spec["init_args"]}
 
 
 def _build(cls: type, args: dict[str, Any]) -> GradientClippingCallback:

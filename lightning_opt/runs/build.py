@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.config.parsing import optimizer_dict
 from lightning_opt.core.atomic import temporary_path
+from lightning_opt.core.reflection import class_spec
 from lightning_opt.optim.registry import constructor_arguments, import_class, optimizer_class
 from lightning_opt.population import PopulationClassifier
 from lightning_opt.population.plan import PopulationPlan
@@ -100,10 +101,7 @@ def settable(config: Any) -> dict[str, str]:
 def scheduler_dict(config: Any) -> dict[str, Any] | None:
     """The config's ``lr_scheduler`` as ``{class_path, init_args}`` (``None``: no scheduler)."""
     value = config.get("lr_scheduler")
-    if value is None:
-        return None
-    value = value.as_dict() if isinstance(value, Namespace) else dict(value)
-    return {"class_path": value["class_path"], "init_args": dict(value.get("init_args") or {})}
+    return None if value is None else class_spec(value, "a scheduler is a class path or")
 
 
 def _numbers(cls: type, skip: str = "") -> list[str]:
@@ -295,7 +293,8 @@ def mixed_population_arguments(
     for cfg, _ in members:
         if id(cfg) not in by_config:
             by_config[id(cfg)] = RunSpec.of(cfg).model_arguments()
-            rules[id(cfg)] = [_plain(entry) for entry in clipping_callbacks(cfg)]
+            rules[id(cfg)] = [class_spec(e, "a callback is a class path or")
+                              for e in clipping_callbacks(cfg)]  # fmt: skip
     specs = [by_config[id(cfg)] for cfg, _ in members]
     # Several configs with a rule among them: each group clips by its own (restricted) rule,
     # which is exact whether their rules and the settings they tune differ or not.
@@ -336,12 +335,6 @@ def mixed_population_arguments(
         hparams = entries[0]["member_hparams"]
         return {"seeds": list(seeds), "member_hparams": hparams, **first}
     return {"seeds": list(seeds), "member_groups": entries, **first, "lr_interval": interval}
-
-
-def _plain(entry: Any) -> dict[str, Any]:
-    """A ``{class_path, init_args}`` callback entry of a config as plain data."""
-    entry = entry.as_dict() if isinstance(entry, Namespace) else dict(entry)  # as_dict: nested
-    return {"class_path": entry["class_path"], "init_args": dict(entry.get("init_args") or {})}
 
 
 def population_blocker(cfg: Any) -> str | None:

@@ -10,7 +10,7 @@ import re
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -200,7 +200,53 @@ def close_all() -> None:
         storage.engine.dispose()
 
 
+#: Within ``one_per_command``: the storages opened so far, by ``open_storage``'s arguments.
+_REUSED: dict[tuple, BaseStorage] | None = None
+
+
+@contextlib.contextmanager
+def one_per_command() -> Iterator[None]:
+    """Within the block, ``open_storage`` of the same arguments gives the storage it opened
+    first (a command's planning, tuning and finals share one connection pool per database),
+    while its database is still there (a file that was deleted is opened afresh)."""
+    global _REUSED
+    outer, _REUSED = _REUSED, {}
+    try:
+        yield
+    finally:
+        _REUSED = outer
+
+
 def open_storage(
+    url: str,
+    heartbeat_interval: int = 10,
+    grace_period: int | None = None,
+    max_retry: int = 3,
+    connect_timeout: int = 10,
+) -> BaseStorage:
+    """``_open_storage``, once per command for each set of arguments (``one_per_command``)."""
+    key = (url, heartbeat_interval, grace_period, max_retry, connect_timeout)
+    reused = _REUSED
+    if reused is None:
+        return _open_storage(*key)
+    storage = reused.get(key)
+    if storage is None or not _still_there(url):
+        storage = reused[key] = _open_storage(*key)
+    return storage
+
+
+def _still_there(url: str) -> bool:
+    """Whether the file of a journal or SQLite storage (other databases: always) exists."""
+    if "://" not in url:
+        return Path(url).exists()
+    if url.startswith("sqlite"):
+        with contextlib.suppress(Exception):
+            path = sqlite_file(make_url(url))
+            return path is None or path.exists()
+    return True
+
+
+def _open_storage(
     url: str,
     heartbeat_interval: int = 10,
     grace_period: int | None = None,
