@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from lightning_opt.core.atomic import write_text
+
 #: The tiny problem every class is tried on: 400 training examples, 2 epochs of 7 steps.
 SAMPLES, BATCH, EPOCHS, SEEDS = 500, 50, 2, (0, 1)
 #: Population members equal their separate runs to this (float64).
@@ -509,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(check(entry, data_dir, tune=True))
             r = results[-1]
             print(f"{entry.class_path:40s} {r.error or r.population or ''}", flush=True)
-    Path(args.output).write_text(markdown(results))
+    write_text(Path(args.output), markdown(results))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,40 @@
 """Files written whole or not at all: each writer writes a temporary file of its own beside the
 target and renames it over the target, so a reader never sees half a file and concurrent writers
 (two ``tune`` launchers on one study, threads) never write into each other's; the last rename
-wins, with a complete file."""
+wins, with a complete file. Every file the package writes goes through ``replacing``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def temporary_path(path: Path) -> Path:
+def temporary_path(path: Path, suffix: str = "") -> Path:
     """A hidden temporary name beside ``path``, unique to this process and thread
-    (``.importance.html.<pid>.<thread>.tmp``); ``replace`` it onto ``path`` when written."""
+    (``.importance.html.<pid>.<thread>.tmp``, then ``suffix`` for a writer that insists on one:
+    numpy's ``.npz``); ``replace`` it onto ``path`` when written."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp{suffix}")
+
+
+@contextlib.contextmanager
+def replacing(path: Path, suffix: str = "") -> Iterator[Path]:
+    """The temporary path to write ``path``'s new content to; renamed onto ``path`` when the block
+    ends, removed if it raises (the old file stays, whole)."""
+    tmp = temporary_path(path, suffix)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
 
 
 def write_text(path: Path, text: str) -> None:
-    """``text`` as the whole of ``path``, or nothing (an interrupted write leaves the old file)."""
-    tmp = temporary_path(path)
-    tmp.write_text(text)
-    tmp.replace(path)
+    """``text`` (UTF-8) as the whole of ``path``, or nothing (an interrupted write leaves the
+    old file)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

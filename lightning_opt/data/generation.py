@@ -8,13 +8,14 @@ import json
 import math
 import os
 import random
-import threading
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lightning_opt.core.atomic import replacing
 
 CACHE_ENV = "LIGHTNING_OPT_CACHE"
 NUM_CLASSES = 10
@@ -200,7 +201,6 @@ def load_mnist1d(
             )
     arrays = _generate(args)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")  # per writer
-    np.savez(tmp, **arrays)
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    with replacing(path, suffix=".npz") as tmp:  # a concurrent reader never sees half a file
+        np.savez(tmp, **arrays)
     return arrays

@@ -26,7 +26,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.config.parsing import RunFailure
 from lightning_opt.core import signals
-from lightning_opt.core.atomic import temporary_path
+from lightning_opt.core.atomic import write_text
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.final_units import FinalUnits
 from lightning_opt.runs.build import (
@@ -196,9 +196,7 @@ def _clear_unfinished(out: Path) -> None:
 def _write_result(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "result.json"
-    tmp = temporary_path(path)
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)  # atomic: an interrupted write never leaves half a result
+    write_text(path, json.dumps(result, indent=1))  # never half a result
 
 
 def _print_result(arm: str, result: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from lightning_opt.config.fingerprints import (
     run_fingerprint,
 )
 from lightning_opt.config.parsing import UsageError
-from lightning_opt.core.atomic import temporary_path
+from lightning_opt.core.atomic import write_text
 from lightning_opt.core.names import check_name
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import optimizer_class, optimizer_config
@@ -168,9 +168,7 @@ def check_experiment_record(
             "an older version); choose another --experiment, or pass --overwrite"
         )
     exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    tmp.write_text(json.dumps(fingerprint, indent=1))
-    tmp.replace(path)
+    write_text(path, json.dumps(fingerprint, indent=1))
 
 
 def _delete_own_studies(

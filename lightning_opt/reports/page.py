@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_opt.core.atomic import temporary_path
+from lightning_opt.core.atomic import replacing, write_text
 from lightning_opt.models.registry import describe_net
 from lightning_opt.reports import stats
 from lightning_opt.reports.summary import INTERNALS, RETUNED
@@ -99,17 +99,9 @@ def write_png(results: dict[str, Any], bands: dict[tuple[str, str], Band], path:
     axes[0].legend()
     fig.suptitle(f"{results['experiment']}: mean, 95% CI band and each seed")
     fig.tight_layout()
-    tmp = temporary_path(path)
-    fig.savefig(tmp, format="png")
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
-
-
-def _write(path: Path, text: str) -> None:
-    """Atomically: a reader never sees half a file, an interrupted write leaves the old one."""
-    tmp = temporary_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -406,13 +398,13 @@ def write_html(results: dict[str, Any], bands: dict[tuple[str, str], Band], path
         ("Optimizer internals", "Per-epoch means over seeds with a 95% band.",
          internals_figure(results)),
     ]  # fmt: skip
-    _write(path, page(results, figures))
+    write_text(path, page(results, figures))
 
 
 def write_all(out: Path, results: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "results.json", json.dumps(json_safe(results), indent=1))
-    _write(out / "results.md", markdown(results))
+    write_text(out / "results.json", json.dumps(json_safe(results), indent=1))
+    write_text(out / "results.md", markdown(results))
     curves = bands(results)
     write_html(results, curves, out / "comparison.html")
     write_png(results, curves, out / "comparison.png")

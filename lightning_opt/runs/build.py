@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.config.parsing import optimizer_dict
-from lightning_opt.core.atomic import temporary_path
+from lightning_opt.core.atomic import replacing
 from lightning_opt.core.reflection import class_spec
 from lightning_opt.optim.registry import constructor_arguments, import_class, optimizer_class
 from lightning_opt.population import PopulationClassifier
@@ -478,9 +478,8 @@ def save_final_checkpoint(trainer: Trainer, log_dir: Any) -> str:
     from pathlib import Path
 
     path = Path(log_dir) / "checkpoints" / "final.ckpt"
-    tmp = temporary_path(path)
-    trainer.save_checkpoint(tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        trainer.save_checkpoint(tmp)
     return str(path)
 
 
@@ -495,9 +494,8 @@ def save_member_checkpoint(
 
     path = Path(log_dir) / "checkpoints" / "final.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    torch.save(model.member_checkpoint(member) if checkpoint is None else checkpoint, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        torch.save(model.member_checkpoint(member) if checkpoint is None else checkpoint, tmp)
     return str(path)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from lightning_opt.core.atomic import temporary_path
+from lightning_opt.core.atomic import replacing
 
 
 class PredictionCSV(Callback):
@@ -56,9 +56,7 @@ class PredictionCSV(Callback):
 
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_path(path)
-        with open(tmp, "w", newline="") as fh:
+        with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(self.columns)
             writer.writerows(sorted(self.rows, key=lambda r: tuple(r[:2])))
-        tmp.replace(path)

@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from optuna.trial import TrialState
 
 from lightning_opt.config.fingerprints import EXPERIMENT_KEYS, TUNE_KEYS
-from lightning_opt.core.atomic import temporary_path
+from lightning_opt.core.atomic import replacing, write_text
 from lightning_opt.runs.build import (
     with_values,
 )
@@ -75,15 +75,12 @@ def write_fit_config(parser: LightningArgumentParser, cfg: Any, path: Path, head
 def write_config(dumped: dict[str, Any], path: Path, header: str) -> None:
     """A dumped config (``fit_config``), written atomically to ``path`` under ``header``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    tmp.write_text(header + yaml.safe_dump(dumped, sort_keys=False))
-    tmp.replace(path)
+    write_text(path, header + yaml.safe_dump(dumped, sort_keys=False))
 
 
 def _write_html(figure: Any, path: Path) -> None:
-    tmp = temporary_path(path)
-    figure.write_html(tmp, include_plotlyjs=True)
-    tmp.replace(path)  # a full disk never leaves half a page under the final name
+    with replacing(path) as tmp:  # a full disk never leaves half a page under the final name
+        figure.write_html(tmp, include_plotlyjs=True)
 
 
 def write_plots(study: optuna.Study, out: Path) -> None:
