@@ -13,7 +13,6 @@ launchers that planned the same seed at once run it once).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,15 +63,8 @@ class FinalUnits:
     def plan(self) -> None:
         """Enqueue every needed seed that has no unit that can still finish (a killed process
         of this machine's unit is failed first, so its seed runs again now)."""
-        study_id = self.storage.get_study_id_from_name(self.study.study_name)
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if studies.killed_here(trial):
-                trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-                    study_id, trial.number
-                )
-                with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-                    self.storage.set_trial_user_attr(trial_id, "fail_reason", "killed")
-                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            studies.fail_if_killed_here(self.study, self.storage, trial)
         with studies.sqlite_lock(self.storage):  # two launchers at once plan each seed once
             live = self.study.get_trials(deepcopy=False, states=_LIVE)
             planned = {t.user_attrs.get(SEED) for t in live}
@@ -84,14 +76,10 @@ class FinalUnits:
 
     def claim(self, limit: int) -> list[tuple[optuna.Trial, int, int]]:
         """Up to ``limit`` waiting seeds, claimed: ``(trial, trial_id, seed)`` each."""
-        batch = []
-        while len(batch) < limit:
-            claimed = studies.claim_waiting_unit(self.study, self.storage, SEED, self.seeds)
-            if claimed is None:
-                break
-            trial, trial_id = claimed
-            batch.append((trial, trial_id, int(trial.user_attrs[SEED])))
-        return batch
+        claimed = studies.claim_up_to(
+            limit, lambda: studies.claim_waiting_unit(self.study, self.storage, SEED, self.seeds)
+        )
+        return [(trial, trial_id, int(trial.user_attrs[SEED])) for trial, trial_id in claimed]
 
     def record(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
         """A seed's result, on its unit (then COMPLETE, valued by its final val/loss)."""

@@ -19,13 +19,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from lightning_opt.tuning.storage import has_heartbeat, retry_races
+
+T = TypeVar("T")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _SPACE_ATTR = "lightning_opt:search_space"
@@ -214,6 +216,34 @@ def killed_here(trial: optuna.trial.FrozenTrial) -> bool:
         and int(pid) != os.getpid()
         and not _alive(int(pid))
     )
+
+
+def fail_if_killed_here(study: optuna.Study, storage: BaseStorage, trial: Any) -> bool:
+    """Fail ``trial`` (``fail_reason: killed``) if a process of this machine that is gone was
+    running it, so its work runs again now; whether it did (a rival process that finished or
+    failed it meanwhile wins)."""
+    if not killed_here(trial):
+        return False
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", "killed")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+        return False
+    return True
+
+
+def claim_up_to(limit: int, claim: Callable[[], T | None]) -> list[T]:
+    """Up to ``limit`` claims, each ``claim()`` (``None``: nothing left to claim): the one loop
+    behind a population's trials, joint tuning's and the final runs' seeds."""
+    batch: list[T] = []
+    while len(batch) < limit:
+        claimed = claim()
+        if claimed is None:
+            break
+        batch.append(claimed)
+    return batch
 
 
 def _alive(pid: int) -> bool:

@@ -246,7 +246,6 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
     ``fail_reason: interrupted``; killed: still RUNNING, claimed by a process of this machine
     that is gone), once each, so a resumed study runs the same trials an uninterrupted one
     would; the number enqueued."""
-    study_id = storage.get_study_id_from_name(study.study_name)
     every = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("replaces") for t in every}
     count = 0
@@ -254,14 +253,9 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
         attrs = trial.user_attrs
         if trial.number in retried:
             continue
-        killed = studies.killed_here(trial)
         interrupted = trial.state == TrialState.FAIL and attrs.get("fail_reason") == "interrupted"
-        if not (killed or interrupted):
+        if not (interrupted or studies.fail_if_killed_here(study, storage, trial)):
             continue
-        if killed:
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            storage.set_trial_user_attr(trial_id, "fail_reason", "killed")
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
         # Its parameters, or (killed before it sampled them) the sampler seed it would have had.
         study.enqueue_trial(
             trial.params or {},

@@ -75,8 +75,8 @@ def claim_and_run(
             raise KeyboardInterrupt
         if storages.has_heartbeat(storage):
             optuna.storages.fail_stale_trials(study)  # re-enqueues trials of dead workers
-        claimed = studies.claim_waiting_trial(study, storage, options.n_trials, options.seed)
-        if claimed is None:
+        batch = studies.claim_up_to(options.population, functools.partial(_claim, study, runner))
+        if not batch:
             running = studies.count_states(study)[TrialState.RUNNING]
             if running and storages.has_heartbeat(storage):
                 time.sleep(
@@ -84,16 +84,8 @@ def claim_and_run(
                 )  # a dead worker's trial may come back
                 continue
             return done
-        batch = [claimed]
-        params = [runner.suggest(claimed[0])]  # now: the next claim reseeds the sampler
-        while len(batch) < options.population:
-            more = studies.claim_waiting_trial(study, storage, options.n_trials, options.seed)
-            if more is None:
-                break
-            batch.append(more)
-            params.append(runner.suggest(more[0]))
-        trials = [trial for trial, _ in batch]
-        claims = [(study, storage, trial, trial_id) for trial, trial_id in batch]
+        trials, params = [trial for trial, _, _ in batch], [values for *_, values in batch]
+        claims = [(study, storage, trial, trial_id) for trial, trial_id, _ in batch]
         _train_claimed(
             claims, options.heartbeat_interval, functools.partial(runner.run_trials, trials, params)
         )
@@ -128,15 +120,11 @@ def run_together(
                 options = runner.options
                 if storages.has_heartbeat(storage):
                     optuna.storages.fail_stale_trials(study)
-                for _ in range(options.population):
-                    claimed = studies.claim_waiting_trial(
-                        study, storage, options.n_trials, options.seed
-                    )
-                    if claimed is None:
-                        break
-                    # Sampled now: the next claim reseeds the sampler.
-                    members.append((runner, claimed[0], runner.suggest(claimed[0])))
-                    claims.append((study, storage, *claimed))
+                for trial, trial_id, values in studies.claim_up_to(
+                    runner.options.population, functools.partial(_claim, study, runner)
+                ):
+                    members.append((runner, trial, values))
+                    claims.append((study, storage, trial, trial_id))
             if not members:
                 waiting = any(
                     storages.has_heartbeat(storage)
@@ -152,6 +140,14 @@ def run_together(
                 claims, interval, functools.partial(run_trial_population, driver, members)
             )
             done += len(members)
+
+
+def _claim(study: optuna.Study, runner: TrialRunner) -> tuple[optuna.Trial, int, dict] | None:
+    """Claim one of ``study``'s waiting trials and sample its values now (the next claim
+    reseeds the sampler): ``(trial, trial_id, values)``, or ``None``."""
+    options = runner.options
+    claimed = studies.claim_waiting_trial(study, runner.storage, options.n_trials, options.seed)
+    return None if claimed is None else (*claimed, runner.suggest(claimed[0]))
 
 
 #: A claimed trial: its study, the study's storage, the trial and its id.
