@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import optuna
 import sqlalchemy.exc
@@ -201,7 +201,7 @@ def close_all() -> None:
 
 
 #: Within ``one_per_command``: the storages opened so far, by ``open_storage``'s arguments.
-_REUSED: dict[tuple, BaseStorage] | None = None
+_REUSED: dict[StorageSettings, BaseStorage] | None = None
 
 
 @contextlib.contextmanager
@@ -224,35 +224,6 @@ def open_storage(
     max_retry: int = 3,
     connect_timeout: int = 10,
 ) -> BaseStorage:
-    """``_open_storage``, once per command for each set of arguments (``one_per_command``)."""
-    key = (url, heartbeat_interval, grace_period, max_retry, connect_timeout)
-    reused = _REUSED
-    if reused is None:
-        return _open_storage(*key)
-    storage = reused.get(key)
-    if storage is None or not _still_there(url):
-        storage = reused[key] = _open_storage(*key)
-    return storage
-
-
-def _still_there(url: str) -> bool:
-    """Whether the file of a journal or SQLite storage (other databases: always) exists."""
-    if "://" not in url:
-        return Path(url).exists()
-    if url.startswith("sqlite"):
-        with contextlib.suppress(Exception):
-            path = sqlite_file(make_url(url))
-            return path is None or path.exists()
-    return True
-
-
-def _open_storage(
-    url: str,
-    heartbeat_interval: int = 10,
-    grace_period: int | None = None,
-    max_retry: int = 3,
-    connect_timeout: int = 10,
-) -> BaseStorage:
     """An Optuna storage from a database URL or a journal file path; errors are one line.
 
     Args:
@@ -267,8 +238,43 @@ def _open_storage(
             60 s for another worker's write instead; journal files do not connect.
 
     Launchers that open a new database at the same moment all succeed: losing the race to
-    create its tables is retried.
+    create its tables is retried. Within ``one_per_command`` the same arguments give the
+    storage opened first.
     """
+    settings = StorageSettings(url, heartbeat_interval, grace_period, max_retry, connect_timeout)
+    reused = _REUSED
+    if reused is None:
+        return _open_storage(settings)
+    storage = reused.get(settings)
+    if storage is None or not _still_there(url):
+        storage = reused[settings] = _open_storage(settings)
+    return storage
+
+
+class StorageSettings(NamedTuple):
+    """``open_storage``'s arguments: what one opened storage stands for."""
+
+    url: str
+    heartbeat_interval: int
+    grace_period: int | None
+    max_retry: int
+    connect_timeout: int
+
+
+def _still_there(url: str) -> bool:
+    """Whether the file of a journal or SQLite storage (other databases: always) exists."""
+    if "://" not in url:
+        return Path(url).exists()
+    if url.startswith("sqlite"):
+        with contextlib.suppress(Exception):
+            path = sqlite_file(make_url(url))
+            return path is None or path.exists()
+    return True
+
+
+def _open_storage(settings: StorageSettings) -> BaseStorage:
+    """A new storage of ``settings`` (``open_storage``)."""
+    url, heartbeat_interval, grace_period, max_retry, connect_timeout = settings
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
