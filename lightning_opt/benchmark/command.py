@@ -45,6 +45,7 @@ from lightning_opt.experiments.compare import (
     run_experiment,
 )
 from lightning_opt.experiments.plans import default_shared_arms_dir
+from lightning_opt.optim.schedulers import resolve_scheduler, scheduler_arguments
 from lightning_opt.runs.build import quiet_lightning
 from lightning_opt.tuning.tune import parse
 
@@ -276,7 +277,6 @@ def _experiment(
 
 
 def _takes_total_steps(scheduler: dict[str, Any]) -> bool:
-    from lightning_opt.optim.schedulers import resolve_scheduler, scheduler_arguments
 
     resolved = resolve_scheduler(scheduler)
     return resolved is not None and "total_steps" in scheduler_arguments(resolved[0])

@@ -15,6 +15,7 @@ from typing import Any
 from lightning_opt.benchmark import scoring
 from lightning_opt.core.atomic import write_text
 from lightning_opt.reports import stats
+from lightning_opt.reports.summary import tuning_crossing
 
 #: Taus the leaderboard shows the profile at.
 SHOWN_TAUS = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -140,7 +141,6 @@ def _outcome(board: dict, candidate: str, workload: str) -> str:
 def _robustness(board: dict, candidate: str) -> list[str]:
     """Whether the candidate's outcome holds across dataset variants (workloads of one net on
     other data) and across tuning budgets (tuning curves crossing a baseline's)."""
-    from lightning_opt.reports.summary import tuning_crossing
 
     parts = []
     workloads = board["workloads"]

@@ -9,6 +9,10 @@ from typing import Any
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
+import lightning_opt
+from lightning_opt.core.reflection import constructor_arguments, import_class
+from lightning_opt.optim.registry import writable
+
 #: The study's own options: not part of a trial's fit config (best.yaml leaves them out).
 TUNE_KEYS = (
     "n_trials", "n_workers", "storage", "study_name", "seed", "pruner", "objective",
@@ -37,7 +41,6 @@ def run_fingerprint(
     plain data: model, data, trainer budget and callbacks, optimizer, scheduler, search space,
     seeds, objective, pruner; with the package version. Where runs go and how fast (loggers,
     workers, populations, storage) is left out."""
-    import lightning_opt
 
     dumped = yaml.safe_load(parser.dump(config, skip_validation=True))
     for key in (*NOT_IN_FINGERPRINT, *drop):
@@ -55,9 +58,6 @@ def _spelled_out(node: Any) -> Any:
     ``--optimizer adam`` on the command line, which jsonargparse fills) has one fingerprint."""
     import inspect
     import json
-
-    from lightning_opt.core.reflection import constructor_arguments, import_class
-    from lightning_opt.optim.registry import writable
 
     if isinstance(node, list):
         return [_spelled_out(item) for item in node]

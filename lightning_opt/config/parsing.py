@@ -27,9 +27,9 @@ from jsonargparse import Namespace, get_loader, set_loader
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_opt.core.reflection import class_spec
+from lightning_opt.core.reflection import class_spec, import_class
 from lightning_opt.data import NUM_CLASSES, MNIST1DDataModule
-from lightning_opt.models import resolve_net
+from lightning_opt.models import net_arguments, resolve_net
 from lightning_opt.optim.registry import (
     for_parser,
     get_optimizer,
@@ -228,9 +228,6 @@ def summarize_argument_error(message: str) -> str:
         text,
     )
     if net:  # the Callable type's words for an argument the net's class does not take
-        from lightning_opt.core.reflection import import_class
-        from lightning_opt.models import net_arguments
-
         arg, class_path = net.groups()
         takes = ", ".join(net_arguments(import_class(class_path))) or "nothing"
         return f"--model.net.{arg}: {class_path.rsplit('.', 1)[-1]} takes no argument {arg!r} (it takes: {takes})"

@@ -36,8 +36,10 @@ from lightning_opt.runs.build import (
     chunk_where_invisible,
     clipping_callbacks,
     is_clipping_entry,
+    plan_mixed_population,
     quiet_lightning,
     scheduler_dict,
+    trainer_arguments,
     with_values,
 )
 from lightning_opt.tuning.claims import original_number
@@ -308,7 +310,6 @@ def tuning_groups(
 def _builds_together(labels: list[str], plans: list[ArmPlan]) -> bool:
     """Whether one population of every plan's trials builds, at each end of the search spaces
     (the check ``check_study`` makes for one study's population)."""
-    from lightning_opt.runs.build import plan_mixed_population, trainer_arguments
 
     for end in (0, 1):
         members = []

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from lightning_opt.tuning import claims as studies
 from lightning_opt.tuning import storage as storages
 from lightning_opt.tuning.trials import TuneOptions
+from lightning_opt.tuning.tune import check_recorded, open_study_storage
 
 SEED = "seed"
 RESULT = "result"
@@ -47,7 +48,6 @@ class FinalUnits:
         """The finals study of the arm whose tuning study ``options`` names, its runs logged in
         ``final/`` of the arm's folder; refused (one line) when it recorded other settings,
         unless ``--overwrite``."""
-        from lightning_opt.tuning.tune import check_recorded, open_study_storage
 
         name = options.study_name + SUFFIX
         # --overwrite deletes this arm's final runs, never its tuning trials.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
 from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.config.parsing import RunFailure
@@ -30,39 +30,12 @@ from lightning_opt.core.atomic import write_text
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.final_units import FinalUnits
 from lightning_opt.runs.build import (
-    QUIET_TRAINER,
     RunSpec,
-    build_mixed_population,
-    build_model,
-    build_population,
-    build_trainer,
     run_loggers,
-    save_final_checkpoint,
-    save_member_checkpoint,
 )
+from lightning_opt.runs.runner import EpochHistory, Run, train_runs
 from lightning_opt.training.loop import NonFiniteLossError
 from lightning_opt.tuning import claims as studies
-
-
-class EpochHistory(Callback):
-    """Validation loss and accuracy after every epoch, for the curves of the report, and the
-    weights of the epoch with the lowest validation loss (the early-stopping checkpoint)."""
-
-    def __init__(self) -> None:
-        self.val_loss: list[float] = []
-        self.val_acc: list[float] = []
-        self.best_state: dict[str, Any] | None = None
-        self.best_epoch: int | None = None
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        loss = float(trainer.callback_metrics["val/loss"])
-        if self.best_state is None or loss < min(self.val_loss):
-            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-            self.best_epoch = len(self.val_loss)
-        self.val_loss.append(loss)
-        self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
 
 
 def _clip_report(clipper: Any, member: int = 0, position: int = 0) -> dict[str, Any]:
@@ -89,26 +62,22 @@ def run_final(
     cfg = copy.deepcopy(cfg)
     cfg.seed_everything = seed
     seed_everything(seed, verbose=False)
-    model = build_model(cfg)
-    history = EpochHistory()
     start = time.perf_counter()
-    loggers = _loggers_at(cfg, out)
-    trainer = build_trainer(cfg, loggers or False, [history])
-    trainer.fit(model, datamodule=data)
-    tested = trainer.test(model, datamodule=data, verbose=False)[0]  # the final weights, once
-    checkpoint = save_final_checkpoint(trainer, out)
-    # The early-stopping view: the weights of the lowest val/loss epoch, tested once too (by a
-    # Trainer without loggers: the run's logs keep the last epoch's test metrics).
-    model.load_state_dict(history.best_state)
-    quiet = Trainer(logger=False, **QUIET_TRAINER)
-    best = quiet.test(model, datamodule=data, verbose=False)[0]
-    clippers = [c for c in trainer.callbacks if isinstance(c, GradientClippingCallback)]
-    internals = dict(model.internals_history)
+    run = Run(cfg, {}, seed, _loggers_at(cfg, out))
+    trained = train_runs([run], data, population=False, history=EpochHistory())
+    if trained.error is not None:
+        raise trained.error
+    tested = trained.test(data)[0]  # the final weights, once
+    checkpoint = trained.checkpoint(0, out)
+    best = trained.test_best(data)[0]
+    clippers = [c for c in trained.trainer.callbacks if isinstance(c, GradientClippingCallback)]
+    internals = dict(trained.model.internals_history)
     clip = _clip_report(clippers[0]) if clippers else None
     if clip:
         internals["clip/fraction_clipped"] = clip["fraction_history"]
+    outcome = trained.outcomes[0]
     result = final_record(
-        cfg, seed, history.val_loss, history.val_acc, tested, best,
+        cfg, seed, outcome.val_loss, outcome.val_acc, tested, best,
         clip_rate=clippers[0].clip_rate() if clippers else None, clip=clip,
         internals=internals, seconds=time.perf_counter() - start, log_dir=out,
         checkpoint=checkpoint,
@@ -367,28 +336,17 @@ def run_final_population(
     labels = [label for label, *_ in members] if members else [arm] * len(seeds)
     dirs = [d for _, d, *_ in members] if members else [log_dir] * len(seeds)
     outs = [d / f"seed_{seed}" for d, seed in zip(dirs, seeds, strict=True)]
-    if members:
-        model = build_mixed_population([(c, values) for _, _, c, values in members], seeds)
-    else:
-        model = build_population(cfg, seeds)
-    model.track_best = True
-    model.member_loggers = [_loggers_at(cfg, out) for out in outs]
+    tuned = [(c, values) for _, _, c, values in members] if members else [(cfg, {})] * len(seeds)
+    runs = [
+        Run(c, values, seed, _loggers_at(cfg, out))
+        for (c, values), seed, out in zip(tuned, seeds, outs, strict=True)
+    ]
     start = time.perf_counter()
-    trainer = build_trainer(cfg, False)
-    with contextlib.suppress(NonFiniteLossError):  # every member failed: reported below
-        trainer.fit(model, datamodule=data)
-    checkpoints, last, best = {}, {}, {}
-    if model.num_members:
-        trainer.test(model, datamodule=data, verbose=False)  # the final weights, once
-        last = dict(model.test_results)
-        for member in model.member_ids:
-            checkpoints[member] = save_member_checkpoint(model, member, outs[member])
-        # The early-stopping view: each member's lowest val/loss epoch, tested without loggers.
-        model.use_best_weights()
-        loggers, model.member_loggers = model.member_loggers, None
-        trainer.test(model, datamodule=data, verbose=False)
-        model.member_loggers = loggers
-        best = dict(model.test_results)
+    trained = train_runs(runs, data, population=True, trainer_cfg=cfg, track_best=True)
+    model = trained.model
+    last = trained.test(data)  # the final weights, once
+    checkpoints = {member: trained.checkpoint(member, outs[member]) for member in last}
+    best = trained.test_best(data)  # each member's lowest val/loss epoch, without loggers
     seconds = time.perf_counter() - start
     rules = {member: model.rule_of(member) for member in model.member_ids}
     results, failed = [], {}

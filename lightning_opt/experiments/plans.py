@@ -16,6 +16,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningArgumentParser
 
+import lightning_opt
 from lightning_opt.config.fingerprints import (
     EXPERIMENT_KEYS,
     differences,
@@ -26,6 +27,7 @@ from lightning_opt.config.fingerprints import (
 from lightning_opt.config.parsing import UsageError
 from lightning_opt.core.atomic import write_text
 from lightning_opt.core.names import check_name
+from lightning_opt.experiments.final_units import SUFFIX
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import optimizer_class, optimizer_config
 from lightning_opt.optim.schedulers import resolve_scheduler
@@ -179,7 +181,6 @@ def _delete_own_studies(
     recorded) are deleted with its outputs, or a study of unchanged settings would be reused
     with its logs and checkpoints gone. Shared arms' studies (named by their settings, their
     logs outside the experiment) stay."""
-    from lightning_opt.experiments.final_units import SUFFIX
 
     if not plans or plans[0].options.storage == f"sqlite:///{exp_dir / 'optuna.db'}":
         return  # the experiment's own database: deleted with its folder
@@ -313,8 +314,6 @@ def check_finals(config: Any, name: str, final_cfg: Any) -> tuple[bool, str | No
 
 def experiment_settings(config: Any) -> dict[str, Any]:
     from importlib.metadata import version
-
-    import lightning_opt
 
     return {
         "tune_max_epochs": config.tune_max_epochs,

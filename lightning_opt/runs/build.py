@@ -22,9 +22,20 @@ from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.config.parsing import optimizer_dict
 from lightning_opt.core.atomic import replacing
 from lightning_opt.core.reflection import class_spec
-from lightning_opt.optim.registry import constructor_arguments, import_class, optimizer_class
+from lightning_opt.models import build_net, resolve_net
+from lightning_opt.optim.groups import check_rules
+from lightning_opt.optim.registry import (
+    check_optimizer,
+    constructor_arguments,
+    import_class,
+    optimizer_class,
+    resolve_optimizer,
+    supports_population,
+    takes_model,
+)
 from lightning_opt.population import PopulationClassifier
 from lightning_opt.population.plan import PopulationPlan
+from lightning_opt.population.stacking import why_not_stackable
 from lightning_opt.training.classifier import MNIST1DClassifier, ModelPlan
 
 #: A run that reports through its own lines and logger: no bar, summary or per-epoch checkpoint.
@@ -189,8 +200,6 @@ class RunSpec:
     def of(cls, cfg: Any) -> RunSpec:
         """The run of ``cfg`` (``ValueError``, one line, for a net or optimizer that does not
         resolve)."""
-        from lightning_opt.models import resolve_net
-        from lightning_opt.optim.registry import resolve_optimizer
 
         model = cfg.model.as_dict()
         return cls(
@@ -222,7 +231,6 @@ class RunSpec:
 
     def build_net(self) -> Any:
         """One member's net, built as the model builds it (its constructor checks it)."""
-        from lightning_opt.models import build_net, resolve_net
 
         cls, net = resolve_net(self.net)
         return build_net(cls, net["init_args"], self.input_size, self.num_classes)
@@ -341,9 +349,6 @@ def population_blocker(cfg: Any) -> str | None:
     """Why the runs of ``cfg`` cannot train as one population (one line), or ``None`` if they
     can: the one place that decides it, for ``tune --population`` and ``compare``'s finals (a
     blocked config trains one run at a time; ``fit --seeds`` refuses it)."""
-    from lightning_opt.optim.groups import check_rules
-    from lightning_opt.optim.registry import check_optimizer, supports_population, takes_model
-    from lightning_opt.population.stacking import why_not_stackable
 
     cls = optimizer_class(optimizer_dict(cfg))
     if not supports_population(cls):

@@ -8,7 +8,6 @@ K`` trains K trials at once as one population, each reporting to its own Optuna 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,20 +28,15 @@ from lightning_opt.optim.registry import (
     unset_values,
 )
 from lightning_opt.runs.build import (
-    build_mixed_population,
-    build_model,
-    build_trainer,
     callback_class,
     chunk_where_invisible,
     clipping_callbacks,
     flags,
     run_loggers,
-    save_final_checkpoint,
-    save_member_checkpoint,
     settable,
     with_values,
 )
-from lightning_opt.training.loop import NonFiniteLossError
+from lightning_opt.runs.runner import Run, train_runs
 
 
 @dataclass(frozen=True)
@@ -273,23 +267,18 @@ class TrialRunner:
         """Train ``trial`` alone: the ``fit`` of its config with its values set."""
         cfg = with_values(self.config, params)
         seed_everything(cfg.seed_everything, verbose=False)  # as `fit` does before building
-        model = build_model(cfg)
         from optuna_integration import PyTorchLightningPruningCallback
 
         pruning = PyTorchLightningPruningCallback(trial, monitor="val/loss")
-        trainer = self.trainer = build_trainer(cfg, self._loggers(trial) or False, [pruning])
-        start = time.perf_counter()
+        run = Run(cfg, params, cfg.seed_everything, self._loggers(trial))
+        trained = train_runs(
+            [run], self.data, population=False, callbacks=[pruning],
+            ends={optuna.TrialPruned: "pruned at epoch {epoch}"}, driver=self,
+        )  # fmt: skip
+        model, trainer, stopped = trained.model, trained.trainer, trained.outcomes[0].stopped
         state, value, note = TrialState.COMPLETE, None, ""
-        try:
-            trainer.fit(model, datamodule=self.data)
-        except optuna.TrialPruned:
-            state, note = TrialState.PRUNED, f"pruned at epoch {trainer.current_epoch}"
-        except NonFiniteLossError as err:
-            state, note = TrialState.PRUNED, str(err)
-        finally:
-            self.trainer = None
-        if self.interrupted:
-            raise KeyboardInterrupt
+        if stopped is not None:
+            state, note = TrialState.PRUNED, stopped
         if model.first_nonfinite_step is not None:
             trial.set_user_attr("pruned_reason", "non-finite training loss")
             note = note or "non-finite loss"
@@ -297,9 +286,9 @@ class TrialRunner:
             final = trainer.callback_metrics.get("val/loss")
             value = model.best_val_loss if self.options.objective == "best" else float(final)
             note = f"val/loss {value:.4f}"
-            trial.set_user_attr("checkpoint", save_final_checkpoint(trainer, self._log_dir(trial)))
-        elapsed = time.perf_counter() - start
-        return self._report(trial, params, TrialOutcome(state, value, note), f"{elapsed:.1f} s")
+            trial.set_user_attr("checkpoint", trained.checkpoint(0, self._log_dir(trial)))
+        timing = f"{trained.seconds:.1f} s"
+        return self._report(trial, params, TrialOutcome(state, value, note), timing)
 
 
 #: A trial of a population: the runner of its study, the trial and its sampled values.
@@ -309,47 +298,31 @@ TrialMember = tuple["TrialRunner", optuna.Trial, dict[str, float]]
 def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> list[TrialOutcome]:
     """Train ``members`` as one population, each exactly its own trial's run: trials of one
     study, or of several whose configs differ only in their optimizer, LR scheduler and values
-    (``runs.build_mixed_population``); ``driver``'s config gives the trainer and the data, and
-    ``driver.interrupt`` stops it. Each trial's outcome, as ``TrialRunner.run`` gives it."""
+    (``runs.build_mixed_population``); the longest budget's config gives the trainer, ``driver``
+    gives the data, and ``driver.interrupt`` stops it. Each trial's outcome, as
+    ``TrialRunner.run`` gives it."""
     epochs = [runner.config.trainer.max_epochs for runner, _, _ in members]
-    # The longest budget's config gives the trainer; each member ends at its own last epoch.
-    config = members[epochs.index(max(epochs))][0].config
-    seed = config.seed_everything
+    seed = members[epochs.index(max(epochs))][0].config.seed_everything
     seed_everything(seed, verbose=False)
-    entries = [(runner.config, p) for runner, _, p in members]
-    model = build_mixed_population(entries, [seed] * len(members))
-    if len(set(epochs)) > 1:
-        model.member_epochs = epochs
+    runs = [Run(runner.config, p, seed, runner._loggers(trial)) for runner, trial, p in members]
     trials = [trial for _, trial, _ in members]
-    model.member_loggers = [runner._loggers(trial) for runner, trial, _ in members]
     pruning = PopulationPruning(trials, [runner.storage for runner, _, _ in members])
-    trainer = driver.trainer = build_trainer(config, False, [pruning])
-    start = time.perf_counter()
-    try:
-        trainer.fit(model, datamodule=driver.data)
-    except NonFiniteLossError:
-        pass  # every member is dropped; each one's reason is in model.dropped
-    finally:
-        driver.trainer = None
-    if driver.interrupted:
-        raise KeyboardInterrupt
-    elapsed = time.perf_counter() - start
+    trained = train_runs(runs, driver.data, population=True, callbacks=[pruning], driver=driver)
     outcomes = []
-    for member, (runner, trial, p) in enumerate(members):
-        losses = model.history[member]["val/loss"]
-        reason = model.dropped.get(member)
-        if reason is None:
+    timing = f"population of {len(members)}: {trained.seconds:.1f} s"
+    for member, ((runner, trial, p), outcome) in enumerate(
+        zip(members, trained.outcomes, strict=True)
+    ):
+        if outcome.stopped is None:
             state = TrialState.COMPLETE
+            losses = outcome.val_loss
             value = min(losses) if runner.options.objective == "best" else losses[-1]
             note = f"val/loss {value:.4f}"
-            checkpoint = model.finished_checkpoints.get(member)
-            path = save_member_checkpoint(model, member, runner._log_dir(trial), checkpoint)
-            trial.set_user_attr("checkpoint", path)
+            trial.set_user_attr("checkpoint", trained.checkpoint(member, runner._log_dir(trial)))
         else:
-            state, value, note = TrialState.PRUNED, None, reason
-            if "non-finite" in reason:
+            state, value, note = TrialState.PRUNED, None, outcome.stopped
+            if "non-finite" in outcome.stopped:
                 trial.set_user_attr("pruned_reason", "non-finite training loss")
-        timing = f"population of {len(members)}: {elapsed:.1f} s"
         outcomes.append(runner._report(trial, p, TrialOutcome(state, value, note), timing))
     return outcomes
 
