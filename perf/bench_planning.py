@@ -111,7 +111,9 @@ def main() -> None:
         subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT,
                        check=False, capture_output=True)  # fmt: skip
     medians = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
-    print(f"| phase (median of {args.repeats}, s) | before ({args.before}) | after | after/before |")
+    print(
+        f"| phase (median of {args.repeats}, s) | before ({args.before}) | after | after/before |"
+    )
     print("| --- | --- | --- | --- |")
     for key in medians["before"]:
         b, a = medians["before"][key], medians["after"].get(key, float("nan"))
