@@ -220,8 +220,7 @@ def test_arms_that_cannot_tune_together_tune_apart_and_say_why(
     """Where the joint population of a group of arms does not build (the check before the first
     trial), its arms tune one population each and a line says why; an arm whose optimizer
     cannot train as a population says so once, for its trials and its finals."""
-    from lightning_opt.experiments import compare
-    from lightning_opt.runs import build as runs
+    from lightning_opt.experiments import grouping
 
     path, config = tiny_experiment
     sgd = {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}}
@@ -234,17 +233,17 @@ def test_arms_that_cannot_tune_together_tune_apart_and_say_why(
     ]
     config["population"] = 2
     path.write_text(yaml.safe_dump(config))
-    real = compare._builds_together
+    real = grouping._builds_together
 
     def refused(*members, **kwargs):
         raise ValueError("made up for the test")
 
     def builds_together(labels, plans):
         with monkeypatch.context() as patched:
-            patched.setattr(runs, "plan_mixed_population", refused)
+            patched.setattr(grouping, "plan_mixed_population", refused)
             return real(labels, plans)
 
-    monkeypatch.setattr(compare, "_builds_together", builds_together)
+    monkeypatch.setattr(grouping, "_builds_together", builds_together)
     cli_main(["compare", f"--config={path}"])
     shown = capsys.readouterr().out
     assert "arms adam, sgd tune one population each (made up for the test)" in shown

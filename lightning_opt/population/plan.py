@@ -35,6 +35,25 @@ from lightning_opt.population.settings import NOT_GIVEN, MemberGroup, member_set
 from lightning_opt.population.stacking import why_not_stackable
 
 
+class NotAPopulation(ValueError):
+    """Runs that cannot train as one population, and why (``reason``, one line); its message
+    says to train them one run at a time."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}: train it one run at a time")
+        self.reason = reason
+
+
+def class_refusal(cls: type) -> str | None:
+    """Why an optimizer class cannot train members of a population by what it declares (one
+    line), or ``None``: ``supports_population = False``, or a constructor that takes the model."""
+    if not supports_population(cls):
+        return f"{cls.__name__} declares supports_population = False"
+    if takes_model(cls):
+        return f"{cls.__name__} takes the model itself"
+    return None
+
+
 @dataclass(frozen=True)
 class PopulationPlan:
     """A population's checked settings.
@@ -127,14 +146,12 @@ class PopulationPlan:
                 )
         why = why_not_stackable(nets[min(nets)], input_size)
         if why is not None:
-            raise ValueError(f"{why}: train it one run at a time")
+            raise NotAPopulation(why)
         contracts = []
         for group in built:
             opt = group.optimizer_class
             if takes_model(opt):
-                raise ValueError(
-                    f"{opt.__name__} takes the model itself: train it one run at a time"
-                )
+                raise NotAPopulation(f"{opt.__name__} takes the model itself")
             first = group.members[0]
             for member in group.members:
                 # As a single fit would, first; each group's first step stands for its class's.
@@ -147,7 +164,7 @@ class PopulationPlan:
                     contracts.append(contract)
             why = contracts[-1].why_not_population(opt.__name__)
             if why is not None:
-                raise ValueError(f"{why}: train it one run at a time")
+                raise NotAPopulation(why)
         return cls(
             net_class, net_record, None if member_epochs is None else list(member_epochs),
             rules, built, member_kwargs, scheduler_kwargs, *clipping, stacked,
@@ -214,9 +231,7 @@ def _member_group(spec: dict[str, Any], start: int) -> MemberGroup:
     cls, resolved = resolve_optimizer(spec["optimizer"])
     scheduler = resolve_scheduler(spec["lr_scheduler"])
     if not supports_population(cls):
-        raise ValueError(
-            f"{cls.__name__} declares supports_population = False: train it one run at a time"
-        )
+        raise NotAPopulation(f"{cls.__name__} declares supports_population = False")
     size, member_hparams = spec["size"], dict(spec["member_hparams"] or {})
     settings = member_settings(
         cls, resolved["init_args"], scheduler[0] if scheduler else None,

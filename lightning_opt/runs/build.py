@@ -23,19 +23,14 @@ from lightning_opt.config.parsing import optimizer_dict
 from lightning_opt.core.atomic import replacing
 from lightning_opt.core.reflection import class_spec
 from lightning_opt.models import build_net, resolve_net
-from lightning_opt.optim.groups import check_rules
 from lightning_opt.optim.registry import (
-    check_optimizer,
     constructor_arguments,
     import_class,
     optimizer_class,
     resolve_optimizer,
-    supports_population,
-    takes_model,
 )
 from lightning_opt.population import PopulationClassifier
-from lightning_opt.population.plan import PopulationPlan
-from lightning_opt.population.stacking import why_not_stackable
+from lightning_opt.population.plan import NotAPopulation, PopulationPlan, class_refusal
 from lightning_opt.training.classifier import MNIST1DClassifier, ModelPlan
 
 #: A run that reports through its own lines and logger: no bar, summary or per-epoch checkpoint.
@@ -348,30 +343,22 @@ def mixed_population_arguments(
 def population_blocker(cfg: Any) -> str | None:
     """Why the runs of ``cfg`` cannot train as one population (one line), or ``None`` if they
     can: the one place that decides it, for ``tune --population`` and ``compare``'s finals (a
-    blocked config trains one run at a time; ``fit --seeds`` refuses it)."""
+    blocked config trains one run at a time; ``fit --seeds`` refuses it): the class, the data and
+    the callbacks here, the rest by the population plan (``PopulationPlan.of``)."""
 
-    cls = optimizer_class(optimizer_dict(cfg))
-    if not supports_population(cls):
-        return f"{cls.__name__} declares supports_population = False"
-    if takes_model(cls):
-        return f"{cls.__name__} takes the model itself"
+    why = class_refusal(optimizer_class(optimizer_dict(cfg)))
+    if why is not None:
+        return why
     if cfg.data.get("split_seed") == "per_run":
         return "data.split_seed per_run gives every seed its own validation split"
     callbacks = user_callbacks(cfg)
     if callbacks:
         return f"callbacks {', '.join(callbacks)} would see all members of a population at once"
-    spec = RunSpec.of(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # a seed's net, as a run builds it: its pre-flight step is shared
-        net = spec.build_net()
-    why = why_not_stackable(net, spec.input_size)
-    if why is not None:
-        return why
-    args, rules = spec.optimizer["init_args"], check_rules(spec.param_groups)
-    contract = check_optimizer(
-        cls, net, args, spec.input_size, spec.num_classes, rules, net_spec=spec.net
-    )
-    return contract.why_not_population(cls.__name__)
+    try:
+        plan_population(cfg, [0])  # the net of seed 0, as a run builds it: its step is shared
+    except NotAPopulation as refusal:
+        return refusal.reason
+    return None
 
 
 def trainer_arguments(cfg: Any) -> dict[str, Any]:
@@ -494,8 +481,6 @@ def save_member_checkpoint(
     """Member ``member``'s single-model checkpoint (of now, or ``checkpoint``, taken when it
     ended): ``<log_dir>/checkpoints/final.ckpt``."""
     from pathlib import Path
-
-    import torch
 
     path = Path(log_dir) / "checkpoints" / "final.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
