@@ -4,6 +4,7 @@ the ways out (a new name, or ``--overwrite``), never silently reused."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -88,6 +89,19 @@ def differences(recorded: Any, now: Any, prefix: str = "") -> list[str]:
             out += differences(recorded.get(key, "<unset>"), now.get(key, "<unset>"), name)
         return out
     return [] if recorded == now else [f"{prefix}: {recorded!r} -> {now!r}"]
+
+
+def changed(what: str, recorded: Any, now: Any, overwrite: bool, rename: str) -> bool:
+    """The one check of settings recorded with a study or an experiment against this run's:
+    ``False`` if nothing was recorded or nothing differs; ``True`` if they differ and
+    ``overwrite`` starts it afresh (the caller deletes what it owns); else ``ValueError``, one
+    line with the first differences and the ways out (another ``rename``, or ``--overwrite``)."""
+    now = json.loads(json.dumps(now))  # as a record reads back (tuples as lists)
+    if recorded is None or recorded == now:
+        return False
+    if overwrite:
+        return True
+    raise ValueError(mismatch_message(what, differences(recorded, now), rename))
 
 
 def mismatch_message(what: str, diffs: list[str], rename: str) -> str:

@@ -19,9 +19,8 @@ from lightning.pytorch.cli import LightningArgumentParser
 import lightning_opt
 from lightning_opt.config.fingerprints import (
     EXPERIMENT_KEYS,
-    differences,
+    changed,
     digest,
-    mismatch_message,
     run_fingerprint,
 )
 from lightning_opt.config.parsing import UsageError
@@ -156,12 +155,13 @@ def check_experiment_record(
     path = exp_dir / "experiment.json"
     if path.exists():
         recorded = json.loads(path.read_text())
-        if recorded != json.loads(json.dumps(fingerprint)):
-            if not overwrite:
-                diffs = differences(recorded, json.loads(json.dumps(fingerprint)))
-                raise UsageError(
-                    mismatch_message(f"experiment {exp_dir.name!r}", diffs, "--experiment")
-                )
+        try:
+            fresh = changed(
+                f"experiment {exp_dir.name!r}", recorded, fingerprint, overwrite, "--experiment"
+            )
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if fresh:
             _delete_own_studies(exp_dir, plans, recorded, shared)
             shutil.rmtree(exp_dir)
     elif exp_dir.exists() and any((exp_dir).iterdir()) and not overwrite:

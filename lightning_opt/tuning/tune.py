@@ -21,8 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from optuna.trial import TrialState
 
 from lightning_opt.config.fingerprints import (
-    differences,
-    mismatch_message,
+    changed,
     run_fingerprint,
 )
 from lightning_opt.config.parsing import (
@@ -217,15 +216,8 @@ def check_recorded(
     if options.fingerprint is None:
         return study
     recorded = study.user_attrs.get(_CONFIG_ATTR)
-    if recorded is not None and recorded != options.fingerprint:
-        if not options.overwrite:
-            raise ValueError(
-                mismatch_message(
-                    f"study {options.study_name!r}",
-                    differences(recorded, options.fingerprint),
-                    "--study_name",
-                )
-            )
+    what = f"study {options.study_name!r}"
+    if changed(what, recorded, options.fingerprint, options.overwrite, "--study_name"):
         optuna.delete_study(study_name=options.study_name, storage=storage)
         shutil.rmtree(options.study_dir, ignore_errors=True)
         study = studies.open_study(storage, options.study_name, space, options.objective)
