@@ -36,7 +36,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning_opt.benchmark import leaderboard as leaderboards
 from lightning_opt.config.parsing import UsageError, run_name
 from lightning_opt.core.atomic import write_text
-from lightning_opt.core.names import check_name
+from lightning_opt.core.names import check_name, overlap
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.compare import (
     CompareCLI,
@@ -47,6 +47,7 @@ from lightning_opt.experiments.compare import (
 from lightning_opt.experiments.plans import default_shared_arms_dir
 from lightning_opt.optim.schedulers import resolve_scheduler, scheduler_arguments
 from lightning_opt.runs.build import quiet_lightning
+from lightning_opt.tuning.storage import sqlite_url
 from lightning_opt.tuning.tune import parse
 
 #: Keys of a workload entry.
@@ -60,6 +61,8 @@ class BenchmarkCLI(CompareCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
+        # No budget of its own: each workload's epochs; a --trainer.max_epochs given caps them.
+        parser.set_defaults({"trainer.max_epochs": None})
         parser.set_defaults(output_dir="lightning_logs/benchmark")
         group = parser.add_argument_group("Benchmark")
         group.add_argument("--benchmark", type=str, default="benchmark",
@@ -134,8 +137,7 @@ def _plan(
             "workload for its own budget; set workloads[].epochs (or --trainer.max_epochs N "
             "to cap every budget at N)"
         )
-    cap = config.trainer.max_epochs
-    cap = None if cap == defaults.trainer.max_epochs else cap
+    cap = config.trainer.max_epochs  # None: not given
     if cap is not None and (isinstance(cap, bool) or cap < 1):
         raise ValueError(
             f"--trainer.max_epochs {cap}: it caps every workload's budget, so it is a positive "
@@ -161,15 +163,16 @@ def _plan(
     # baseline (or candidate) identical in another benchmark is trained once.
     # Their logs and checkpoints too: in one folder per arm study, which a benchmark's
     # --overwrite never deletes (another benchmark's results may point at them).
-    base["storage"] = base.get("storage") or f"sqlite:///{Path(config.output_dir) / 'optuna.db'}"
+    base["storage"] = base.get("storage") or sqlite_url(Path(config.output_dir) / "optuna.db")
     base["share_arms"] = True
     shared = default_shared_arms_dir(base.get("shared_arms_dir"), config.output_dir)
     base["shared_arms_dir"] = str(shared)
     bench_dir = Path(config.output_dir) / name
-    if bench_dir.resolve() == shared.resolve():
+    if overlap(bench_dir, shared):  # --overwrite of either would delete the other's runs
         raise ValueError(
-            f"--benchmark {name}: {bench_dir} holds the shared arms' logs (--shared_arms_dir); "
-            "choose another name"
+            f"--benchmark {name}: its folder {bench_dir} and the shared arms' folder {shared} "
+            "(--shared_arms_dir) overlap, so --overwrite of this benchmark would delete runs "
+            "other benchmarks' results point at; choose another --benchmark or --shared_arms_dir"
         )
     bench_dir.mkdir(parents=True, exist_ok=True)
     planned = []
@@ -218,7 +221,12 @@ def _check_workload(entry: Any) -> dict[str, Any]:
     unknown = set(workload) - WORKLOAD_KEYS
     if unknown:
         raise ValueError(f"workload keys are {sorted(WORKLOAD_KEYS)}, got {sorted(unknown)}")
-    check_name("workload", workload.get("name"), "workloads[].name")
+    name = check_name("workload", workload.get("name"), "workloads[].name")
+    if name.casefold().endswith(".yaml"):  # each workload's compare config is <name>.yaml
+        raise ValueError(
+            f"workloads[].name {name!r}: a workload's config is written as <name>.yaml beside "
+            "its folder, so a name ending in .yaml could be another's; choose another name"
+        )
     epochs, target = workload.get("epochs"), workload.get("target")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(

@@ -14,6 +14,7 @@ from typing import Any
 
 from lightning_opt.benchmark import scoring
 from lightning_opt.core.atomic import write_text
+from lightning_opt.core.search_space import values_text
 from lightning_opt.reports import stats
 from lightning_opt.reports.summary import tuning_crossing
 
@@ -259,8 +260,7 @@ def markdown(board: dict) -> str:
                   "target | reached |", "|---|---|---|---|---|---|"]  # fmt: skip
         ranked = sorted(workload["submissions"].items(), key=lambda kv: kv[1]["median_steps"])
         for sub, row in ranked:
-            tuned = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in row["tuned"].items())  # fmt: skip
+            tuned = values_text(row["tuned"], sep=" ")
             loss = row["test_loss"]
             lines.append(
                 f"| {sub} | {tuned} | {loss['mean']:.4f} [{loss['low']:.4f}, {loss['high']:.4f}] "

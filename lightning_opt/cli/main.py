@@ -123,7 +123,14 @@ class LightningOptCLI(OptimizerCLI):
                 "lightning_logs/<optimizer>/version_N/checkpoints/*.ckpt); without it the model "
                 "would be freshly initialised"
             )
-        if not path or path in ("last", "best", "hpc", "registry"):
+        named = path in ("last", "best", "hpc", "registry")
+        if named and self.subcommand != "fit":  # Lightning would evaluate untrained weights
+            raise UsageError(
+                f"--ckpt_path {path}: {self.subcommand} trains nothing in this process, so there "
+                f"is no {path} checkpoint to evaluate; give the checkpoint file (fit writes "
+                "lightning_logs/<optimizer>/version_N/checkpoints/*.ckpt)"
+            )
+        if not path or named:
             return
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 #: Letters, digits, ``_``, ``-`` and ``.``: no path separator can appear.
@@ -10,18 +11,39 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 #: Room left in a file name (255 bytes on Linux, macOS and Windows) for what is added to a name
 #: (``optuna.db-wal``, ``.<pid>.<thread>.tmp``, ``<experiment>.<arm>`` study names).
 MAX_NAME_BYTES = 200
+#: The files lightning_opt writes beside the folders it names (an experiment's report and record,
+#: a benchmark's leaderboard, a study's outputs and database): no name may be one of them.
+RESERVED = frozenset({
+    "results.json", "results.md", "comparison.html", "comparison.png", "experiment.json",
+    "leaderboard.json", "leaderboard.md", "leaderboard.html", "best.yaml", "history.html",
+    "importance.html", "result.json", "config.yaml", "optuna.db", "optuna.db-wal",
+    "optuna.db-shm", "optuna.db-journal", "optuna.db.claim.lock",
+})  # fmt: skip
+
+
+def overlap(a: Path, b: Path) -> bool:
+    """Whether folder ``a`` is ``b``, or holds it, or lies inside it (resolved: ``..`` and links
+    followed): deleting one would delete (part of) the other."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
 
 
 def check_name(kind: str, name: Any, flag: str) -> str:
     """``name`` if it is one folder name under the output directory, else ``ValueError`` (one
     line: what was wrong, what is allowed, the flag to change): not empty, letters, digits, ``_``,
-    ``-`` and ``.`` only (no ``/``, no ``..`` or ``.``), at most ``MAX_NAME_BYTES`` bytes."""
+    ``-`` and ``.`` only (no ``/``, no ``..`` or ``.``), none of the tool's own file names
+    (``RESERVED``), at most ``MAX_NAME_BYTES`` bytes."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{flag}: the {kind} name is empty; give one (letters, digits, _ - .)")
     if not _NAME.fullmatch(name) or set(name) == {"."}:
         raise ValueError(
             f"{flag} {name!r}: {kind} names are letters, digits, '_', '-' or '.' (one folder "
             "under the output directory, never a path)"
+        )
+    if name.casefold() in RESERVED:
+        raise ValueError(
+            f"{flag} {name!r}: lightning_opt writes a file of that name beside its {kind} "
+            "folders; choose another name"
         )
     if len(name.encode()) > MAX_NAME_BYTES:
         raise ValueError(

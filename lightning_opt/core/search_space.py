@@ -12,6 +12,25 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def value_text(value: Any) -> str:
+    """A tuned value as reports and trial lines show it: a float to 3 significant digits, any
+    other value (a choice: an int, a string, a bool, None) as itself."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def values_text(values: dict[str, Any], sep: str = ", ") -> str:
+    """``name=value`` for each tuned value (``value_text``)."""
+    return sep.join(f"{k}={value_text(v)}" for k, v in values.items())
+
+
+def space_text(param: dict[str, Any]) -> str:
+    """A search space entry (``SearchParam.as_dict``) as text: its range or its choices."""
+    if param.get("choices") is not None:
+        return f"{param['name']} in {{{', '.join(value_text(c) for c in param['choices'])}}}"
+    log = " (log)" if param.get("log") else ""
+    return f"{param['name']} in [{param['low']:.3g}, {param['high']:.3g}]{log}"
+
+
 @dataclass(frozen=True)
 class SearchParam:
     """One hyperparameter's range, or its choices.

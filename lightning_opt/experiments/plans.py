@@ -25,7 +25,7 @@ from lightning_opt.config.fingerprints import (
 )
 from lightning_opt.config.parsing import UsageError
 from lightning_opt.core.atomic import write_text
-from lightning_opt.core.names import check_name
+from lightning_opt.core.names import check_name, overlap
 from lightning_opt.experiments.final_units import SUFFIX
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import optimizer_class, optimizer_config
@@ -40,6 +40,7 @@ from lightning_opt.runs.build import (
     population_blocker,
     trainer_arguments,
 )
+from lightning_opt.tuning.storage import sqlite_url
 from lightning_opt.tuning.trials import options_from_config
 from lightning_opt.tuning.tune import check_study, open_study_storage
 
@@ -182,7 +183,7 @@ def _delete_own_studies(
     with its logs and checkpoints gone. Shared arms' studies (named by their settings, their
     logs outside the experiment) stay."""
 
-    if not plans or plans[0].options.storage == f"sqlite:///{exp_dir / 'optuna.db'}":
+    if not plans or plans[0].options.storage == sqlite_url(exp_dir / "optuna.db"):
         return  # the experiment's own database: deleted with its folder
     names = set()
     for plan in [] if shared else plans:
@@ -209,11 +210,18 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
     arms = validate_arms(config)
     base_options = options_from_config(config)
     exp_dir = Path(config.output_dir) / config.experiment
-    storage = config.storage or f"sqlite:///{exp_dir / 'optuna.db'}"
+    storage = config.storage or sqlite_url(exp_dir / "optuna.db")
     if config.storage:  # a database of its own: reachable before anything trains
         open_study_storage(replace(base_options, storage=storage))
     shared = shared_arms_dir(config)
     if shared is not None:
+        if overlap(exp_dir, shared):  # --overwrite of either would delete the other's runs
+            raise ValueError(
+                f"--experiment {config.experiment}: its folder {exp_dir} and the shared arms' "
+                f"folder {shared} (--shared_arms_dir) overlap, so --overwrite of this experiment "
+                "would delete runs other experiments' results point at; choose another "
+                "--experiment or --shared_arms_dir"
+            )
         check_writable(shared)
     retune = config.robustness and config.tune_max_epochs != config.trainer.max_epochs
     plans = []

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lightning_opt.core.atomic import replacing, write_text
+from lightning_opt.core.search_space import values_text
 from lightning_opt.models.registry import describe_net
 from lightning_opt.reports import stats
 from lightning_opt.reports.summary import INTERNALS, RETUNED
@@ -283,8 +284,7 @@ def _arms_table(results: dict[str, Any]) -> str:
              quantity["quantiles"].items())) if quantity else "-"  # fmt: skip
         net = describe_net(arm["net"]) if arm.get("net") else "-"
         rows.append([
-            name, net, arm.get("optimizer", "-"), ", ".join(f"{k}={v:.3g}" for k, v in
-                                                       arm["tuned"].items()),
+            name, net, arm.get("optimizer", "-"), values_text(arm["tuned"]),
             ", ".join(arm.get("clipping") or []) or "none",
             f"{arm['clip_rate']['mean']:.1%}" if arm.get("clip_rate") else "-", q,
             f"{tuning.get('complete', '-')} / {tuning.get('pruned', '-')}",

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_opt.core.search_space import values_text
 from lightning_opt.reports import stats
 
 # metric key in a run's result -> (label, lower is better)
@@ -196,9 +197,7 @@ def _robustness(
         if key in RETUNED:
             epochs = settings.get("max_epochs") or settings.get("final_epochs")
             tuned = "; ".join(
-                f"{n}: "
-                + ", ".join(f"{k}={v:.3g}" for k, v in arms[n]["retuned"].get("tuned", {}).items())
-                for n in (a, b)
+                f"{n}: " + values_text(arms[n]["retuned"].get("tuned", {})) for n in (a, b)
             )
             detail += f"; tuned for {epochs} epochs: {tuned}"
         checks.append({"check": check, "holds": d.sign == primary.sign, "detail": detail})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lightning_opt.core.search_space import space_text, values_text
 from lightning_opt.models.registry import describe_net
 from lightning_opt.reports import stats
 from lightning_opt.reports.summary import (
@@ -46,7 +47,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     head = "| arm | tuned | " + " | ".join(SHORT[k] for k in keys) + " | clipped |"
     lines = [head, "|" + " --- |" * (len(keys) + 3)]
     for name, arm in results["arms"].items():
-        tuned = ", ".join(f"{k}={v:.3g}" for k, v in arm["tuned"].items())
+        tuned = values_text(arm["tuned"])
         cells = [ci_text(arm["metrics"].get(key)) for key in keys]
         clip = f"{arm['clip_rate']['mean']:.1%}" if arm["clip_rate"] else "-"
         lines.append(f"| {name} | {tuned} | " + " | ".join(cells) + f" | {clip} |")
@@ -70,10 +71,7 @@ DIFFERENCE_HEAD = ("metric", "A - B [95% CI]", "p", "Holm p", "A12", "significan
 
 def _search_space(arm: dict[str, Any]) -> str:
     space = (arm.get("tuning") or {}).get("search_space") or []
-    return ", ".join(
-        f"{s['name']} in [{s['low']:.3g}, {s['high']:.3g}]{' (log)' if s.get('log') else ''}"
-        for s in space
-    )
+    return ", ".join(space_text(s) for s in space)
 
 
 def settings_rows(results: dict[str, Any]) -> list[tuple[str, str]]:

@@ -196,8 +196,20 @@ def close_all() -> None:
     does: SQLite then folds its write-ahead log back into the database file (a copy of the file
     alone holds every trial)."""
     for storage in list(_OPENED):
+        fold_log(storage)
         storage.remove_session()
         storage.engine.dispose()
+
+
+def fold_log(storage: BaseStorage) -> None:
+    """Fold a SQLite storage's write-ahead log into its database file now (``PRAGMA
+    wal_checkpoint(TRUNCATE)``), so the file alone holds every study and trial: a copy of it is
+    complete, and a lost ``-wal`` file loses nothing. Other storages: nothing to do."""
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite":
+        return
+    with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError), engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 #: Within ``one_per_command``: the storages opened so far, by ``open_storage``'s arguments.
@@ -208,13 +220,18 @@ _REUSED: dict[StorageSettings, BaseStorage] | None = None
 def one_per_command() -> Iterator[None]:
     """Within the block, ``open_storage`` of the same arguments gives the storage it opened
     first (a command's planning, tuning and finals share one connection pool per database),
-    while its database is still there (a file that was deleted is opened afresh)."""
+    while its database is still there (a file that was deleted is opened afresh). When the
+    block ends, however it ends, each SQLite database's log is folded into its file
+    (``fold_log``)."""
     global _REUSED
     outer, _REUSED = _REUSED, {}
+    opened = _REUSED
     try:
         yield
     finally:
         _REUSED = outer
+        for storage in opened.values():
+            fold_log(storage)
 
 
 def open_storage(
@@ -259,6 +276,20 @@ class StorageSettings(NamedTuple):
     grace_period: int | None
     max_retry: int
     connect_timeout: int
+
+
+def sqlite_url(path: Path | str, flag: str = "--output_dir") -> str:
+    """``sqlite:///PATH``, the URL of the study database at ``path``; ``ValueError`` (one line)
+    for a path the URL would read otherwise (``?`` starts its query, ``#`` a fragment, ``%`` an
+    escape: ``o?mode=ro/optuna.db`` would be the file ``o``), naming ``flag``."""
+    text = str(path)
+    bad = sorted(set(text) & set("?#%"))
+    if bad:
+        raise ValueError(
+            f"{flag}: the study database {text} cannot be named in a SQLite URL (it holds "
+            f"{' '.join(bad)}); choose a folder without ?, # or %, or give --storage"
+        )
+    return f"sqlite:///{text}"
 
 
 def _still_there(url: str) -> bool:

@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from lightning_opt.config.parsing import optimizer_dict, run_name
 from lightning_opt.core.names import check_name
-from lightning_opt.core.search_space import SearchParam, parse_search_space
+from lightning_opt.core.search_space import SearchParam, parse_search_space, values_text
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.optim.registry import (
     default_search_space,
@@ -37,6 +37,7 @@ from lightning_opt.runs.build import (
     with_values,
 )
 from lightning_opt.runs.runner import Run, train_runs
+from lightning_opt.tuning.storage import sqlite_url
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def options_from_config(config: Any) -> TuneOptions:
     return TuneOptions(
         n_trials=config.n_trials,
         n_workers=config.n_workers,
-        storage=config.storage or f"sqlite:///{config.output_dir}/optuna.db",
+        storage=config.storage or sqlite_url(f"{config.output_dir}/optuna.db"),
         study_name=(
             default_study_name(config)
             if config.study_name is None
@@ -192,11 +193,7 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def format_params(params: dict[str, float]) -> str:
-    return " ".join(f"{k}={_shown(v)}" for k, v in sorted(params.items()))
-
-
-def _shown(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return values_text(dict(sorted(params.items())), sep=" ")
 
 
 class TrialRunner:

@@ -1,0 +1,206 @@
+"""Hardening, second round: the cases of the issue that are handled, each as a user meets it.
+
+Data loss (``--overwrite`` of a folder that holds the shared arms' runs), the SQLite log folded
+into the database file, paths that a storage URL would misread, names that collide with the
+tool's own files, a choices search in the report, ``--ckpt_path last`` with nothing trained and
+a benchmark's ``--trainer.max_epochs`` cap at the default's value."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_SAMPLES
+
+from lightning_opt.benchmark import command as benchmark_command
+from lightning_opt.cli import cli_main
+
+
+def _refused(args: list[str], capsys) -> str:
+    """The one line a refused command prints (exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def _experiment(tmp_path: Path, data_cache: Path, **changes) -> Path:
+    config = {
+        "experiment": "a", "output_dir": str(tmp_path / "out"), "seeds": 2, "n_trials": 1,
+        "tune_max_epochs": 1, "pruner": "none", "trainer": {"max_epochs": 1},
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 100},
+        "arms": [{"name": "adam", "optimizer": "adam"}, {"name": "sgd", "optimizer": "sgd"}],
+        **changes,
+    }  # fmt: skip
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _checkpoints(results: Path) -> list[Path]:
+    found = json.loads(results.read_text())
+    paths = [Path(run["checkpoint"]) for arm in found["arms"].values() for run in arm["runs"]]
+    assert paths
+    return paths
+
+
+@pytest.mark.slow
+def test_overwrite_of_an_experiment_over_the_shared_arms_is_refused(tmp_path, data_cache, capsys):
+    """Issue case 1a: experiment ``a`` shares its arms through ``out/optuna.db``; an experiment
+    named ``shared_arms`` (the shared arms' folder) with ``--overwrite`` would delete them."""
+    path = _experiment(tmp_path, data_cache)
+    shared = ["--share_arms=true", f"--storage=sqlite:///{tmp_path / 'out' / 'optuna.db'}"]
+    cli_main(["compare", f"--config={path}", *shared])
+    checkpoints = _checkpoints(tmp_path / "out" / "a" / "results.json")
+    assert all(p.is_file() for p in checkpoints)
+    line = _refused(["compare", f"--config={path}", *shared, "--experiment=shared_arms",
+                     "--overwrite=true", "--seeds=3"], capsys)  # fmt: skip
+    assert "--experiment shared_arms" in line and "overlap" in line
+    assert all(p.is_file() for p in checkpoints)
+
+
+def test_shared_arms_inside_a_workload_folder_are_refused_before_training(
+    tmp_path, data_cache, capsys
+):
+    """Issue case 1b: ``--shared_arms_dir`` inside the benchmark's own workload folder (which
+    its ``--overwrite`` deletes) is refused before anything trains."""
+    suite = {
+        "benchmark": "tiny", "seeds": 2, "n_trials": 1, "output_dir": str(tmp_path / "out"),
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
+        "workloads": [{"name": "mlp", "model": {"net": {"class_path": "mlp"}}, "epochs": 1,
+                       "target": 2.2}],
+        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
+    }  # fmt: skip
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    inside = tmp_path / "out" / "tiny" / "mlp" / "logs"
+    line = _refused(["benchmark", f"--config={path}", "--optimizer=adam",
+                     f"--shared_arms_dir={inside}"], capsys)  # fmt: skip
+    assert "--benchmark tiny" in line and "overlap" in line
+    assert not list((tmp_path / "out").rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_the_study_database_alone_holds_every_study_after_a_command(tmp_path, data_cache):
+    """Issue case 4: after a command, ``optuna.db`` copied without its ``-wal`` file holds
+    every study and trial (the log is folded into the file)."""
+    path = _experiment(tmp_path, data_cache)
+    cli_main(["compare", f"--config={path}"])
+    database = tmp_path / "out" / "a" / "optuna.db"
+    copy = tmp_path / "copy.db"
+    shutil.copy(database, copy)  # the file alone, as a backup or a move would take it
+    with sqlite3.connect(copy) as connection:
+        studies = {row[0] for row in connection.execute("SELECT study_name FROM studies")}
+        trials = connection.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    assert studies == {"a.adam", "a.sgd", "a.adam.finals", "a.sgd.finals"}
+    assert trials == 2 * 1 + 2 * 2  # one trial per arm, two final units per arm
+
+
+@pytest.mark.parametrize(
+    "command", [["tune", "--optimizer=adam"], ["compare"], ["benchmark", "--optimizer=adam"]]
+)
+@pytest.mark.parametrize("output_dir", ["o?mode=ro", "o?x=1", "o#1", "o%41"])
+def test_an_output_folder_a_storage_url_would_misread_is_refused(
+    command, output_dir, tmp_path, data_cache, capsys, monkeypatch
+):
+    """Issue case 3: ``?``, ``#`` and ``%`` in the folder of the default SQLite storage: one
+    line, and nothing written (``o?mode=ro`` used to write the database as ``./o``)."""
+    monkeypatch.chdir(tmp_path)
+    args = [*command, f"--output_dir={output_dir}", f"--data.cache_dir={data_cache}"]
+    if command == ["compare"]:
+        args.append(f"--config={_experiment(tmp_path, data_cache)}")
+        args = [*args[:1], args[-1], *args[1:-1]]
+    line = _refused(args, capsys)
+    assert "--output_dir" in line and "SQLite URL" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["experiment.yaml"])
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [("arm", "results.json"), ("arm", "comparison.html"), ("arm", "optuna.db"),
+     ("arm", "experiment.json"), ("experiment", "optuna.db"), ("study", "optuna.db"),
+     ("workload", "leaderboard.md"), ("workload", "mlp.yaml")],
+)  # fmt: skip
+def test_a_name_of_the_tools_own_files_is_refused(where, name, tmp_path, data_cache, capsys):
+    """Issue case 2: names that become folders beside the tool's own files (which then could
+    not be written, after all training) are refused before anything trains."""
+    if where == "study":
+        args = ["tune", "--optimizer=adam", f"--study_name={name}",
+                f"--output_dir={tmp_path / 'out'}", f"--data.cache_dir={data_cache}"]  # fmt: skip
+    elif where == "workload":
+        suite = {
+            "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
+            "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
+            "workloads": [{"name": name, "epochs": 1, "target": 2.2}],
+            "baselines": [{"name": "sgd", "optimizer": "sgd"}],
+        }  # fmt: skip
+        path = tmp_path / "suite.yaml"
+        path.write_text(yaml.safe_dump(suite))
+        args = ["benchmark", f"--config={path}", "--optimizer=adam"]
+    elif where == "arm":
+        arms = [{"name": name, "optimizer": "adam"}, {"name": "sgd", "optimizer": "sgd"}]
+        args = ["compare", f"--config={_experiment(tmp_path, data_cache, arms=arms)}"]
+    else:
+        args = ["compare", f"--config={_experiment(tmp_path, data_cache)}", f"--experiment={name}"]
+    line = _refused(args, capsys)
+    assert repr(name) in line
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_a_choices_search_is_reported(tmp_path, data_cache, capsys):
+    """Issue case 2: a search over choices that are not numbers (``amsgrad: [true, false]``,
+    ``foreach: [null, false]``) ends in a report, its values written as they are."""
+    space = [{"name": "lr", "low": 1e-3, "high": 1e-2, "log": True},
+             {"name": "amsgrad", "choices": [True, False]},
+             {"name": "foreach", "choices": [None, False]}]  # fmt: skip
+    arms = [{"name": "adam", "optimizer": "adam", "search_space": space},
+            {"name": "sgd", "optimizer": "sgd"}]  # fmt: skip
+    cli_main(["compare", f"--config={_experiment(tmp_path, data_cache, arms=arms)}"])
+    text = (tmp_path / "out" / "a" / "results.md").read_text()
+    assert "amsgrad in {True, False}" in text and "foreach in {None, False}" in text
+    tuned = json.loads((tmp_path / "out" / "a" / "results.json").read_text())["arms"]["adam"]
+    assert f"amsgrad={tuned['tuned']['amsgrad']}" in text
+
+
+@pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
+@pytest.mark.parametrize("name", ["last", "best", "hpc"])
+def test_a_named_checkpoint_with_nothing_trained_is_refused(subcommand, name, tmp_path, capsys):
+    """Issue cases 5 and 8: ``test --ckpt_path last`` evaluated untrained weights (exit 0);
+    ``best`` and ``hpc`` ended in a traceback. A command that trains nothing has no such
+    checkpoint: one line."""
+    line = _refused([subcommand, f"--ckpt_path={name}",
+                     f"--trainer.default_root_dir={tmp_path}"], capsys)  # fmt: skip
+    assert f"--ckpt_path {name}" in line and "give the checkpoint file" in line
+
+
+def test_a_benchmark_cap_equal_to_the_fit_default_caps(tmp_path, data_cache, monkeypatch, capsys):
+    """Issue case 5: ``--trainer.max_epochs 50`` (the fit default) caps a 52-epoch workload."""
+    suite = {
+        "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
+        "workloads": [{"name": "long", "epochs": 52, "target": 2.2},
+                      {"name": "short", "epochs": 3, "target": 2.2}],
+        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
+    }  # fmt: skip
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    budgets = {}
+
+    def planned_only(experiment):
+        budgets[experiment.config.experiment] = experiment.config.trainer.max_epochs
+        raise SystemExit(0)  # what was planned is what is checked; nothing trains
+
+    monkeypatch.setattr(benchmark_command, "run_experiment", planned_only)
+    with pytest.raises(SystemExit):
+        cli_main(["benchmark", f"--config={path}", "--optimizer=adam", "--trainer.max_epochs=50"])
+    assert "trainer.max_epochs 50 caps every workload's budget" in capsys.readouterr().out
+    assert budgets == {"long": 50}  # the first workload, capped
+    written = yaml.safe_load((tmp_path / "out" / "tiny" / "short.yaml").read_text())
+    assert written["trainer"]["max_epochs"] == 3
