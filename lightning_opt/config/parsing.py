@@ -31,9 +31,12 @@ from lightning_opt.core.reflection import class_spec, import_class
 from lightning_opt.data import NUM_CLASSES, MNIST1DDataModule
 from lightning_opt.models import net_arguments, resolve_net
 from lightning_opt.optim.registry import (
+    constructor_arguments,
+    default_search_space,
     for_parser,
     get_optimizer,
     list_optimizers,
+    optimizer_class,
     optimizer_config,
     resolve_optimizer,
     short_name_of,
@@ -108,10 +111,120 @@ def _load(text: str) -> Any:
 set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
 
 
+class ClassChange(torch.optim.Optimizer):
+    """Stands between two optimizer classes while arguments are parsed, never built.
+
+    Where a value names another class, jsonargparse starts the new class's arguments from the
+    previous class's (those the new one takes too): a spelled-out class keeps its own defaults,
+    but an argument without a default would silently be the previous class's (the default
+    optimizer's tuned lr in ``optimi.SGD``, whose lr is required). The parser passes through this
+    class, which takes no argument, so nothing carries over; a required argument left unset is
+    then refused in one line when the model is built."""
+
+    def __init__(self, params: Any) -> None:
+        raise TypeError("ClassChange only separates two optimizer classes while parsing")
+
+
+_CLASS_CHANGE = f"--optimizer={ClassChange.__module__}.{ClassChange.__qualname__}"
+
+
+def _names_optimizer_class(value: Any) -> bool:
+    """Whether a parsed ``optimizer`` value names a class (a name or path, or a mapping with a
+    ``class_path``), not only arguments of the current one."""
+    return isinstance(value, str) or (isinstance(value, dict) and "class_path" in value)
+
+
+def _sets_optimizer_class(arg: str, following: str | None) -> bool:
+    """Whether ``arg`` (with the argument after it) gives an optimizer class: ``--optimizer
+    VALUE`` or a ``--config`` file whose ``optimizer`` names one."""
+    if arg == "--optimizer" and following is not None and not following.startswith("-"):
+        text = following
+    elif arg.startswith("--optimizer="):
+        text = arg.split("=", 1)[1]
+    elif (arg in ("--config", "-c") and following is not None) or arg.startswith("--config="):
+        path = following if arg in ("--config", "-c") else arg.split("=", 1)[1]
+        try:
+            loaded = get_loader("yaml")(Path(path).read_text(encoding="utf-8"))
+        except Exception:  # not a readable YAML file: jsonargparse says so itself
+            return False
+        return isinstance(loaded, dict) and _names_optimizer_class(loaded.get("optimizer"))
+    else:
+        return False
+    try:
+        return _names_optimizer_class(get_loader("yaml")(text))
+    except Exception:
+        return False
+
+
+def separate_optimizer_classes(args: Sequence[str]) -> list[str]:
+    """``args`` with ``ClassChange`` before every value that gives an optimizer class."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        following = args[i + 1] if i + 1 < len(args) else None
+        if _sets_optimizer_class(arg, following):
+            out.append(_CLASS_CHANGE)
+        out.append(arg)
+    return out
+
+
+def searched_placeholders(args: Sequence[str]) -> dict[str, Any]:
+    """For a command that tunes: each argument of the optimizer class ``args`` give that has no
+    default, is not given, and that the class's search space searches (optimi's ``lr``), with a
+    placeholder value, the low end of its range (every trial sets it). jsonargparse refuses an
+    unset argument without a default; the study's checks then refuse one that its search space
+    does not search after all (``check_placeholders``)."""
+    expanded = expand_argv(args)
+    value: Any = None
+    given: set[str] = set()
+    for i, arg in enumerate(expanded):
+        following = expanded[i + 1] if i + 1 < len(expanded) else None
+        if arg == _CLASS_CHANGE:
+            continue
+        if arg.startswith("--optimizer="):
+            value, given = get_loader("yaml")(arg.split("=", 1)[1]), set()
+        elif arg == "--optimizer" and following is not None:
+            value, given = get_loader("yaml")(following), set()
+        elif (arg in ("--config", "-c") and following) or arg.startswith("--config="):
+            path = following if arg in ("--config", "-c") else arg.split("=", 1)[1]
+            try:
+                loaded = get_loader("yaml")(Path(str(path)).read_text(encoding="utf-8"))
+            except Exception:
+                continue
+            if isinstance(loaded, dict) and _names_optimizer_class(loaded.get("optimizer")):
+                value, given = spell_out(loaded["optimizer"]), set()
+        elif arg.startswith("--optimizer."):
+            given.add(arg.split("=", 1)[0].rsplit(".", 1)[-1])
+    if not isinstance(value, dict) or "class_path" not in value:
+        return {}
+    try:
+        cls = optimizer_class(optimizer_config(value))
+    except ValueError:
+        return {}  # jsonargparse says what is wrong with the class
+    given |= set(value.get("init_args") or {}) | set(value.get("dict_kwargs") or {})
+    space = {p.name: p for p in default_search_space(cls)}
+    return {
+        name: space[name].ends()[0]
+        for name, p in constructor_arguments(cls).items()
+        if name in space and name not in given and p.default is p.empty
+    }
+
+
+def check_placeholders(placeholders: dict[str, Any], searched: Sequence[str], where: str) -> None:
+    """Refuse (one line) a placeholder of ``searched_placeholders`` that the search space
+    (``searched``: its names) does not search: it would train as the value."""
+    missing = sorted(set(placeholders) - set(searched))
+    if missing:
+        flags = " ".join(f"--optimizer.{name} VALUE" for name in missing)
+        raise UsageError(
+            f"{where}the optimizer has no default for {', '.join(missing)} and the search space "
+            f"does not search it: give {flags}, or search it"
+        )
+
+
 def expand_argv(args: Sequence[str]) -> list[str]:
     """``--optimizer VALUE`` and ``--model.net VALUE`` (or ``=VALUE``) spelled out (see the
-    module docstring)."""
-    out = list(args)
+    module docstring), each optimizer class given after ``ClassChange``."""
+    out = separate_optimizer_classes(args)
     flags = (
         ("--optimizer", _expand_value),
         ("--model.net", _expand_net),

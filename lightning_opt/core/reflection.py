@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from torch.optim.optimizer import required
+
 Entry = TypeVar("Entry")
 
 
@@ -74,17 +76,32 @@ def hide_sentinel_arguments(cls: type) -> None:
     bare ``object()`` sentinel (heavyball's ``use_default``): no config can hold that value and
     jsonargparse refuses it against the argument's type, so the class's own default applies.
     The constructor itself is untouched; they stay settable through ``**kwargs``
-    (``--optimizer.dict_kwargs.NAME``). Sets ``__init__.__signature__``."""
+    (``--optimizer.dict_kwargs.NAME``). An argument whose default is torch's ``required``
+    marker (timm's ``SGDP``: ``lr=required``) is shown as what it is, an argument without a
+    default (keyword-only where one with a default comes before it). Sets
+    ``__init__.__signature__``."""
     init = cls.__init__
     try:
         signature = inspect.signature(init)
     except (TypeError, ValueError):
         return
-    hidden = [p for p in signature.parameters.values() if type(p.default) is object]
-    if not hidden:
+    params = list(signature.parameters.values())
+    hidden = [p for p in params if type(p.default) is object]
+    marked = [p for p in params if p.default is required]
+    if not hidden and not marked:
         return
-    kept = [p for p in signature.parameters.values() if type(p.default) is not object]
-    if not any(p.kind is p.VAR_KEYWORD for p in kept):
+    kept = [p for p in params if type(p.default) is not object]
+    if marked:
+        kept = [p.replace(default=p.empty) if p.default is required else p for p in kept]
+        try:
+            signature.replace(parameters=kept)
+        except ValueError:  # a required one after one with a default: keyword-only, then
+            names = {p.name for p in marked}
+            first = [p for p in kept if p.name not in names and p.kind is not p.VAR_KEYWORD]
+            rest = [p.replace(kind=p.KEYWORD_ONLY) for p in kept if p.name in names]
+            kept = first + rest + [p for p in kept if p.kind is p.VAR_KEYWORD]
+            kept = sorted(kept, key=lambda p: p.kind)
+    if hidden and not any(p.kind is p.VAR_KEYWORD for p in kept):
         kept.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     init.__signature__ = signature.replace(parameters=kept)
 

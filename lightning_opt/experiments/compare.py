@@ -16,7 +16,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.config.fingerprints import EXPERIMENT_KEYS, run_fingerprint
-from lightning_opt.config.parsing import UsageError, optimizer_dict, run_name
+from lightning_opt.config.parsing import UsageError, check_placeholders, optimizer_dict, run_name
 from lightning_opt.core import signals
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.final_units import FinalUnits
@@ -112,6 +112,10 @@ def plan_experiment(args: list[str]) -> Experiment:
         plans = plan_arms(cli.config, cli.parser)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
+    for plan in plans:  # an arm of the command line's optimizer searches its placeholders
+        if optimizer_dict(plan.tune_cfg) == optimizer_dict(cli.config):
+            searched = [p.name for p in resolve_search_space(plan.tune_cfg)]
+            check_placeholders(cli.placeholders, searched, f"arm {plan.name!r}: ")
     return Experiment(cli.parser, cli.config, plans)
 
 

@@ -41,7 +41,7 @@ from lightning_opt.runs.build import (
     trainer_arguments,
 )
 from lightning_opt.tuning.storage import sqlite_url
-from lightning_opt.tuning.trials import options_from_config
+from lightning_opt.tuning.trials import as_a_trial, options_from_config
 from lightning_opt.tuning.tune import check_study, open_study_storage
 
 ARM_KEYS = {"name", "optimizer", "lr_scheduler", "model", "callbacks", "search_space"}
@@ -257,7 +257,7 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
                 plan = ArmPlan(name, tune_cfg, final_cfg, options, population, plan)
         except ValueError as err:
             raise ValueError(f"arm {name!r}: {err}") from None
-        tuning_blocker = population_blocker(plan.tune_cfg) if (
+        tuning_blocker = population_blocker(as_a_trial(plan.tune_cfg)) if (
             config.population > 1 and plan.options.population == 1) else None  # fmt: skip
         _say_blocked(name, finals_blocker, tuning_blocker, config.population)
         plans.append(plan)
@@ -306,8 +306,10 @@ def _arm_digest(
 
 
 def check_finals(config: Any, name: str, final_cfg: Any) -> tuple[bool, str | None]:
-    """Check an arm's final runs; whether they train as one population, and if they were to
-    but cannot, why (one line)."""
+    """Check an arm's final runs (with a value of the search space where its tuned values will
+    be); whether they train as one population, and if they were to but cannot, why (one
+    line)."""
+    final_cfg = as_a_trial(final_cfg)
     check_model(final_cfg)
     check_run_loggers(final_cfg)
     population = config.population_finals

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.optim.optimizer import required
 
 from lightning_opt.core.reflection import (
     Registry,
@@ -229,6 +230,26 @@ def resolve_optimizer(value: Any) -> tuple[type[torch.optim.Optimizer], dict[str
     }
     given = {k: _path_of(v) if isinstance(v, type) else v for k, v in config["init_args"].items()}
     return cls, {"class_path": config["class_path"], "init_args": {**defaults, **given}}
+
+
+def check_required(cls: type, init_args: Mapping[str, Any]) -> None:
+    """Refuse (one line) a constructor argument without a default (or with torch's
+    ``required`` marker) that ``init_args`` leaves unset or ``None``: the class's own
+    requirement, which no other class's default may fill. The wrapped optimizer of a wrapper
+    and the model of a class that takes it are given by ``construct``."""
+    missing = [
+        name
+        for name, p in constructor_arguments(cls).items()
+        if name not in ("optimizer", "model")
+        and (p.default is p.empty or p.default is required)
+        and init_args.get(name) is None
+    ]
+    if missing:
+        flags = " ".join(f"--optimizer.{name} VALUE" for name in missing)
+        raise ValueError(
+            f"{cls.__name__} has no default for {', '.join(missing)}: give {flags} (tune "
+            "searches an argument of its search space)"
+        )
 
 
 def _path_of(cls: type) -> str:

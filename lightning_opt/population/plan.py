@@ -25,6 +25,7 @@ from lightning_opt.optim import groups as param_groups_module
 from lightning_opt.optim.contract import StepContract
 from lightning_opt.optim.registry import (
     check_optimizer,
+    check_required,
     resolve_optimizer,
     supports_population,
     takes_model,
@@ -127,6 +128,8 @@ class PopulationPlan:
         specs = _group_specs(optimizer, lr_scheduler, lr_interval, member_hparams, member_groups, k)
         built = [_member_group(spec, start) for spec, start in specs]
         member_kwargs = [kw for g in built for kw in g.settings.optimizer_kwargs]
+        for group in built:
+            check_required(group.optimizer_class, member_kwargs[group.members[0]])
         scheduler_kwargs = [
             kw for g in built
             for kw in (g.settings.scheduler_kwargs or [None] * len(g.members))

@@ -23,7 +23,12 @@ from typing_extensions import override
 from lightning_opt.data import MiniBatches
 from lightning_opt.models import NetFactory, build_net, resolve_net_argument
 from lightning_opt.optim import groups
-from lightning_opt.optim.registry import check_optimizer, construct, resolve_optimizer
+from lightning_opt.optim.registry import (
+    check_optimizer,
+    check_required,
+    construct,
+    resolve_optimizer,
+)
 from lightning_opt.optim.schedulers import (
     check_scheduler,
     resolve_scheduler,
@@ -285,6 +290,7 @@ class ModelPlan:
         check, from ``seed`` with the global state left as it was; its pre-flight step is shared
         with every run of the same settings and weights (``optim.registry.check_optimizer``)."""
         optimizer_class, resolved = resolve_optimizer(optimizer)
+        check_required(optimizer_class, resolved["init_args"])
         rules = groups.check_rules(param_groups)
         scheduler = resolve_scheduler(lr_scheduler)
         if lr_interval not in ("epoch", "step"):

@@ -116,6 +116,13 @@ def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
     return space
 
 
+def as_a_trial(config: Any) -> Any:
+    """``config`` with every value of its search space set at the low end, as a trial sets them:
+    what its checks before any trial build (a tuned final run has the same settings but its
+    tuned values). A class argument without a default that the space searches is so set."""
+    return with_values(config, {p.name: p.ends()[0] for p in resolve_search_space(config)})
+
+
 def _check_not_set(config: Any, space: tuple[SearchParam, ...]) -> None:
     """Refuse an optimizer argument the config sets that the default search space would
     replace: set means other than the class's default (or a short name's). A clipping rule's

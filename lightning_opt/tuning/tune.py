@@ -10,6 +10,7 @@ best trial exactly. The trials themselves are in ``trials.py``, the worker proce
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -29,7 +30,9 @@ from lightning_opt.config.parsing import (
     RunFailure,
     UsageError,
     build_cli,
+    check_placeholders,
     check_trainer_settings,
+    searched_placeholders,
 )
 from lightning_opt.core import signals
 from lightning_opt.data import MNIST1DDataModule
@@ -48,6 +51,7 @@ from lightning_opt.tuning import storage as storages
 from lightning_opt.tuning.outputs import write_outputs
 from lightning_opt.tuning.trials import (
     TuneOptions,
+    as_a_trial,
     options_from_config,
     resolve_search_space,
 )
@@ -150,14 +154,22 @@ class TuneCLI(OptimizerCLI):
 
 
 def parse(args: list[str], cli_class: type[TuneCLI] = TuneCLI) -> TuneCLI:
-    """Parse ``tune`` (or ``compare``) arguments; nothing is built."""
-    return build_cli(cli_class, args, run=False, save_config_callback=None)
+    """Parse ``tune`` (or ``compare``) arguments; nothing is built. An optimizer argument
+    without a default that the class's search space searches is parsed at a placeholder
+    (``searched_placeholders``; ``cli.placeholders``), which every trial replaces."""
+    placeholders = searched_placeholders(args)
+    filled = [*args, *(f"--optimizer.{n}={json.dumps(v)}" for n, v in placeholders.items())]
+    cli = build_cli(cli_class, filled, run=False, save_config_callback=None)
+    cli.placeholders = placeholders
+    return cli
 
 
 def run_tune(args: list[str]) -> None:
     """``python -m lightning_opt tune ...``: validate everything, run the study, write outputs."""
     quiet_lightning()
     cli = parse(args)
+    searched = [p.name for p in resolve_search_space(cli.config)]
+    check_placeholders(cli.placeholders, searched, "")
     try:
         options = check_study(cli.config, options_from_config(cli.config))
     except (ValueError, TypeError) as err:
@@ -177,7 +189,9 @@ def check_study(config: Any, options: TuneOptions, announce: bool = True) -> Tun
     """
     space = resolve_search_space(config)
     check_trainer_settings(config.trainer)
-    for values in ({}, {p.name: p.ends()[0] for p in space}, {p.name: p.ends()[1] for p in space}):
+    # A trial sets every value of the space: its settings are checked as a trial has them.
+    ends = [{p.name: p.ends()[end] for p in space} for end in (0, 1)]
+    for values in ends:
         cfg = with_values(config, values)
         check_model(cfg)
         callbacks = trainer_arguments(cfg)["callbacks"]
@@ -188,7 +202,7 @@ def check_study(config: Any, options: TuneOptions, announce: bool = True) -> Tun
     data.prepare_data()  # generates (or reads) the data; a split that comes out empty fails here
     check_run_loggers(config)
     check_writable(options.output_dir)
-    blocker = population_blocker(config) if options.population > 1 else None
+    blocker = population_blocker(as_a_trial(config)) if options.population > 1 else None
     if blocker is not None:
         if announce:
             print(f"{blocker}: the trials run one at a time (--population {options.population} "
