@@ -110,12 +110,12 @@ def plan_experiment(args: list[str]) -> Experiment:
     cli = parse(args, CompareCLI)
     try:
         plans = plan_arms(cli.config, cli.parser)
+        for plan in plans:  # an arm of the command line's optimizer searches its placeholders
+            if optimizer_dict(plan.tune_cfg) == optimizer_dict(cli.config):
+                searched = [p.name for p in resolve_search_space(plan.tune_cfg)]
+                check_placeholders(cli.placeholders, searched, f"arm {plan.name!r}: ")
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
-    for plan in plans:  # an arm of the command line's optimizer searches its placeholders
-        if optimizer_dict(plan.tune_cfg) == optimizer_dict(cli.config):
-            searched = [p.name for p in resolve_search_space(plan.tune_cfg)]
-            check_placeholders(cli.placeholders, searched, f"arm {plan.name!r}: ")
     return Experiment(cli.parser, cli.config, plans)
 
 

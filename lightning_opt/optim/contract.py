@@ -154,6 +154,7 @@ def preflight(
     attempts = [(g, first) for g in graphs for first in (False, True)]
     saved = (np.random.get_state(), pyrandom.getstate())
     plain: StepContract | None = None
+    failed: BaseException | None = None  # the plain backward's failure, if the graph's fails too
     with torch.random.fork_rng(devices=[]), _restored(saved):
         for create_graph, evaluate_first in attempts:
             torch.manual_seed(0)
@@ -175,12 +176,16 @@ def preflight(
                 calls = run_step(optimizer, closure, takes_closure(optimizer), evaluate_first)
                 random = _random_states() != before
             except Exception as err:
-                if not create_graph and len(graphs) > 1 and _needs_graph(err):
-                    continue  # a second-order step: try again with the graph kept
                 if not evaluate_first:
                     continue  # perhaps it needed gradients before its closure
+                if not create_graph and len(graphs) > 1:
+                    # Perhaps a second-order step: it shows by succeeding with the graph kept,
+                    # whatever its error said. If that fails too, the plain failure is the
+                    # cause, unless it was a missing graph.
+                    failed = None if _needs_graph(err) else err
+                    continue
                 raise StepError(
-                    f"{cls.__name__}: the first step failed ({one_line(err)}); "
+                    f"{cls.__name__}: the first step failed ({one_line(failed or err)}); "
                     "the pre-flight step on one minibatch, before anything trained"
                 ) from None
             contract = StepContract(calls, create_graph, modes, random, evaluate_first)
@@ -228,6 +233,8 @@ def _random_states() -> tuple[Any, ...]:
 
 
 def _needs_graph(err: BaseException) -> bool:
+    """Whether a failure says a graph was missing (which of two errors to show; whether a step
+    is second order is found by the retry with the graph kept)."""
     return isinstance(err, RuntimeError) and any(m in str(err) for m in _NO_GRAPH)
 
 

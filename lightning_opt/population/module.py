@@ -283,7 +283,9 @@ class PopulationClassifier(
                 self.net.named_parameters(), tensor_norms(self._params, 1), strict=True
             ):
                 metrics[f"weight_norm/{name}"] = norms
-            metrics["optim/lr"] = self._logged_lr()
+            lr = self._logged_lr()
+            if lr is not None:  # a class that keeps no learning rate logs none
+                metrics["optim/lr"] = lr
         metrics.update(self._member_metrics)
         self._member_metrics = {}
         self._record_internals(metrics)

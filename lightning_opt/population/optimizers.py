@@ -134,17 +134,20 @@ class MemberOptimizers:
         return self.val_loss  # each member's own
 
     @override
-    def _current_lr(self) -> Tensor | float:
-        """Each member's learning rate, ``(K,)`` (a shared number on the stacked path)."""
+    def _current_lr(self) -> Tensor | float | None:
+        """Each member's learning rate, ``(K,)`` (a shared number on the stacked path; ``None``
+        for a class that keeps none)."""
         optimizer = self.optimizers().optimizer
         if isinstance(optimizer, MemberwiseOptimizer):
             if isinstance(optimizer, GroupedOptimizer):
                 rates = torch.cat([_part_lrs(o, n) for o, n in zip(optimizer.members,
                                                                    optimizer.sizes, strict=True)])  # fmt: skip
                 return rates.to(self.device)
-            rates = [float(o.param_groups[0]["lr"]) for o in optimizer.members]
-            return torch.tensor(rates, device=self.device)
-        lr = optimizer.param_groups[0]["lr"]
+            rates = [o.param_groups[0].get("lr") for o in optimizer.members]
+            if any(rate is None for rate in rates):
+                return None  # a class that keeps no learning rate
+            return torch.tensor([float(rate) for rate in rates], device=self.device)
+        lr = optimizer.param_groups[0].get("lr")
         return lr.to(self.device) if isinstance(lr, Tensor) else lr
 
     def _member_views(self) -> list[list[Tensor]]:
@@ -202,8 +205,12 @@ class MemberOptimizers:
 
 
 def _part_lrs(optimizer: torch.optim.Optimizer, size: int) -> Tensor:
-    """The learning rates of a part's ``size`` members, ``(size,)``."""
+    """The learning rates of a part's ``size`` members, ``(size,)`` (NaN where a class keeps
+    none)."""
     if isinstance(optimizer, MemberwiseOptimizer):
-        return torch.tensor([float(o.param_groups[0]["lr"]) for o in optimizer.members])
-    lr = optimizer.param_groups[0]["lr"]
+        rates = [o.param_groups[0].get("lr") for o in optimizer.members]
+        return torch.tensor([float("nan") if r is None else float(r) for r in rates])
+    lr = optimizer.param_groups[0].get("lr")
+    if lr is None:
+        return torch.full((size,), float("nan"))
     return torch.as_tensor(lr, dtype=torch.float32).cpu().expand(size).clone()

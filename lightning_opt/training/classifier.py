@@ -215,7 +215,9 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
         norms = torch._foreach_norm([p.detach() for p in self._params])
         values = torch.stack([*means.values(), *norms]).tolist()  # one host sync
         internals = dict(zip([*means, *names], values, strict=True))
-        internals["optim/lr"] = float(self._logged_lr())
+        lr = self._logged_lr()
+        if lr is not None:  # a class that keeps no learning rate (A2Grad's lr=None) logs none
+            internals["optim/lr"] = float(lr)
         for name, value in internals.items():
             if name.startswith("optim/"):
                 self.internals_history.setdefault(name, []).append(value)

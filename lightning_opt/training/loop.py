@@ -138,7 +138,8 @@ class MinibatchTraining:
         return self.trainer.callback_metrics["val/loss"]
 
     def _current_lr(self) -> Any:
-        return self.optimizers().param_groups[0]["lr"]
+        """The learning rate (``None`` for a class that keeps none: A2Grad, Adafactor)."""
+        return self.optimizers().param_groups[0].get("lr")
 
     def _logged_lr(self) -> Any:
         """The learning rate of the epoch's last step (a step-interval scheduler has moved on)."""

@@ -168,9 +168,9 @@ def run_tune(args: list[str]) -> None:
     """``python -m lightning_opt tune ...``: validate everything, run the study, write outputs."""
     quiet_lightning()
     cli = parse(args)
-    searched = [p.name for p in resolve_search_space(cli.config)]
-    check_placeholders(cli.placeholders, searched, "")
     try:
+        searched = [p.name for p in resolve_search_space(cli.config)]
+        check_placeholders(cli.placeholders, searched, "")
         options = check_study(cli.config, options_from_config(cli.config))
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None

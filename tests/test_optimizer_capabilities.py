@@ -1,0 +1,75 @@
+"""What a class's step needs is found by its behaviour, and a class that keeps no learning rate
+trains (issue "optimizer long tail", items 3 and 5)."""
+
+from __future__ import annotations
+
+import torch
+import yaml
+
+from lightning_opt.cli import cli_main
+from lightning_opt.models import build_net, resolve_net
+from lightning_opt.optim.registry import check_optimizer
+
+
+class WordedSecondOrder(torch.optim.Optimizer):
+    """A Hutchinson-style step that differentiates the gradients again, refusing a gradient
+    without a graph in its own words (torch-optimizer's Adahessian says "does not have
+    grad_fn", not torch's "does not have a grad_fn")."""
+
+    def __init__(self, params, lr: float = 0.01) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        for p in params:
+            if p.grad.grad_fn is None:
+                raise RuntimeError("Gradient tensor does not have grad_fn; set create_graph")
+        with torch.enable_grad():
+            probes = [torch.ones_like(p) for p in params]
+            hv = torch.autograd.grad(params[0].grad.mul(probes[0]).sum(), params[0])
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(group["lr"] * p.grad / (1 + hv[0].abs().mean()))
+        return loss
+
+
+class KeepsNoLr(torch.optim.Optimizer):
+    """A step of its own size: ``lr`` defaults to None and stays so (A2Grad, Adafactor)."""
+
+    def __init__(self, params, lr: float | None = None, step_size: float = 0.05) -> None:
+        super().__init__(params, {"lr": lr, "step_size": step_size})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(group["step_size"] * p.grad)
+        return loss
+
+
+def test_a_second_order_step_is_found_by_trying_it_whatever_its_error_says():
+    spec = resolve_net("mlp")[1]
+    net = build_net(resolve_net("mlp")[0], spec["init_args"], 40, 10)
+    contract = check_optimizer(WordedSecondOrder, net, {"lr": 0.01}, 40, 10)
+    assert contract.create_graph
+
+
+def test_a_class_that_keeps_no_lr_trains_and_logs_its_internals(tmp_path, tiny_fit_args):
+    path = f"{__name__}.KeepsNoLr"
+    cli_main(["fit", f"--optimizer={path}", *tiny_fit_args])
+    (hparams,) = (tmp_path / "logs").rglob("hparams.yaml")
+    assert yaml.safe_load(hparams.read_text())["optimizer"].endswith("KeepsNoLr")
+    cli_main(["fit", f"--optimizer={path}", "--seeds=[0,1]", *tiny_fit_args])
+    members = {p.parent.name for p in (tmp_path / "logs").rglob("seed_*/hparams.yaml")}
+    assert members == {"seed_0", "seed_1"}
