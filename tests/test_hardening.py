@@ -204,3 +204,59 @@ def test_a_benchmark_cap_equal_to_the_fit_default_caps(tmp_path, data_cache, mon
     assert budgets == {"long": 50}  # the first workload, capped
     written = yaml.safe_load((tmp_path / "out" / "tiny" / "short.yaml").read_text())
     assert written["trainer"]["max_epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--n_trials=1000000000000"], "--n_trials 1e+12: at most 100,000"),
+     (["--seeds=10000000"], "--seeds 1e+07: at most 10,000"),
+     (["--data.num_samples=1000000000"], "data.num_samples 1e+09: at most 10,000,000"),
+     (["--seed_everything=4294967295", "--seeds=2"], "the last final run's seed 4294967296")],
+)  # fmt: skip
+def test_a_count_past_its_bound_is_refused_before_anything_is_queued(
+    flags, message, tmp_path, data_cache, capsys
+):
+    """Issue cases 6 and 8: counts that hung (trials queued while nothing trained, a billion
+    samples) or failed after tuning (the seeds past the largest) are one line first."""
+    path = _experiment(tmp_path, data_cache)
+    line = _refused(["compare", f"--config={path}", *flags], capsys)
+    assert message in line
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("optuna.db"))
+
+
+def test_a_target_no_run_can_miss_is_refused(tmp_path, data_cache, capsys):
+    """Issue case 5: ``target: .inf`` made every submission reach it at its first evaluation."""
+    suite = {
+        "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
+        "workloads": [{"name": "mlp", "epochs": 1, "target": float("inf")}],
+        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
+    }  # fmt: skip
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    line = _refused(["benchmark", f"--config={path}", "--optimizer=adam"], capsys)
+    assert "target is a finite validation loss, got inf" in line
+
+
+@pytest.mark.parametrize("output", ["a_file", "/dev/null"])
+def test_a_benchmark_output_folder_that_is_a_file_is_refused(output, tmp_path, capsys):
+    """Issue case 8: ``benchmark --output_dir`` a file (or ``/dev/null``) was a traceback."""
+    target = tmp_path / output if output == "a_file" else Path(output)
+    if output == "a_file":
+        target.write_text("not a folder")
+    line = _refused(["benchmark", "--optimizer=adam", f"--output_dir={target}"], capsys)
+    assert "is a file, not a directory" in line or "cannot be named" in line
+
+
+@pytest.mark.slow
+def test_an_arm_whose_every_trial_diverges_is_one_line(tmp_path, data_cache, capsys):
+    """Issue case 8: every tuning trial of an arm diverging was a traceback ("no tuning trial
+    completed"); it is the run's failure (exit 1) in one line, the finished trials kept."""
+    space = [{"name": "lr", "low": 1e12, "high": 1e13, "log": True}]
+    arms = [{"name": "sgd", "optimizer": "sgd", "search_space": space},
+            {"name": "adam", "optimizer": "adam"}]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", f"--config={_experiment(tmp_path, data_cache, arms=arms)}"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "arm 'sgd': no tuning trial completed" in err[0], err

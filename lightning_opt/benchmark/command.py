@@ -46,7 +46,7 @@ from lightning_opt.experiments.compare import (
 )
 from lightning_opt.experiments.plans import default_shared_arms_dir
 from lightning_opt.optim.schedulers import resolve_scheduler, scheduler_arguments
-from lightning_opt.runs.build import quiet_lightning
+from lightning_opt.runs.build import check_writable, quiet_lightning
 from lightning_opt.tuning.storage import sqlite_url
 from lightning_opt.tuning.tune import parse
 
@@ -174,6 +174,7 @@ def _plan(
             "(--shared_arms_dir) overlap, so --overwrite of this benchmark would delete runs "
             "other benchmarks' results point at; choose another --benchmark or --shared_arms_dir"
         )
+    check_writable(bench_dir)
     bench_dir.mkdir(parents=True, exist_ok=True)
     planned = []
     seen = set()
@@ -235,6 +236,10 @@ def _check_workload(entry: Any) -> dict[str, Any]:
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
         raise ValueError(
             f"workload {workload['name']!r}: target is a validation loss > 0, got {target}"
+        )
+    if not math.isfinite(target):  # every submission would "reach" it at its first evaluation
+        raise ValueError(
+            f"workload {workload['name']!r}: target is a finite validation loss, got {target}"
         )
     return workload
 

@@ -21,6 +21,28 @@ RESERVED = frozenset({
 })  # fmt: skip
 
 
+#: Upper bounds of the counts and sizes a command is given, checked before anything is queued:
+#: a typo (``n_trials: 1e12``) is one line, not hours of queueing or a machine out of memory.
+LIMITS = {
+    "n_trials": 100_000,
+    "seeds": 10_000,
+    "population": 100_000,
+    "n_workers": 1_024,
+    "num_samples": 10_000_000,
+    "final_seq_length": 100_000,
+}
+
+
+def check_limit(name: str, value: Any, flag: str | None = None) -> None:
+    """Refuse (one line) a count or size above its bound in ``LIMITS``."""
+    bound = LIMITS[name]
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > bound:
+        raise ValueError(
+            f"{flag or name} {value:g}: at most {bound:,} (a count this large is a typo more "
+            "often than a plan; split the work into several commands)"
+        )
+
+
 def overlap(a: Path, b: Path) -> bool:
     """Whether folder ``a`` is ``b``, or holds it, or lies inside it (resolved: ``..`` and links
     followed): deleting one would delete (part of) the other."""

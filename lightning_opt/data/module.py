@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
+from lightning_opt.core.names import check_limit
 from lightning_opt.data.batches import PopulationBatches, TensorBatches
 from lightning_opt.data.generation import (
     NUM_CLASSES,
@@ -101,6 +102,8 @@ class MNIST1DDataModule(LightningDataModule):
             raise ValueError(f"steps_per_chunk must be >= 0 or null, got {steps_per_chunk}")
         if num_samples < 10 * NUM_CLASSES:
             raise ValueError(f"num_samples must be at least {10 * NUM_CLASSES}, got {num_samples}")
+        check_limit("num_samples", num_samples, "data.num_samples")
+        check_limit("final_seq_length", final_seq_length, "data.final_seq_length")
         check_split_sizes_from_numbers(num_samples, val_fraction)  # setup checks the labels
         if split_seed != PER_RUN and (
             isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0

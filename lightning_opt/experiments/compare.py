@@ -16,7 +16,13 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.config.fingerprints import EXPERIMENT_KEYS, run_fingerprint
-from lightning_opt.config.parsing import UsageError, check_placeholders, optimizer_dict, run_name
+from lightning_opt.config.parsing import (
+    RunFailure,
+    UsageError,
+    check_placeholders,
+    optimizer_dict,
+    run_name,
+)
 from lightning_opt.core import signals
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.final_units import FinalUnits
@@ -219,7 +225,10 @@ def tune_arm(
         study = run_study(plan.tune_cfg, plan.options)
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
     if not completed:
-        raise ValueError(f"arm {label!r}: no tuning trial completed; widen the search space")
+        raise RunFailure(
+            f"arm {label!r}: no tuning trial completed (each was pruned or diverged: see its "
+            "trial lines); search lower or narrower values, and run the same command again"
+        )
     best = study.best_trial
     print(f"== arm {label}: {config.seeds} final runs x {config.trainer.max_epochs} epochs "
           f"with {best.params}")  # fmt: skip

@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 from jsonargparse import Namespace
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -25,7 +26,7 @@ from lightning_opt.config.fingerprints import (
 )
 from lightning_opt.config.parsing import UsageError
 from lightning_opt.core.atomic import write_text
-from lightning_opt.core.names import check_name, overlap
+from lightning_opt.core.names import check_limit, check_name, overlap
 from lightning_opt.experiments.final_units import SUFFIX
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import optimizer_class, optimizer_config
@@ -55,6 +56,13 @@ def validate_arms(config: Any) -> list[dict[str, Any]]:
     for key in ("seeds", "tune_max_epochs"):
         if config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {config[key]}")
+    check_limit("seeds", config.seeds, "--seeds")
+    last = config.seed_everything + config.seeds - 1  # the final runs' seeds: found before tuning
+    if not isinstance(config.seed_everything, bool) and last > MAX_SEED:
+        raise ValueError(
+            f"--seed_everything {config.seed_everything} with --seeds {config.seeds}: the last "
+            f"final run's seed {last} is above the largest seed {MAX_SEED}; start lower"
+        )
     if not config.trainer.max_epochs or config.trainer.max_epochs < 1:
         raise ValueError(
             f"trainer.max_epochs must be a positive integer, got {config.trainer.max_epochs}"

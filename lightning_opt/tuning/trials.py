@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from typing_extensions import override
 
 from lightning_opt.config.parsing import optimizer_dict, run_name
-from lightning_opt.core.names import check_name
+from lightning_opt.core.names import check_limit, check_name
 from lightning_opt.core.search_space import SearchParam, parse_search_space, values_text
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.optim.registry import (
@@ -150,6 +150,7 @@ def options_from_config(config: Any) -> TuneOptions:
     for key in ("n_trials", "n_workers", "population"):
         if config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {config[key]}")
+        check_limit(key, config[key], f"--{key}")
     if config.heartbeat_interval < 1:
         raise ValueError(f"heartbeat_interval must be >= 1 second, got {config.heartbeat_interval}")
     if config.grace_period is not None and config.grace_period <= config.heartbeat_interval:
