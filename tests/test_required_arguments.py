@@ -106,3 +106,27 @@ def test_tune_refuses_a_required_lr_its_search_space_leaves_out(tmp_path, data_c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no default for lr and the search space does not search it" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+class DictDefaultNoneLr(torch.optim.SGD):
+    """A dict default (grokfast's GrokFastAdamW) and an lr that defaults to None (came-pytorch's
+    CAME): tune's checks compared unhashable defaults and built the class at lr None."""
+
+    def __init__(
+        self,
+        params,
+        lr: float | None = None,
+        grokfast_kwargs: dict | None = None,
+        momentum: float = 0.0,
+        extra: dict = {"alpha": 0.98},
+    ) -> None:  # noqa: B006
+        super().__init__(params, lr=lr if lr is not None else 1e-3, momentum=momentum)
+
+
+def test_tune_takes_dict_defaults_and_an_lr_that_defaults_to_none(tmp_path, data_cache, capsys):
+    cli_main(["tune", f"--optimizer={__name__}.DictDefaultNoneLr", "--n_trials=2",
+              "--trainer.max_epochs=1",
+              f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}",
+              f"--output_dir={tmp_path / 'out'}", "--pruner=none"])  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial")]
+    assert len(lines) == 2

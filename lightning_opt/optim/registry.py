@@ -176,8 +176,18 @@ def unset_values(class_path: str) -> dict[str, set[Any]]:
 
 
 def hashable(value: Any) -> Any:
-    """``value`` as a set member (a list as a tuple)."""
-    return tuple(value) if isinstance(value, list) else value
+    """``value`` as a set member: lists and tuples as tuples, mappings as sorted pairs (a dict
+    default: grokfast's ``GrokFastAdamW``), nested ones too; anything else unhashable by its
+    ``repr``."""
+    if isinstance(value, list | tuple):
+        return tuple(hashable(v) for v in value)
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), hashable(v)) for k, v in value.items()))
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 #: A default learning rate this large marks a learning-rate-free method (Prodigy, D-Adaptation:
