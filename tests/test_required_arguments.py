@@ -118,8 +118,8 @@ class DictDefaultNoneLr(torch.optim.SGD):
         lr: float | None = None,
         grokfast_kwargs: dict | None = None,
         momentum: float = 0.0,
-        extra: dict = {"alpha": 0.98},
-    ) -> None:  # noqa: B006
+        extra: dict = {"alpha": 0.98},  # noqa: B006 (the dict default is the case)
+    ) -> None:
         super().__init__(params, lr=lr if lr is not None else 1e-3, momentum=momentum)
 
 
