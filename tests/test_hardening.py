@@ -260,3 +260,22 @@ def test_an_arm_whose_every_trial_diverges_is_one_line(tmp_path, data_cache, cap
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "arm 'sgd': no tuning trial completed" in err[0], err
+
+
+@pytest.mark.slow
+def test_a_benchmark_of_one_seed_writes_its_leaderboard(tmp_path, data_cache):
+    """A test of one seed per side has no p-value: the leaderboard shows '-' (it crashed in
+    its markdown after all training)."""
+    suite = {
+        "benchmark": "tiny", "seeds": 1, "n_trials": 1, "pruner": "none",
+        "output_dir": str(tmp_path / "out"),
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 100},
+        "workloads": [{"name": "mlp", "epochs": 1, "target": 2.2}],
+        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
+    }  # fmt: skip
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    cli_main(["benchmark", f"--config={path}", "--optimizer=adam"])
+    text = (tmp_path / "out" / "tiny" / "leaderboard.md").read_text()
+    assert "| mlp | adam | sgd |" in text
+    assert (tmp_path / "out" / "tiny" / "leaderboard.html").is_file()

@@ -202,7 +202,8 @@ def verdict(board: dict) -> str:
         )
         parts += _robustness(board, candidate)
     undetected = [t for t in board["tests"] if not t["significant"]]
-    found = [t["detectable_at_holm"] for t in undetected if math.isfinite(t["detectable_at_holm"])]
+    found = [t["detectable_at_holm"] for t in undetected
+             if t["detectable_at_holm"] is not None and math.isfinite(t["detectable_at_holm"])]  # fmt: skip
     if found:
         parts.append(
             f"Where no difference was found, a true difference in test loss would have to be "
@@ -226,6 +227,11 @@ def _steps(value: float) -> str:
 def _seconds(values: list[float]) -> str:
     median = scoring.median_time(values)
     return f"{median:.2f}" if math.isfinite(median) else "not reached"
+
+
+def _num(value: Any, spec: str) -> str:
+    """A number of a test, or ``-`` where it has none (one seed: no interval, no p-value)."""
+    return "-" if value is None else format(value, spec)
 
 
 def markdown(board: dict) -> str:
@@ -272,11 +278,11 @@ def markdown(board: dict) -> str:
               "detectable at Holm's level |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for t in board["tests"]:
         lines.append(
-            f"| {t['workload']} | {t['candidate']} | {t['baseline']} | {t['difference']:+.4f} "
-            f"[{t['low']:+.4f}, "
-            f"{t['high']:+.4f}] | {t['p_value']:.3g} | {t['p_holm']:.3g}"
-            f"{' *' if t['significant'] else ''} | {t['a12']:.2f} | "
-            f"{t['detectable_at_holm']:.3g} (alpha {t['holm_level']:.3g}) |"
+            f"| {t['workload']} | {t['candidate']} | {t['baseline']} | {_num(t['difference'], '+.4f')} "
+            f"[{_num(t['low'], '+.4f')}, "
+            f"{_num(t['high'], '+.4f')}] | {_num(t['p_value'], '.3g')} | {_num(t['p_holm'], '.3g')}"
+            f"{' *' if t['significant'] else ''} | {_num(t['a12'], '.2f')} | "
+            f"{_num(t['detectable_at_holm'], '.3g')} (alpha {_num(t['holm_level'], '.3g')}) |"
         )
     return "\n".join(lines) + "\n"
 
