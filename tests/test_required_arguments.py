@@ -130,3 +130,21 @@ def test_tune_takes_dict_defaults_and_an_lr_that_defaults_to_none(tmp_path, data
               f"--output_dir={tmp_path / 'out'}", "--pruner=none"])  # fmt: skip
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial")]
     assert len(lines) == 2
+
+
+@pytest.mark.slow
+def test_a_compare_arm_of_a_class_by_path_searches_its_unset_lr(tmp_path, data_cache, capsys):
+    """An arm `optimizer: examples.lion.Lion` leaves lr out; it was refused as if set to None
+    ("--optimizer.lr None is set, and the default search space searches lr")."""
+    config = {
+        "experiment": "a", "output_dir": str(tmp_path / "out"), "seeds": 2, "n_trials": 1,
+        "tune_max_epochs": 1, "pruner": "none", "trainer": {"max_epochs": 1},
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 100},
+        "arms": [{"name": "adam", "optimizer": "adam"},
+                 {"name": "lion", "optimizer": "examples.lion.Lion"}],
+    }  # fmt: skip
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli_main(["compare", f"--config={path}"])
+    assert "== arm lion: tuning" in capsys.readouterr().out
+    assert (tmp_path / "out" / "a" / "results.json").is_file()

@@ -130,7 +130,9 @@ def _check_not_set(config: Any, space: tuple[SearchParam, ...]) -> None:
     optimizer = optimizer_dict(config)
     init_args, unset = optimizer["init_args"], unset_values(optimizer["class_path"])
     for param in space:
-        value = init_args.get(param.name)
+        if param.name not in init_args:  # left out (a compare arm's class by path): unset
+            continue
+        value = init_args[param.name]
         if param.name in unset and hashable(value) not in unset[param.name]:
             raise ValueError(
                 f"--optimizer.{param.name} {value} is set, and the default search space searches "
