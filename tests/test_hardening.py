@@ -279,3 +279,30 @@ def test_a_benchmark_of_one_seed_writes_its_leaderboard(tmp_path, data_cache):
     text = (tmp_path / "out" / "tiny" / "leaderboard.md").read_text()
     assert "| mlp | adam | sgd |" in text
     assert (tmp_path / "out" / "tiny" / "leaderboard.html").is_file()
+
+
+def test_a_net_the_workloads_replace_is_refused(tmp_path, data_cache, capsys):
+    """Issue case 5: ``--model.net.*`` given to a benchmark whose workloads set their own net
+    was silently ignored."""
+    suite = {
+        "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
+        "workloads": [{"name": "mlp", "model": {"net": {"class_path": "mlp"}}, "epochs": 1,
+                       "target": 2.2}],
+        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
+    }  # fmt: skip
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    line = _refused(["benchmark", f"--config={path}", "--optimizer=adam",
+                     "--model.net.hidden_sizes=[7]"], capsys)  # fmt: skip
+    assert "--model.net: the workloads mlp set their own net" in line
+
+
+def test_markdown_outputs_carry_no_html(tmp_path):
+    """Issue case 7: results.md carried raw <script> and onerror HTML taken from a config's
+    strings; the Markdown files hold them as entities."""
+    from lightning_opt.reports.text import inert
+
+    text = inert("| net | mlp(act=<img src=x onerror=alert(1)>) |\n<script>alert(1)</script>")
+    assert "<" not in text and ">" not in text
+    assert "&lt;script&gt;" in text

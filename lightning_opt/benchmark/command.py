@@ -145,6 +145,12 @@ def _plan(
         )
     if cap is not None:
         print(f"trainer.max_epochs {cap} caps every workload's budget", flush=True)
+    own_nets = [w.get("name") for w in config.workloads if (dict(w).get("model") or {}).get("net")]
+    if own_nets and config.model.get("net") != defaults.model.get("net"):
+        raise ValueError(
+            f"--model.net: the workloads {', '.join(map(str, own_nets))} set their own net "
+            "(workloads[].model.net), which a --model.net would not change; set the net there"
+        )
     base = yaml.safe_load(parser.dump(config, skip_none=False, skip_validation=True))
     baselines, workloads = base.get("baselines") or [], base.get("workloads") or []
     named = base.get("candidates") or []

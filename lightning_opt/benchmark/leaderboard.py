@@ -17,6 +17,7 @@ from lightning_opt.core.atomic import write_text
 from lightning_opt.core.search_space import values_text
 from lightning_opt.reports import stats
 from lightning_opt.reports.summary import tuning_crossing
+from lightning_opt.reports.text import inert
 
 #: Taus the leaderboard shows the profile at.
 SHOWN_TAUS = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -412,7 +413,7 @@ def html(board: dict) -> str:
 def write_leaderboard(bench_dir: Path, board: dict) -> None:
     for name, text in (
         ("leaderboard.json", json.dumps(board, indent=1, default=str, allow_nan=True)),
-        ("leaderboard.md", markdown(board)),
+        ("leaderboard.md", inert(markdown(board))),
         ("leaderboard.html", html(board)),
     ):
         write_text(bench_dir / name, text)

@@ -25,6 +25,7 @@ from lightning_opt.reports.text import (
     DIFFERENCE_HEAD,
     ci_text,
     differences_table,
+    inert,
     json_safe,
     markdown,
     methods,
@@ -404,7 +405,7 @@ def write_html(results: dict[str, Any], bands: dict[tuple[str, str], Band], path
 def write_all(out: Path, results: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", json.dumps(json_safe(results), indent=1))
-    write_text(out / "results.md", markdown(results))
+    write_text(out / "results.md", inert(markdown(results)))
     curves = bands(results)
     write_html(results, curves, out / "comparison.html")
     write_png(results, curves, out / "comparison.png")

@@ -125,6 +125,13 @@ def methods(results: dict[str, Any]) -> str:
     )
 
 
+def inert(markdown_text: str) -> str:
+    """Markdown for a file: ``<`` and ``>`` as entities, so no string of a config (a net's
+    argument, a cache folder) can be HTML that a Markdown viewer renders (``<script>``,
+    ``onerror``); viewers show the same characters."""
+    return markdown_text.replace("<", "&lt;").replace(">", "&gt;")
+
+
 def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     n = len(s["seeds"])
