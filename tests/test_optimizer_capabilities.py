@@ -73,3 +73,37 @@ def test_a_class_that_keeps_no_lr_trains_and_logs_its_internals(tmp_path, tiny_f
     cli_main(["fit", f"--optimizer={path}", "--seeds=[0,1]", *tiny_fit_args])
     members = {p.parent.name for p in (tmp_path / "logs").rglob("seed_*/hparams.yaml")}
     assert members == {"seed_0", "seed_1"}
+
+
+class LrFreeGuess(torch.optim.SGD):
+    """A default lr of 1.0 and no declared search space: tune guesses 0.1..10."""
+
+    def __init__(self, params, lr: float = 1.0) -> None:
+        super().__init__(params, lr=lr)
+
+
+class IgnoresLr(KeepsNoLr):
+    """Takes an lr and never uses it (torch-optimizer's A2Grad): every trial is the same."""
+
+    def __init__(self, params, lr: float = 0.001, step_size: float = 0.05) -> None:
+        super().__init__(params, lr=lr, step_size=step_size)
+
+
+def test_tune_says_when_its_range_is_a_guess_and_when_values_change_nothing(
+    tmp_path, data_cache, capsys
+):
+    """Issue items 2: the lr range of a class whose default lr is >= 0.5 is a guess, said in a
+    line; a class that ignores the searched values reaches one value in every trial, said too."""
+    from conftest import TINY_SAMPLES
+
+    common = ["--n_trials=2", "--trainer.max_epochs=1", "--pruner=none",
+              f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}"]  # fmt: skip
+    cli_main(["tune", f"--optimizer={__name__}.LrFreeGuess", *common,
+              f"--output_dir={tmp_path / 'a'}"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "LrFreeGuess's default lr 1 reads as a learning-rate-free method's multiplier" in out
+    cli_main(
+        ["tune", f"--optimizer={__name__}.IgnoresLr", *common, f"--output_dir={tmp_path / 'b'}"]
+    )
+    out = capsys.readouterr().out
+    assert "warning: every completed trial reached" in out and "whatever its lr" in out

@@ -47,7 +47,11 @@ from lightning_opt.runs.build import (
 )
 from lightning_opt.tuning.claims import original_number
 from lightning_opt.tuning.outputs import fit_config, write_config
-from lightning_opt.tuning.trials import resolve_search_space
+from lightning_opt.tuning.trials import (
+    ignored_values,
+    resolve_search_space,
+    search_space_notes,
+)
 from lightning_opt.tuning.tune import TuneCLI, parse, run_studies_together, run_study
 
 
@@ -116,7 +120,10 @@ def plan_experiment(args: list[str]) -> Experiment:
     cli = parse(args, CompareCLI)
     try:
         plans = plan_arms(cli.config, cli.parser)
-        for plan in plans:  # an arm of the command line's optimizer searches its placeholders
+        for plan in plans:
+            for note in search_space_notes(plan.tune_cfg):
+                print(f"arm {plan.name}: {note}", flush=True)
+            # An arm of the command line's optimizer searches its placeholders.
             if optimizer_dict(plan.tune_cfg) == optimizer_dict(cli.config):
                 searched = [p.name for p in resolve_search_space(plan.tune_cfg)]
                 check_placeholders(cli.placeholders, searched, f"arm {plan.name!r}: ")
@@ -229,6 +236,9 @@ def tune_arm(
             f"arm {label!r}: no tuning trial completed (each was pruned or diverged: see its "
             "trial lines); search lower or narrower values, and run the same command again"
         )
+    ignored = ignored_values(completed)
+    if ignored is not None:
+        print(f"warning: arm {label}: {ignored}", flush=True)
     best = study.best_trial
     print(f"== arm {label}: {config.seeds} final runs x {config.trainer.max_epochs} epochs "
           f"with {best.params}")  # fmt: skip

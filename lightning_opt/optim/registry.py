@@ -213,11 +213,32 @@ def default_search_space(cls: type) -> tuple[SearchParam, ...]:
     lr = constructor_arguments(cls).get("lr")
     if lr is None:
         return ()
-    default = lr.default
-    number = isinstance(default, (int, float)) and not isinstance(default, bool)
-    if number and math.isfinite(default) and default >= LR_FREE_DEFAULT:
-        return (SearchParam("lr", default / 10, default * 10, log=True),)
+    if lr_free_guess(cls) is not None:
+        return (SearchParam("lr", lr.default / 10, lr.default * 10, log=True),)
     return LR_SEARCH
+
+
+def lr_free_guess(cls: type) -> str | None:
+    """One line when ``tune``'s default search space for ``cls`` is a guess from its default
+    lr (>= 0.5: read as a learning-rate-free method's multiplier, searched a decade either side),
+    not a space the class or its short name declares; else ``None``."""
+    if getattr(cls, "search_space", None) is not None:
+        return None
+    for name in list_optimizers():
+        entry = _REGISTRY.get(name)
+        with contextlib.suppress(ValueError):  # a plugin whose package is not installed
+            if entry.search_space is not None and entry.cls is cls:
+                return None
+    lr = constructor_arguments(cls).get("lr")
+    default = None if lr is None else lr.default
+    number = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if not (number and math.isfinite(default) and default >= LR_FREE_DEFAULT):
+        return None
+    return (
+        f"{cls.__name__}'s default lr {default:g} reads as a learning-rate-free method's "
+        f"multiplier: tune searches lr over {default / 10:g}..{default * 10:g} (a guess; give "
+        "search_space entries, or declare search_space on the class, to choose)"
+    )
 
 
 def supports_population(cls: type) -> bool:

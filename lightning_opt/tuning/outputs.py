@@ -20,6 +20,7 @@ from lightning_opt.tuning import claims as studies
 from lightning_opt.tuning.trials import (
     TuneOptions,
     format_params,
+    ignored_values,
 )
 
 
@@ -36,6 +37,9 @@ def write_outputs(parser: LightningArgumentParser, config: Any, options: TuneOpt
     if not counts[TrialState.COMPLETE]:
         print("no trial completed: nothing to report")
         return None
+    ignored = ignored_values(study.trials)
+    if ignored is not None:
+        print(f"warning: {ignored}", flush=True)
     best = study.best_trial
     options.study_dir.mkdir(parents=True, exist_ok=True)
     path = options.study_dir / "best.yaml"

@@ -24,6 +24,7 @@ from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.optim.registry import (
     default_search_space,
     hashable,
+    lr_free_guess,
     optimizer_class,
     unset_values,
 )
@@ -114,6 +115,32 @@ def resolve_search_space(config: Any) -> tuple[SearchParam, ...]:
     if not space:
         raise ValueError("the search space is empty: give search_space entries in the config")
     return space
+
+
+def search_space_notes(config: Any) -> list[str]:
+    """What to say of a study's search space before its first trial: a range guessed from the
+    optimizer's default lr (``optim.registry.lr_free_guess``)."""
+    if config.search_space is not None:
+        return []
+    guess = lr_free_guess(optimizer_class(optimizer_dict(config)))
+    return [] if guess is None else [guess]
+
+
+def ignored_values(trials: list[optuna.trial.FrozenTrial]) -> str | None:
+    """One line when every completed trial reached the same value although their searched
+    values differ: the class likely ignores what was searched (torch-optimizer's A2Grad and
+    its lr), so the study chose nothing; else ``None``."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    values = {t.value for t in complete}
+    params = {tuple(sorted((k, repr(v)) for k, v in t.params.items())) for t in complete}
+    if len(complete) < 2 or len(values) != 1 or len(params) < 2:
+        return None
+    names = ", ".join(sorted({k for t in complete for k in t.params}))
+    return (
+        f"every completed trial reached {values.pop():.6g} whatever its {names}: the "
+        "optimizer likely ignores them, and the best trial is an arbitrary one; search what "
+        "it uses"
+    )
 
 
 def as_a_trial(config: Any) -> Any:

@@ -54,6 +54,7 @@ from lightning_opt.tuning.trials import (
     as_a_trial,
     options_from_config,
     resolve_search_space,
+    search_space_notes,
 )
 from lightning_opt.tuning.workers import run_together, run_workers
 
@@ -172,6 +173,8 @@ def run_tune(args: list[str]) -> None:
         searched = [p.name for p in resolve_search_space(cli.config)]
         check_placeholders(cli.placeholders, searched, "")
         options = check_study(cli.config, options_from_config(cli.config))
+        for note in search_space_notes(cli.config):
+            print(note, flush=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     options = replace(options, fingerprint=run_fingerprint(cli.parser, cli.config))
