@@ -111,7 +111,7 @@ def _load(text: str) -> Any:
 set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
 
 
-class ClassChange(torch.optim.Optimizer):
+class _ClassChange(torch.optim.Optimizer):
     """Stands between two optimizer classes while arguments are parsed, never built.
 
     Where a value names another class, jsonargparse starts the new class's arguments from the
@@ -122,10 +122,10 @@ class ClassChange(torch.optim.Optimizer):
     then refused in one line when the model is built."""
 
     def __init__(self, params: Any) -> None:
-        raise TypeError("ClassChange only separates two optimizer classes while parsing")
+        raise TypeError("_ClassChange only separates two optimizer classes while parsing")
 
 
-_CLASS_CHANGE = f"--optimizer={ClassChange.__module__}.{ClassChange.__qualname__}"
+_CLASS_CHANGE = f"--optimizer={_ClassChange.__module__}.{_ClassChange.__qualname__}"
 
 
 def _names_optimizer_class(value: Any) -> bool:
@@ -157,7 +157,7 @@ def _sets_optimizer_class(arg: str, following: str | None) -> bool:
 
 
 def separate_optimizer_classes(args: Sequence[str]) -> list[str]:
-    """``args`` with ``ClassChange`` before every value that gives an optimizer class."""
+    """``args`` with ``_ClassChange`` before every value that gives an optimizer class."""
     out: list[str] = []
     for i, arg in enumerate(args):
         following = args[i + 1] if i + 1 < len(args) else None
@@ -223,7 +223,7 @@ def check_placeholders(placeholders: dict[str, Any], searched: Sequence[str], wh
 
 def expand_argv(args: Sequence[str]) -> list[str]:
     """``--optimizer VALUE`` and ``--model.net VALUE`` (or ``=VALUE``) spelled out (see the
-    module docstring), each optimizer class given after ``ClassChange``."""
+    module docstring), each optimizer class given after ``_ClassChange``."""
     out = separate_optimizer_classes(args)
     flags = (
         ("--optimizer", _expand_value),
