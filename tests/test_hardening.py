@@ -306,3 +306,17 @@ def test_markdown_outputs_carry_no_html(tmp_path):
     text = inert("| net | mlp(act=<img src=x onerror=alert(1)>) |\n<script>alert(1)</script>")
     assert "<" not in text and ">" not in text
     assert "&lt;script&gt;" in text
+
+
+@pytest.mark.slow
+def test_a_deleted_checkpoint_of_a_reused_run_is_said(tmp_path, data_cache, capsys):
+    """Issue case 5: a re-run reuses recorded final runs from the storage; a checkpoint deleted
+    since went unnoticed while the report linked to it."""
+    path = _experiment(tmp_path, data_cache)
+    cli_main(["compare", f"--config={path}"])
+    checkpoints = _checkpoints(tmp_path / "out" / "a" / "results.json")
+    checkpoints[0].unlink()
+    capsys.readouterr()
+    cli_main(["compare", f"--config={path}"])
+    out = capsys.readouterr().out
+    assert "the checkpoints of seeds [0] are gone since they were recorded" in out

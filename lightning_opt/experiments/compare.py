@@ -265,6 +265,14 @@ def summarize_arm(
     whose = f"of experiment {config.experiment!r}"
     if config.share_arms:  # the same run for every experiment that shares it
         whose = f"(study {arm.plan.options.study_name!r}, shared by arm settings)"
+    missing = [run["seed"] for run in runs if not Path(run["checkpoint"]).is_file()]
+    if missing:  # reused from the study storage, never silently: the report links to them
+        print(
+            f"warning: arm {label}: the checkpoints of seeds {missing} are gone since they were "
+            "recorded; their numbers come from the study storage and the report links to "
+            "missing files (--overwrite trains them again)",
+            flush=True,
+        )
     for run in runs:
         if not Path(run["log_dir"]).is_dir():
             continue
