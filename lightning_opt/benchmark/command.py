@@ -100,8 +100,8 @@ def run_benchmark(args: list[str]) -> Path:
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     experiments = {}
-    for workload, path, planned in workloads:
-        print(f"=== workload {workload['name']} ({path})", flush=True)
+    for number, (workload, path, planned) in enumerate(workloads, 1):
+        print(f"=== workload {workload['name']} ({path}; {number} of {len(workloads)})", flush=True)
         experiments[workload["name"]] = run_experiment(planned)
     board = leaderboards.leaderboard(config, candidates, [w for w, _, _ in workloads], experiments)
     leaderboards.write_leaderboard(bench_dir, board)

@@ -79,6 +79,29 @@ class EpochHistory(Callback):
         self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
 
 
+class Progress(Callback):
+    """A line now and then while a long fit runs (``every`` seconds at the most, none for a fit
+    shorter than that): its label, the epoch, the time so far and an estimate of the rest, so
+    a population of many trials is not minutes of silence before its lines."""
+
+    def __init__(self, label: str, every: float = 30.0) -> None:
+        self.label, self.every = label, every
+        self._start = self._shown = 0.0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = self._shown = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        now = time.perf_counter()
+        if now - self._shown < self.every or trainer.max_epochs in (None, -1):
+            return
+        self._shown = now
+        done, total = trainer.current_epoch + 1, trainer.max_epochs
+        left = (now - self._start) / done * (total - done)
+        print(f"  {self.label}: epoch {done} of {total}, {now - self._start:.0f} s so far, "
+              f"~{left:.0f} s left", flush=True)  # fmt: skip
+
+
 @dataclass
 class TrainedRuns:
     """The runs of one ``train_runs`` call after their fit: one outcome per run (in order), the
@@ -188,7 +211,8 @@ def train_runs(
     model.member_loggers = [run.loggers for run in runs]
     if trainer_cfg is None:  # the longest budget's: each member ends at its own last epoch
         trainer_cfg = runs[epochs.index(max(epochs))].cfg
-    trainer = build_trainer(trainer_cfg, False, callbacks)
+    progress = Progress(f"population of {len(runs)}")
+    trainer = build_trainer(trainer_cfg, False, [*callbacks, progress])
     if driver is not None:
         driver.trainer = trainer
     start = time.perf_counter()
