@@ -320,3 +320,30 @@ def test_a_deleted_checkpoint_of_a_reused_run_is_said(tmp_path, data_cache, caps
     cli_main(["compare", f"--config={path}"])
     out = capsys.readouterr().out
     assert "the checkpoints of seeds [0] are gone since they were recorded" in out
+
+
+def test_a_partial_study_is_seen_before_its_best_trial_is_taken():
+    """Issue case 10a: a process interrupted in shared tuning left its trials failed; another
+    took the best of the rest and went on to final runs. ``unfinished_trials`` names them (a
+    re-run or a retry that finished stands for its trial), and compare stops on them."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from lightning_opt.tuning.trials import unfinished_trials
+
+    study = optuna.create_study()
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+
+    def add(state, value=None, **attrs):
+        study.add_trial(create_trial(state=state, value=value, params={"lr": 0.01},
+                                     distributions=space, user_attrs=attrs))  # fmt: skip
+
+    add(TrialState.COMPLETE, 1.0)
+    add(TrialState.FAIL, fail_reason="interrupted")
+    add(TrialState.PRUNED)
+    add(TrialState.FAIL, fail_reason="interrupted")
+    assert unfinished_trials(study, 4) == [1, 3]
+    add(TrialState.COMPLETE, 0.9, retry_of=1)  # trial 1, re-run
+    assert unfinished_trials(study, 4) == [3]
+    assert unfinished_trials(study, 3) == []

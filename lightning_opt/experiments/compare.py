@@ -51,6 +51,7 @@ from lightning_opt.tuning.trials import (
     ignored_values,
     resolve_search_space,
     search_space_notes,
+    unfinished_trials,
 )
 from lightning_opt.tuning.tune import TuneCLI, parse, run_studies_together, run_study
 
@@ -230,6 +231,13 @@ def tune_arm(
         epochs = plan.tune_cfg.trainer.max_epochs
         print(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
         study = run_study(plan.tune_cfg, plan.options)
+    unfinished = unfinished_trials(study, plan.options.n_trials)
+    if unfinished:  # never a best trial of a partial study
+        raise RunFailure(
+            f"arm {label!r}: trials {unfinished} of study {plan.options.study_name!r} did not "
+            "finish (interrupted or killed in another process that shares the storage, or still "
+            "running there); run the same command again to re-run them before the final runs"
+        )
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
     if not completed:
         raise RunFailure(

@@ -38,6 +38,7 @@ from lightning_opt.runs.build import (
     with_values,
 )
 from lightning_opt.runs.runner import Run, train_runs
+from lightning_opt.tuning.claims import original_number
 from lightning_opt.tuning.storage import sqlite_url
 
 
@@ -141,6 +142,19 @@ def ignored_values(trials: list[optuna.trial.FrozenTrial]) -> str | None:
         "optimizer likely ignores them, and the best trial is an arbitrary one; search what "
         "it uses"
     )
+
+
+def unfinished_trials(study: optuna.Study, n_trials: int) -> list[int]:
+    """The numbers of the study's first ``n_trials`` trials that have not finished (completed
+    or pruned, themselves or through a re-run): interrupted or killed in another process that
+    shares the storage, or still running there. Their study is partial: no best trial may be
+    taken from it."""
+    finished = {
+        original_number(t)
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    }
+    return [n for n in range(n_trials) if n not in finished]
 
 
 def as_a_trial(config: Any) -> Any:
