@@ -347,3 +347,20 @@ def test_a_partial_study_is_seen_before_its_best_trial_is_taken():
     add(TrialState.COMPLETE, 0.9, retry_of=1)  # trial 1, re-run
     assert unfinished_trials(study, 4) == [3]
     assert unfinished_trials(study, 3) == []
+
+
+@pytest.mark.parametrize("space", ['"lr"', '["lr"]', "{name: lr}"])
+def test_a_search_space_of_the_wrong_shape_is_one_line_that_says_the_shape(
+    space, tmp_path, data_cache, capsys
+):
+    """Issue case 9: ``search_space: "lr"`` read "dictionary update sequence element #0 has
+    length 1", on the command line a dump of every Union subtype jsonargparse tried."""
+    line = _refused(["tune", "--optimizer=adam", f"--search_space={space}",
+                     f"--output_dir={tmp_path / 'out'}", f"--data.cache_dir={data_cache}"],
+                    capsys)  # fmt: skip
+    assert line.startswith("lightning_opt: error: search_space: expected list[dict[str, Any]]")
+    arms = [{"name": "adam", "optimizer": "adam", "search_space": yaml.safe_load(space)},
+            {"name": "sgd", "optimizer": "sgd"}]  # fmt: skip
+    line = _refused(["compare", f"--config={_experiment(tmp_path, data_cache, arms=arms)}"],
+                    capsys)  # fmt: skip
+    assert "search_space is a list of entries {name, low, high[, log]} or {name, choices}" in line

@@ -353,6 +353,12 @@ def summarize_argument_error(message: str) -> str:
         r"| Given value type:|$)",
         text,
     )
+    if outer and not problems:
+        union = re.search(r"Subtypes: \[(.*?)\] Errors:.*?Given value: (.*)$", text)
+        if union:  # a plain value of the wrong shape: what was expected, what was given
+            expected = re.sub(r"<class '(\w+)'>", r"\1", union.group(1)).replace("typing.", "")
+            expected = expected.replace(", NoneType", " or null").replace("NoneType, ", "null or ")
+            return f"{outer.group(1)}: expected {expected}, got {union.group(2)}"
     if not outer or not problems:
         return text
     seen, parts = set(), []

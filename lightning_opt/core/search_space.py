@@ -114,11 +114,19 @@ def parse_search_space(
     entries: Iterable[Mapping[str, Any] | SearchParam],
 ) -> tuple[SearchParam, ...]:
     """``SearchParam``s from config entries (mappings with name, low, high and optional log)."""
+    shape = (
+        "a list of entries {name, low, high[, log]} or {name, choices} (search_space: [{name: "
+        "lr, low: 1.0e-4, high: 1.0e-1, log: true}])"
+    )
+    if isinstance(entries, str | Mapping) or not isinstance(entries, Iterable):
+        raise ValueError(f"search_space is {shape}, got {entries!r}")
     params: list[SearchParam] = []
     for entry in entries:
         if isinstance(entry, SearchParam):
             params.append(entry)
             continue
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"search_space is {shape}; its entry {entry!r} is not a mapping")
         unknown = set(entry) - {"name", "low", "high", "log", "choices"}
         required = {"name", "choices"} if "choices" in entry else {"name", "low", "high"}
         missing = required - set(entry)
