@@ -43,6 +43,18 @@ def _experiment(tmp_path: Path, data_cache: Path, **changes) -> Path:
     return path
 
 
+def _suite(tmp_path: Path, data_cache: Path, workloads: list[dict], **changes) -> Path:
+    """A one-baseline suite of tiny workloads, written to ``tmp_path``."""
+    suite = {
+        "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
+        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
+        "workloads": workloads, "baselines": [{"name": "sgd", "optimizer": "sgd"}], **changes,
+    }  # fmt: skip
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
 def _checkpoints(results: Path) -> list[Path]:
     found = json.loads(results.read_text())
     paths = [Path(run["checkpoint"]) for arm in found["arms"].values() for run in arm["runs"]]
@@ -70,15 +82,13 @@ def test_shared_arms_inside_a_workload_folder_are_refused_before_training(
 ):
     """Issue case 1b: ``--shared_arms_dir`` inside the benchmark's own workload folder (which
     its ``--overwrite`` deletes) is refused before anything trains."""
-    suite = {
-        "benchmark": "tiny", "seeds": 2, "n_trials": 1, "output_dir": str(tmp_path / "out"),
-        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
-        "workloads": [{"name": "mlp", "model": {"net": {"class_path": "mlp"}}, "epochs": 1,
-                       "target": 2.2}],
-        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
-    }  # fmt: skip
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path = _suite(
+        tmp_path,
+        data_cache,
+        [{"name": "mlp", "model": {"net": {"class_path": "mlp"}}, "epochs": 1, "target": 2.2}],
+        seeds=2,
+        n_trials=1,
+    )
     inside = tmp_path / "out" / "tiny" / "mlp" / "logs"
     line = _refused(["benchmark", f"--config={path}", "--optimizer=adam",
                      f"--shared_arms_dir={inside}"], capsys)  # fmt: skip
@@ -134,14 +144,7 @@ def test_a_name_of_the_tools_own_files_is_refused(where, name, tmp_path, data_ca
         args = ["tune", "--optimizer=adam", f"--study_name={name}",
                 f"--output_dir={tmp_path / 'out'}", f"--data.cache_dir={data_cache}"]  # fmt: skip
     elif where == "workload":
-        suite = {
-            "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
-            "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
-            "workloads": [{"name": name, "epochs": 1, "target": 2.2}],
-            "baselines": [{"name": "sgd", "optimizer": "sgd"}],
-        }  # fmt: skip
-        path = tmp_path / "suite.yaml"
-        path.write_text(yaml.safe_dump(suite))
+        path = _suite(tmp_path, data_cache, [{"name": name, "epochs": 1, "target": 2.2}])
         args = ["benchmark", f"--config={path}", "--optimizer=adam"]
     elif where == "arm":
         arms = [{"name": name, "optimizer": "adam"}, {"name": "sgd", "optimizer": "sgd"}]
@@ -182,15 +185,14 @@ def test_a_named_checkpoint_with_nothing_trained_is_refused(subcommand, name, tm
 
 def test_a_benchmark_cap_equal_to_the_fit_default_caps(tmp_path, data_cache, monkeypatch, capsys):
     """Issue case 5: ``--trainer.max_epochs 50`` (the fit default) caps a 52-epoch workload."""
-    suite = {
-        "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
-        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
-        "workloads": [{"name": "long", "epochs": 52, "target": 2.2},
-                      {"name": "short", "epochs": 3, "target": 2.2}],
-        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
-    }  # fmt: skip
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path = _suite(
+        tmp_path,
+        data_cache,
+        [
+            {"name": "long", "epochs": 52, "target": 2.2},
+            {"name": "short", "epochs": 3, "target": 2.2},
+        ],
+    )
     budgets = {}
 
     def planned_only(experiment):
@@ -226,14 +228,7 @@ def test_a_count_past_its_bound_is_refused_before_anything_is_queued(
 
 def test_a_target_no_run_can_miss_is_refused(tmp_path, data_cache, capsys):
     """Issue case 5: ``target: .inf`` made every submission reach it at its first evaluation."""
-    suite = {
-        "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
-        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
-        "workloads": [{"name": "mlp", "epochs": 1, "target": float("inf")}],
-        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
-    }  # fmt: skip
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path = _suite(tmp_path, data_cache, [{"name": "mlp", "epochs": 1, "target": float("inf")}])
     line = _refused(["benchmark", f"--config={path}", "--optimizer=adam"], capsys)
     assert "target is a finite validation loss, got inf" in line
 
@@ -266,15 +261,15 @@ def test_an_arm_whose_every_trial_diverges_is_one_line(tmp_path, data_cache, cap
 def test_a_benchmark_of_one_seed_writes_its_leaderboard(tmp_path, data_cache):
     """A test of one seed per side has no p-value: the leaderboard shows '-' (it crashed in
     its markdown after all training)."""
-    suite = {
-        "benchmark": "tiny", "seeds": 1, "n_trials": 1, "pruner": "none",
-        "output_dir": str(tmp_path / "out"),
-        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 100},
-        "workloads": [{"name": "mlp", "epochs": 1, "target": 2.2}],
-        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
-    }  # fmt: skip
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path = _suite(
+        tmp_path,
+        data_cache,
+        [{"name": "mlp", "epochs": 1, "target": 2.2}],
+        seeds=1,
+        n_trials=1,
+        pruner="none",
+        data={"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 100},
+    )
     cli_main(["benchmark", f"--config={path}", "--optimizer=adam"])
     text = (tmp_path / "out" / "tiny" / "leaderboard.md").read_text()
     assert "| mlp | adam | sgd |" in text
@@ -284,15 +279,11 @@ def test_a_benchmark_of_one_seed_writes_its_leaderboard(tmp_path, data_cache):
 def test_a_net_the_workloads_replace_is_refused(tmp_path, data_cache, capsys):
     """Issue case 5: ``--model.net.*`` given to a benchmark whose workloads set their own net
     was silently ignored."""
-    suite = {
-        "benchmark": "tiny", "output_dir": str(tmp_path / "out"),
-        "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache)},
-        "workloads": [{"name": "mlp", "model": {"net": {"class_path": "mlp"}}, "epochs": 1,
-                       "target": 2.2}],
-        "baselines": [{"name": "sgd", "optimizer": "sgd"}],
-    }  # fmt: skip
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path = _suite(
+        tmp_path,
+        data_cache,
+        [{"name": "mlp", "model": {"net": {"class_path": "mlp"}}, "epochs": 1, "target": 2.2}],
+    )
     line = _refused(["benchmark", f"--config={path}", "--optimizer=adam",
                      "--model.net.hidden_sizes=[7]"], capsys)  # fmt: skip
     assert "--model.net: the workloads mlp set their own net" in line

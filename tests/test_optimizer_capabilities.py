@@ -11,6 +11,14 @@ from lightning_opt.models import build_net, resolve_net
 from lightning_opt.optim.registry import check_optimizer
 
 
+def _evaluate(closure):
+    """The loss of the step's closure, if it has one (as torch's optimizers call it)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class WordedSecondOrder(torch.optim.Optimizer):
     """A Hutchinson-style step that differentiates the gradients again, refusing a gradient
     without a graph in its own words (torch-optimizer's Adahessian says "does not have
@@ -21,10 +29,7 @@ class WordedSecondOrder(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         for p in params:
             if p.grad.grad_fn is None:
@@ -47,10 +52,7 @@ class KeepsNoLr(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

@@ -134,9 +134,9 @@ def _names_optimizer_class(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, dict) and "class_path" in value)
 
 
-def _sets_optimizer_class(arg: str, following: str | None) -> bool:
-    """Whether ``arg`` (with the argument after it) gives an optimizer class: ``--optimizer
-    VALUE`` or a ``--config`` file whose ``optimizer`` names one."""
+def _optimizer_class_given(arg: str, following: str | None) -> Any:
+    """The optimizer value ``arg`` (with the argument after it) gives where it names a class:
+    ``--optimizer VALUE``, or the ``optimizer`` of a ``--config`` file; else ``None``."""
     if arg == "--optimizer" and following is not None and not following.startswith("-"):
         text = following
     elif arg.startswith("--optimizer="):
@@ -146,14 +146,16 @@ def _sets_optimizer_class(arg: str, following: str | None) -> bool:
         try:
             loaded = get_loader("yaml")(Path(path).read_text(encoding="utf-8"))
         except Exception:  # not a readable YAML file: jsonargparse says so itself
-            return False
-        return isinstance(loaded, dict) and _names_optimizer_class(loaded.get("optimizer"))
+            return None
+        value = loaded.get("optimizer") if isinstance(loaded, dict) else None
+        return value if _names_optimizer_class(value) else None
     else:
-        return False
+        return None
     try:
-        return _names_optimizer_class(get_loader("yaml")(text))
+        value = get_loader("yaml")(text)
     except Exception:
-        return False
+        return None
+    return value if _names_optimizer_class(value) else None
 
 
 def separate_optimizer_classes(args: Sequence[str]) -> list[str]:
@@ -161,37 +163,25 @@ def separate_optimizer_classes(args: Sequence[str]) -> list[str]:
     out: list[str] = []
     for i, arg in enumerate(args):
         following = args[i + 1] if i + 1 < len(args) else None
-        if _sets_optimizer_class(arg, following):
+        if _optimizer_class_given(arg, following) is not None:
             out.append(_CLASS_CHANGE)
         out.append(arg)
     return out
 
 
 def searched_placeholders(args: Sequence[str]) -> dict[str, Any]:
-    """For a command that tunes: each argument of the optimizer class ``args`` give that has no
-    default, is not given, and that the class's search space searches (optimi's ``lr``), with a
-    placeholder value, the low end of its range (every trial sets it). jsonargparse refuses an
-    unset argument without a default; the study's checks then refuse one that its search space
-    does not search after all (``check_placeholders``)."""
-    expanded = expand_argv(args)
+    """For a command that tunes, of its expanded ``args`` (``expand_args``): each argument of
+    the optimizer class they give that has no default, is not given, and that the class's
+    search space searches (optimi's ``lr``), with a placeholder value, the low end of its range
+    (every trial sets it). jsonargparse refuses an unset argument without a default; the
+    study's checks then refuse one that its search space does not search after all
+    (``check_placeholders``)."""
     value: Any = None
     given: set[str] = set()
-    for i, arg in enumerate(expanded):
-        following = expanded[i + 1] if i + 1 < len(expanded) else None
-        if arg == _CLASS_CHANGE:
-            continue
-        if arg.startswith("--optimizer="):
-            value, given = get_loader("yaml")(arg.split("=", 1)[1]), set()
-        elif arg == "--optimizer" and following is not None:
-            value, given = get_loader("yaml")(following), set()
-        elif (arg in ("--config", "-c") and following) or arg.startswith("--config="):
-            path = following if arg in ("--config", "-c") else arg.split("=", 1)[1]
-            try:
-                loaded = get_loader("yaml")(Path(str(path)).read_text(encoding="utf-8"))
-            except Exception:
-                continue
-            if isinstance(loaded, dict) and _names_optimizer_class(loaded.get("optimizer")):
-                value, given = spell_out(loaded["optimizer"]), set()
+    for i, arg in enumerate(args):
+        found = _optimizer_class_given(arg, args[i + 1] if i + 1 < len(args) else None)
+        if found is not None:
+            value, given = spell_out(found), set()
         elif arg.startswith("--optimizer."):
             given.add(arg.split("=", 1)[0].rsplit(".", 1)[-1])
     if not isinstance(value, dict) or "class_path" not in value:
@@ -530,11 +520,21 @@ def check_config_files(args: Sequence[str]) -> None:
             ) from None
 
 
-def build_cli(cli_class: type[LightningCLI], args: Sequence[str] | None, **kwargs: Any) -> Any:
-    """``cli_class`` over the model and data with the project's defaults (``args``: a list)."""
-    if args is not None:
-        check_config_files(args)
-    args = expand_argv(with_checkpoint_settings(args)) if args is not None else None
+def expand_args(args: Sequence[str]) -> list[str]:
+    """A command's arguments as the parser takes them: config files checked, a checkpoint's
+    optimizer and net added, optimizers and nets spelled out (``expand_argv``)."""
+    check_config_files(args)
+    return expand_argv(with_checkpoint_settings(args))
+
+
+def build_cli(
+    cli_class: type[LightningCLI], args: Sequence[str] | None, expanded: bool = False,
+    **kwargs: Any,
+) -> Any:  # fmt: skip
+    """``cli_class`` over the model and data with the project's defaults (``args``: a list;
+    ``expanded``: already through ``expand_args``)."""
+    if args is not None and not expanded:
+        args = expand_args(args)
     with warnings.catch_warnings():
         # args come from our own dispatcher, which has already read sys.argv
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

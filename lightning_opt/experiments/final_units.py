@@ -48,7 +48,6 @@ class FinalUnits:
         """The finals study of the arm whose tuning study ``options`` names, its runs logged in
         ``final/`` of the arm's folder; refused (one line) when it recorded other settings,
         unless ``--overwrite``."""
-
         name = options.study_name + SUFFIX
         # --overwrite deletes this arm's final runs, never its tuning trials.
         options = replace(

@@ -219,8 +219,6 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
     base_options = options_from_config(config)
     exp_dir = Path(config.output_dir) / config.experiment
     storage = config.storage or sqlite_url(exp_dir / "optuna.db")
-    if config.storage:  # a database of its own: reachable before anything trains
-        open_study_storage(replace(base_options, storage=storage))
     shared = shared_arms_dir(config)
     if shared is not None:
         if overlap(exp_dir, shared):  # --overwrite of either would delete the other's runs
@@ -231,6 +229,8 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
                 "--experiment or --shared_arms_dir"
             )
         check_writable(shared)
+    if config.storage:  # a database of its own: reachable before anything trains
+        open_study_storage(replace(base_options, storage=storage))
     retune = config.robustness and config.tune_max_epochs != config.trainer.max_epochs
     plans = []
     for arm in arms:

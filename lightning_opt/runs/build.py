@@ -22,7 +22,7 @@ from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.config.parsing import optimizer_dict
 from lightning_opt.core.atomic import replacing
 from lightning_opt.core.reflection import class_spec
-from lightning_opt.models import build_net, resolve_net
+from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import (
     constructor_arguments,
     import_class,
@@ -195,7 +195,6 @@ class RunSpec:
     def of(cls, cfg: Any) -> RunSpec:
         """The run of ``cfg`` (``ValueError``, one line, for a net or optimizer that does not
         resolve)."""
-
         model = cfg.model.as_dict()
         return cls(
             net=resolve_net(model["net"])[1],
@@ -223,12 +222,6 @@ class RunSpec:
             "input_size": self.input_size,
             "num_classes": self.num_classes,
         }
-
-    def build_net(self) -> Any:
-        """One member's net, built as the model builds it (its constructor checks it)."""
-
-        cls, net = resolve_net(self.net)
-        return build_net(cls, net["init_args"], self.input_size, self.num_classes)
 
 
 def model_arguments(cfg: Any) -> dict[str, Any]:
@@ -345,7 +338,6 @@ def population_blocker(cfg: Any) -> str | None:
     can: the one place that decides it, for ``tune --population`` and ``compare``'s finals (a
     blocked config trains one run at a time; ``fit --seeds`` refuses it): the class, the data and
     the callbacks here, the rest by the population plan (``PopulationPlan.of``)."""
-
     why = class_refusal(optimizer_class(optimizer_dict(cfg)))
     if why is not None:
         return why

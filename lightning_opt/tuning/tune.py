@@ -32,6 +32,7 @@ from lightning_opt.config.parsing import (
     build_cli,
     check_placeholders,
     check_trainer_settings,
+    expand_args,
     searched_placeholders,
 )
 from lightning_opt.core import signals
@@ -158,9 +159,10 @@ def parse(args: list[str], cli_class: type[TuneCLI] = TuneCLI) -> TuneCLI:
     """Parse ``tune`` (or ``compare``) arguments; nothing is built. An optimizer argument
     without a default that the class's search space searches is parsed at a placeholder
     (``searched_placeholders``; ``cli.placeholders``), which every trial replaces."""
-    placeholders = searched_placeholders(args)
-    filled = [*args, *(f"--optimizer.{n}={json.dumps(v)}" for n, v in placeholders.items())]
-    cli = build_cli(cli_class, filled, run=False, save_config_callback=None)
+    expanded = expand_args(args)
+    placeholders = searched_placeholders(expanded)
+    filled = [*expanded, *(f"--optimizer.{n}={json.dumps(v)}" for n, v in placeholders.items())]
+    cli = build_cli(cli_class, filled, expanded=True, run=False, save_config_callback=None)
     cli.placeholders = placeholders
     return cli
 
