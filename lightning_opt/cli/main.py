@@ -1,7 +1,7 @@
 """The command line: LightningCLI's ``fit``/``validate``/``test`` plus ``tune`` and ``compare``.
 
 ``--optimizer`` takes any ``torch.optim.Optimizer`` subclass by class path, or a short name
-(``parsing.py``). Bad input a user can fix is printed as one line with exit code 2; an error
+(``config.parsing``). Bad input a user can fix is printed as one line with exit code 2; an error
 raised while training keeps its traceback (exit code 1). ``LIGHTNING_OPT_DEBUG=1`` shows the
 traceback of a usage error too.
 """

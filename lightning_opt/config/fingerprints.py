@@ -28,7 +28,7 @@ NOT_IN_FINGERPRINT = (
     "trainer.enable_checkpointing", "trainer.default_root_dir", "data.cache_dir",
     "shared_arms_dir",
 )  # fmt: skip
-#: compare's own options (see ``compare.CompareCLI``).
+#: compare's own options (see ``experiments.compare.CompareCLI``).
 EXPERIMENT_KEYS = (
     "experiment", "arms", "seeds", "tune_max_epochs", "population_finals", "robustness",
     "share_arms", "shared_arms_dir",

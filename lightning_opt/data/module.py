@@ -126,7 +126,7 @@ class MNIST1DDataModule(LightningDataModule):
         self._loaded: dict[str, np.ndarray] | None = None
         #: Set by a ``PopulationClassifier`` while it trains: one shuffle seed per member.
         self.population_seeds: list[int] | None = None
-        #: Set by tune and compare where nothing can observe it (``runs.chunk_where_invisible``):
+        #: Set by tune and compare where nothing can observe it (``runs.build.chunk_where_invisible``):
         #: whole epochs per Lightning batch, without changing the recorded ``steps_per_chunk``.
         self.chunk_invisibly = False
 

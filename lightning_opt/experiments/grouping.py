@@ -27,7 +27,7 @@ def final_groups(
     """The labels whose final runs train together: those with population finals whose final
     configs differ only in the optimizer, the LR scheduler, the clipping rule and the tuned
     values (arms of one net, data and budget, each re-tuned one beside its arm), each such
-    group one population (``runs.build_mixed_population``: each member group clips by its own
+    group one population (``runs.build.build_mixed_population``: each member group clips by its own
     rule); every other label alone. Members with a scheduler must step it alike."""
     groups: dict[str, list[tuple[str, Any]]] = {}
     for _, label, plan in labelled:
@@ -71,7 +71,7 @@ def _population_key(parser: LightningArgumentParser, cfg: Any, budgets: bool = F
 def tuning_groups(
     parser: LightningArgumentParser, labelled: list[tuple[str, str, ArmPlan]]
 ) -> list[list[str]]:
-    """The labels whose tuning trials train together (``tune.run_studies_together``): those
+    """The labels whose tuning trials train together (``tuning.tune.run_studies_together``): those
     tuned as populations by one worker whose tuning configs differ only in the optimizer, the
     LR scheduler, the clipping rule, the search space and the epochs (arms on one net and
     data, each re-tuned one beside them), if one population of them builds at the ends of

@@ -11,7 +11,9 @@ a name up, spawned workers included.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -409,23 +411,23 @@ _PREFLIGHTS: dict[tuple, StepContract] = {}
 
 
 def _preflight_key(
-    cls: type, init_args: Mapping[str, Any], net_spec: Any, net: Any, *rest: Any
-) -> tuple | None:
-    """What determines a pre-flight step's outcome, as a hashable key (``None``: a value that
-    has no faithful text, never remembered)."""
-    import hashlib
-    import json
+    cls: type, init_args: Mapping[str, Any], net_spec: Any, net: Any, input_size: int,
+    num_classes: int, param_groups: Sequence[Mapping[str, Any]],
+) -> tuple | None:  # fmt: skip
+    """What determines a pre-flight step's outcome, as a hashable key: the class, its
+    arguments, the net's spec, structure and every weight and buffer, the sizes and the group
+    rules (``None``: a value without a faithful text, never remembered)."""
 
-    def text(value: Any) -> str:
-        def refuse(item: Any) -> str:
-            if isinstance(item, type):
-                return f"{item.__module__}.{item.__qualname__}"
-            raise TypeError(type(item).__name__)
-
-        return json.dumps(value, sort_keys=True, default=refuse)
+    def class_path(item: Any) -> str:
+        if isinstance(item, type):
+            return f"{item.__module__}.{item.__qualname__}"
+        raise TypeError(type(item).__name__)
 
     try:
-        settings = text([dict(init_args), net_spec, [dict(r) for r in rest[2]]])
+        settings = json.dumps(
+            [dict(init_args), net_spec, [dict(rule) for rule in param_groups]],
+            sort_keys=True, default=class_path,
+        )  # fmt: skip
     except TypeError:
         return None
     state = hashlib.sha256(repr(net).encode())
@@ -433,9 +435,8 @@ def _preflight_key(
         if not isinstance(value, torch.Tensor):  # a module's extra state
             return None
         state.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-        state.update(raw.numpy().tobytes())
-    return (cls, type(net), settings, state.hexdigest(), rest[0], rest[1])
+        state.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return (cls, type(net), settings, state.hexdigest(), input_size, num_classes)
 
 
 def _show(kwargs: dict[str, Any]) -> str:

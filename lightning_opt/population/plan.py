@@ -153,8 +153,6 @@ class PopulationPlan:
         contracts = []
         for group in built:
             opt = group.optimizer_class
-            if takes_model(opt):
-                raise NotAPopulation(f"{opt.__name__} takes the model itself")
             first = group.members[0]
             for member in group.members:
                 # As a single fit would, first; each group's first step stands for its class's.
@@ -233,8 +231,9 @@ def _group_specs(
 def _member_group(spec: dict[str, Any], start: int) -> MemberGroup:
     cls, resolved = resolve_optimizer(spec["optimizer"])
     scheduler = resolve_scheduler(spec["lr_scheduler"])
-    if not supports_population(cls):
-        raise NotAPopulation(f"{cls.__name__} declares supports_population = False")
+    refusal = class_refusal(cls)
+    if refusal is not None:
+        raise NotAPopulation(refusal)
     size, member_hparams = spec["size"], dict(spec["member_hparams"] or {})
     settings = member_settings(
         cls, resolved["init_args"], scheduler[0] if scheduler else None,

@@ -1,7 +1,7 @@
 """The report as files: ``results.json``, ``results.md``, ``comparison.png`` and
 ``comparison.html``, the page a person opens (self-contained, works offline; plotly inlined).
 
-``report.summarize`` computes every number and sentence; this module only lays them out.
+``reports.summary.summarize`` computes every number and sentence; this module only lays them out.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``summarize`` computes every number once (per-arm means with CIs, tuning curves, clip activity,
 pairwise differences Holm-corrected as one family, robustness checks, verdicts); the writers
-(``report_text``, ``report_page``) only format them. Run keys beyond the basic ones (best-epoch test metrics, internals, clip quantities,
+(``reports.text``, ``reports.page``) only format them. Run keys beyond the basic ones (best-epoch test metrics, internals, clip quantities,
 re-tuned runs) are optional: what is missing is left out of the report, never guessed.
 """
 

@@ -1,5 +1,5 @@
 """The report as text: numbers with their intervals, the markdown tables, the settings rows and
-the methods paragraph (``results.md``; ``report_page`` puts the same rows on the page)."""
+the methods paragraph (``results.md``; ``reports.page`` puts the same rows on the page)."""
 
 from __future__ import annotations
 

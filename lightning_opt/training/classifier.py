@@ -10,6 +10,7 @@ so the training step never waits on the host.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -302,12 +303,11 @@ class ModelPlan:
         if scheduler is not None:
             check_scheduler(scheduler_class, scheduler_record["init_args"])
         init_args = net_record["init_args"]
-        if seed is None:
-            built = build_net(net_class, init_args, input_size, num_classes)
-        else:
-            with torch.random.fork_rng(devices=[]):
+        own_seed = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
+        with own_seed:
+            if seed is not None:
                 torch.manual_seed(seed)
-                built = build_net(net_class, init_args, input_size, num_classes)
+            built = build_net(net_class, init_args, input_size, num_classes)
         # Its own constructor checks the arguments now, and one step on a copy of the net
         # shows what the step needs (a closure, a graph, train/eval modes), before any training.
         contract = check_optimizer(

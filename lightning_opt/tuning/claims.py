@@ -129,7 +129,7 @@ def top_up(study: optuna.Study, n_trials: int, storage: BaseStorage | None = Non
 
 def original_number(trial: optuna.trial.FrozenTrial) -> int:
     """The number of the trial that ``trial`` re-runs, through any chain of re-runs (enqueued by
-    ``tune.retry_interrupted`` as ``retry_of``, or by Optuna's heartbeat retry); its own number
+    ``tuning.tune.retry_interrupted`` as ``retry_of``, or by Optuna's heartbeat retry); its own number
     if it is no re-run. A re-run samples, sorts and is reported as that trial."""
     if "retry_of" in trial.user_attrs:
         return int(trial.user_attrs["retry_of"])
@@ -267,7 +267,7 @@ def _claim(
     killed at any point of a claim leaves a trial that comes back: still WAITING, or RUNNING with
     a heartbeat (found stale by Optuna) and, where claims are serialised (no rival can win the
     trial meanwhile), its worker recorded (re-run at the next launch on this machine,
-    ``tune.retry_interrupted``)."""
+    ``tuning.tune.retry_interrupted``)."""
     worker = worker_id()
     study_id = storage.get_study_id_from_name(study.study_name)
     live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)

@@ -1,7 +1,7 @@
 """The trials of a study: their options, search space, hyperparameters and how each one runs.
 
 A trial is the ``fit`` its config describes with the sampled values set where they belong (the
-optimizer's or a clipping callback's constructor argument, see ``runs.settable``); ``--population
+optimizer's or a clipping callback's constructor argument, see ``runs.build.settable``); ``--population
 K`` trains K trials at once as one population, each reporting to its own Optuna trial.
 """
 
@@ -60,7 +60,7 @@ class TuneOptions:
     population: int = 1
     overwrite: bool = False
     connect_timeout: int = 10
-    #: Everything that determines the trials' values (see ``tune.run_fingerprint``).
+    #: Everything that determines the trials' values (see ``config.fingerprints.run_fingerprint``).
     fingerprint: dict[str, Any] | None = None
     #: The folder of the trials' logs under ``output_dir`` (default: the study's name).
     log_dir_name: str | None = None
@@ -346,7 +346,7 @@ TrialMember = tuple["TrialRunner", optuna.Trial, dict[str, float]]
 def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> list[TrialOutcome]:
     """Train ``members`` as one population, each exactly its own trial's run: trials of one
     study, or of several whose configs differ only in their optimizer, LR scheduler and values
-    (``runs.build_mixed_population``); the longest budget's config gives the trainer, ``driver``
+    (``runs.build.build_mixed_population``); the longest budget's config gives the trainer, ``driver``
     gives the data, and ``driver.interrupt`` stops it. Each trial's outcome, as
     ``TrialRunner.run`` gives it."""
     epochs = [runner.config.trainer.max_epochs for runner, _, _ in members]

@@ -3,8 +3,8 @@
 ``python -m lightning_opt tune`` takes every ``fit`` option (``--optimizer``, ``--config``,
 ``--model.*``, ``--trainer.*``, ...) plus the study's own. Each trial is the ``fit`` run its
 config describes with the sampled hyperparameters, so ``fit --config best.yaml`` reproduces the
-best trial exactly. The trials themselves are in ``trials.py``, the worker processes in
-``workers.py``.
+best trial exactly. The trials themselves are in ``tuning.trials``, the worker processes in
+``tuning.workers``.
 """
 
 from __future__ import annotations

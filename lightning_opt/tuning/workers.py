@@ -1,7 +1,7 @@
 """Worker processes of a study: claim WAITING trials, run them, tell Optuna; Ctrl-C handling.
 
 Each worker (the tune process itself, or a forked/spawned child per ``--n_workers``) opens its
-own storage connection, claims trials atomically (``study.claim_waiting_trial``) and runs them
+own storage connection, claims trials atomically (``claims.claim_waiting_trial``) and runs them
 with a ``TrialRunner``; a database storage gets a heartbeat per running trial.
 """
 
