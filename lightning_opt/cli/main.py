@@ -32,6 +32,7 @@ from lightning_opt.config.parsing import (
     summarize_argument_error,
 )
 from lightning_opt.core import signals
+from lightning_opt.core.allocator import keep_large_blocks
 from lightning_opt.core.protocols import MemberTraining
 from lightning_opt.models import net_short_name
 from lightning_opt.optim.registry import import_class
@@ -308,6 +309,7 @@ def cli_main(args: list[str] | None = None) -> None:
     # Metrics are logged once per epoch, so Lightning's step-logging interval does not apply.
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
     argv = sys.argv[1:] if args is None else list(args)
+    keep_large_blocks()  # a population's big activations, recycled instead of re-faulted
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # --optimizer my_opts.Lion, as under `python -m`
     if argv[:1] in ([], ["-h"], ["--help"]):

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.config.parsing import optimizer_dict
 from lightning_opt.core.atomic import replacing
+from lightning_opt.core.event_files import MemberTensorBoardLogger
 from lightning_opt.core.reflection import class_spec
 from lightning_opt.models import resolve_net
 from lightning_opt.optim.registry import (
@@ -399,8 +400,9 @@ def run_loggers(cfg: Any, save_dir: Any, name: str, version: str = "") -> list[L
         # another's files (both TensorBoard and CSV write hparams.yaml).
         own = f"{version}/{cls.__name__.lower()}" if len(entries) > 1 else version
         args.update(save_dir=str(save_dir), name=name, version=own.strip("/"))
-        if cls is TensorBoardLogger:
+        if cls is TensorBoardLogger:  # the same run, its events by one writer thread
             args.setdefault("default_hp_metric", False)
+            cls = MemberTensorBoardLogger
         loggers.append(cls(**args))
     return loggers
 
