@@ -57,7 +57,7 @@ def counted_reads(window: StepWindow) -> Iterator[collections.Counter]:
     counts: collections.Counter = collections.Counter()
     originals = {name: getattr(torch.Tensor, name) for name in READS}
 
-    def counting(name: str):  # noqa: ANN202
+    def counting(name: str):
         original = originals[name]
 
         def read(self: torch.Tensor, *args: object, **kwargs: object) -> object:
