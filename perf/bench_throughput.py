@@ -5,7 +5,8 @@
 
 For each K, on the default data (mnist1d, 5,000 samples: 32 steps of 100 an epoch):
 
-- **the command**: ``fit --optimizer adam --seeds [0..K-1] --trainer.max_epochs E+1`` run
+- **the command**: ``fit --optimizer adam --seeds [0..K-1] --data.steps_per_chunk 0
+  --trainer.max_epochs E+1`` (an epoch's steps in one Lightning batch, as the issue measured) run
   in this process through the CLI (``lightning_opt.cli.main.cli_main``) as a user runs it: its
   TensorBoard loggers (one run per member; ``--no-logger``: none), its checkpoint and its
   results, in a fresh folder. A callback of this file (given with ``--trainer.callbacks``)
@@ -71,6 +72,7 @@ def run_command(k: int, epochs: int, accelerator: str, logger: bool) -> dict[str
     seeds = "[" + ",".join(map(str, range(k))) + "]"
     argv = [
         "fit", "--optimizer", "adam", "--seeds", seeds, "--trainer.max_epochs", str(epochs + 1),
+        "--data.steps_per_chunk", "0",
         "--trainer.accelerator", accelerator, "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--trainer.callbacks+", "bench_throughput.EpochClock",

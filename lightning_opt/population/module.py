@@ -43,7 +43,7 @@ from lightning_opt.population.rules import MemberClipping
 from lightning_opt.population.selection import FINISHED, MemberSelection
 from lightning_opt.population.settings import MemberGroup
 from lightning_opt.population.stacking import stack_nets
-from lightning_opt.training.loop import EpochSums, MinibatchTraining
+from lightning_opt.training.loop import EpochSums, MinibatchTraining, check_compile
 
 
 def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
@@ -79,7 +79,8 @@ class PopulationClassifier(
             of the optimizer (``lr``, ``betas``, ...), else of the LR scheduler (``gamma`` of
             StepLR where the optimizer takes none), else a ``member_hparams`` setting of the
             clipping callback (``clip_factor``). The other arguments are shared by all members.
-        net, lr_scheduler, lr_interval, param_groups, input_size, num_classes, log_internals: as in
+        net, lr_scheduler, lr_interval, param_groups, input_size, num_classes, log_internals,
+            compile: as in
             ``MNIST1DClassifier``; each member gets its own scheduler. A net that cannot run as
             members (``lightning_opt.population.stacking.why_not_stackable``) is refused (``ValueError``).
         member_groups: members of several optimizers in one population: one entry per group
@@ -123,10 +124,12 @@ class PopulationClassifier(
         input_size: int,
         num_classes: int,
         log_internals: bool = True,
+        compile: bool | str = False,
         member_groups: list[dict[str, Any]] | None = None,
         member_epochs: list[int] | None = None,
     ) -> None:
         super().__init__()
+        check_compile(compile)
         # The population's own arguments go into the checkpoint under "population" (see
         # on_save_checkpoint): LightningCLI gives a checkpoint's hyper_parameters to the model's
         # arguments on resume, which are those of a single model.

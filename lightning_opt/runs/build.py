@@ -33,6 +33,7 @@ from lightning_opt.optim.registry import (
 from lightning_opt.population import PopulationClassifier
 from lightning_opt.population.plan import NotAPopulation, PopulationPlan, class_refusal
 from lightning_opt.training.classifier import MNIST1DClassifier, ModelPlan
+from lightning_opt.training.loop import check_compile
 
 #: A run that reports through its own lines and logger: no bar, summary or per-epoch checkpoint.
 QUIET_TRAINER = {
@@ -185,6 +186,7 @@ class RunSpec:
     lr_scheduler: dict[str, Any] | None
     lr_interval: str
     log_internals: bool
+    compile: bool | str
     param_groups: list[dict[str, Any]] | None
     input_size: int
     num_classes: int
@@ -203,6 +205,7 @@ class RunSpec:
             lr_scheduler=scheduler_dict(cfg),
             lr_interval=model.get("lr_interval", "epoch"),
             log_internals=model.get("log_internals", True),
+            compile=model.get("compile", False),
             param_groups=model.get("param_groups"),
             input_size=model["input_size"],
             num_classes=model["num_classes"],
@@ -219,6 +222,7 @@ class RunSpec:
             "lr_scheduler": self.lr_scheduler,
             "lr_interval": self.lr_interval,
             "log_internals": self.log_internals,
+            "compile": self.compile,
             "param_groups": self.param_groups,
             "input_size": self.input_size,
             "num_classes": self.num_classes,
@@ -240,6 +244,7 @@ def check_model(cfg: Any) -> ModelPlan:
     and its net's pre-flight step (the net of seed 0, as tuning trials build it)."""
     arguments = model_arguments(cfg)
     arguments.pop("log_internals")
+    check_compile(arguments.pop("compile"))
     return ModelPlan.of(**arguments)
 
 
@@ -276,8 +281,12 @@ def plan_mixed_population(
     return _plan(**mixed_population_arguments(members, seeds))
 
 
-def _plan(seeds: list[int], log_internals: bool = True, **arguments: Any) -> PopulationPlan:
-    """``PopulationPlan.of`` the arguments of a ``PopulationClassifier`` (logging aside)."""
+def _plan(
+    seeds: list[int], log_internals: bool = True, compile: bool | str = False, **arguments: Any
+) -> PopulationPlan:
+    """``PopulationPlan.of`` the arguments of a ``PopulationClassifier`` (logging and how the
+    step runs aside)."""
+    check_compile(compile)
     return PopulationPlan.of(seeds, **arguments)
 
 

@@ -24,6 +24,30 @@ from lightning_opt.optim.schedulers import (
     step_scheduler,
 )
 
+#: ``torch.compile``'s modes: what ``compile`` may name (``True``: see ``compile_mode``).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile(value: Any) -> None:
+    """Refuse a ``compile`` setting that is neither a bool nor one of torch.compile's modes."""
+    if not (isinstance(value, bool) or value is None or value in COMPILE_MODES):
+        raise ValueError(
+            f"compile must be true, false or one of torch.compile's modes "
+            f"({', '.join(COMPILE_MODES)}); got {value!r}"
+        )
+
+
+def compile_mode(value: Any, device_type: str) -> str | None:
+    """The ``torch.compile`` mode of a ``compile`` setting on ``device_type`` (``None``: eager).
+    ``True`` is ``reduce-overhead`` on CUDA (the step as CUDA graphs: its launches are what a
+    small population's step costs there) and ``default`` elsewhere."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "reduce-overhead" if device_type == "cuda" else "default"
+    return str(value)
+
+
 #: torch's warning for every backward with create_graph=True (harmless when grads go to None).
 _GRAPH_CYCLE = "Using backward\\(\\) with create_graph=True"
 
@@ -121,6 +145,12 @@ class MinibatchTraining:
         self._schedulers = [] if schedulers is None else list(_as_list(schedulers))
         self._step_schedulers = bool(self._schedulers) and self.hparams.lr_interval == "step"
         self._validated = False
+        mode = compile_mode(self.hparams.get("compile"), self.device.type)
+        # The training loss (forward and, through AOTAutograd, its backward) as one compiled
+        # graph; the optimizer, the clipping rules and Lightning's hooks run as they do eagerly.
+        self._loss_fn = (
+            self._minibatch_loss if mode is None else torch.compile(self._minibatch_loss, mode=mode)
+        )
 
     def _scheduler_step(self) -> None:
         """Step the LR schedulers (manual optimization: Lightning leaves it to the module). A
@@ -278,7 +308,7 @@ class MinibatchTraining:
                 # zero_grad, forward, backward: what the optimizer may call several times
                 # (LBFGS, SAM); the step's logged loss and norms are the first evaluation's.
                 with torch.enable_grad():
-                    loss = self._minibatch_loss(x, y)
+                    loss = self._loss_fn(x, y)
                     self._zero_grad(optimizer)
                     total = loss.sum()  # a population's sum gives each member its own gradient
                     self._backward(total)
