@@ -1,7 +1,8 @@
 """A population's throughput against a hand-written batched reference of the same math, in one run.
 
     python perf/bench_throughput.py [--members 16 64 256 1024] [--epochs 3] [--accelerator cpu]
-                                    [--graphs] [--no-logger] [--out perf/results/throughput.json]
+                                    [--graphs] [--no-logger] [--compile MODE]
+                                    [--out perf/results/throughput.json]
 
 For each K, on the default data (mnist1d, 5,000 samples: 32 steps of 100 an epoch):
 
@@ -66,7 +67,9 @@ class EpochClock(Callback):
         EpochClock.last_end = time.perf_counter()
 
 
-def run_command(k: int, epochs: int, accelerator: str, logger: bool) -> dict[str, float]:
+def run_command(
+    k: int, epochs: int, accelerator: str, logger: bool, compile_: str | None = None
+) -> dict[str, float]:
     clock = sys.modules.setdefault("bench_throughput", sys.modules[__name__]).EpochClock
     clock.starts, clock.last_end = [], 0.0
     seeds = "[" + ",".join(map(str, range(k))) + "]"
@@ -79,6 +82,8 @@ def run_command(k: int, epochs: int, accelerator: str, logger: bool) -> dict[str
     ]  # fmt: skip
     if not logger:
         argv += ["--trainer.logger", "false"]
+    if compile_:
+        argv += ["--model.compile", compile_]
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as folder:
         os.chdir(folder)
@@ -118,6 +123,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--graphs", action="store_true", help="the reference as a CUDA graph")
     parser.add_argument("--no-logger", action="store_true", help="the command without loggers")
+    parser.add_argument("--compile", help="the command with --model.compile MODE (true, ...)")
     parser.add_argument("--out", type=Path, default=Path("perf/results/throughput.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -134,7 +140,7 @@ def main() -> None:
           f"{'ratio':>6} {'member-steps/s':>15} {'ref member-steps/s':>19}")  # fmt: skip
     for k in args.members:
         ref = run_reference(k, args.epochs, device, args.graphs, data)
-        cmd = run_command(k, args.epochs, args.accelerator, not args.no_logger)
+        cmd = run_command(k, args.epochs, args.accelerator, not args.no_logger, args.compile)
         row = {"members": k, "command": cmd, "reference": ref,
                "ratio": cmd["s_per_epoch"] / ref["s_per_epoch"],
                "member_steps_s": k * STEPS_PER_EPOCH / cmd["s_per_epoch"],
@@ -147,6 +153,7 @@ def main() -> None:
         "machine": machine_info(torch_threads=torch.get_num_threads(), device=device,
                                 gpu=torch.cuda.get_device_name() if device == "cuda" else None),
         "accelerator": args.accelerator, "graphs": args.graphs, "logger": not args.no_logger,
+        "compile": args.compile,
         "epochs": args.epochs, "rows": rows,
     })  # fmt: skip
 
