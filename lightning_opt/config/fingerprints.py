@@ -20,13 +20,14 @@ TUNE_KEYS = (
     "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry", "population",
     "overwrite", "connect_timeout",
 )  # fmt: skip
-#: Settings that change where a run writes or how fast it goes, not its values.
+#: Settings that change where a run writes or how fast it goes, not its values (a population
+#: and a compiled step round differently from a lone eager run, within float rounding).
 NOT_IN_FINGERPRINT = (
     "config", "n_trials", "n_workers", "storage", "study_name", "output_dir", "heartbeat_interval",
     "grace_period", "max_retry", "overwrite", "connect_timeout", "population", "population_finals",
     "experiment", "trainer.logger", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.enable_checkpointing", "trainer.default_root_dir", "data.cache_dir",
-    "shared_arms_dir",
+    "shared_arms_dir", "model.compile",
 )  # fmt: skip
 #: compare's own options (see ``experiments.compare.CompareCLI``).
 EXPERIMENT_KEYS = (

@@ -83,6 +83,8 @@ class EventFileService:
 
     def wait(self, file: SharedEventFile | None = None, close: bool = False) -> None:
         """Return once everything submitted so far is written and flushed (``file``: closed too)."""
+        if self._thread is None and self._pid == os.getpid():
+            return  # nothing was ever submitted in this process
         done = threading.Event()
         self.submit(("sync", file, close, done))
         done.wait()
