@@ -416,6 +416,11 @@ def test_tune_chunks_only_where_nothing_can_see_it(tmp_path):
         False,
         None,
     )
+    # A callback whose hooks are per epoch cannot tell; one with a per-step hook can.
+    stop = ["--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
+            "--trainer.callbacks.monitor=val/loss"]  # fmt: skip
+    assert decided(*stop) == (True, 0)
+    assert decided("--trainer.callbacks+=lightning.pytorch.callbacks.Timer") == (False, None)
     assert decided("--data.steps_per_chunk=2") == (False, 2)  # the user's own choice stands
     clip = ["--trainer.callbacks+=lightning_opt.callbacks.WeightNormClipping",
             "--trainer.callbacks.clip_factor=0.1"]  # fmt: skip

@@ -416,6 +416,28 @@ def run_loggers(cfg: Any, save_dir: Any, name: str, version: str = "") -> list[L
     return loggers
 
 
+#: The Callback hooks that run per Lightning batch or per optimizer step: a callback that
+#: overrides one could tell whole epochs per batch from one minibatch per batch.
+BATCH_HOOKS = (
+    "on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+    "on_before_optimizer_step", "on_before_zero_grad",
+)  # fmt: skip
+
+
+def batch_watching_callbacks(cfg: Any) -> list[str]:
+    """The configured callbacks (clipping rules aside) that override a per-batch hook."""
+    names = []
+    for entry in cfg.trainer.get("callbacks") or []:
+        cls = callback_class(entry)
+        if isinstance(cls, type) and issubclass(cls, GradientClippingCallback):
+            continue
+        if not isinstance(cls, type) or any(
+            getattr(cls, hook, None) is not getattr(Callback, hook) for hook in BATCH_HOOKS
+        ):
+            names.append(cls.__name__ if isinstance(cls, type) else str(cls))
+    return names
+
+
 def user_callbacks(cfg: Any) -> list[str]:
     """The class names of the configured callbacks that are not clipping rules."""
     names = []
@@ -435,8 +457,11 @@ def chunk_where_invisible(cfg: Any, data: Any) -> bool:
     the optimizer step, adds its epoch sums step by step and steps every clipping callback per
     minibatch, so parameters, ``global_step`` and every logged scalar are the same bits either way
     (``tests/test_lightning_contract.py``). What could still see it: a callback of the user's
-    (batch hooks), a Trainer flag that counts batches or time, or an explicit
-    ``data.steps_per_chunk``; any of those keeps one minibatch per batch.
+    that overrides a per-batch hook (``BATCH_HOOKS``: ``LearningRateMonitor``,
+    ``ModelCheckpoint``; not ``EarlyStopping``, whose hooks are per epoch), a Trainer flag that
+    counts batches or time, or an explicit ``data.steps_per_chunk``; any of those keeps one
+    minibatch per batch. (An epoch hook that reads Lightning's batch counts, ``batch_idx`` or
+    ``num_training_batches``, would see one batch an epoch.)
     """
     trainer = cfg.trainer
     counting = (
@@ -447,7 +472,11 @@ def chunk_where_invisible(cfg: Any, data: Any) -> bool:
         or bool(trainer.get("fast_dev_run"))
         or trainer.get("max_time") is not None
     )
-    invisible = cfg.data.get("steps_per_chunk") is None and not counting and not user_callbacks(cfg)
+    invisible = (
+        cfg.data.get("steps_per_chunk") is None
+        and not counting
+        and not batch_watching_callbacks(cfg)
+    )
     data.chunk_invisibly = invisible  # the recorded hyperparameters stay as configured
     return invisible
 
