@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import TINY_SAMPLES
 
+from lightning_opt.benchmark import leaderboard as leaderboards
 from lightning_opt.benchmark import scoring
 from lightning_opt.cli.main import cli_main
 from lightning_opt.reports import stats
@@ -50,6 +51,76 @@ def test_profile_and_score_equal_a_hand_computation():
     taus = [1 + 3 * (i + 0.5) / 30000 for i in range(30000)]
     numeric = sum(scoring.profile(ratio["B"], t) for t in taus) / len(taus)
     assert scoring.score(ratio["B"]) == pytest.approx(numeric, abs=1e-3)
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"not strict JSON: {constant}")
+
+
+def _board(times: dict, reached: dict, tests: list[dict], models: dict | None = None) -> dict:
+    """A leaderboard of made-up median steps (``times[sub][workload]``) and tests."""
+    workloads = {
+        w: {"model": (models or {}).get(w, {"net": "mlp"}),
+            "submissions": {s: {"median_steps": times[s][w], "reached": reached[s][w],
+                                "tuning_curve": None} for s in times}}
+        for w in next(iter(times.values()))
+    }  # fmt: skip
+    for workload in workloads.values():
+        workload["ranks"] = leaderboards._ranks(workload["submissions"])
+    ratio = scoring.ratios(times)
+    scores = {s: {"ratios": ratio[s], "score": scoring.score(ratio[s])} for s in times}
+    return {"candidates": ["cand"], "workloads": workloads, "scores": scores, "tests": tests,
+            "alpha": 0.05, "tau_max": scoring.TAU_MAX, "settings": {"n_trials": 4}}  # fmt: skip
+
+
+def _test(workload: str, baseline: str, difference: float, significant: bool) -> dict:
+    return {"workload": workload, "candidate": "cand", "baseline": baseline,
+            "difference": difference, "significant": significant, "detectable_at_holm": 0.1}  # fmt: skip
+
+
+def test_ranks_follow_the_score_and_ties_share_a_rank():
+    board = _board(
+        {"cand": {"w": INF}, "a": {"w": INF}, "b": {"w": 64}, "c": {"w": 64}},
+        {"cand": {"w": 0}, "a": {"w": 0}, "b": {"w": 3}, "c": {"w": 3}}, [],
+    )  # fmt: skip
+    assert board["workloads"]["w"]["ranks"] == {"b": 1, "c": 1, "cand": 3, "a": 3}
+
+
+def test_the_verdict_claims_only_what_its_tests_support():
+    times = {"cand": {"w": 64, "v": 64}, "adam": {"w": 96, "v": 96}, "adamw": {"w": 96, "v": 96},
+             "broken": {"w": INF, "v": INF}}  # fmt: skip
+    reached = {s: {w: 0 if s == "broken" else 3 for w in ("w", "v")} for s in times}
+    tests = [_test("w", "broken", -0.5, True), _test("w", "adam", -0.01, False),
+             _test("v", "adam", -0.2, True), _test("v", "broken", -0.5, True)]  # fmt: skip
+    text = leaderboards.verdict(_board(times, reached, tests))
+    # a win against a baseline that never reached the target is said to be only that
+    assert "w (only against broken, which never reached the target there)" in text
+    assert "v (only" not in text  # v's win is also against adam, which reached it
+    # two variants of one net with the same label: no claim that the outcome holds
+    assert "holds across the data variants" not in text and "neither shows" in text
+    # a tie for the best baseline is called one
+    assert "the best baselines, tied (adam, adamw)" in text
+
+    tied = leaderboards.verdict(_board(
+        {"cand": {"w": 64}, "adam": {"w": 64}}, {"cand": {"w": 3}, "adam": {"w": 3}},
+        [_test("w", "adam", 0.0, False)],
+    ))  # fmt: skip
+    assert "Tied scores: cand with adam." in tied and "the best baseline (adam)" in tied
+    nobody = leaderboards.verdict(_board(
+        {"cand": {"w": INF}, "adam": {"w": INF}}, {"cand": {"w": 0}, "adam": {"w": 0}}, [],
+    ))  # fmt: skip
+    assert "the scores say nothing about time to target" in nobody
+
+
+def test_leaderboard_json_is_strict(tmp_path):
+    board = {"benchmark": "b", "candidates": ["c"], "workloads": {}, "scores": {
+        "c": {"ratios": {"w": INF}, "profile": {}, "score": 0.0}}, "tests": [{"p_value": math.nan}],
+        "verdict": "", "tau_max": 4.0}  # fmt: skip
+    (tmp_path / "b").mkdir()
+    text = json.dumps({"nulls": leaderboards.NULLS, **leaderboards.strict(board)})
+    document = json.loads(text, parse_constant=_refuse)
+    assert document["scores"]["c"]["ratios"]["w"] is None
+    assert document["tests"][0]["p_value"] is None and "not reached" in document["nulls"]
 
 
 @pytest.fixture
@@ -93,7 +164,7 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
             expected = [
                 scoring.steps_to_target(c, 2.2, workload["steps_per_epoch"]) for c in curves
             ]
-            assert row["steps_to_target"] == expected
+            assert row["steps_to_target"] == leaderboards.strict(expected)  # inf as null
         # the baseline's schedule ran over the workload's budget
         experiment = yaml.safe_load((bench / f"{name}.yaml").read_text())
         scheduler = experiment["arms"][1]["lr_scheduler"]["init_args"]
@@ -128,6 +199,8 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     cli_main(args)  # again: every trial and final run is reused, the numbers the same
     assert "trial " not in capsys.readouterr().out
     assert json.loads((bench / "leaderboard.json").read_text())["scores"] == board["scores"]
+    json.loads((bench / "leaderboard.json").read_text(), parse_constant=_refuse)  # strict JSON
+    assert "TensorBoard logs under ../shared_arms/mlp/." in text  # where the runs' logs are
 
     # Another benchmark with two candidates at once: the baseline, and the candidate identical
     # to the first benchmark's adam, are reused (same settings, same storage); only sgd trains.

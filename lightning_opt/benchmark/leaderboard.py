@@ -74,7 +74,10 @@ def leaderboard(
                 "p_value": diff["p_value"], "a12": diff["a12"], "detectable": diff["detectable"],
                 "spread": [diff.get("sd_a"), diff.get("n_a"), diff.get("sd_b"), diff.get("n_b")],
             })  # fmt: skip
+        log_dirs = [run["log_dir"] for summary in arms.values() for run in summary["runs"]
+                    if run.get("log_dir")]  # fmt: skip
         per_workload[name] = {
+            "logs": _common_folder(log_dirs, experiments[name].parent),
             "target": workload["target"], "epochs": workload["epochs"],
             "steps_per_epoch": workload["steps_per_epoch"], "submissions": rows,
             "experiment": str(experiments[name]), "model": workload.get("model"),
@@ -113,9 +116,23 @@ def leaderboard(
 
 
 def _ranks(rows: dict[str, dict]) -> dict[str, int]:
-    """Each submission's rank on a workload: by median steps to the target, then test loss."""
-    order = sorted(rows, key=lambda s: (rows[s]["median_steps"], rows[s]["test_loss"]["mean"]))
-    return {sub: k + 1 for k, sub in enumerate(order)}
+    """Each submission's rank on a workload by median steps to the target, as the score ranks
+    them: equal times (not reached included) share a rank (1, 1, 3); test loss does not enter."""
+    steps = {sub: row["median_steps"] for sub, row in rows.items()}
+    return {sub: 1 + sum(other < mine for other in steps.values()) for sub, mine in steps.items()}
+
+
+def _common_folder(paths: list[str], start: Path) -> str | None:
+    """The folder holding every one of ``paths`` (relative to ``start`` where it is under it)."""
+    import os
+
+    if not paths:
+        return None
+    common = Path(os.path.commonpath([os.path.abspath(p) for p in paths]))
+    try:
+        return str(common.relative_to(start.resolve()))
+    except ValueError:
+        return os.path.relpath(common, start.resolve()) if common.anchor else str(common)
 
 
 def _machine() -> dict[str, Any]:
@@ -150,15 +167,19 @@ def _robustness(board: dict, candidate: str) -> list[str]:
     for name, workload in workloads.items():
         by_net.setdefault(json.dumps(workload.get("model"), sort_keys=True), []).append(name)
     for names in by_net.values():
+        if len(names) < 2:
+            continue
+        # Each variant's label comes from its own tests; whether the outcome depends on the data
+        # is a test of the difference between variants (an interaction), which is not made here,
+        # so neither "holds" nor "changes" is claimed.
         outcomes = {n: _outcome(board, candidate, n) for n in names}
-        if len(names) > 1 and len(set(outcomes.values())) > 1:
-            shown = ", ".join(f"{n}: {o}" for n, o in outcomes.items())
-            parts.append(f"{candidate}'s outcome changes with the data on one net ({shown}).")
-        elif len(names) > 1:
-            parts.append(
-                f"{candidate}'s outcome holds across the data variants of one net "
-                f"({', '.join(names)}: {outcomes[names[0]]})."
-            )
+        shown = ", ".join(f"{n}: {o}" for n, o in outcomes.items())
+        same = len(set(outcomes.values())) == 1
+        parts.append(
+            f"Data variants of one net ({shown}): {'the same label on each' if same else 'different labels'}; "
+            "no test of the difference between variants was made, so this neither shows that "
+            f"{candidate}'s outcome holds across the data nor that it changes with it."
+        )
     crossings = []
     for name, workload in workloads.items():
         rows = workload["submissions"]
@@ -197,9 +218,9 @@ def verdict(board: dict) -> str:
         ties = sorted({t["workload"] for t in tests} - set(wins) - set(losses))
         parts.append(
             f"{candidate} is significantly lower than a baseline on "
-            f"{', '.join(wins) or 'no workload'}, significantly higher on "
-            f"{', '.join(losses) or 'no workload'}, and not significantly different on "
-            f"{', '.join(ties) or 'no workload'}."
+            f"{_labelled(board, candidate, wins, lower=True) or 'no workload'}, significantly "
+            f"higher on {_labelled(board, candidate, losses, lower=False) or 'no workload'}, and "
+            f"not significantly different on {', '.join(ties) or 'no workload'}."
         )
         parts += _robustness(board, candidate)
     undetected = [t for t in board["tests"] if not t["significant"]]
@@ -212,13 +233,46 @@ def verdict(board: dict) -> str:
             "at the level Holm's correction over the benchmark held each test to."
         )
     baselines = [s for s in scores if s not in board["candidates"]]
-    best = max(baselines, key=lambda s: scores[s]["score"])
+    top = max(scores[s]["score"] for s in baselines)
+    best = [s for s in baselines if scores[s]["score"] == top]
     shown = ", ".join(f"{c} {scores[c]['score']:.3f}" for c in board["candidates"])
+    which = (f"the best baseline ({best[0]})" if len(best) == 1
+             else f"the best baselines, tied ({', '.join(best)})")  # fmt: skip
     parts.append(
-        f"Time to target (AlgoPerf's score, tau_max {board['tau_max']:g}): {shown}; the best "
-        f"baseline ({best}) {scores[best]['score']:.3f}."
+        f"Time to target (AlgoPerf's score, tau_max {board['tau_max']:g}): {shown}; {which} "
+        f"{top:.3f}."
     )
+    tied = [f"{c} with {', '.join(b for b in baselines if scores[b]['score'] == scores[c]['score'])}"
+            for c in board["candidates"]
+            if any(scores[b]["score"] == scores[c]["score"] for b in baselines)]  # fmt: skip
+    if tied:
+        parts.append(f"Tied scores: {'; '.join(tied)}.")
+    if all(scores[s]["score"] == 0 for s in scores):
+        parts.append(
+            "No submission reached a target within tau_max of another on any workload, so the "
+            "scores say nothing about time to target (the budget may be too short for the "
+            "targets: see each workload's 'reached' column)."
+        )
     return " ".join(parts)
+
+
+def _labelled(board: dict, candidate: str, workloads: list[str], lower: bool) -> str:
+    """``workloads`` of a significant test, each marked where every baseline it beat (or lost
+    to) never reached the workload's target: a test-loss win over a run that did not train
+    to the target says little."""
+    out = []
+    for name in workloads:
+        against = [t["baseline"] for t in board["tests"]
+                   if t["candidate"] == candidate and t["workload"] == name and t["significant"]
+                   and (t["difference"] < 0) == lower]  # fmt: skip
+        rows = board["workloads"][name]["submissions"]
+        unreached = [b for b in against if rows[b]["reached"] == 0]
+        if against and len(unreached) == len(against):
+            out.append(f"{name} (only against {', '.join(against)}, which never reached the "
+                       "target there)")  # fmt: skip
+        else:
+            out.append(name)
+    return ", ".join(out)
 
 
 def _steps(value: float) -> str:
@@ -246,7 +300,8 @@ def markdown(board: dict) -> str:
         row = " | ".join(f"{entry['profile'][str(t)]:.2f}" for t in SHOWN_TAUS)
         lines.append(f"| {sub} | {entry['score']:.3f} | {row} |")
     workloads = board["workloads"]
-    lines += ["", "## Ranks (median steps to target, then test loss)", "",
+    lines += ["", "## Ranks (median steps to target, as the score counts them; equal times, "
+              "not reached included, share a rank)", "",
               f"| submission | {' | '.join(workloads)} | mean rank |",
               "|---" * (len(workloads) + 2) + "|"]  # fmt: skip
     subs = list(board["scores"])
@@ -261,8 +316,9 @@ def markdown(board: dict) -> str:
     for name, workload in workloads.items():
         lines += ["", f"## {name} (target val loss {workload['target']:g}, "
                   f"{workload['epochs']} epochs x {workload['steps_per_epoch']} steps)", ""]  # fmt: skip
+        logs = workload.get("logs") or name
         lines += [f"Report: {name}/comparison.html ({name}/results.md); every run's "
-                  f"TensorBoard logs under {name}/.", ""]  # fmt: skip
+                  f"TensorBoard logs under {logs}/.", ""]  # fmt: skip
         lines += ["| submission | tuned | test loss | median steps to target | median s to "
                   "target | reached |", "|---|---|---|---|---|---|"]  # fmt: skip
         ranked = sorted(workload["submissions"].items(), key=lambda kv: kv[1]["median_steps"])
@@ -305,7 +361,15 @@ def _profile_svg(board: dict, width: int = 680, height: int = 260) -> str:
              f'<text x="10" y="{pad - 10}">rho(tau)</text>']  # fmt: skip
     for tau in (1, 2, 3, 4):
         parts.append(f'<text x="{x(tau)}" y="{y(0) + 16}" text-anchor="middle">{tau}</text>')
-    for i, (sub, entry) in enumerate(board["scores"].items()):
+    for rho in (0.0, 0.25, 0.5, 0.75, 1.0):  # the fraction of workloads
+        parts.append(f'<line x1="{pad - 4}" y1="{y(rho)}" x2="{pad}" y2="{y(rho)}" stroke="#444"/>')
+        parts.append(f'<text x="{pad - 6}" y="{y(rho) + 4}" text-anchor="end" '
+                     f'font-size="11">{rho:g}</text>')  # fmt: skip
+    # Baselines first, the candidates last (on top), thicker and named as candidates; each
+    # submission keeps its colour and legend line.
+    candidates = set(board["candidates"])
+    order = sorted(enumerate(board["scores"].items()), key=lambda e: e[1][0] in candidates)
+    for i, (sub, entry) in order:
         steps = sorted(r for r in entry["ratios"].values() if r <= tau_max)
         n = len(entry["ratios"])
         points, rho = [(x(1), y(0))], 0.0
@@ -316,8 +380,12 @@ def _profile_svg(board: dict, width: int = 680, height: int = 260) -> str:
         points.append((x(tau_max), y(rho)))
         colour = COLOURS[i % len(COLOURS)]
         path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-        label = f"{sub} ({entry['score']:.3f})"
+        own = sub in candidates
+        width_ = 4 if own else 2
+        dash = "" if own else ' stroke-dasharray="6 3"'
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{width_}"{dash} '
+                     f'points="{path}"/>')  # fmt: skip
+        label = f"{sub} ({entry['score']:.3f}){' candidate' if own else ''}"
         parts.append(
             f'<text x="{x(tau_max) + 12}" y="{pad + 16 * i}" fill="{colour}">{label}</text>'
         )
@@ -410,9 +478,29 @@ def html(board: dict) -> str:
             f"<body>{''.join(out)}</body></html>")  # fmt: skip
 
 
+#: What a ``null`` in leaderboard.json stands for (strict JSON has no infinity or NaN).
+NULLS = (
+    "null: a number that does not exist. A time to the target (steps or seconds), its median, "
+    "a ratio to the fastest submission: the target was not reached (infinity in the scoring). "
+    "A test's interval, p-value or detectable difference: too few seeds to compute it."
+)
+
+
+def strict(value: Any) -> Any:
+    """``value`` with every infinite or NaN float as ``None``: JSON any parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    return value
+
+
 def write_leaderboard(bench_dir: Path, board: dict) -> None:
+    document = {"nulls": NULLS, **strict(board)}
     for name, text in (
-        ("leaderboard.json", json.dumps(board, indent=1, default=str, allow_nan=True)),
+        ("leaderboard.json", json.dumps(document, indent=1, default=str, allow_nan=False)),
         ("leaderboard.md", inert(markdown(board))),
         ("leaderboard.html", html(board)),
     ):
