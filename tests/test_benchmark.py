@@ -296,3 +296,40 @@ def test_without_a_config_the_default_suite_runs_and_a_tuning_budget_is_refused(
     assert (
         len(err) == 1 and "a benchmark tunes and trains each workload for its own budget" in err[0]
     )
+
+
+@pytest.mark.slow
+def test_candidates_benchmarked_into_one_folder_share_one_leaderboard(tiny_suite, tmp_path, capsys):
+    """README's second-candidate command as written: the same suite and folder, another
+    optimizer. The board then scores both (Holm over all their tests), only the new candidate
+    trains; a changed suite, or a known name with other settings, is one line."""
+    space = "--search_space=[{name: lr, low: 1.0e-3, high: 1.0e-2, log: true}]"
+    cli_main(["benchmark", f"--config={tiny_suite}", "--optimizer=adam", space])
+    capsys.readouterr()
+    cli_main(["benchmark", f"--config={tiny_suite}", "--optimizer=sgd", space])
+    out = capsys.readouterr().out
+    assert "sgd joins the board of adam" in out
+    trained = {line.split()[1] for line in out.splitlines() if line.startswith("final ")}
+    assert trained == {"sgd"}, trained
+    board = json.loads((tmp_path / "out" / "tiny" / "leaderboard.json").read_text())
+    assert board["candidates"] == ["adam", "sgd"]
+    assert len(board["tests"]) == 4  # 2 candidates x 1 baseline x 2 workloads, one Holm family
+    levels = sorted(t["holm_level"] for t in board["tests"])
+    assert levels == pytest.approx([0.05 / 4, 0.05 / 3, 0.05 / 2, 0.05])
+    for name in ("mlp", "shuffled"):
+        assert set(board["workloads"][name]["submissions"]) == {"adam", "sgd", "nadamw_cosine"}
+
+    def refused(*args: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["benchmark", f"--config={tiny_suite}", *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    assert "benchmark 'tiny' was run with other settings (seeds: 2 -> 3)" in refused(
+        "--optimizer=adamw", space, "--seeds=3"
+    )
+    assert "candidate 'sgd' was benchmarked in" in refused(
+        "--optimizer=sgd", "--optimizer.momentum=0.5", space
+    )

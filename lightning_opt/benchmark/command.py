@@ -26,6 +26,7 @@ correction over every test of the benchmark, and a verdict; ``leaderboard.md``,
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.benchmark import leaderboard as leaderboards
+from lightning_opt.config.fingerprints import changed
 from lightning_opt.config.parsing import UsageError, run_name
 from lightning_opt.core.atomic import write_text
 from lightning_opt.core.names import check_name, overlap
@@ -182,6 +184,10 @@ def _plan(
         )
     check_writable(bench_dir)
     bench_dir.mkdir(parents=True, exist_ok=True)
+    candidates, added = _board_candidates(bench_dir, base, workloads, baselines, candidates,
+                                          bool(config.overwrite))  # fmt: skip
+    if added:  # every workload's experiment gains arms: its record and report start afresh
+        base["overwrite"] = True
     planned = []
     seen = set()
     for entry in workloads:
@@ -200,7 +206,62 @@ def _plan(
             raise ValueError(f"workload {workload['name']!r}: {err}") from None
         workload["steps_per_epoch"] = steps
         planned.append((workload, path, experiment_plan))
+    write_text(bench_dir / BOARD_RECORD, json.dumps(
+        {"suite": _suite_record(base, workloads, baselines), "candidates": candidates}, indent=1,
+        default=str,
+    ))  # fmt: skip
     return bench_dir, [c["name"] for c in candidates], planned
+
+
+#: A benchmark folder's record: its suite's settings and every candidate benchmarked into it.
+BOARD_RECORD = "benchmark.json"
+#: What varies between candidates of one board, or says where and how a command runs.
+_NOT_SUITE = ("optimizer", "lr_scheduler", "search_space", "overwrite", "storage",
+              "shared_arms_dir", "output_dir", "share_arms")  # fmt: skip
+
+
+def _suite_record(base: dict[str, Any], workloads: list, baselines: list) -> dict[str, Any]:
+    """The settings every candidate of one leaderboard is benchmarked under."""
+    settings = {k: v for k, v in base.items() if k not in _NOT_SUITE}
+    return json.loads(json.dumps(
+        {**settings, "workloads": workloads, "baselines": baselines}, default=str
+    ))  # fmt: skip
+
+
+def _board_candidates(
+    bench_dir: Path, base: dict[str, Any], workloads: list, baselines: list,
+    candidates: list[dict[str, Any]], overwrite: bool,
+) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
+    """One leaderboard per benchmark folder: the candidates benchmarked into it before (same
+    suite) and this command's, scored together; the names this command adds. A suite changed
+    since is refused (``--overwrite``: the board starts afresh with this command's candidates),
+    as is a candidate name benchmarked here with other settings."""
+    path = bench_dir / BOARD_RECORD
+    now = [json.loads(json.dumps(c, default=str)) for c in candidates]
+    if not path.exists() or overwrite:
+        return now, []
+    recorded = json.loads(path.read_text())
+    changed(f"benchmark {bench_dir.name!r}", recorded["suite"],
+            _suite_record(base, workloads, baselines), False, "--benchmark")  # fmt: skip
+    board = list(recorded["candidates"])
+    names = {c["name"]: c for c in board}
+    added = []
+    for candidate in now:
+        before = names.get(candidate["name"])
+        if before is None:
+            board.append(candidate)
+            added.append(candidate["name"])
+        elif before != candidate:
+            raise ValueError(
+                f"candidate {candidate['name']!r} was benchmarked in {bench_dir} with other "
+                "settings; name this one otherwise (--candidate NAME), or pass --overwrite to "
+                "start the board afresh"
+            )
+    if added:
+        shown = ", ".join(c["name"] for c in board if c["name"] not in added)
+        print(f"benchmark {bench_dir.name}: {', '.join(added)} joins the board of {shown} "
+              "(their runs are reused; each workload's report is rewritten)", flush=True)  # fmt: skip
+    return board, added
 
 
 def _changed(config: Any, defaults: Any, *keys: str) -> bool:
