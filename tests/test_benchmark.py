@@ -201,6 +201,11 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     assert json.loads((bench / "leaderboard.json").read_text())["scores"] == board["scores"]
     json.loads((bench / "leaderboard.json").read_text(), parse_constant=_refuse)  # strict JSON
     assert "TensorBoard logs under ../shared_arms/mlp/." in text  # where the runs' logs are
+    # its runs trained as populations: no wall time of an optimizer's own
+    assert "| shared |" in text and all(
+        s is None for w in board["workloads"].values() for row in w["submissions"].values()
+        for s in row["seconds_to_target"]
+    )  # fmt: skip
 
     # Another benchmark with two candidates at once: the baseline, and the candidate identical
     # to the first benchmark's adam, are reused (same settings, same storage); only sgd trains.

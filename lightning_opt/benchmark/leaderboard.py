@@ -43,8 +43,11 @@ def leaderboard(
                                         workload["steps_per_epoch"])
                 for run in summary["runs"]
             ]  # fmt: skip
+            # Wall time only for a run trained alone: a population's time is its members'
+            # together, never one optimizer's own (None: not measured).
             seconds = [
-                run["seconds"] * s / (len(run["val_loss_curve"]) * workload["steps_per_epoch"])
+                None if (run.get("population") or 1) > 1
+                else run["seconds"] * s / (len(run["val_loss_curve"]) * workload["steps_per_epoch"])
                 if math.isfinite(s) else math.inf
                 for run, s in zip(summary["runs"], steps, strict=True)
             ]  # fmt: skip
@@ -279,7 +282,9 @@ def _steps(value: float) -> str:
     return f"{value:.0f}" if math.isfinite(value) else "not reached"
 
 
-def _seconds(values: list[float]) -> str:
+def _seconds(values: list[float | None]) -> str:
+    if any(v is None for v in values):
+        return "shared"  # trained in a population: no time of its own
     median = scoring.median_time(values)
     return f"{median:.2f}" if math.isfinite(median) else "not reached"
 
@@ -312,7 +317,10 @@ def markdown(board: dict) -> str:
     machine = board.get("machine") or {}
     lines += ["", f"Wall times measured on {machine.get('platform')} ({machine.get('processor')}, "
               f"{machine.get('cpus')} CPUs, torch {machine.get('torch')}, "
-              f"{machine.get('threads')} threads); steps to target do not depend on it."]  # fmt: skip
+              f"{machine.get('threads')} threads); steps to target do not depend on it. "
+              "Seconds to target are given for runs trained alone only: a run trained in a "
+              "population ('shared') shares its time with the other members, so its time is not "
+              "its optimizer's; steps are the clock."]  # fmt: skip
     for name, workload in workloads.items():
         lines += ["", f"## {name} (target val loss {workload['target']:g}, "
                   f"{workload['epochs']} epochs x {workload['steps_per_epoch']} steps)", ""]  # fmt: skip
