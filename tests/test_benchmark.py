@@ -110,6 +110,18 @@ def test_the_verdict_claims_only_what_its_tests_support():
         {"cand": {"w": INF}, "adam": {"w": INF}}, {"cand": {"w": 0}, "adam": {"w": 0}}, [],
     ))  # fmt: skip
     assert "the scores say nothing about time to target" in nobody
+    assert "0.000" not in nobody and "Time to target (AlgoPerf" not in nobody
+    empty = _board({"cand": {"w": INF}, "adam": {"w": INF}}, {"cand": {"w": 0}, "adam": {"w": 0}},
+                   [])  # fmt: skip
+    empty.update(benchmark="b", verdict="", settings={"n_trials": 4, "budget_cap": 2})
+    for workload in empty["workloads"].values():
+        workload.update(target=1.0, epochs=2, steps_per_epoch=7, logs="x")
+        for row in workload["submissions"].values():
+            row.update(tuned={}, test_loss={"mean": 1.0, "low": 0.9, "high": 1.1},
+                       steps_to_target=[INF], seconds_to_target=[None])  # fmt: skip
+    page = leaderboards.markdown(empty)
+    assert "Budgets capped at 2 epochs" in page and "there is no score to show" in page
+    assert "| submission | score |" not in page and "<svg" not in leaderboards.html(empty)
 
 
 def test_leaderboard_json_is_strict(tmp_path):

@@ -111,7 +111,8 @@ def leaderboard(
     board = {
         "benchmark": config.benchmark, "candidates": candidates, "workloads": per_workload,
         "scores": profiles, "tests": tests, "alpha": alpha, "tau_max": scoring.TAU_MAX,
-        "settings": {"seeds": config.seeds, "n_trials": config.n_trials, "seed": config.seed},
+        "settings": {"seeds": config.seeds, "n_trials": config.n_trials, "seed": config.seed,
+                     "budget_cap": config.trainer.get("max_epochs")},
         "machine": _machine(),
     }  # fmt: skip
     board["verdict"] = verdict(board)
@@ -235,6 +236,13 @@ def verdict(board: dict) -> str:
             f"{min(found):.3g} to {max(found):.3g} for these seeds to detect it with 80% power "
             "at the level Holm's correction over the benchmark held each test to."
         )
+    if all(math.isinf(r) for s in scores for r in scores[s]["ratios"].values()):
+        parts.append(
+            "No submission reached any workload's target, so the scores say nothing about time "
+            "to target (the budget may be too short for the targets: see each workload's "
+            "'reached' column)."
+        )
+        return " ".join(parts)
     baselines = [s for s in scores if s not in board["candidates"]]
     top = max(scores[s]["score"] for s in baselines)
     best = [s for s in baselines if scores[s]["score"] == top]
@@ -250,12 +258,6 @@ def verdict(board: dict) -> str:
             if any(scores[b]["score"] == scores[c]["score"] for b in baselines)]  # fmt: skip
     if tied:
         parts.append(f"Tied scores: {'; '.join(tied)}.")
-    if all(scores[s]["score"] == 0 for s in scores):
-        parts.append(
-            "No submission reached a target within tau_max of another on any workload, so the "
-            "scores say nothing about time to target (the budget may be too short for the "
-            "targets: see each workload's 'reached' column)."
-        )
     return " ".join(parts)
 
 
@@ -298,12 +300,21 @@ def markdown(board: dict) -> str:
     """``leaderboard.md``."""
     names = ", ".join(board["candidates"])
     lines = [f"# Benchmark {board['benchmark']}: {names} against the baselines", ""]
+    cap = (board.get("settings") or {}).get("budget_cap")
+    if cap is not None:
+        lines += [f"Budgets capped at {cap} epochs (--trainer.max_epochs); each workload's target "
+                  "was set for its full budget, so a target not reached here may be reached "
+                  "with the budget the suite gives it.", ""]  # fmt: skip
     lines += [board["verdict"], "", "## Score (time to target across workloads)", ""]
-    taus = " | ".join(f"rho({t:g})" for t in SHOWN_TAUS)
-    lines += [f"| submission | score | {taus} |", "|---" * (2 + len(SHOWN_TAUS)) + "|"]
-    for sub, entry in sorted(board["scores"].items(), key=lambda kv: -kv[1]["score"]):
-        row = " | ".join(f"{entry['profile'][str(t)]:.2f}" for t in SHOWN_TAUS)
-        lines.append(f"| {sub} | {entry['score']:.3f} | {row} |")
+    nobody = all(math.isinf(r) for e in board["scores"].values() for r in e["ratios"].values())
+    if nobody:  # a row of zeros would read as a result
+        lines += ["No submission reached any workload's target: there is no score to show.", ""]
+    else:
+        taus = " | ".join(f"rho({t:g})" for t in SHOWN_TAUS)
+        lines += [f"| submission | score | {taus} |", "|---" * (2 + len(SHOWN_TAUS)) + "|"]
+        for sub, entry in sorted(board["scores"].items(), key=lambda kv: -kv[1]["score"]):
+            row = " | ".join(f"{entry['profile'][str(t)]:.2f}" for t in SHOWN_TAUS)
+            lines.append(f"| {sub} | {entry['score']:.3f} | {row} |")
     workloads = board["workloads"]
     lines += ["", "## Ranks (median steps to target, as the score counts them; equal times, "
               "not reached included, share a rank)", "",
@@ -353,7 +364,10 @@ def markdown(board: dict) -> str:
 
 
 def _profile_svg(board: dict, width: int = 680, height: int = 260) -> str:
-    """The performance profiles as an inline SVG (step functions over tau in [1, tau_max])."""
+    """The performance profiles as an inline SVG (step functions over tau in [1, tau_max]);
+    none where nobody reached a target (flat zeros would read as a result)."""
+    if all(math.isinf(r) for e in board["scores"].values() for r in e["ratios"].values()):
+        return ""
     pad, legend, tau_max = 40, 160, board["tau_max"]
 
     def x(tau: float) -> float:
