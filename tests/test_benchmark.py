@@ -350,3 +350,13 @@ def test_candidates_benchmarked_into_one_folder_share_one_leaderboard(tiny_suite
     assert "candidate 'sgd' was benchmarked in" in refused(
         "--optimizer=sgd", "--optimizer.momentum=0.5", space
     )
+    # Without the board's record, each workload's own record refuses, before any workload
+    # trains and before any workload's YAML is rewritten with the refused settings.
+    bench = tmp_path / "out" / "tiny"
+    (bench / "benchmark.json").unlink()
+    yamls = {p.name: p.read_text() for p in bench.glob("*.yaml")}
+    assert "experiment 'mlp' was run with other settings" in refused(
+        "--optimizer=sgd", space, "--seeds=3"
+    )
+    assert {p.name: p.read_text() for p in bench.glob("*.yaml")} == yamls
+    assert not list(bench.glob(".*.yaml"))  # no planning file left behind

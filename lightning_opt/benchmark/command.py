@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.benchmark import leaderboard as leaderboards
-from lightning_opt.config.fingerprints import changed
+from lightning_opt.config.fingerprints import changed, run_fingerprint
 from lightning_opt.config.parsing import UsageError, run_name
 from lightning_opt.core.atomic import write_text
 from lightning_opt.core.names import check_name, overlap
@@ -46,7 +47,7 @@ from lightning_opt.experiments.compare import (
     plan_experiment,
     run_experiment,
 )
-from lightning_opt.experiments.plans import default_shared_arms_dir
+from lightning_opt.experiments.plans import default_shared_arms_dir, refused_record
 from lightning_opt.optim.schedulers import resolve_scheduler, scheduler_arguments
 from lightning_opt.runs.build import check_writable, quiet_lightning
 from lightning_opt.tuning.storage import sqlite_url
@@ -199,13 +200,25 @@ def _plan(
         seen.add(workload["name"])
         experiment, steps = _experiment(base, workload, candidates, baselines, bench_dir)
         path = bench_dir / f"{workload['name']}.yaml"
-        write_text(path, yaml.safe_dump(experiment, sort_keys=False))
-        try:
-            experiment_plan = plan_experiment(["--config", str(path)])
-        except UsageError as err:
-            raise ValueError(f"workload {workload['name']!r}: {err}") from None
+        text = yaml.safe_dump(experiment, sort_keys=False)
+        # Planned from a file of its own beside the real one (relative paths resolve alike):
+        # the workload's YAML is written only once every workload is planned and none of
+        # their recorded results refuses these settings.
+        with tempfile.NamedTemporaryFile("w", dir=bench_dir, prefix=".", suffix=".yaml") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            try:
+                experiment_plan = plan_experiment(["--config", tmp.name])
+                cfg = experiment_plan.config
+                refused_record(Path(cfg.output_dir) / cfg.experiment,
+                               run_fingerprint(experiment_plan.parser, cfg), cfg.overwrite)  # fmt: skip
+            except UsageError as err:
+                raise ValueError(f"workload {workload['name']!r}: {err}") from None
         workload["steps_per_epoch"] = steps
-        planned.append((workload, path, experiment_plan))
+        planned.append((workload, path, experiment_plan, text))
+    for _, path, _, text in planned:
+        write_text(path, text)
+    planned = [(workload, path, plan) for workload, path, plan, _ in planned]
     write_text(bench_dir / BOARD_RECORD, json.dumps(
         {"suite": _suite_record(base, workloads, baselines), "candidates": candidates}, indent=1,
         default=str,

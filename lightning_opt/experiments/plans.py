@@ -153,6 +153,27 @@ class ArmPlan:
     retune: ArmPlan | None = None
 
 
+def refused_record(exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool) -> bool:
+    """Whether ``exp_dir``'s recorded results are to be started afresh (``overwrite`` of other
+    settings); refuse (``UsageError``, one line) results made with other settings, or with no
+    record. Changes nothing: ``benchmark`` asks it of every workload before any trains."""
+    path = exp_dir / "experiment.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        try:
+            return changed(
+                f"experiment {exp_dir.name!r}", recorded, fingerprint, overwrite, "--experiment"
+            )
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    if exp_dir.exists() and any((exp_dir).iterdir()) and not overwrite:
+        raise UsageError(
+            f"{exp_dir} holds results of an experiment with no record of its settings (made by "
+            "an older version); choose another --experiment, or pass --overwrite"
+        )
+    return False
+
+
 def check_experiment_record(
     exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool, plans: list[ArmPlan],
     shared: bool,
@@ -162,22 +183,9 @@ def check_experiment_record(
     ``plans``' storage); record the settings of a new one. ``shared``: the plans' studies are
     shared arms' (``--share_arms``), kept."""
     path = exp_dir / "experiment.json"
-    if path.exists():
-        recorded = json.loads(path.read_text())
-        try:
-            fresh = changed(
-                f"experiment {exp_dir.name!r}", recorded, fingerprint, overwrite, "--experiment"
-            )
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        if fresh:
-            _delete_own_studies(exp_dir, plans, recorded, shared)
-            shutil.rmtree(exp_dir)
-    elif exp_dir.exists() and any((exp_dir).iterdir()) and not overwrite:
-        raise UsageError(
-            f"{exp_dir} holds results of an experiment with no record of its settings (made by "
-            "an older version); choose another --experiment, or pass --overwrite"
-        )
+    if refused_record(exp_dir, fingerprint, overwrite):
+        _delete_own_studies(exp_dir, plans, json.loads(path.read_text()), shared)
+        shutil.rmtree(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(fingerprint, indent=1))
 
