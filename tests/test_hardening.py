@@ -355,3 +355,36 @@ def test_a_search_space_of_the_wrong_shape_is_one_line_that_says_the_shape(
     line = _refused(["compare", f"--config={_experiment(tmp_path, data_cache, arms=arms)}"],
                     capsys)  # fmt: skip
     assert "search_space is a list of entries {name, low, high[, log]} or {name, choices}" in line
+
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (LAUGHS, "its aliases (*name) expand to more than 1,000,000 values"),
+        ("x: " + "a" * (2**20 + 10) + "\n", "a config is YAML text of at most 1 MiB"),
+    ],
+    ids=["billion-laughs", "too-big"],
+)
+def test_a_config_that_would_hang_the_parser_is_one_line(text, message, tmp_path, capsys):
+    """A YAML whose aliases expand exponentially, or a data file given as a config, is refused
+    before the parser reads it (it used to run out of memory after a minute, or print nothing
+    for minutes)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    for command in (["fit"], ["tune"], ["compare"], ["benchmark"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main([*command, f"--config={path}"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    # the same aliases a few times over are an ordinary config
+    path.write_text("a: &a [1, 2]\nb: [*a, *a]\n")
+    from lightning_opt.config.parsing import _expanded_size
+
+    # the root, key a and [1, 2] (3 nodes), key b and [*a, *a] (1 + 2 x 3 nodes)
+    assert _expanded_size(path.read_text()) == 1 + (1 + 3) + (1 + 1 + 2 * 3)

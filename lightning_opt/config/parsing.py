@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import Namespace, get_loader, set_loader
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -511,13 +512,65 @@ def check_config_files(args: Sequence[str]) -> None:
             path = arg.split("=", 1)[1]
         if path is None or not Path(path).is_file():
             continue  # jsonargparse names a missing file itself
+        size = Path(path).stat().st_size
+        if size > CONFIG_BYTES:
+            raise UsageError(
+                f"--config {path} is {size / 2**20:.1f} MiB; a config is YAML text of at most "
+                f"{CONFIG_BYTES // 2**20} MiB (a data file given by mistake?)"
+            )
         try:
-            Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise UsageError(
                 f"--config {path} is not a UTF-8 text file (byte {err.start}: {err.reason}); "
                 "give a YAML config"
             ) from None
+        try:
+            values = _expanded_size(text)
+        except RecursionError:
+            raise UsageError(
+                f"--config {path}: its YAML is nested too deeply to read; a config is a few "
+                "levels of mappings and lists"
+            ) from None
+        if values > CONFIG_VALUES:
+            raise UsageError(
+                f"--config {path}: its aliases (*name) expand to more than {CONFIG_VALUES:,} "
+                "values (a 'billion laughs' YAML); write the values out, or use fewer aliases"
+            )
+
+
+#: A config file's size and the number of values its YAML aliases may expand to: far above any
+#: real config (a benchmark suite is a few KiB), far below what hangs the parser.
+CONFIG_BYTES = 2**20
+CONFIG_VALUES = 1_000_000
+
+
+def _expanded_size(text: str) -> int:
+    """How many YAML nodes ``text`` holds once every alias is expanded, counted without
+    expanding (an alias is the node it names, counted once per reference); 0 if it is not YAML
+    (jsonargparse then says why)."""
+    try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        root = yaml.compose(text, Loader=loader)
+    except yaml.YAMLError:
+        return 0
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a recursive alias (not valid YAML for a config) counts once
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = total
+        return total
+
+    return size(root) if root is not None else 0
 
 
 def expand_args(args: Sequence[str]) -> list[str]:
