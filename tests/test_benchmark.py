@@ -355,8 +355,8 @@ def test_candidates_benchmarked_into_one_folder_share_one_leaderboard(tiny_suite
     bench = tmp_path / "out" / "tiny"
     (bench / "benchmark.json").unlink()
     yamls = {p.name: p.read_text() for p in bench.glob("*.yaml")}
-    assert "experiment 'mlp' was run with other settings" in refused(
-        "--optimizer=sgd", space, "--seeds=3"
-    )
+    line = refused("--optimizer=sgd", space, "--seeds=3")
+    assert "benchmark 'tiny': workload 'mlp' was run with other settings" in line
+    assert "choose another --benchmark, or pass --overwrite" in line and len(line) < 1000
     assert {p.name: p.read_text() for p in bench.glob("*.yaml")} == yamls
     assert not list(bench.glob(".*.yaml"))  # no planning file left behind

@@ -388,3 +388,21 @@ def test_a_config_that_would_hang_the_parser_is_one_line(text, message, tmp_path
 
     # the root, key a and [1, 2] (3 nodes), key b and [*a, *a] (1 + 2 x 3 nodes)
     assert _expanded_size(path.read_text()) == 1 + (1 + 3) + (1 + 1 + 2 * 3)
+
+
+def test_overwrite_works_as_a_flag(tmp_path):
+    """``--overwrite`` alone is ``--overwrite true`` (it used to need the value)."""
+    from lightning_opt.tuning.tune import parse
+
+    out = f"--output_dir={tmp_path}"
+    assert parse(["--overwrite", out]).config.overwrite is True
+    assert parse(["--overwrite", "false", out]).config.overwrite is False
+    assert parse([out]).config.overwrite is False
+
+
+def test_a_refusal_shows_a_few_short_differences():
+    from lightning_opt.config.fingerprints import mismatch_message
+
+    diffs = [f"arms: {'x' * 5000} -> {'y' * 5000}", "seeds: 2 -> 3", "a: 1 -> 2", "b: 1 -> 2"]
+    line = mismatch_message("benchmark 'b'", diffs, "--benchmark")
+    assert len(line) < 700 and "(and 1 more)" in line and "seeds: 2 -> 3" in line

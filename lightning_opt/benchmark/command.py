@@ -211,9 +211,13 @@ def _plan(
                 experiment_plan = plan_experiment(["--config", tmp.name])
                 cfg = experiment_plan.config
                 refused_record(Path(cfg.output_dir) / cfg.experiment,
-                               run_fingerprint(experiment_plan.parser, cfg), cfg.overwrite)  # fmt: skip
+                               run_fingerprint(experiment_plan.parser, cfg), cfg.overwrite,
+                               f"benchmark {name!r}: workload", "--benchmark")  # fmt: skip
             except UsageError as err:
-                raise ValueError(f"workload {workload['name']!r}: {err}") from None
+                message = str(err)
+                if not message.startswith(f"benchmark {name!r}"):
+                    message = f"workload {workload['name']!r}: {message}"
+                raise ValueError(message) from None
         workload["steps_per_epoch"] = steps
         planned.append((workload, path, experiment_plan, text))
     for _, path, _, text in planned:

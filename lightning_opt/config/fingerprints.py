@@ -105,8 +105,13 @@ def changed(what: str, recorded: Any, now: Any, overwrite: bool, rename: str) ->
     raise ValueError(mismatch_message(what, differences(recorded, now), rename))
 
 
+#: How much of one difference a refusal shows (a whole list of arms can be kilobytes).
+SHOWN_CHARS = 160
+
+
 def mismatch_message(what: str, diffs: list[str], rename: str) -> str:
-    shown = "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "")
+    cut = [d if len(d) <= SHOWN_CHARS else d[: SHOWN_CHARS - 3] + "..." for d in diffs[:3]]
+    shown = "; ".join(cut) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "")
     return (
         f"{what} was run with other settings ({shown}); its results cannot be reused: choose "
         f"another {rename}, or pass --overwrite to start it afresh"

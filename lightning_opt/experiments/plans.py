@@ -153,23 +153,25 @@ class ArmPlan:
     retune: ArmPlan | None = None
 
 
-def refused_record(exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool) -> bool:
+def refused_record(
+    exp_dir: Path, fingerprint: dict[str, Any], overwrite: bool, what: str = "experiment",
+    rename: str = "--experiment",
+) -> bool:  # fmt: skip
     """Whether ``exp_dir``'s recorded results are to be started afresh (``overwrite`` of other
     settings); refuse (``UsageError``, one line) results made with other settings, or with no
-    record. Changes nothing: ``benchmark`` asks it of every workload before any trains."""
+    record. Changes nothing: ``benchmark`` asks it of every workload before any trains (``what``
+    and ``rename``: how its refusal names the folder and the flag that renames it)."""
     path = exp_dir / "experiment.json"
     if path.exists():
         recorded = json.loads(path.read_text())
         try:
-            return changed(
-                f"experiment {exp_dir.name!r}", recorded, fingerprint, overwrite, "--experiment"
-            )
+            return changed(f"{what} {exp_dir.name!r}", recorded, fingerprint, overwrite, rename)
         except ValueError as err:
             raise UsageError(str(err)) from None
     if exp_dir.exists() and any((exp_dir).iterdir()) and not overwrite:
         raise UsageError(
             f"{exp_dir} holds results of an experiment with no record of its settings (made by "
-            "an older version); choose another --experiment, or pass --overwrite"
+            f"an older version); choose another {rename}, or pass --overwrite"
         )
     return False
 

@@ -136,10 +136,12 @@ class TuneCLI(OptimizerCLI):
         group.add_argument(
             "--overwrite",
             type=bool,
+            nargs="?",
+            const=True,  # --overwrite alone, as --overwrite true
             default=False,
             help="Start the study (or experiment) afresh when one of this name exists with other "
             "settings: its trials, logs and results are deleted. Default: refuse, with the "
-            "first differences.",
+            "first differences. --overwrite alone is --overwrite true.",
         )
         group.add_argument(
             "--connect_timeout",
