@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import TINY_SAMPLES
 
+from lightning_opt import results as results_data
 from lightning_opt.benchmark import leaderboard as leaderboards
 from lightning_opt.benchmark import scoring
 from lightning_opt.cli.main import cli_main
@@ -202,6 +203,11 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     assert "<svg" in page and "<a href='mlp/comparison.html'>" in page
     assert page.count("expected best val loss after n trials") == 2  # a tuning plot a workload
     assert (bench / "mlp" / "comparison.html").is_file()
+    # every final run as data: 2 workloads x 2 submissions x 2 seeds, and runs.csv beside each
+    rows = results_data.rows(bench)
+    assert len(rows) == 8 and {r["workload"] for r in rows} == {"mlp", "shuffled"}
+    header = (bench / "mlp" / "runs.csv").read_text().splitlines()[0]
+    assert header.startswith("experiment,arm,seed,tuned/lr,test_loss")
     assert "## Ranks" in text and board["workloads"]["mlp"]["ranks"].keys() == {
         "adam",
         "nadamw_cosine",

@@ -14,11 +14,10 @@ MAX_NAME_BYTES = 200
 #: The files lightning_opt writes beside the folders it names (an experiment's report and record,
 #: a benchmark's leaderboard, a study's outputs and database): no name may be one of them.
 RESERVED = frozenset({
-    "results.json", "results.md", "comparison.html", "comparison.png", "experiment.json",
-    "leaderboard.json", "leaderboard.md", "leaderboard.html", "benchmark.json", "best.yaml",
-    "history.html",
-    "importance.html", "result.json", "config.yaml", "optuna.db", "optuna.db-wal",
-    "optuna.db-shm", "optuna.db-journal", "optuna.db.claim.lock",
+    "results.json", "results.md", "runs.csv", "comparison.html", "comparison.png",
+    "experiment.json", "leaderboard.json", "leaderboard.md", "leaderboard.html", "benchmark.json",
+    "best.yaml", "history.html", "importance.html", "result.json", "config.yaml", "optuna.db",
+    "optuna.db-wal", "optuna.db-shm", "optuna.db-journal", "optuna.db.claim.lock",
 })  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from lightning_opt.core.search_space import values_text
 from lightning_opt.models.registry import describe_net
 from lightning_opt.reports import stats
 from lightning_opt.reports.summary import INTERNALS, RETUNED
+from lightning_opt.reports.table import RUNS_CSV, csv_text, run_rows
 from lightning_opt.reports.text import (
     DIFFERENCE_HEAD,
     ci_text,
@@ -405,6 +406,7 @@ def write_html(results: dict[str, Any], bands: dict[tuple[str, str], Band], path
 def write_all(out: Path, results: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", json.dumps(json_safe(results), indent=1))
+    write_text(out / RUNS_CSV, csv_text(run_rows(json_safe(results))))  # one row per final run
     write_text(out / "results.md", inert(markdown(results)))
     curves = bands(results)
     write_html(results, curves, out / "comparison.html")
