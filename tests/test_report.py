@@ -397,7 +397,7 @@ def test_runs_without_the_new_keys_still_make_a_report(tmp_path):
 def test_write_all_writes_every_output_atomically(overfit, tmp_path):
     report_page.write_all(tmp_path, overfit)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "comparison.html", "comparison.png", "results.json", "results.md"
+        "comparison.html", "comparison.png", "results.json", "results.md", "runs.csv"
     ]  # fmt: skip
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["comparisons"][0]["robustness"] == overfit["comparisons"][0]["robustness"]
