@@ -406,3 +406,21 @@ def test_a_refusal_shows_a_few_short_differences():
     diffs = [f"arms: {'x' * 5000} -> {'y' * 5000}", "seeds: 2 -> 3", "a: 1 -> 2", "b: 1 -> 2"]
     line = mismatch_message("benchmark 'b'", diffs, "--benchmark")
     assert len(line) < 700 and "(and 1 more)" in line and "seeds: 2 -> 3" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "hint"),
+    [
+        (["--optimizer=torch.optim.Adamw"], "did you mean torch.optim.AdamW?"),
+        (["--optimizer=adam", "--optimizer.lrr=0.1"], "did you mean --optimizer.lr?"),
+        (["--optimizer=pytorch_optimizer.SAM", "--optimizer.lr=0.1"],
+         "SAM passes its **kwargs on: give it as --optimizer.dict_kwargs.lr"),
+    ],
+    ids=["class-name", "argument", "kwargs"],
+)  # fmt: skip
+def test_a_misspelt_name_gets_a_did_you_mean(flags, hint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and hint in err[0], err

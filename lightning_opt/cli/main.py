@@ -27,6 +27,7 @@ from lightning_opt.config.parsing import (
     UsageError,
     build_cli,
     check_trainer_settings,
+    did_you_mean,
     net_class_path,
     place_loggers,
     summarize_argument_error,
@@ -381,7 +382,8 @@ def _run_subcommand(argv: list[str], debug: bool) -> None:
     except ArgumentError as err:  # jsonargparse: an unknown key, a wrong type, ...
         if debug:
             raise
-        _fail(EXIT_USAGE, f"{summarize_argument_error(str(err))} (see --help)")
+        summary = summarize_argument_error(str(err))
+        _fail(EXIT_USAGE, f"{summary}{did_you_mean(summary)} (see --help)")
     except UsageError as err:
         if debug:
             raise

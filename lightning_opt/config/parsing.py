@@ -363,6 +363,51 @@ def summarize_argument_error(message: str) -> str:
     return f"{outer.group(1)}: {'; '.join(parts)}" if parts else text
 
 
+def did_you_mean(summary: str) -> str:
+    """A hint for a one-line argument error that names a close spelling: a class path's misspelt
+    name (``torch.optim.Adamw``: ``AdamW``), a class's misspelt argument (``--optimizer.lrr``:
+    ``lr``), or an argument only the class's ``**kwargs`` take (``dict_kwargs``); ``""`` if
+    none."""
+    import difflib
+    import importlib
+    import inspect
+
+    def close(word: str, choices: list[str]) -> str | None:
+        lowered = {c.lower(): c for c in choices}
+        if word.lower() in lowered:  # a case slip: the one name that differs only in case
+            return lowered[word.lower()]
+        found = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
+        return found[0] if found else None
+
+    attribute = re.search(r"([\w.]+): module '([\w.]+)' has no attribute '(\w+)'", summary)
+    if attribute:
+        key, module_name, name = attribute.groups()
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return ""
+        public = [n for n in dir(module) if not n.startswith("_") and inspect.isclass(
+            getattr(module, n, None))]  # fmt: skip
+        match = close(name, public)
+        return f"; did you mean {module_name}.{match}?" if match else ""
+    option = re.search(r"^([\w.]+): ([\w.]+): Option '(\w+)' is not accepted", summary)
+    if option:
+        key, class_path, name = option.groups()
+        try:
+            cls = import_class(class_path)
+        except (ValueError, TypeError, ImportError, AttributeError):
+            return ""
+        match = close(name, list(constructor_arguments(cls)))
+        if match:
+            return f"; did you mean --{key}.{match}?"
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD
+                           for p in inspect.signature(cls.__init__).parameters.values())  # fmt: skip
+        if takes_kwargs:
+            return (f"; {class_path.rsplit('.', 1)[-1]} passes its **kwargs on: give it as "
+                    f"--{key}.dict_kwargs.{name}")  # fmt: skip
+    return ""
+
+
 def _short_reason(reason: str) -> str:
     key = re.match(r'Parser key "([^"]+)": (.*)', reason)
     if not key:
