@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_opt.core import event_files
 from lightning_opt.core.norms import tensor_norms
 from lightning_opt.core.protocols import MemberData
 from lightning_opt.data import MiniBatches
@@ -233,6 +234,7 @@ class PopulationClassifier(
 
     @override
     def teardown(self, stage: str) -> None:
+        event_files.SERVICE.wait()  # every member's events on disk at once, not file by file
         for loggers in self.member_loggers or []:
             for logger in as_list(loggers):
                 logger.finalize("success")  # flush and close; a later test() reopens the writer

@@ -12,6 +12,7 @@ every member and the population around them. The pre-flight steps are remembered
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +143,11 @@ class PopulationPlan:
         nets: dict[int, nn.Module] = {}
         with torch.random.fork_rng(devices=[]):
             for member in wanted:
-                torch.manual_seed(seeds[member])  # what seed_everything does before fit builds
+                # What seed_everything does before fit builds, for the CPU generator the net is
+                # built with: torch.manual_seed would also queue a CUDA seeding (and record a
+                # stack trace for it, 0.4 ms) per member, leaving the last member's seed to land
+                # on the CUDA generator when CUDA starts.
+                torch.default_generator.manual_seed(seeds[member])
                 probe = not nets
                 nets[member] = build_net(
                     net_class, net_record["init_args"], input_size, num_classes, probe
@@ -154,8 +159,15 @@ class PopulationPlan:
         for group in built:
             opt = group.optimizer_class
             first = group.members[0]
+            constructed: set[str] = set()  # the arguments a member's constructor has checked
             for member in group.members:
                 # As a single fit would, first; each group's first step stands for its class's.
+                # The constructor checks arguments, not weights: members of the same arguments
+                # (every seed of one run) are checked once.
+                arguments = json.dumps(member_kwargs[member], sort_keys=True, default=repr)
+                if member != first and arguments in constructed:
+                    continue
+                constructed.add(arguments)
                 sizes = (input_size, num_classes) if member == first else (None, None)
                 contract = check_optimizer(
                     opt, nets.get(member, nets[first]), member_kwargs[member], *sizes, rules,
