@@ -411,12 +411,13 @@ def test_a_refusal_shows_a_few_short_differences():
 @pytest.mark.parametrize(
     ("flags", "hint"),
     [
+        (["--optimzer", "adam"], "unrecognized arguments: --optimzer adam; did you mean --optimizer?"),
         (["--optimizer=torch.optim.Adamw"], "did you mean torch.optim.AdamW?"),
         (["--optimizer=adam", "--optimizer.lrr=0.1"], "did you mean --optimizer.lr?"),
         (["--optimizer=pytorch_optimizer.SAM", "--optimizer.lr=0.1"],
          "SAM passes its **kwargs on: give it as --optimizer.dict_kwargs.lr"),
     ],
-    ids=["class-name", "argument", "kwargs"],
+    ids=["flag", "class-name", "argument", "kwargs"],
 )  # fmt: skip
 def test_a_misspelt_name_gets_a_did_you_mean(flags, hint, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -424,3 +425,15 @@ def test_a_misspelt_name_gets_a_did_you_mean(flags, hint, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and hint in err[0], err
+
+
+def test_studies_name_their_value(tmp_path):
+    """optuna-dashboard shows the metric's name, not "Objective 0"."""
+    import optuna
+
+    from lightning_opt.tuning.claims import open_study
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
+    study = open_study(storage, "s", [], "final")
+    assert study.metric_names == ["val/loss (final)"]
+    assert open_study(storage, "s", [], "final").metric_names == ["val/loss (final)"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import yaml
-from jsonargparse import Namespace, get_loader, set_loader
+from jsonargparse import ArgumentError, Namespace, get_loader, set_loader
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -363,6 +363,25 @@ def summarize_argument_error(message: str) -> str:
     return f"{outer.group(1)}: {'; '.join(parts)}" if parts else text
 
 
+def _flag_hint(message: str, parser: Any) -> str:
+    """``; did you mean --optimizer?`` for an unrecognized flag close to one ``parser`` (or one of
+    its subcommands' parsers) takes; ``""`` if none is close."""
+    import difflib
+
+    unknown = re.search(r"[Uu]nrecognized arguments: (--[\w.\-]+)", message)
+    if not unknown:
+        return ""
+    known: set[str] = set()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            known.update(o for o in action.option_strings if o.startswith("--"))
+            parsers.extend(getattr(action, "_name_parser_map", {}).values())  # subcommands
+    match = difflib.get_close_matches(unknown.group(1), sorted(known), n=1, cutoff=0.8)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
 def did_you_mean(summary: str) -> str:
     """A hint for a one-line argument error that names a close spelling: a class path's misspelt
     name (``torch.optim.Adamw``: ``AdamW``), a class's misspelt argument (``--optimizer.lrr``:
@@ -495,7 +514,13 @@ class OptimizerCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self.argv = list(args) if isinstance(args, (list, tuple)) else []  # as typed
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            hint = _flag_hint(str(err), parser)
+            if not hint:
+                raise
+            raise ArgumentError(None, f"{err}{hint}") from None
         config = self.config[self.config.subcommand] if "subcommand" in self.config else self.config
         check_run_settings(config)  # before LightningCLI seeds anything or makes a folder
 

@@ -65,6 +65,9 @@ def open_study(
                 study = load()
                 _wait_for_settings(study)
             else:
+                # What optuna-dashboard names the value (else "Objective 0"); set before the
+                # attributes a racing launcher waits for, so it is there when they are.
+                study.set_metric_names([f"val/loss ({objective})"])
                 study.set_user_attr(_SPACE_ATTR, wanted)
                 study.set_user_attr(_OBJECTIVE_ATTR, objective)
                 return study
