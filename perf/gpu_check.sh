@@ -16,9 +16,10 @@ export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 step() {  # step NAME TIMEOUT COMMAND...: timed, logged, never stops the script
   local name=$1 limit=$2; shift 2
-  local start=$(date +%s.%N)
+  local start=$(date +%s%N)
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  printf '%-22s rc=%-3s %6.1f s\n' "$name" "$rc" "$(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$OUT/summary.txt"
+  local ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  printf '%-22s rc=%-3s %6d ms\n' "$name" "$rc" "$ms" | tee -a "$OUT/summary.txt"
 }
 # 1. Throughput against the reference (eager, then compiled as CUDA graphs), K up to 1024.
 step throughput_gpu 150 python3 perf/bench_throughput.py --accelerator cuda --graphs \
