@@ -101,3 +101,25 @@ def test_one_thread_serves_every_file(tmp_path: Path, monkeypatch) -> None:
         [events] = _events(Path(logger.log_dir))
         assert len(events) == 4  # file_version + 3 scalars, in order
     assert read_scalars(Path(loggers[5].log_dir))["loss"] == [(0, 50.0), (1, 51.0), (2, 52.0)]
+
+
+def _log_in_child(save_dir: str) -> None:
+    logger = MemberTensorBoardLogger(save_dir=save_dir, name="child", version="v")
+    logger.log_metrics({"loss": 7.0}, step=3)
+    logger.finalize("success")
+
+
+def test_a_forked_child_writes_its_own_events(tmp_path: Path) -> None:
+    """A process forked after the parent's writer thread started (tune's workers) starts its
+    own thread instead of queueing to one that is not there."""
+    import multiprocessing
+
+    parent = MemberTensorBoardLogger(save_dir=str(tmp_path), name="parent", version="v")
+    parent.log_metrics({"loss": 1.0}, step=0)  # the parent's thread is running
+    child = multiprocessing.get_context("fork").Process(target=_log_in_child, args=(str(tmp_path),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    parent.finalize("success")
+    assert read_scalars(tmp_path / "child" / "v")["loss"] == [(3, 7.0)]
+    assert read_scalars(tmp_path / "parent" / "v")["loss"] == [(0, 1.0)]

@@ -75,9 +75,9 @@ class EventFileService:
 
     def submit(self, item: tuple) -> int:
         """Queue ``item``; its sequence number (items are written in this order)."""
+        if self._pid != os.getpid():  # a forked child: the parent's thread (and perhaps
+            self.__init__()  # type: ignore[misc]  # its lock, held at the fork) is not here
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's thread is not here
-                self.__init__()  # type: ignore[misc]
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="lightning_opt event files", daemon=True
@@ -131,15 +131,19 @@ class EventFileService:
                 file.error = file.error or error
             if kind == "sync":
                 _, _, close, done, seq = item
-                for each in list(dirty) if file is None else [file]:
-                    self._flush(each)
-                    dirty.discard(each)
-                if close and file is not None and file in self._open:
-                    self._open.pop(file).close()
-                if file is None:
-                    self.synced_all = seq
-                if done is not None:
-                    done.set()
+                try:
+                    for each in list(dirty) if file is None else [file]:
+                        self._flush(each)
+                        dirty.discard(each)
+                    if close and file is not None and file in self._open:
+                        self._open.pop(file).close()
+                except OSError as error:  # closing flushes: a full disk, said by the caller
+                    file.error = file.error or error
+                finally:  # the waiting caller is always released
+                    if file is None:
+                        self.synced_all = seq
+                    if done is not None:
+                        done.set()
             elif self._queue.empty():  # caught up: what TensorBoard reads is on disk
                 for each in dirty:
                     self._flush(each)
