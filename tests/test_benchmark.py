@@ -136,6 +136,22 @@ def test_leaderboard_json_is_strict(tmp_path):
     assert document["tests"][0]["p_value"] is None and "not reached" in document["nulls"]
 
 
+def test_the_score_interval_resamples_the_seeds():
+    steady = {"A": {"w1": [64, 64, 64], "w2": [32, 32, 32]},
+              "B": {"w1": [128, 128, 128], "w2": [32, 32, 32]}}  # fmt: skip
+    interval = scoring.bootstrap_interval(steady, replicates=200)
+    medians = {s: {w: scoring.median_time(t) for w, t in per.items()} for s, per in steady.items()}
+    for sub, (low, high) in interval.items():  # no spread: the interval is the score
+        assert low == high == pytest.approx(scoring.score(scoring.ratios(medians)[sub]))
+    noisy = {"A": {"w1": [64, 96, 160], "w2": [32, 64, INF]},
+             "B": {"w1": [96, 128, 64], "w2": [32, 32, 96]}}  # fmt: skip
+    first = scoring.bootstrap_interval(noisy, replicates=500)
+    assert first == scoring.bootstrap_interval(noisy, replicates=500)  # seeded
+    medians = {s: {w: scoring.median_time(t) for w, t in per.items()} for s, per in noisy.items()}
+    for sub, (low, high) in first.items():
+        assert low < high and low <= scoring.score(scoring.ratios(medians)[sub]) <= high
+
+
 @pytest.fixture
 def tiny_suite(tmp_path, data_cache):
     suite = {
@@ -186,6 +202,7 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
                  for w in board["workloads"]} for s in ("adam", "nadamw_cosine")}  # fmt: skip
     for sub, entry in board["scores"].items():
         assert entry["score"] == pytest.approx(scoring.score(scoring.ratios(times)[sub]))
+        assert entry["interval"][0] <= entry["score"] <= entry["interval"][1]
     assert len(board["tests"]) == 2 and all("p_holm" in t for t in board["tests"])
     levels = sorted(test["holm_level"] for test in board["tests"])
     assert levels == [0.025, 0.05]  # Holm over the benchmark's two tests

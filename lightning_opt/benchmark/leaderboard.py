@@ -100,11 +100,15 @@ def leaderboard(
             if None not in (sd_a, n_a, sd_b, n_b) and math.isfinite(level) else math.nan
         )  # fmt: skip
     ratio = scoring.ratios(times)
+    per_run = {s: {w: per_workload[w]["submissions"][s]["steps_to_target"] for w in per}
+               for s, per in times.items()}  # fmt: skip
+    intervals = scoring.bootstrap_interval(per_run)
     profiles = {
         s: {
             "ratios": ratio[s],
             "profile": {str(t): scoring.profile(ratio[s], t) for t in SHOWN_TAUS},
             "score": scoring.score(ratio[s]),
+            "interval": list(intervals[s]),  # 95%, resampling each workload's seeds
         }
         for s in ratio
     }
@@ -246,7 +250,8 @@ def verdict(board: dict) -> str:
     baselines = [s for s in scores if s not in board["candidates"]]
     top = max(scores[s]["score"] for s in baselines)
     best = [s for s in baselines if scores[s]["score"] == top]
-    shown = ", ".join(f"{c} {scores[c]['score']:.3f}" for c in board["candidates"])
+    shown = ", ".join(f"{c} {scores[c]['score']:.3f}{_interval(scores[c])}"
+                      for c in board["candidates"])  # fmt: skip
     which = (f"the best baseline ({best[0]})" if len(best) == 1
              else f"the best baselines, tied ({', '.join(best)})")  # fmt: skip
     parts.append(
@@ -259,6 +264,11 @@ def verdict(board: dict) -> str:
     if tied:
         parts.append(f"Tied scores: {'; '.join(tied)}.")
     return " ".join(parts)
+
+
+def _interval(entry: dict) -> str:
+    interval = entry.get("interval")
+    return f" (95% interval {interval[0]:.3f} to {interval[1]:.3f})" if interval else ""
 
 
 def _labelled(board: dict, candidate: str, workloads: list[str], lower: bool) -> str:
@@ -311,10 +321,16 @@ def markdown(board: dict) -> str:
         lines += ["No submission reached any workload's target: there is no score to show.", ""]
     else:
         taus = " | ".join(f"rho({t:g})" for t in SHOWN_TAUS)
-        lines += [f"| submission | score | {taus} |", "|---" * (2 + len(SHOWN_TAUS)) + "|"]
+        lines += [f"| submission | score | 95% interval | {taus} |",
+                  "|---" * (3 + len(SHOWN_TAUS)) + "|"]  # fmt: skip
         for sub, entry in sorted(board["scores"].items(), key=lambda kv: -kv[1]["score"]):
             row = " | ".join(f"{entry['profile'][str(t)]:.2f}" for t in SHOWN_TAUS)
-            lines.append(f"| {sub} | {entry['score']:.3f} | {row} |")
+            low, high = entry.get("interval") or (None, None)
+            interval = "-" if low is None else f"[{low:.3f}, {high:.3f}]"
+            lines.append(f"| {sub} | {entry['score']:.3f} | {interval} | {row} |")
+        lines += ["", "The interval resamples each workload's seeds (the runs behind each median "
+                  f"time to target) {scoring.BOOTSTRAP_REPLICATES:,} times and scores every "
+                  "submission together.", ""]  # fmt: skip
     workloads = board["workloads"]
     lines += ["", "## Ranks (median steps to target, as the score counts them; equal times, "
               "not reached included, share a rank)", "",

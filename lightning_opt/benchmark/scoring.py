@@ -14,8 +14,12 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 TAU_MAX = 4.0
 INF = math.inf
+#: Resamples behind a score's interval.
+BOOTSTRAP_REPLICATES = 2000
 
 
 def steps_to_target(curve: Sequence[float], target: float, steps_per_epoch: int) -> float:
@@ -56,3 +60,29 @@ def score(ratio: Mapping[str, float], tau_max: float = TAU_MAX) -> float:
         return 0.0
     area = sum(max(0.0, tau_max - max(1.0, r)) for r in ratio.values() if r <= tau_max)
     return area / ((tau_max - 1.0) * len(ratio))
+
+
+def bootstrap_interval(
+    times: Mapping[str, Mapping[str, Sequence[float]]], replicates: int = BOOTSTRAP_REPLICATES,
+    confidence: float = 0.95, seed: int = 0,
+) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Each submission's score interval over its runs: ``times[s][w]`` are the per-run times
+    (seeds) of submission ``s`` on workload ``w``; each replicate resamples every
+    ``(s, w)``'s runs with replacement, takes their median, and scores all submissions together
+    (so the ratios move with every submission's resampled time). The percentile interval at
+    ``confidence``, seeded (the same numbers for the same times)."""
+    rng = np.random.default_rng(seed)
+    subs = list(times)
+    draws: dict[str, list[float]] = {s: [] for s in subs}
+    for _ in range(replicates):
+        medians = {
+            s: {w: median_time(list(rng.choice(np.asarray(runs, dtype=float), size=len(runs))))
+                if len(runs) else INF for w, runs in per.items()}
+            for s, per in times.items()
+        }  # fmt: skip
+        ratio = ratios(medians)
+        for s in subs:
+            draws[s].append(score(ratio[s]))
+    tail = (1 - confidence) / 2 * 100
+    return {s: (float(np.percentile(d, tail)), float(np.percentile(d, 100 - tail)))
+            for s, d in draws.items()}  # fmt: skip
