@@ -313,6 +313,22 @@ def test_a_deleted_checkpoint_of_a_reused_run_is_said(tmp_path, data_cache, caps
     assert "the checkpoints of seeds [0] are gone since they were recorded" in out
 
 
+def test_a_deleted_result_of_a_reused_run_is_written_again(tmp_path, data_cache, capsys):
+    """Issue case 5: a final run's result.json deleted since it was recorded went unnoticed; the
+    storage holds the same record, so it is written again (and said)."""
+    path = _experiment(tmp_path, data_cache)
+    cli_main(["compare", f"--config={path}"])
+    checkpoint = _checkpoints(tmp_path / "out" / "a" / "results.json")[0]
+    result = checkpoint.parent.parent / "result.json"
+    text = result.read_text()
+    result.unlink()
+    capsys.readouterr()
+    cli_main(["compare", f"--config={path}"])
+    out = capsys.readouterr().out
+    assert "was gone; written again from the study storage" in out
+    assert result.read_text() == text
+
+
 def test_a_partial_study_is_seen_before_its_best_trial_is_taken():
     """Issue case 10a: a process interrupted in shared tuning left its trials failed; another
     took the best of the rest and went on to final runs. ``unfinished_trials`` names them (a

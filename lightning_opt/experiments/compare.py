@@ -26,7 +26,7 @@ from lightning_opt.config.parsing import (
 from lightning_opt.core import signals
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.final_units import FinalUnits
-from lightning_opt.experiments.finals import FinalPart, net_record, run_finals
+from lightning_opt.experiments.finals import FinalPart, net_record, restore_result, run_finals
 from lightning_opt.experiments.grouping import final_groups, tuning_groups
 from lightning_opt.experiments.plans import (
     ArmPlan,
@@ -281,6 +281,10 @@ def summarize_arm(
             "missing files (--overwrite trains them again)",
             flush=True,
         )
+    restored = [run["seed"] for run in runs if restore_result(run)]
+    if restored:  # nothing computed is lost: the storage holds every run's record
+        print(f"arm {label}: the result.json of seeds {restored} was gone; written again from "
+              "the study storage", flush=True)  # fmt: skip
     for run in runs:
         if not Path(run["log_dir"]).is_dir():
             continue

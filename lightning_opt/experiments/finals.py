@@ -162,6 +162,16 @@ def _clear_unfinished(out: Path) -> None:
         shutil.rmtree(out)
 
 
+def restore_result(result: dict[str, Any]) -> bool:
+    """Write a reused run's ``result.json`` again where it is gone but its folder is there (its
+    record in the study storage is the same text); whether it was written."""
+    out = Path(result["log_dir"])
+    if not out.is_dir() or (out / "result.json").exists():
+        return False
+    _write_result(result, out)
+    return True
+
+
 def _write_result(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "result.json"
