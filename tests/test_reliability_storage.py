@@ -421,3 +421,34 @@ def test_two_launchers_topping_up_one_sqlite_study_at_once_plan_n_trials(tmp_pat
         thread.join()
     assert sorted(added) == [0, 3]
     assert len(optuna.load_study(study_name="both", storage=url).trials) == 3
+
+
+def _child_prefix(url: str, conn) -> None:
+    from lightning_opt.tuning.storage import open_storage
+
+    conn.send(open_storage(url)._worker_id_prefix)
+    conn.close()
+
+
+def test_a_forked_worker_opens_its_own_storage(tmp_path):
+    """Within one command a storage is reused, but never across a fork: two forked workers
+    sharing the parent's journal storage shared its worker id and could both claim one trial
+    (seen as 'Trial#2 has already finished' in a two-worker tune)."""
+    import multiprocessing
+
+    from lightning_opt.tuning.storage import one_per_command, open_storage
+
+    url = str(tmp_path / "journal.log")
+    with one_per_command():
+        parent = open_storage(url)
+        assert open_storage(url) is parent  # reused within the process
+        ctx = multiprocessing.get_context("fork")
+        prefixes = []
+        for _ in range(2):
+            receive, send = ctx.Pipe(duplex=False)
+            child = ctx.Process(target=_child_prefix, args=(url, send))
+            child.start()
+            prefixes.append(receive.recv())
+            child.join(60)
+            assert child.exitcode == 0
+    assert len({parent._worker_id_prefix, *prefixes}) == 3

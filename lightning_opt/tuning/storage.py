@@ -5,6 +5,7 @@ between simultaneous launchers retried, and SQLite's write-ahead log where the d
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import re
 import sqlite3
@@ -212,8 +213,9 @@ def fold_log(storage: BaseStorage) -> None:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-#: Within ``one_per_command``: the storages opened so far, by ``open_storage``'s arguments.
-_REUSED: dict[StorageSettings, BaseStorage] | None = None
+#: Within ``one_per_command``: the storages opened so far, by process and ``open_storage``'s
+#: arguments.
+_REUSED: dict[tuple[int, StorageSettings], BaseStorage] | None = None
 
 
 @contextlib.contextmanager
@@ -262,9 +264,14 @@ def open_storage(
     reused = _REUSED
     if reused is None:
         return _open_storage(settings)
-    storage = reused.get(settings)
+    # By process: a worker forked from the command's process opens its own. A storage is not
+    # fork-safe: SQLAlchemy's pool would share the parent's connections, and a journal file's
+    # claims are told apart by a worker id (a uuid of the storage object and the thread id,
+    # which a fork copies), so two forked workers sharing one would both win the same trial.
+    key = (os.getpid(), settings)
+    storage = reused.get(key)
     if storage is None or not _still_there(url):
-        storage = reused[settings] = _open_storage(settings)
+        storage = reused[key] = _open_storage(settings)
     return storage
 
 
