@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +132,16 @@ def _ranks(rows: dict[str, dict]) -> dict[str, int]:
 
 
 def _common_folder(paths: list[str], start: Path) -> str | None:
-    """The folder holding every one of ``paths`` (relative to ``start`` where it is under it)."""
-    import os
-
+    """The folder holding every one of ``paths``, relative to ``start``."""
     if not paths:
         return None
-    common = Path(os.path.commonpath([os.path.abspath(p) for p in paths]))
-    try:
-        return str(common.relative_to(start.resolve()))
-    except ValueError:
-        return os.path.relpath(common, start.resolve()) if common.anchor else str(common)
+    common = os.path.commonpath([os.path.abspath(p) for p in paths])
+    return os.path.relpath(common, start.resolve())
+
+
+def _nobody_reached(board: dict) -> bool:
+    """Whether no submission reached any workload's target (every score is 0 and says nothing)."""
+    return all(math.isinf(r) for e in board["scores"].values() for r in e["ratios"].values())
 
 
 def _machine() -> dict[str, Any]:
@@ -240,7 +241,7 @@ def verdict(board: dict) -> str:
             f"{min(found):.3g} to {max(found):.3g} for these seeds to detect it with 80% power "
             "at the level Holm's correction over the benchmark held each test to."
         )
-    if all(math.isinf(r) for s in scores for r in scores[s]["ratios"].values()):
+    if _nobody_reached(board):
         parts.append(
             "No submission reached any workload's target, so the scores say nothing about time "
             "to target (the budget may be too short for the targets: see each workload's "
@@ -316,8 +317,7 @@ def markdown(board: dict) -> str:
                   "was set for its full budget, so a target not reached here may be reached "
                   "with the budget the suite gives it.", ""]  # fmt: skip
     lines += [board["verdict"], "", "## Score (time to target across workloads)", ""]
-    nobody = all(math.isinf(r) for e in board["scores"].values() for r in e["ratios"].values())
-    if nobody:  # a row of zeros would read as a result
+    if _nobody_reached(board):  # a row of zeros would read as a result
         lines += ["No submission reached any workload's target: there is no score to show.", ""]
     else:
         taus = " | ".join(f"rho({t:g})" for t in SHOWN_TAUS)
@@ -382,7 +382,7 @@ def markdown(board: dict) -> str:
 def _profile_svg(board: dict, width: int = 680, height: int = 260) -> str:
     """The performance profiles as an inline SVG (step functions over tau in [1, tau_max]);
     none where nobody reached a target (flat zeros would read as a result)."""
-    if all(math.isinf(r) for e in board["scores"].values() for r in e["ratios"].values()):
+    if _nobody_reached(board):
         return ""
     pad, legend, tau_max = 40, 160, board["tau_max"]
 

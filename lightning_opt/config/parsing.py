@@ -15,6 +15,9 @@ be carried over. Every saved ``config.yaml`` so holds the class path and all its
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import json
 import re
 import warnings
@@ -363,11 +366,19 @@ def summarize_argument_error(message: str) -> str:
     return f"{outer.group(1)}: {'; '.join(parts)}" if parts else text
 
 
+def _closest(word: str, choices: list[str]) -> str | None:
+    """The one of ``choices`` ``word`` most likely misspells: a case slip first, then the
+    closest spelling (difflib); ``None`` if none is close."""
+    lowered = {c.lower(): c for c in choices}
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
 def _flag_hint(message: str, parser: Any) -> str:
     """``; did you mean --optimizer?`` for an unrecognized flag close to one ``parser`` (or one of
     its subcommands' parsers) takes; ``""`` if none is close."""
-    import difflib
-
     unknown = re.search(r"[Uu]nrecognized arguments: (--[\w.\-]+)", message)
     if not unknown:
         return ""
@@ -378,8 +389,8 @@ def _flag_hint(message: str, parser: Any) -> str:
         for action in current._actions:
             known.update(o for o in action.option_strings if o.startswith("--"))
             parsers.extend(getattr(action, "_name_parser_map", {}).values())  # subcommands
-    match = difflib.get_close_matches(unknown.group(1), sorted(known), n=1, cutoff=0.8)
-    return f"; did you mean {match[0]}?" if match else ""
+    match = _closest(unknown.group(1), sorted(known))
+    return f"; did you mean {match}?" if match else ""
 
 
 def did_you_mean(summary: str) -> str:
@@ -387,17 +398,6 @@ def did_you_mean(summary: str) -> str:
     name (``torch.optim.Adamw``: ``AdamW``), a class's misspelt argument (``--optimizer.lrr``:
     ``lr``), or an argument only the class's ``**kwargs`` take (``dict_kwargs``); ``""`` if
     none."""
-    import difflib
-    import importlib
-    import inspect
-
-    def close(word: str, choices: list[str]) -> str | None:
-        lowered = {c.lower(): c for c in choices}
-        if word.lower() in lowered:  # a case slip: the one name that differs only in case
-            return lowered[word.lower()]
-        found = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
-        return found[0] if found else None
-
     attribute = re.search(r"([\w.]+): module '([\w.]+)' has no attribute '(\w+)'", summary)
     if attribute:
         key, module_name, name = attribute.groups()
@@ -407,7 +407,7 @@ def did_you_mean(summary: str) -> str:
             return ""
         public = [n for n in dir(module) if not n.startswith("_") and inspect.isclass(
             getattr(module, n, None))]  # fmt: skip
-        match = close(name, public)
+        match = _closest(name, public)
         return f"; did you mean {module_name}.{match}?" if match else ""
     option = re.search(r"^([\w.]+): ([\w.]+): Option '(\w+)' is not accepted", summary)
     if option:
@@ -416,7 +416,7 @@ def did_you_mean(summary: str) -> str:
             cls = import_class(class_path)
         except (ValueError, TypeError, ImportError, AttributeError):
             return ""
-        match = close(name, list(constructor_arguments(cls)))
+        match = _closest(name, list(constructor_arguments(cls)))
         if match:
             return f"; did you mean --{key}.{match}?"
         takes_kwargs = any(p.kind is p.VAR_KEYWORD

@@ -424,28 +424,29 @@ BATCH_HOOKS = (
 )  # fmt: skip
 
 
+def _user_callback_classes(cfg: Any) -> list[Any]:
+    """The configured callbacks' classes (an entry without one: itself), clipping rules aside."""
+    classes = [callback_class(entry) for entry in cfg.trainer.get("callbacks") or []]
+    return [c for c in classes
+            if not (isinstance(c, type) and issubclass(c, GradientClippingCallback))]  # fmt: skip
+
+
+def _name(cls: Any) -> str:
+    return cls.__name__ if isinstance(cls, type) else str(cls)
+
+
 def batch_watching_callbacks(cfg: Any) -> list[str]:
     """The configured callbacks (clipping rules aside) that override a per-batch hook."""
-    names = []
-    for entry in cfg.trainer.get("callbacks") or []:
-        cls = callback_class(entry)
-        if isinstance(cls, type) and issubclass(cls, GradientClippingCallback):
-            continue
-        if not isinstance(cls, type) or any(
-            getattr(cls, hook, None) is not getattr(Callback, hook) for hook in BATCH_HOOKS
-        ):
-            names.append(cls.__name__ if isinstance(cls, type) else str(cls))
-    return names
+    return [
+        _name(cls) for cls in _user_callback_classes(cfg)
+        if not isinstance(cls, type)
+        or any(getattr(cls, hook, None) is not getattr(Callback, hook) for hook in BATCH_HOOKS)
+    ]  # fmt: skip
 
 
 def user_callbacks(cfg: Any) -> list[str]:
     """The class names of the configured callbacks that are not clipping rules."""
-    names = []
-    for entry in cfg.trainer.get("callbacks") or []:
-        cls = callback_class(entry)
-        if not (isinstance(cls, type) and issubclass(cls, GradientClippingCallback)):
-            names.append(cls.__name__ if isinstance(cls, type) else str(cls))
-    return names
+    return [_name(cls) for cls in _user_callback_classes(cfg)]
 
 
 def chunk_where_invisible(cfg: Any, data: Any) -> bool:
