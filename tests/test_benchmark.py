@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -114,7 +115,9 @@ def test_the_verdict_claims_only_what_its_tests_support():
     assert "0.000" not in nobody and "Time to target (AlgoPerf" not in nobody
     empty = _board({"cand": {"w": INF}, "adam": {"w": INF}}, {"cand": {"w": 0}, "adam": {"w": 0}},
                    [])  # fmt: skip
-    empty.update(benchmark="b", verdict="", settings={"n_trials": 4, "budget_cap": 2})
+    empty.update(benchmark="b", verdict="", settings={
+        "n_trials": 4, "budget_cap": 2, "protocol": "compare", "seeds": 3, "seed_everything": 0,
+        "sampler": "tpe", "studies": 1, "study_size": 4})  # fmt: skip
     for workload in empty["workloads"].values():
         workload.update(target=1.0, epochs=2, steps_per_epoch=7, logs="x")
         for row in workload["submissions"].values():
@@ -155,7 +158,7 @@ def test_the_score_interval_resamples_the_seeds():
 @pytest.fixture
 def tiny_suite(tmp_path, data_cache):
     suite = {
-        "benchmark": "tiny", "seeds": 2, "n_trials": 2, "population": 2, "pruner": "none",
+        "benchmark": "tiny", "seeds": 2, "n_trials": 4, "study_size": 2, "population": 4,
         "output_dir": str(tmp_path / "out"),
         "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 50},
         "workloads": [
@@ -188,12 +191,23 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
     for name, workload in board["workloads"].items():
         results = json.loads((bench / name / "results.json").read_text())
         assert set(workload["submissions"]) == set(results["arms"]) == {"adam", "nadamw_cosine"}
+        draws = {}
         for sub, row in workload["submissions"].items():
-            curves = [r["val_loss_curve"] for r in results["arms"][sub]["runs"]]
-            expected = [
-                scoring.steps_to_target(c, 2.2, workload["steps_per_epoch"]) for c in curves
-            ]
+            # AlgoPerf's external tuning: 2 studies of 2 trials, each trial its own seed; a
+            # study's time is its fastest trial's, one time per study
+            trials = results["arms"][sub]["tuning"]["trials"]
+            assert [(t["number"], t["study"]) for t in trials] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+            assert [t["seed"] for t in trials] == [1_000_000 + n for n in range(4)]
+            steps = [scoring.steps_to_target(t["val_loss_curve"], 2.2, workload["steps_per_epoch"])
+                     for t in trials]  # fmt: skip
+            expected = [min(steps[:2]), min(steps[2:])]
             assert row["steps_to_target"] == leaderboards.strict(expected)  # inf as null
+            draws[sub] = [t["params"]["lr"] for t in trials]
+            assert all(1e-3 <= lr <= 1e-2 for lr in draws[sub])
+            # no final run replays a trial: the finals' seeds are 0 and 1
+            assert [r["seed"] for r in results["arms"][sub]["runs"]] == [0, 1]
+        # every study and every submission draws its own points
+        assert len({lr for lrs in draws.values() for lr in lrs}) == 8
         # the baseline's schedule ran over the workload's budget
         experiment = yaml.safe_load((bench / f"{name}.yaml").read_text())
         scheduler = experiment["arms"][1]["lr_scheduler"]["init_args"]
@@ -215,6 +229,7 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
         assert test["detectable_at_holm"] == pytest.approx(expected)
     assert board["verdict"].startswith("Test loss, 2 candidate-baseline tests")
     text = (bench / "leaderboard.md").read_text()
+    assert "Protocol: AlgoPerf's external-tuning ruleset" in text and "2 studies of 2" in text
     assert "| submission | score |" in text and "## shuffled" in text
     page = (bench / "leaderboard.html").read_text()
     assert "<svg" in page and "<a href='mlp/comparison.html'>" in page
@@ -232,7 +247,7 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
 
     capsys.readouterr()
     cli_main(args)  # again: every trial and final run is reused, the numbers the same
-    assert "trial " not in capsys.readouterr().out
+    assert not re.search(r"^(\S+ )?trial +\d+ ", capsys.readouterr().out, re.M)
     assert json.loads((bench / "leaderboard.json").read_text())["scores"] == board["scores"]
     json.loads((bench / "leaderboard.json").read_text(), parse_constant=_refuse)  # strict JSON
     assert "TensorBoard logs under ../shared_arms/mlp/." in text  # where the runs' logs are
@@ -310,6 +325,11 @@ def _recorded_paths(bench: Path) -> list[str]:
         ({"baselines": []}, "a benchmark needs baselines"),
         ({"trainer": {"max_epochs": 0}}, "--trainer.max_epochs 0: it caps every workload"),
         ({"candidates": [{"name": "sgd", "optimizer": "sgd"}]}, "not both"),  # and --optimizer
+        ({"pruner": "median"}, "--protocol external_tuning times every trial to the target"),
+        ({"sampler": "tpe", "study_size": None}, "TPE belongs to --protocol compare"),
+        ({"trial_seeds": "same"}, "so no final run replays the trial it was chosen from"),
+        ({"protocol": "compare", "trial_seeds": "same"}, "no final run replays the trial"),
+        ({"study_size": 3}, "a positive divisor of --n_trials 4"),
     ],
 )
 def test_a_bad_suite_is_one_line_before_anything_trains(

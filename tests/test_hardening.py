@@ -267,6 +267,7 @@ def test_a_benchmark_of_one_seed_writes_its_leaderboard(tmp_path, data_cache):
         [{"name": "mlp", "epochs": 1, "target": 2.2}],
         seeds=1,
         n_trials=1,
+        study_size=1,
         pruner="none",
         data={"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 100},
     )

@@ -81,7 +81,7 @@ def test_a_two_arm_compare_resolves_each_question_once(tmp_path, data_cache, mon
 @pytest.mark.slow
 def test_a_benchmark_parses_and_plans_each_workload_once(tmp_path, data_cache):
     suite = {
-        "benchmark": "tiny", "seeds": 2, "n_trials": 1, "population": 1, "pruner": "none",
+        "benchmark": "tiny", "seeds": 2, "n_trials": 1, "study_size": 1, "population": 1,
         "output_dir": str(tmp_path / "out"),
         "data": {"num_samples": TINY_SAMPLES, "cache_dir": str(data_cache), "batch_size": 100},
         "workloads": [

@@ -30,7 +30,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
@@ -67,9 +67,19 @@ class BenchmarkCLI(CompareCLI):
         # No budget of its own: each workload's epochs; a --trainer.max_epochs given caps them.
         parser.set_defaults({"trainer.max_epochs": None})
         parser.set_defaults(output_dir="lightning_logs/benchmark")
+        # AlgoPerf's external tuning: 3 studies x 5 quasi-random trials, each trial its own
+        # seed and whole budget.
+        parser.set_defaults({"sampler": "sobol", "n_trials": 15, "study_size": 5,
+                             "trial_seeds": "distinct", "pruner": "none", "population": 15})  # fmt: skip
         group = parser.add_argument_group("Benchmark")
         group.add_argument("--benchmark", type=str, default="benchmark",
                            help="Name; outputs go to <output_dir>/<benchmark>/.")  # fmt: skip
+        group.add_argument(
+            "--protocol", type=Literal["external_tuning", "compare"], default="external_tuning",
+            help="external_tuning: AlgoPerf's ruleset, times from n_trials/study_size studies "
+            "of quasi-random trials (each study's fastest trial, the median over studies). "
+            "compare: tuned on validation loss, times from the final runs over seeds.",
+        )  # fmt: skip
         group.add_argument(
             "--workloads", type=list[dict[str, Any]], default=[],
             help="Each: {name, model: {...}, data: {...}, epochs, target (validation loss)}.",
@@ -154,11 +164,12 @@ def _plan(
             f"--model.net: the workloads {', '.join(map(str, own_nets))} set their own net "
             "(workloads[].model.net), which a --model.net would not change; set the net there"
         )
+    _check_protocol(config)
     base = yaml.safe_load(parser.dump(config, skip_none=False, skip_validation=True))
     baselines, workloads = base.get("baselines") or [], base.get("workloads") or []
     named = base.get("candidates") or []
     for key in ("benchmark", "workloads", "baselines", "candidate", "candidates", "config", "arms",
-                "experiment"):  # fmt: skip
+                "experiment", "protocol"):  # fmt: skip
         base.pop(key, None)
     command_line = _candidate_arm(base, config)
     changed = _changed(config, defaults, "optimizer", "lr_scheduler")
@@ -186,7 +197,7 @@ def _plan(
     check_writable(bench_dir)
     bench_dir.mkdir(parents=True, exist_ok=True)
     candidates, added = _board_candidates(bench_dir, base, workloads, baselines, candidates,
-                                          bool(config.overwrite))  # fmt: skip
+                                          bool(config.overwrite), config.protocol)  # fmt: skip
     if added:  # every workload's experiment gains arms: its record and report start afresh
         base["overwrite"] = True
     planned = []
@@ -224,7 +235,8 @@ def _plan(
         write_text(path, text)
     planned = [(workload, path, plan) for workload, path, plan, _ in planned]
     write_text(bench_dir / BOARD_RECORD, json.dumps(
-        {"suite": _suite_record(base, workloads, baselines), "candidates": candidates}, indent=1,
+        {"suite": _suite_record(base, workloads, baselines, config.protocol),
+         "candidates": candidates}, indent=1,
         default=str,
     ))  # fmt: skip
     return bench_dir, [c["name"] for c in candidates], planned
@@ -237,17 +249,42 @@ _NOT_SUITE = ("optimizer", "lr_scheduler", "search_space", "overwrite", "storage
               "shared_arms_dir", "output_dir", "share_arms")  # fmt: skip
 
 
-def _suite_record(base: dict[str, Any], workloads: list, baselines: list) -> dict[str, Any]:
+def _suite_record(
+    base: dict[str, Any], workloads: list, baselines: list, protocol: str
+) -> dict[str, Any]:
     """The settings every candidate of one leaderboard is benchmarked under."""
     settings = {k: v for k, v in base.items() if k not in _NOT_SUITE}
     return json.loads(json.dumps(
-        {**settings, "workloads": workloads, "baselines": baselines}, default=str
+        {**settings, "protocol": protocol, "workloads": workloads, "baselines": baselines},
+        default=str,
     ))  # fmt: skip
+
+
+def _check_protocol(config: Any) -> None:
+    """What the protocol needs of the study settings, before anything trains (one line)."""
+    if config.trial_seeds != "distinct":
+        raise ValueError(
+            f"--trial_seeds {config.trial_seeds}: a benchmark gives each tuning trial a seed of "
+            "its own (distinct), so no final run replays the trial it was chosen from"
+        )
+    if config.protocol != "external_tuning":
+        return
+    if config.sampler not in ("sobol", "points"):
+        raise ValueError(
+            f"--sampler {config.sampler}: --protocol external_tuning draws quasi-random points "
+            "(sobol) or a submission's fixed list (points), as AlgoPerf's ruleset does; TPE "
+            "belongs to --protocol compare"
+        )
+    if config.pruner != "none":
+        raise ValueError(
+            f"--pruner {config.pruner}: --protocol external_tuning times every trial to the "
+            "target, so each trains its whole budget; give --pruner none (or --protocol compare)"
+        )
 
 
 def _board_candidates(
     bench_dir: Path, base: dict[str, Any], workloads: list, baselines: list,
-    candidates: list[dict[str, Any]], overwrite: bool,
+    candidates: list[dict[str, Any]], overwrite: bool, protocol: str,
 ) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
     """One leaderboard per benchmark folder: the candidates benchmarked into it before (same
     suite) and this command's, scored together; the names this command adds. A suite changed
@@ -259,7 +296,7 @@ def _board_candidates(
         return now, []
     recorded = json.loads(path.read_text())
     changed(f"benchmark {bench_dir.name!r}", recorded["suite"],
-            _suite_record(base, workloads, baselines), False, "--benchmark")  # fmt: skip
+            _suite_record(base, workloads, baselines, protocol), False, "--benchmark")  # fmt: skip
     board = list(recorded["candidates"])
     names = {c["name"]: c for c in board}
     added = []
@@ -295,9 +332,10 @@ def _candidate_arm(base: dict[str, Any], config: Any) -> dict[str, Any]:
         "lr_scheduler": base.pop("lr_scheduler", None),
         "callbacks": callbacks,
     }
-    if base.get("search_space") is not None:
-        arm["search_space"] = base.pop("search_space")
-    base.pop("search_space", None)
+    for key in ("search_space", "points"):  # the candidate's own, never the baselines'
+        if base.get(key) is not None:
+            arm[key] = base.pop(key)
+        base.pop(key, None)
     return arm
 
 

@@ -33,25 +33,34 @@ def leaderboard(
 ) -> dict:
     """Every number of the benchmark (``leaderboard.json``)."""
     per_workload, times, tests = {}, {}, []
+    external = config.protocol == EXTERNAL
     for workload in workloads:
         name = workload["name"]
         results = json.loads((experiments[name] / "results.json").read_text())
         arms = results["arms"]
         rows = {}
         for arm, summary in arms.items():
-            steps = [
-                scoring.steps_to_target(run["val_loss_curve"], workload["target"],
-                                        workload["steps_per_epoch"])
-                for run in summary["runs"]
-            ]  # fmt: skip
-            # Wall time only for a run trained alone: a population's time is its members'
-            # together, never one optimizer's own (None: not measured).
-            seconds = [
-                None if (run.get("population") or 1) > 1
-                else run["seconds"] * s / (len(run["val_loss_curve"]) * workload["steps_per_epoch"])
-                if math.isfinite(s) else math.inf
-                for run, s in zip(summary["runs"], steps, strict=True)
-            ]  # fmt: skip
+            if external:  # each study's fastest trial; the studies are the samples
+                steps = scoring.study_times(
+                    summary["tuning"]["trials"], studies(config), workload["target"],
+                    workload["steps_per_epoch"],
+                )  # fmt: skip
+                seconds = [None] * len(steps)  # trials train in populations: no own time
+            else:
+                steps = [
+                    scoring.steps_to_target(run["val_loss_curve"], workload["target"],
+                                            workload["steps_per_epoch"])
+                    for run in summary["runs"]
+                ]  # fmt: skip
+                # Wall time only for a run trained alone: a population's time is its members'
+                # together, never one optimizer's own (None: not measured).
+                seconds = [
+                    None if (run.get("population") or 1) > 1
+                    else run["seconds"] * s
+                    / (len(run["val_loss_curve"]) * workload["steps_per_epoch"])
+                    if math.isfinite(s) else math.inf
+                    for run, s in zip(summary["runs"], steps, strict=True)
+                ]  # fmt: skip
             rows[arm] = {
                 "tuned": summary["tuned"],
                 "test_loss": summary["metrics"]["test_loss"],
@@ -116,12 +125,52 @@ def leaderboard(
     board = {
         "benchmark": config.benchmark, "candidates": candidates, "workloads": per_workload,
         "scores": profiles, "tests": tests, "alpha": alpha, "tau_max": scoring.TAU_MAX,
-        "settings": {"seeds": config.seeds, "n_trials": config.n_trials, "seed": config.seed,
+        "settings": {"protocol": config.protocol, "seeds": config.seeds,
+                     "n_trials": config.n_trials, "studies": studies(config),
+                     "study_size": config.study_size or config.n_trials,
+                     "sampler": config.sampler, "seed": config.seed,
+                     "seed_everything": config.seed_everything,
                      "budget_cap": config.trainer.get("max_epochs")},
         "machine": _machine(),
     }  # fmt: skip
     board["verdict"] = verdict(board)
     return board
+
+
+#: The protocols: AlgoPerf's external-tuning ruleset (time from tuning trials), or compare's
+#: (time from final runs over fresh seeds).
+EXTERNAL, COMPARE = "external_tuning", "compare"
+
+
+def studies(config: Any) -> int:
+    """The number of AlgoPerf studies each submission's trials make on a workload."""
+    return config.n_trials // (config.study_size or config.n_trials)
+
+
+def protocol_text(board: dict) -> str:
+    """The protocol behind every number of the board, in one paragraph (named on each page)."""
+    s = board["settings"]
+    finals = (f"{s['seeds']} final runs of each submission's best trial by validation loss, "
+              f"seeds {s['seed_everything']} to {s['seed_everything'] + s['seeds'] - 1}, which "
+              "no tuning trial trained with")  # fmt: skip
+    draws = {"sobol": "quasi-random search (a scrambled Sobol sequence)",
+             "points": "the submission's fixed list of points, sampled without replacement",
+             "tpe": "TPE"}.get(s["sampler"], s["sampler"])  # fmt: skip
+    if s["protocol"] == EXTERNAL:
+        return (
+            f"Protocol: AlgoPerf's external-tuning ruleset. Each submission gets, on each "
+            f"workload, {s['studies']} studies of {s['study_size']} trials drawn by {draws} "
+            "over its search space (seeded per study and per submission), each trial with a "
+            "seed of its own and its whole budget (no pruning). A study's time is its fastest "
+            "trial to reach the target; a submission's time is the median over its studies "
+            "(a study with no trial reaching the target counts as infinite). Test losses come "
+            f"from {finals}."
+        )
+    return (
+        f"Protocol: compare. Each submission is tuned on each workload ({s['n_trials']} trials "
+        f"by {draws}, chosen by validation loss), then trained in {finals}; times to target "
+        "are the final runs' median over seeds."
+    )
 
 
 def _ranks(rows: dict[str, dict]) -> dict[str, int]:
@@ -291,6 +340,11 @@ def _labelled(board: dict, candidate: str, workloads: list[str], lower: bool) ->
     return ", ".join(out)
 
 
+def _unit(board: dict) -> str:
+    """What one time to target is measured on: an AlgoPerf study, or a final run's seed."""
+    return "study" if board["settings"].get("protocol") == EXTERNAL else "seed"
+
+
 def _steps(value: float) -> str:
     return f"{value:.0f}" if math.isfinite(value) else "not reached"
 
@@ -316,7 +370,8 @@ def markdown(board: dict) -> str:
         lines += [f"Budgets capped at {cap} epochs (--trainer.max_epochs); each workload's target "
                   "was set for its full budget, so a target not reached here may be reached "
                   "with the budget the suite gives it.", ""]  # fmt: skip
-    lines += [board["verdict"], "", "## Score (time to target across workloads)", ""]
+    lines += [board["verdict"], "", protocol_text(board), "",
+              "## Score (time to target across workloads)", ""]  # fmt: skip
     if _nobody_reached(board):  # a row of zeros would read as a result
         lines += ["No submission reached any workload's target: there is no score to show.", ""]
     else:
@@ -328,7 +383,8 @@ def markdown(board: dict) -> str:
             low, high = entry.get("interval") or (None, None)
             interval = "-" if low is None else f"[{low:.3f}, {high:.3f}]"
             lines.append(f"| {sub} | {entry['score']:.3f} | {interval} | {row} |")
-        lines += ["", "The interval resamples each workload's seeds (the runs behind each median "
+        samples = _unit(board) + "s"
+        lines += ["", f"The interval resamples each workload's {samples} (behind each median "
                   f"time to target) {scoring.BOOTSTRAP_REPLICATES:,} times and scores every "
                   "submission together.", ""]  # fmt: skip
     workloads = board["workloads"]
@@ -354,8 +410,8 @@ def markdown(board: dict) -> str:
         logs = workload.get("logs") or name
         lines += [f"Report: {name}/comparison.html ({name}/results.md); every run's "
                   f"TensorBoard logs under {logs}/.", ""]  # fmt: skip
-        lines += ["| submission | tuned | test loss | median steps to target | median s to "
-                  "target | reached |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| submission | tuned (finals) | test loss | median steps to target | median s "
+                  f"to target | {_unit(board)}s reaching it |", "|---|---|---|---|---|---|"]  # fmt: skip
         ranked = sorted(workload["submissions"].items(), key=lambda kv: kv[1]["median_steps"])
         for sub, row in ranked:
             tuned = values_text(row["tuned"], sep=" ")

@@ -31,6 +31,21 @@ def steps_to_target(curve: Sequence[float], target: float, steps_per_epoch: int)
     return INF
 
 
+def study_times(
+    trials: Sequence[Mapping], studies: int, target: float, steps_per_epoch: int
+) -> list[float]:
+    """AlgoPerf's external tuning: each study's time, the fastest of its trials to reach the
+    target (``trials``: records with ``study`` and ``val_loss_curve``; ``inf``: none of its
+    trials did, or it has none)."""
+    times = [INF] * studies
+    for trial in trials:
+        study = trial["study"]
+        if 0 <= study < studies:
+            steps = steps_to_target(trial["val_loss_curve"], target, steps_per_epoch)
+            times[study] = min(times[study], steps)
+    return times
+
+
 def median_time(times: Sequence[float]) -> float:
     """A submission's time on a workload over its seeds: the median, ``inf`` counted as such
     (more than half not reaching the target: not reached)."""

@@ -142,3 +142,24 @@ def parse_search_space(
     if duplicated:
         raise ValueError(f"search space names appear twice: {', '.join(duplicated)}")
     return tuple(params)
+
+
+def value_at(param: SearchParam, u: float) -> Any:
+    """The value of ``param`` at ``u`` in ``[0, 1)`` of a uniform (or quasi-random) draw, as
+    Optuna's ``QMCSampler`` maps its points: a range linearly (or in log space, ``log``), a
+    choice by index."""
+    if param.choices is not None:
+        return param.choices[min(int(u * len(param.choices)), len(param.choices) - 1)]
+    if param.log:
+        low, high = math.log(param.low), math.log(param.high)
+        return float(min(param.high, max(param.low, math.exp(low + u * (high - low)))))
+    return float(min(param.high, param.low + u * (param.high - param.low)))
+
+
+def contains(param: SearchParam, value: Any) -> bool:
+    """Whether ``value`` is one ``param`` can take (a fixed point's value is checked so)."""
+    if param.choices is not None:
+        return any(value == c and type(value) is type(c) for c in param.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return param.low <= value <= param.high

@@ -318,6 +318,31 @@ def summarize_arm(
             "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
             "values": values,
             "search_space": [p.as_dict() for p in resolve_search_space(arm.plan.tune_cfg)],
+            "sampler": arm.plan.options.sampler,
+            "study_size": arm.plan.options.trials_per_study,
+            "trials": trial_records(study, arm.plan.options),
         },
         "runs": runs,
     }
+
+
+def trial_records(study: Any, options: Any) -> list[dict[str, Any]]:
+    """Every finished tuning trial of the study's first ``n_trials`` (a re-run stands for the
+    trial it replaces), in order: its values, seed, state and validation-loss curve (one value
+    per report, after each epoch), and the study of ``study_size`` trials it belongs to
+    (AlgoPerf's external tuning scores each such study by its fastest trial)."""
+    finished = {}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name in ("COMPLETE", "PRUNED"):
+            finished[original_number(trial)] = trial
+    records = []
+    for number in sorted(n for n in finished if n < options.n_trials):
+        trial = finished[number]
+        records.append({
+            "number": number, "study": number // options.trials_per_study,
+            "params": trial.params, "seed": trial.user_attrs.get("seed"),
+            "state": trial.state.name.lower(), "value": trial.value,
+            "val_loss_curve": [trial.intermediate_values[k]
+                               for k in sorted(trial.intermediate_values)],
+        })  # fmt: skip
+    return records

@@ -45,7 +45,7 @@ from lightning_opt.tuning.storage import sqlite_url
 from lightning_opt.tuning.trials import as_a_trial, options_from_config
 from lightning_opt.tuning.tune import check_study, open_study_storage
 
-ARM_KEYS = {"name", "optimizer", "lr_scheduler", "model", "callbacks", "search_space"}
+ARM_KEYS = {"name", "optimizer", "lr_scheduler", "model", "callbacks", "search_space", "points"}
 
 
 def validate_arms(config: Any) -> list[dict[str, Any]]:
@@ -136,6 +136,8 @@ def arm_config(base: Any, arm: dict[str, Any], max_epochs: int) -> Any:
             class_path=scheduler[1]["class_path"], init_args=Namespace(**scheduler[1]["init_args"])
         )  # fmt: skip
     cfg.search_space = arm.get("search_space")
+    if "points" in arm:  # the arm's own list (--sampler points); else the experiment's
+        cfg.points = arm["points"]
     cfg.trainer.max_epochs = max_epochs
     return cfg
 
@@ -266,7 +268,7 @@ def plan_arms(config: Any, parser: LightningArgumentParser | None = None) -> lis
                     logs, log_dir_name = shared, study
                 options = replace(
                     base_options, study_name=study, output_dir=str(logs), storage=storage,
-                    log_dir_name=log_dir_name,
+                    log_dir_name=log_dir_name, draw_key=name,
                 )  # fmt: skip
                 options = check_study(tune_cfg, options, announce=False)
                 if parser is not None:

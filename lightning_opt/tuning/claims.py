@@ -141,8 +141,9 @@ def original_number(trial: optuna.trial.FrozenTrial) -> int:
 
 
 def claim_waiting_trial(
-    study: optuna.Study, storage: BaseStorage, n_trials: int, sampler_seed: int | None = None
-) -> tuple[optuna.Trial, int] | None:
+    study: optuna.Study, storage: BaseStorage, n_trials: int, sampler_seed: int | None = None,
+    sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+) -> tuple[optuna.Trial, int] | None:  # fmt: skip
     """Atomically take a WAITING trial (WAITING -> RUNNING): ``(trial, trial_id)`` or ``None``.
 
     Only trials among the first ``n_trials`` that can still finish are claimed: if two launchers
@@ -150,10 +151,13 @@ def claim_waiting_trial(
 
     With ``sampler_seed`` the TPE sampler is reseeded with ``sampler_seed + trial number``: one
     worker's suggestions are reproducible, and workers on other machines do not repeat them.
+    With ``sampler`` the study samples with ``sampler(original number)`` instead.
     """
 
     def reseed(frozen: optuna.trial.FrozenTrial) -> None:
-        if sampler_seed is not None:  # a re-run samples as the trial it replaces would have
+        if sampler is not None:
+            study.sampler = sampler(original_number(frozen))
+        elif sampler_seed is not None:  # a re-run samples as the trial it replaces would have
             study.sampler = optuna.samplers.TPESampler(
                 seed=sampler_seed + original_number(frozen), constant_liar=True
             )

@@ -54,7 +54,10 @@ def write_outputs(parser: LightningArgumentParser, config: Any, options: TuneOpt
             f"# Its weights: python -m lightning_opt test --config {path} "
             f"--ckpt_path {checkpoint}\n"
         )
-    write_fit_config(parser, with_values(config, best.params), path, header)
+    best_cfg = with_values(config, best.params)
+    if "seed" in best.user_attrs:  # --trial_seeds distinct: the seed it trained with
+        best_cfg.seed_everything = best.user_attrs["seed"]
+    write_fit_config(parser, best_cfg, path, header)
     print(f"best trial {best.number}: val/loss {best.value:.4f}  {format_params(best.params)}")
     print(f"best config: {path}")
     write_plots(study, options.study_dir)

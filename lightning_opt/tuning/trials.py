@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from optuna.trial import TrialState
 from typing_extensions import override
@@ -39,6 +40,7 @@ from lightning_opt.runs.build import (
 )
 from lightning_opt.runs.runner import Run, train_runs
 from lightning_opt.tuning.claims import original_number
+from lightning_opt.tuning.sampling import TRIAL_SEED_OFFSET, trial_sampler
 from lightning_opt.tuning.storage import sqlite_url
 
 
@@ -64,6 +66,21 @@ class TuneOptions:
     fingerprint: dict[str, Any] | None = None
     #: The folder of the trials' logs under ``output_dir`` (default: the study's name).
     log_dir_name: str | None = None
+    #: Where a trial's values come from (``tuning.sampling``): ``tpe``, ``sobol`` or ``points``.
+    sampler: str = "tpe"
+    #: Trials per study of the ``sobol`` and ``points`` samplers (``None``: ``n_trials``).
+    study_size: int | None = None
+    #: The fixed points of ``--sampler points`` (checked by ``check_study``).
+    points: tuple[dict[str, Any], ...] | None = None
+    #: Whether trial ``n`` trains with a seed of its own (``sampling.TRIAL_SEED_OFFSET``).
+    distinct_seeds: bool = False
+    #: What the draws of ``sobol`` and ``points`` are keyed by besides the seed (a compare
+    #: arm's name; ``None``: the study's name).
+    draw_key: str | None = None
+
+    @property
+    def trials_per_study(self) -> int:
+        return self.study_size or self.n_trials
 
     @property
     def study_dir(self) -> Path:
@@ -205,6 +222,7 @@ def options_from_config(config: Any) -> TuneOptions:
         raise ValueError(
             f"--seed {config.seed}: the sampler's seed is an integer from 0 to 2**32 - 1"
         )
+    _check_sampling(config)
     if config.connect_timeout < 1:
         raise ValueError(f"connect_timeout must be >= 1 second, got {config.connect_timeout}")
     if config.max_retry < 0:
@@ -228,7 +246,33 @@ def options_from_config(config: Any) -> TuneOptions:
         population=config.population,
         overwrite=config.overwrite,
         connect_timeout=config.connect_timeout,
+        sampler=config.sampler,
+        study_size=config.study_size,
+        distinct_seeds=config.trial_seeds == "distinct",
     )
+
+
+def _check_sampling(config: Any) -> None:
+    """The sampler's settings, and the trials' seeds, before any trial (one line each)."""
+    size = config.study_size
+    if size is not None:
+        if config.sampler == "tpe":
+            raise ValueError(
+                f"--study_size {size}: studies of their own draws are --sampler sobol's or "
+                "points'; TPE would ignore it (leave it out, or give --sampler sobol)"
+            )
+        if isinstance(size, bool) or size < 1 or config.n_trials % size:
+            raise ValueError(
+                f"--study_size {size}: a positive divisor of --n_trials {config.n_trials} (each "
+                "study has the same number of trials)"
+            )
+    if config.trial_seeds == "distinct":
+        last = config.seed_everything + TRIAL_SEED_OFFSET + config.n_trials - 1
+        if last > MAX_SEED:
+            raise ValueError(
+                f"--seed_everything {config.seed_everything} with --trial_seeds distinct: the "
+                f"last trial's seed {last} is above the largest seed {MAX_SEED}; start lower"
+            )
 
 
 #: The median pruner prunes nothing until this many trials have completed.
@@ -266,6 +310,8 @@ class TrialRunner:
         self.label = label
         self.trainer: Trainer | None = None
         self.interrupted = False
+        #: Each claimed trial's own seed, by number (``--trial_seeds distinct``).
+        self.seeds: dict[int, int] = {}
 
     def interrupt(self) -> None:
         """Ctrl-C: stop the running trial at the next batch (never inside a database write)."""
@@ -273,10 +319,32 @@ class TrialRunner:
         if self.trainer is not None:
             self.trainer.should_stop = True
 
-    def suggest(self, trial: optuna.Trial) -> dict[str, float]:
-        """Sample the trial's hyperparameters and record where it logs."""
+    def sampler(self, number: int) -> optuna.samplers.BaseSampler:
+        """What trial ``number`` (its original number) draws its values with
+        (``tuning.sampling``)."""
+        options = self.options
+        return trial_sampler(
+            options.sampler, self.space, number, seed=options.seed,
+            study_size=options.trials_per_study, key=options.draw_key or options.study_name,
+            points=options.points,
+        )  # fmt: skip
+
+    def suggest(self, trial: optuna.Trial, number: int | None = None) -> dict[str, float]:
+        """Sample the trial's hyperparameters (``number``: the original number of the trial,
+        which the sampler was set for) and record where it logs and, with distinct trial
+        seeds, its seed."""
         trial.set_user_attr("log_dir", str(self.options.study_dir / f"trial_{trial.number}"))
+        if self.options.distinct_seeds:
+            seed = self.config.seed_everything + TRIAL_SEED_OFFSET + (
+                trial.number if number is None else number
+            )  # fmt: skip
+            self.seeds[trial.number] = seed
+            trial.set_user_attr("seed", seed)
         return {p.name: p.suggest(trial) for p in self.space}
+
+    def seed_of(self, trial: optuna.Trial) -> int:
+        """The seed ``trial`` trains with: its own, or the config's."""
+        return self.seeds.get(trial.number, self.config.seed_everything)
 
     def _loggers(self, trial: optuna.Trial) -> list[Any]:
         """The configured loggers (``trainer.logger``), writing to ``<study>/trial_<n>/``."""
@@ -314,6 +382,7 @@ class TrialRunner:
     def run(self, trial: optuna.Trial, params: dict[str, float]) -> TrialOutcome:
         """Train ``trial`` alone: the ``fit`` of its config with its values set."""
         cfg = with_values(self.config, params)
+        cfg.seed_everything = self.seed_of(trial)
         seed_everything(cfg.seed_everything, verbose=False)  # as `fit` does before building
         from optuna_integration import PyTorchLightningPruningCallback
 
@@ -352,7 +421,8 @@ def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> lis
     epochs = [runner.config.trainer.max_epochs for runner, _, _ in members]
     seed = members[epochs.index(max(epochs))][0].config.seed_everything
     seed_everything(seed, verbose=False)
-    runs = [Run(runner.config, p, seed, runner._loggers(trial)) for runner, trial, p in members]
+    runs = [Run(runner.config, p, runner.seed_of(trial), runner._loggers(trial))
+            for runner, trial, p in members]  # fmt: skip
     trials = [trial for _, trial, _ in members]
     pruning = PopulationPruning(trials, [runner.storage for runner, _, _ in members])
     trained = train_runs(runs, driver.data, population=True, callbacks=[pruning], driver=driver)

@@ -50,6 +50,7 @@ from lightning_opt.runs.build import (
 from lightning_opt.tuning import claims as studies
 from lightning_opt.tuning import storage as storages
 from lightning_opt.tuning.outputs import write_outputs
+from lightning_opt.tuning.sampling import check_points
 from lightning_opt.tuning.trials import (
     TuneOptions,
     as_a_trial,
@@ -91,6 +92,29 @@ class TuneCLI(OptimizerCLI):
             default=0,
             help="TPE sampler seed; trial n is sampled with seed + n.",
         )
+        group.add_argument(
+            "--sampler", type=Literal["tpe", "sobol", "points"], default="tpe",
+            help="tpe: Optuna's TPE (constant liar). sobol: AlgoPerf's quasi-random search, a "
+            "scrambled Sobol sequence per study of --study_size trials. points: --study_size "
+            "of the --points list per study, without replacement (docs/tuning.md).",
+        )  # fmt: skip
+        group.add_argument(
+            "--study_size", type=int | None, default=None,
+            help="With --sampler sobol or points: trials per study, each study drawing its own "
+            "points (AlgoPerf's external tuning: --n_trials 15 --study_size 5, 3 studies); "
+            "n_trials is a multiple of it. Default: n_trials (one study).",
+        )  # fmt: skip
+        group.add_argument(
+            "--points", type=list[dict[str, Any]] | None, default=None,
+            help="With --sampler points: the values to try, each {name: value} for every "
+            "searched name, inside the search space.",
+        )  # fmt: skip
+        group.add_argument(
+            "--trial_seeds", type=Literal["same", "distinct"], default="same",
+            help="same: every trial trains with seed_everything (best.yaml reproduces the best "
+            "trial). distinct: trial n with seed_everything + 1000000 + n, never a final "
+            "run's seed.",
+        )  # fmt: skip
         group.add_argument(
             "--pruner", type=Literal["median", "hyperband", "none"], default="median"
         )
@@ -195,6 +219,13 @@ def check_study(config: Any, options: TuneOptions, announce: bool = True) -> Tun
     Raises ``ValueError`` with one line.
     """
     space = resolve_search_space(config)
+    if (config.points is not None) != (options.sampler == "points"):
+        raise ValueError(
+            "--points and --sampler points go together: give both (the values to try) or neither"
+        )
+    if config.points is not None:
+        points = check_points(config.points, space, options.trials_per_study)
+        options = replace(options, points=tuple(points))
     check_trainer_settings(config.trainer)
     # A trial sets every value of the space: its settings are checked as a trial has them.
     ends = [{p.name: p.ends()[end] for p in space} for end in (0, 1)]

@@ -145,9 +145,16 @@ def run_together(
 def _claim(study: optuna.Study, runner: TrialRunner) -> tuple[optuna.Trial, int, dict] | None:
     """Claim one of ``study``'s waiting trials and sample its values now (the next claim
     reseeds the sampler): ``(trial, trial_id, values)``, or ``None``."""
-    options = runner.options
-    claimed = studies.claim_waiting_trial(study, runner.storage, options.n_trials, options.seed)
-    return None if claimed is None else (*claimed, runner.suggest(claimed[0]))
+    numbers: list[int] = []
+
+    def sampler(number: int) -> optuna.samplers.BaseSampler:
+        numbers.append(number)
+        return runner.sampler(number)
+
+    claimed = studies.claim_waiting_trial(
+        study, runner.storage, runner.options.n_trials, sampler=sampler
+    )
+    return None if claimed is None else (*claimed, runner.suggest(claimed[0], numbers[-1]))
 
 
 #: A claimed trial: its study, the study's storage, the trial and its id.
