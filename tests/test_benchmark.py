@@ -330,6 +330,14 @@ def _recorded_paths(bench: Path) -> list[str]:
         ({"trial_seeds": "same"}, "so no final run replays the trial it was chosen from"),
         ({"protocol": "compare", "trial_seeds": "same"}, "no final run replays the trial"),
         ({"study_size": 3}, "a positive divisor of --n_trials 4"),
+        (
+            {"workloads": [{"name": "mlp", "epochs": 1, "target": 2.0, "eval_every": 3}]},
+            "eval_every 3 does not divide its 7 steps an epoch",
+        ),
+        (
+            {"workloads": [{"name": "mlp", "epochs": 1, "target": 2.0, "eval_every": 0}]},
+            "eval_every is a positive number of optimizer steps",
+        ),
     ],
 )
 def test_a_bad_suite_is_one_line_before_anything_trains(
@@ -403,3 +411,30 @@ def test_candidates_benchmarked_into_one_folder_share_one_leaderboard(tiny_suite
     assert "choose another --benchmark, or pass --overwrite" in line and len(line) < 1000
     assert {p.name: p.read_text() for p in bench.glob("*.yaml")} == yamls
     assert not list(bench.glob(".*.yaml"))  # no planning file left behind
+
+
+@pytest.mark.slow
+def test_a_workload_validated_every_step_times_its_trials_at_step_resolution(tiny_suite, tmp_path):
+    """``eval_every: 1``: every trial reports one validation loss a step (Lightning's
+    ``val_check_interval``), keyed 0, 1, ...; a study's time is counted in single steps."""
+    suite = yaml.safe_load(tiny_suite.read_text())
+    suite.update(n_trials=2, study_size=1, population=2, seeds=1, workloads=[
+        {"name": "mlp", "epochs": 2, "target": 2.25, "eval_every": 1}])  # fmt: skip
+    tiny_suite.write_text(yaml.safe_dump(suite))
+    cli_main(["benchmark", f"--config={tiny_suite}", "--optimizer=adam",
+              "--search_space=[{name: lr, low: 1.0e-3, high: 1.0e-2, log: true}]"])  # fmt: skip
+    bench = tmp_path / "out" / "tiny"
+    board = json.loads((bench / "leaderboard.json").read_text())
+    workload = board["workloads"]["mlp"]
+    assert workload["eval_steps"] == 1 and workload["steps_per_epoch"] == 7
+    results = json.loads((bench / "mlp" / "results.json").read_text())
+    for sub, row in workload["submissions"].items():
+        trials = results["arms"][sub]["tuning"]["trials"]
+        assert [len(t["val_loss_curve"]) for t in trials] == [14, 14]  # 2 epochs x 7 steps
+        expected = [scoring.steps_to_target(t["val_loss_curve"], 2.25, 1) for t in trials]
+        assert row["steps_to_target"] == leaderboards.strict(expected)
+        # the final run validates as often: its curve has a point a step too
+        assert len(results["arms"][sub]["runs"][0]["val_loss_curve"]) == 14
+    assert any(s % 7 for r in workload["submissions"].values() for s in r["steps_to_target"]
+               if s is not None)  # a time between epoch ends  # fmt: skip
+    assert "validated every 1 steps" in (bench / "leaderboard.md").read_text()

@@ -54,7 +54,7 @@ from lightning_opt.tuning.storage import sqlite_url
 from lightning_opt.tuning.tune import parse
 
 #: Keys of a workload entry.
-WORKLOAD_KEYS = {"name", "model", "data", "epochs", "target"}
+WORKLOAD_KEYS = {"name", "model", "data", "epochs", "target", "eval_every"}
 #: The suite a command line without ``--config`` runs.
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "configs" / "benchmarks" / "mnist1d.yaml"
 
@@ -363,6 +363,12 @@ def _check_workload(entry: Any) -> dict[str, Any]:
         raise ValueError(
             f"workload {workload['name']!r}: target is a finite validation loss, got {target}"
         )
+    every = workload.get("eval_every")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(
+            f"workload {workload['name']!r}: eval_every is a positive number of optimizer "
+            f"steps, got {every}"
+        )
     return workload
 
 
@@ -393,6 +399,16 @@ def _experiment(
     data.setup()
     steps_per_epoch = math.ceil(len(data.splits["train"][0]) / data.hparams.batch_size)
     total = epochs * steps_per_epoch
+    every = workload.get("eval_every") or steps_per_epoch
+    if steps_per_epoch % every:
+        raise ValueError(
+            f"workload {workload['name']!r}: eval_every {every} does not divide its "
+            f"{steps_per_epoch} steps an epoch; choose a divisor (validation then falls on "
+            "every epoch's end too)"
+        )
+    if every < steps_per_epoch:  # Lightning validates every `every` training batches
+        experiment["trainer"]["val_check_interval"] = every
+    workload["eval_steps"] = every
     arms = []
     for submission in [*candidates, *baselines]:
         arm = copy.deepcopy(dict(submission))

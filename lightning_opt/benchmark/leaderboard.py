@@ -39,25 +39,23 @@ def leaderboard(
         results = json.loads((experiments[name] / "results.json").read_text())
         arms = results["arms"]
         rows = {}
+        every = workload.get("eval_steps") or workload["steps_per_epoch"]  # steps a validation
         for arm, summary in arms.items():
             if external:  # each study's fastest trial; the studies are the samples
                 steps = scoring.study_times(
-                    summary["tuning"]["trials"], studies(config), workload["target"],
-                    workload["steps_per_epoch"],
+                    summary["tuning"]["trials"], studies(config), workload["target"], every
                 )  # fmt: skip
                 seconds = [None] * len(steps)  # trials train in populations: no own time
             else:
                 steps = [
-                    scoring.steps_to_target(run["val_loss_curve"], workload["target"],
-                                            workload["steps_per_epoch"])
+                    scoring.steps_to_target(run["val_loss_curve"], workload["target"], every)
                     for run in summary["runs"]
                 ]  # fmt: skip
                 # Wall time only for a run trained alone: a population's time is its members'
                 # together, never one optimizer's own (None: not measured).
                 seconds = [
                     None if (run.get("population") or 1) > 1
-                    else run["seconds"] * s
-                    / (len(run["val_loss_curve"]) * workload["steps_per_epoch"])
+                    else run["seconds"] * s / (len(run["val_loss_curve"]) * every)
                     if math.isfinite(s) else math.inf
                     for run, s in zip(summary["runs"], steps, strict=True)
                 ]  # fmt: skip
@@ -92,7 +90,8 @@ def leaderboard(
         per_workload[name] = {
             "logs": _common_folder(log_dirs, experiments[name].parent),
             "target": workload["target"], "epochs": workload["epochs"],
-            "steps_per_epoch": workload["steps_per_epoch"], "submissions": rows,
+            "steps_per_epoch": workload["steps_per_epoch"], "eval_steps": every,
+            "submissions": rows,
             "experiment": str(experiments[name]), "model": workload.get("model"),
             "data": workload.get("data"), "ranks": _ranks(rows),
         }  # fmt: skip
@@ -405,8 +404,10 @@ def markdown(board: dict) -> str:
               "population ('shared') shares its time with the other members, so its time is not "
               "its optimizer's; steps are the clock."]  # fmt: skip
     for name, workload in workloads.items():
+        every = workload.get("eval_steps") or workload["steps_per_epoch"]
         lines += ["", f"## {name} (target val loss {workload['target']:g}, "
-                  f"{workload['epochs']} epochs x {workload['steps_per_epoch']} steps)", ""]  # fmt: skip
+                  f"{workload['epochs']} epochs x {workload['steps_per_epoch']} steps, "
+                  f"validated every {every} steps)", ""]  # fmt: skip
         logs = workload.get("logs") or name
         lines += [f"Report: {name}/comparison.html ({name}/results.md); every run's "
                   f"TensorBoard logs under {logs}/.", ""]  # fmt: skip

@@ -22,17 +22,18 @@ INF = math.inf
 BOOTSTRAP_REPLICATES = 2000
 
 
-def steps_to_target(curve: Sequence[float], target: float, steps_per_epoch: int) -> float:
+def steps_to_target(curve: Sequence[float], target: float, eval_steps: int) -> float:
     """Optimizer steps until the validation loss first reaches ``target`` (``curve``: one value
-    per epoch, after that epoch's steps); ``inf`` if it never does."""
-    for epoch, value in enumerate(curve):
+    per validation, each after ``eval_steps`` more steps: an epoch's, or a workload's
+    ``eval_every``); ``inf`` if it never does."""
+    for index, value in enumerate(curve):
         if value <= target:
-            return float((epoch + 1) * steps_per_epoch)
+            return float((index + 1) * eval_steps)
     return INF
 
 
 def study_times(
-    trials: Sequence[Mapping], studies: int, target: float, steps_per_epoch: int
+    trials: Sequence[Mapping], studies: int, target: float, eval_steps: int
 ) -> list[float]:
     """AlgoPerf's external tuning: each study's time, the fastest of its trials to reach the
     target (``trials``: records with ``study`` and ``val_loss_curve``; ``inf``: none of its
@@ -41,7 +42,7 @@ def study_times(
     for trial in trials:
         study = trial["study"]
         if 0 <= study < studies:
-            steps = steps_to_target(trial["val_loss_curve"], target, steps_per_epoch)
+            steps = steps_to_target(trial["val_loss_curve"], target, eval_steps)
             times[study] = min(times[study], steps)
     return times
 

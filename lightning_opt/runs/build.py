@@ -469,7 +469,7 @@ def chunk_where_invisible(cfg: Any, data: Any) -> bool:
         trainer.get("max_steps") not in (None, -1)
         or trainer.get("min_steps") is not None
         or trainer.get("limit_train_batches") not in (None, 1, 1.0)
-        or trainer.get("val_check_interval") not in (None, 1, 1.0)
+        or _validates_within_epochs(trainer.get("val_check_interval"))
         or bool(trainer.get("fast_dev_run"))
         or trainer.get("max_time") is not None
     )
@@ -480,6 +480,14 @@ def chunk_where_invisible(cfg: Any, data: Any) -> bool:
     )
     data.chunk_invisibly = invisible  # the recorded hyperparameters stay as configured
     return invisible
+
+
+def _validates_within_epochs(interval: Any) -> bool:
+    """Whether Lightning's ``val_check_interval`` counts batches: an int (every N batches, 1
+    included) or a fraction of an epoch; ``None`` and ``1.0`` validate at each epoch's end."""
+    if interval is None or isinstance(interval, bool):
+        return False
+    return isinstance(interval, int) or interval != 1.0
 
 
 def check_writable(directory: Any) -> None:

@@ -16,6 +16,7 @@ import optuna
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
 from typing_extensions import override
 
 from lightning_opt.config.parsing import optimizer_dict, run_name
@@ -384,9 +385,7 @@ class TrialRunner:
         cfg = with_values(self.config, params)
         cfg.seed_everything = self.seed_of(trial)
         seed_everything(cfg.seed_everything, verbose=False)  # as `fit` does before building
-        from optuna_integration import PyTorchLightningPruningCallback
-
-        pruning = PyTorchLightningPruningCallback(trial, monitor="val/loss")
+        pruning = TrialPruning(trial, monitor="val/loss")
         run = Run(cfg, params, cfg.seed_everything, self._loggers(trial))
         trained = train_runs(
             [run], self.data, population=False, callbacks=[pruning],
@@ -445,6 +444,28 @@ def run_trial_population(driver: TrialRunner, members: list[TrialMember]) -> lis
     return outcomes
 
 
+class TrialPruning(PyTorchLightningPruningCallback):
+    """Optuna's Lightning pruning callback, each report keyed by the validation's number (0, 1,
+    ...) instead of the epoch: the same keys when a run validates once an epoch, and one report
+    per validation when ``trainer.val_check_interval`` validates within epochs (Optuna keeps
+    only the first report of a key, so an epoch key would drop the rest)."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        super().__init__(trial, monitor)
+        self.validations = 0
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or self.is_ddp_backend or score is None:
+            super().on_validation_end(trainer, pl_module)  # Optuna's own handling
+            return
+        step, self.validations = self.validations, self.validations + 1
+        self._trial.report(float(score), step=step)
+        if self._trial.should_prune():
+            raise optuna.TrialPruned(f"Trial was pruned at epoch {pl_module.current_epoch}.")
+
+
 class PopulationPruning(Callback):
     """Optuna pruning for a population: each epoch, report every live member's val/loss to its
     trial (as ``PyTorchLightningPruningCallback`` does for one) and drop the members to prune."""
@@ -453,6 +474,8 @@ class PopulationPruning(Callback):
         self.trials = trials
         #: Each trial's storage (``None``: read it from its study's trials).
         self.storages = storages or [None] * len(trials)
+        #: Validations so far: each report's key (as ``TrialPruning``'s).
+        self.validations = 0
 
     @staticmethod
     def _may_prune(study: optuna.Study, storage: Any) -> bool:
@@ -476,13 +499,14 @@ class PopulationPruning(Callback):
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
+        step, self.validations = self.validations, self.validations + 1
         drop = {}
         may_prune: dict[int, bool] = {}  # by study (the trials of several studies may train)
         for member, loss in zip(pl_module.member_ids, pl_module.val_loss.tolist(), strict=True):
             if not math.isfinite(loss):
                 continue  # the model drops a member whose loss is not finite, with its reason
             trial = self.trials[member]
-            trial.report(loss, step=epoch)
+            trial.report(loss, step=step)
             study = trial.study
             if id(study) not in may_prune:
                 may_prune[id(study)] = self._may_prune(study, self.storages[member])
