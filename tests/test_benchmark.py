@@ -438,3 +438,38 @@ def test_a_workload_validated_every_step_times_its_trials_at_step_resolution(tin
     assert any(s % 7 for r in workload["submissions"].values() for s in r["steps_to_target"]
                if s is not None)  # a time between epoch ends  # fmt: skip
     assert "validated every 1 steps" in (bench / "leaderboard.md").read_text()
+
+
+@pytest.mark.slow
+def test_targets_are_set_by_a_command_and_the_suite_runs_on_them(tiny_suite, tmp_path, capsys):
+    """``--set_targets``: the setters tuned with a larger budget, the best configuration re-run
+    over seeds, the median of each run's best validation loss; the budget the setting budget
+    times budget_factor; written with provenance, stacked after the suite, and set again
+    without retraining (the same file)."""
+    suite = yaml.safe_load(tiny_suite.read_text())
+    suite.update(n_trials=2, study_size=1, population=2, seeds=1,
+                 target_setting={"n_trials": 3, "seeds": 3, "budget_factor": 1.5},
+                 workloads=[suite["workloads"][0]])  # fmt: skip
+    tiny_suite.write_text(yaml.safe_dump(suite))
+    cli_main(["benchmark", f"--config={tiny_suite}", "--set_targets"])
+    path = tmp_path / "out" / "tiny" / "targets" / "targets.yaml"
+    (workload,) = yaml.safe_load(path.read_text())["workloads"]
+    record = workload["target_setting"]
+    results = json.loads((path.parent / "mlp" / "results.json").read_text())
+    best = [min(r["val_loss_curve"]) for r in results["arms"]["nadamw_cosine"]["runs"]]
+    assert len(best) == 3 and record["setter"] == "nadamw_cosine"
+    assert workload["target"] == pytest.approx(sorted(best)[1], abs=1e-4)  # the median, >= it
+    assert workload["target"] >= sorted(best)[1]
+    assert record["epochs"] == 2 and workload["epochs"] == 3  # ceil(2 x 1.5)
+    assert len(results["arms"]["nadamw_cosine"]["tuning"]["trials"]) == 3  # the larger budget
+    text = path.read_text()
+    capsys.readouterr()
+    stacked = [f"--config={tiny_suite}", f"--config={path}"]
+    cli_main(["benchmark", *stacked, "--set_targets"])  # the same setting budget: reused
+    assert not re.search(r"^(\S+ )?trial +\d+ ", capsys.readouterr().out, re.M)
+    assert path.read_text() == text
+    cli_main(["benchmark", *stacked, "--optimizer=adam",
+              "--search_space=[{name: lr, low: 1.0e-3, high: 1.0e-2, log: true}]"])  # fmt: skip
+    board = json.loads((tmp_path / "out" / "tiny" / "leaderboard.json").read_text())
+    assert board["workloads"]["mlp"]["target"] == workload["target"]
+    assert board["workloads"]["mlp"]["epochs"] == 3

@@ -29,6 +29,7 @@ import copy
 import json
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +55,7 @@ from lightning_opt.tuning.storage import sqlite_url
 from lightning_opt.tuning.tune import parse
 
 #: Keys of a workload entry.
-WORKLOAD_KEYS = {"name", "model", "data", "epochs", "target", "eval_every"}
+WORKLOAD_KEYS = {"name", "model", "data", "epochs", "target", "eval_every", "target_setting"}
 #: The suite a command line without ``--config`` runs.
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "configs" / "benchmarks" / "mnist1d.yaml"
 
@@ -89,6 +90,16 @@ class BenchmarkCLI(CompareCLI):
             help="Each a compare arm: {name, optimizer, lr_scheduler, model, callbacks, "
             "search_space}; a scheduler taking total_steps gets each workload's.",
         )  # fmt: skip
+        group.add_argument(
+            "--set_targets", type=bool, nargs="?", const=True, default=False,
+            help="Set each workload's target and budget by AlgoPerf's target-setting procedure "
+            "(target_setting), write <output_dir>/<benchmark>/targets/targets.yaml, and stop.",
+        )  # fmt: skip
+        group.add_argument(
+            "--target_setting", type=dict[str, Any], default={},
+            help="{setters: [baseline names] (default: every baseline), n_trials: 30, seeds: 5, "
+            "budget_factor: 1.5}: see docs/benchmark.md.",
+        )  # fmt: skip
         group.add_argument("--candidate", type=str, default=None,
                            help="The candidate's name (default: the optimizer's short name).")  # fmt: skip
         group.add_argument(
@@ -108,6 +119,8 @@ def run_benchmark(args: list[str]) -> Path:
         args = ["--config", str(DEFAULT_SUITE), *args]  # the default suite
     cli = parse(args, BenchmarkCLI)
     config = cli.config
+    if config.set_targets:
+        return _set_targets(cli.parser, config, args)
     try:
         bench_dir, candidates, workloads = _plan(cli.parser, config, _names_candidate(args))
     except (ValueError, TypeError) as err:
@@ -123,6 +136,26 @@ def run_benchmark(args: list[str]) -> Path:
     return bench_dir
 
 
+def _set_targets(parser: LightningArgumentParser, config: Any, args: list[str]) -> Path:
+    """``benchmark --set_targets``: the target-setting experiments (``targets``); the path of
+    the targets.yaml written."""
+    from lightning_opt.benchmark import targets
+
+    try:
+        if _names_candidate(args) or config.candidates:
+            raise ValueError(
+                "--set_targets runs the suite's target-setting baselines only: leave out the "
+                "candidate (--optimizer, --candidates)"
+            )
+        suite = _suite(parser, config)
+        check_writable(suite.bench_dir)
+        checked = _checked_workloads(suite.workloads, suite.cap)
+        targets.settings(config.target_setting, suite.baselines)  # before anything trains
+        return targets.set_targets(parser, config, suite, checked, _plan_workloads)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+
+
 def _names_candidate(args: list[str]) -> bool:
     """Whether the command line sets the candidate itself (its optimizer, schedule or name)."""
     flags = ("--optimizer", "--lr_scheduler", "--candidate")
@@ -135,6 +168,51 @@ def _plan(
 ) -> tuple[Path, list[str], list[tuple[dict, Path, Experiment]]]:
     """Every workload's compare config, written under the benchmark's directory and checked
     (compare's ``plan_arms``) before anything trains; the candidates' names."""
+    suite = _suite(parser, config)
+    name, base, workloads, baselines = suite.name, suite.base, suite.workloads, suite.baselines
+    named = suite.named
+    command_line = _candidate_arm(base, config)
+    changed = _changed(config, suite.defaults, "optimizer", "lr_scheduler")
+    if named and (names_candidate or config.candidate or changed):
+        raise ValueError(
+            "give the candidates either as --candidates (arms) or as the command line's "
+            "optimizer (--optimizer, --lr_scheduler, --candidate), not both"
+        )
+    candidates = [dict(c) for c in named] or [command_line]
+    bench_dir = suite.bench_dir
+    check_writable(bench_dir)
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    candidates, added = _board_candidates(bench_dir, base, workloads, baselines, candidates,
+                                          bool(config.overwrite), config.protocol)  # fmt: skip
+    if added:  # every workload's experiment gains arms: its record and report start afresh
+        base["overwrite"] = True
+    checked = _checked_workloads(workloads, suite.cap)
+    planned = _plan_workloads(name, base, checked, [*candidates, *baselines], bench_dir)
+    write_text(bench_dir / BOARD_RECORD, json.dumps(
+        {"suite": _suite_record(base, workloads, baselines, config.protocol),
+         "candidates": candidates}, indent=1,
+        default=str,
+    ))  # fmt: skip
+    return bench_dir, [c["name"] for c in candidates], planned
+
+
+@dataclass
+class _Suite:
+    """A suite's settings as every workload's compare config starts from (``base``)."""
+
+    name: str
+    base: dict[str, Any]
+    workloads: list[dict[str, Any]]
+    baselines: list[dict[str, Any]]
+    named: list[dict[str, Any]]
+    defaults: Any
+    cap: int | None
+    bench_dir: Path
+
+
+def _suite(parser: LightningArgumentParser, config: Any) -> _Suite:
+    """The suite checked (one line each) and its common compare settings: one storage and one
+    shared-arms folder for every benchmark under the output directory."""
     name = check_name("benchmark", config.benchmark, "--benchmark")
     if not config.workloads:
         raise ValueError(
@@ -169,16 +247,8 @@ def _plan(
     baselines, workloads = base.get("baselines") or [], base.get("workloads") or []
     named = base.get("candidates") or []
     for key in ("benchmark", "workloads", "baselines", "candidate", "candidates", "config", "arms",
-                "experiment", "protocol"):  # fmt: skip
+                "experiment", "protocol", "set_targets", "target_setting"):  # fmt: skip
         base.pop(key, None)
-    command_line = _candidate_arm(base, config)
-    changed = _changed(config, defaults, "optimizer", "lr_scheduler")
-    if named and (names_candidate or config.candidate or changed):
-        raise ValueError(
-            "give the candidates either as --candidates (arms) or as the command line's "
-            "optimizer (--optimizer, --lr_scheduler, --candidate), not both"
-        )
-    candidates = [dict(c) for c in named] or [command_line]
     # One storage for every benchmark under output_dir, arms named by their settings: a
     # baseline (or candidate) identical in another benchmark is trained once.
     # Their logs and checkpoints too: in one folder per arm study, which a benchmark's
@@ -194,14 +264,12 @@ def _plan(
             "(--shared_arms_dir) overlap, so --overwrite of this benchmark would delete runs "
             "other benchmarks' results point at; choose another --benchmark or --shared_arms_dir"
         )
-    check_writable(bench_dir)
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    candidates, added = _board_candidates(bench_dir, base, workloads, baselines, candidates,
-                                          bool(config.overwrite), config.protocol)  # fmt: skip
-    if added:  # every workload's experiment gains arms: its record and report start afresh
-        base["overwrite"] = True
-    planned = []
-    seen = set()
+    return _Suite(name, base, workloads, baselines, named, defaults, cap, bench_dir)
+
+
+def _checked_workloads(workloads: list[Any], cap: int | None) -> list[dict[str, Any]]:
+    """Each workload checked (``_check_workload``), names unique, budgets capped at ``cap``."""
+    checked, seen = [], set()
     for entry in workloads:
         workload = _check_workload(entry)
         if cap is not None:
@@ -209,13 +277,24 @@ def _plan(
         if workload["name"] in seen:
             raise ValueError(f"workload names must be unique; repeated: {workload['name']}")
         seen.add(workload["name"])
-        experiment, steps = _experiment(base, workload, candidates, baselines, bench_dir)
-        path = bench_dir / f"{workload['name']}.yaml"
+        checked.append(workload)
+    return checked
+
+
+def _plan_workloads(
+    name: str, base: dict[str, Any], workloads: list[dict[str, Any]], arms: list[dict[str, Any]],
+    folder: Path,
+) -> list[tuple[dict, Path, Experiment]]:  # fmt: skip
+    """Each workload's compare experiment of ``arms``, planned and checked against its recorded
+    results before any trains; the YAMLs written (``<folder>/<workload>.yaml``) only once every
+    workload is planned."""
+    planned = []
+    for workload in workloads:
+        experiment, steps = _experiment(base, workload, arms, folder)
+        path = folder / f"{workload['name']}.yaml"
         text = yaml.safe_dump(experiment, sort_keys=False)
-        # Planned from a file of its own beside the real one (relative paths resolve alike):
-        # the workload's YAML is written only once every workload is planned and none of
-        # their recorded results refuses these settings.
-        with tempfile.NamedTemporaryFile("w", dir=bench_dir, prefix=".", suffix=".yaml") as tmp:
+        # Planned from a file of its own beside the real one (relative paths resolve alike).
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".", suffix=".yaml") as tmp:
             tmp.write(text)
             tmp.flush()
             try:
@@ -233,13 +312,7 @@ def _plan(
         planned.append((workload, path, experiment_plan, text))
     for _, path, _, text in planned:
         write_text(path, text)
-    planned = [(workload, path, plan) for workload, path, plan, _ in planned]
-    write_text(bench_dir / BOARD_RECORD, json.dumps(
-        {"suite": _suite_record(base, workloads, baselines, config.protocol),
-         "candidates": candidates}, indent=1,
-        default=str,
-    ))  # fmt: skip
-    return bench_dir, [c["name"] for c in candidates], planned
+    return [(workload, path, plan) for workload, path, plan, _ in planned]
 
 
 #: A benchmark folder's record: its suite's settings and every candidate benchmarked into it.
@@ -385,11 +458,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _experiment(
-    base: dict[str, Any], workload: dict[str, Any], candidates: list[dict[str, Any]],
-    baselines: list[dict[str, Any]], bench_dir: Path,
+    base: dict[str, Any], workload: dict[str, Any], submissions: list[dict[str, Any]],
+    bench_dir: Path,
 ) -> tuple[dict[str, Any], int]:  # fmt: skip
     """The compare config of one workload (the suite's settings, the workload's net, data and
-    budget, the candidates and every baseline as arms) and its optimizer steps per epoch."""
+    budget, each submission an arm) and its optimizer steps per epoch."""
     experiment = _merge(base, {"model": workload.get("model"), "data": workload.get("data")})
     epochs = workload["epochs"]
     experiment["trainer"] = {**(experiment.get("trainer") or {}), "max_epochs": epochs}
@@ -410,7 +483,7 @@ def _experiment(
         experiment["trainer"]["val_check_interval"] = every
     workload["eval_steps"] = every
     arms = []
-    for submission in [*candidates, *baselines]:
+    for submission in submissions:
         arm = copy.deepcopy(dict(submission))
         scheduler = arm.get("lr_scheduler")
         if isinstance(scheduler, dict) and _takes_total_steps(scheduler):
