@@ -344,6 +344,10 @@ def _unit(board: dict) -> str:
     return "study" if board["settings"].get("protocol") == EXTERNAL else "seed"
 
 
+def _plural(board: dict) -> str:
+    return "studies" if _unit(board) == "study" else "seeds"
+
+
 def _steps(value: float) -> str:
     return f"{value:.0f}" if math.isfinite(value) else "not reached"
 
@@ -382,7 +386,7 @@ def markdown(board: dict) -> str:
             low, high = entry.get("interval") or (None, None)
             interval = "-" if low is None else f"[{low:.3f}, {high:.3f}]"
             lines.append(f"| {sub} | {entry['score']:.3f} | {interval} | {row} |")
-        samples = _unit(board) + "s"
+        samples = _plural(board)
         lines += ["", f"The interval resamples each workload's {samples} (behind each median "
                   f"time to target) {scoring.BOOTSTRAP_REPLICATES:,} times and scores every "
                   "submission together.", ""]  # fmt: skip
@@ -412,7 +416,7 @@ def markdown(board: dict) -> str:
         lines += [f"Report: {name}/comparison.html ({name}/results.md); every run's "
                   f"TensorBoard logs under {logs}/.", ""]  # fmt: skip
         lines += ["| submission | tuned (finals) | test loss | median steps to target | median s "
-                  f"to target | {_unit(board)}s reaching it |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  f"to target | {_plural(board)} reaching it |", "|---|---|---|---|---|---|"]  # fmt: skip
         ranked = sorted(workload["submissions"].items(), key=lambda kv: kv[1]["median_steps"])
         for sub, row in ranked:
             tuned = values_text(row["tuned"], sep=" ")

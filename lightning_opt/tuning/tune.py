@@ -96,7 +96,7 @@ class TuneCLI(OptimizerCLI):
             "--sampler", type=Literal["tpe", "sobol", "points"], default="tpe",
             help="tpe: Optuna's TPE (constant liar). sobol: AlgoPerf's quasi-random search, a "
             "scrambled Sobol sequence per study of --study_size trials. points: --study_size "
-            "of the --points list per study, without replacement (docs/tuning.md).",
+            "of the --points list per study, without replacement (README: Tuning).",
         )  # fmt: skip
         group.add_argument(
             "--study_size", type=int | None, default=None,
