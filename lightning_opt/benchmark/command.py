@@ -37,6 +37,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.benchmark import leaderboard as leaderboards
+from lightning_opt.benchmark import targets
 from lightning_opt.config.fingerprints import changed, run_fingerprint
 from lightning_opt.config.parsing import UsageError, run_name
 from lightning_opt.core.atomic import write_text
@@ -139,8 +140,6 @@ def run_benchmark(args: list[str]) -> Path:
 def _set_targets(parser: LightningArgumentParser, config: Any, args: list[str]) -> Path:
     """``benchmark --set_targets``: the target-setting experiments (``targets``); the path of
     the targets.yaml written."""
-    from lightning_opt.benchmark import targets
-
     try:
         if _names_candidate(args) or config.candidates:
             raise ValueError(
