@@ -37,7 +37,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.benchmark import leaderboard as leaderboards
-from lightning_opt.benchmark import targets
+from lightning_opt.benchmark import targets, timing
 from lightning_opt.config.fingerprints import changed, run_fingerprint
 from lightning_opt.config.parsing import UsageError, run_name
 from lightning_opt.core.atomic import write_text
@@ -126,11 +126,15 @@ def run_benchmark(args: list[str]) -> Path:
         bench_dir, candidates, workloads = _plan(cli.parser, config, _names_candidate(args))
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
-    experiments = {}
+    experiments, per_step = {}, {}
     for number, (workload, path, planned) in enumerate(workloads, 1):
         print(f"=== workload {workload['name']} ({path}; {number} of {len(workloads)})", flush=True)
         experiments[workload["name"]] = run_experiment(planned)
-    board = leaderboards.leaderboard(config, candidates, [w for w, _, _ in workloads], experiments)
+        results = json.loads((experiments[workload["name"]] / "results.json").read_text())
+        per_step[workload["name"]] = timing.time_submissions(workload, planned.plans, results)
+    board = leaderboards.leaderboard(
+        config, candidates, [w for w, _, _ in workloads], experiments, per_step
+    )
     leaderboards.write_leaderboard(bench_dir, board)
     print(leaderboards.markdown(board))
     print(f"leaderboard: {bench_dir / 'leaderboard.md'}, {bench_dir / 'leaderboard.html'}")

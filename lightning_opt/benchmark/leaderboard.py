@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lightning_opt.benchmark import scoring
+from lightning_opt.benchmark import scoring, timing
 from lightning_opt.core.atomic import write_text
 from lightning_opt.core.search_space import values_text
 from lightning_opt.reports import stats
@@ -29,9 +29,11 @@ COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#1
 
 
 def leaderboard(
-    config: Any, candidates: list[str], workloads: list[dict], experiments: dict[str, Path]
-) -> dict:
-    """Every number of the benchmark (``leaderboard.json``)."""
+    config: Any, candidates: list[str], workloads: list[dict], experiments: dict[str, Path],
+    per_step: dict[str, dict[str, float]] | None = None,
+) -> dict:  # fmt: skip
+    """Every number of the benchmark (``leaderboard.json``); ``per_step``: each workload's
+    submissions' own seconds per step, measured alone (``timing``)."""
     per_workload, times, tests = {}, {}, []
     external = config.protocol == EXTERNAL
     for workload in workloads:
@@ -41,6 +43,7 @@ def leaderboard(
         rows = {}
         every = workload.get("eval_steps") or workload["steps_per_epoch"]  # steps a validation
         for arm, summary in arms.items():
+            own = (per_step or {}).get(name, {}).get(arm)  # seconds a step, alone
             if external:  # each study's fastest trial; the studies are the samples
                 steps = scoring.study_times(
                     summary["tuning"]["trials"], studies(config), workload["target"], every
@@ -59,7 +62,10 @@ def leaderboard(
                     if math.isfinite(s) else math.inf
                     for run, s in zip(summary["runs"], steps, strict=True)
                 ]  # fmt: skip
+            if own is not None:  # its steps at its own pace
+                seconds = [s * own if math.isfinite(s) else math.inf for s in steps]
             rows[arm] = {
+                "seconds_per_step": own,
                 "tuned": summary["tuned"],
                 "test_loss": summary["metrics"]["test_loss"],
                 "test_acc": summary["metrics"]["test_acc"],
@@ -404,9 +410,11 @@ def markdown(board: dict) -> str:
     lines += ["", f"Wall times measured on {machine.get('platform')} ({machine.get('processor')}, "
               f"{machine.get('cpus')} CPUs, torch {machine.get('torch')}, "
               f"{machine.get('threads')} threads); steps to target do not depend on it. "
-              "Seconds to target are given for runs trained alone only: a run trained in a "
-              "population ('shared') shares its time with the other members, so its time is not "
-              "its optimizer's; steps are the clock."]  # fmt: skip
+              "Steps are the clock. Seconds to target are each time in steps times the "
+              "submission's own seconds per step, measured alone (its final configuration, "
+              f"{timing.EPOCHS} epochs of training only, the fastest after the first): its "
+              "runs trained in populations, whose time ('shared', where no timing was made) is "
+              "every member's together, never its optimizer's."]  # fmt: skip
     for name, workload in workloads.items():
         every = workload.get("eval_steps") or workload["steps_per_epoch"]
         lines += ["", f"## {name} (target val loss {workload['target']:g}, "
