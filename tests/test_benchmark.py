@@ -228,6 +228,11 @@ def test_a_tiny_suite_scores_and_resumes_without_retraining(tiny_suite, tmp_path
         )
         assert test["detectable_at_holm"] == pytest.approx(expected)
     assert board["verdict"].startswith("Test loss, 2 candidate-baseline tests")
+    for test in board["tests"]:  # each workload's report quotes the benchmark's Holm family
+        report = (bench / test["workload"] / "results.md").read_text()
+        quoted = "one Holm family of 2 tests; on this workload: adam vs nadamw_cosine: p = "
+        assert quoted in report and f"Holm-adjusted {test['p_holm']:.3g}" in report
+        assert "quasi-random (Sobol) in studies of 2, seed 0" in report  # not "TPE"
     text = (bench / "leaderboard.md").read_text()
     assert "Protocol: AlgoPerf's external-tuning ruleset" in text and "2 studies of 2" in text
     assert "| submission | score |" in text and "## shuffled" in text

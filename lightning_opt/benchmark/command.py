@@ -51,6 +51,7 @@ from lightning_opt.experiments.compare import (
 )
 from lightning_opt.experiments.plans import default_shared_arms_dir, refused_record
 from lightning_opt.optim.schedulers import resolve_scheduler, scheduler_arguments
+from lightning_opt.reports import page as report_page
 from lightning_opt.runs.build import check_writable, quiet_lightning
 from lightning_opt.tuning.storage import sqlite_url
 from lightning_opt.tuning.tune import parse
@@ -136,6 +137,15 @@ def run_benchmark(args: list[str]) -> Path:
         config, candidates, [w for w, _, _ in workloads], experiments, per_step
     )
     leaderboards.write_leaderboard(bench_dir, board)
+    for name, exp_dir in experiments.items():  # each workload's report quotes the board's family
+        results = json.loads((exp_dir / "results.json").read_text())
+        results["benchmark"] = {
+            "name": board["benchmark"], "family": len(board["tests"]),
+            "tests": [{k: t[k] for k in ("candidate", "baseline", "p_value", "p_holm",
+                                         "significant")}
+                      for t in leaderboards.strict(board["tests"]) if t["workload"] == name],
+        }  # fmt: skip
+        report_page.write_all(exp_dir, results)
     print(leaderboards.markdown(board))
     print(f"leaderboard: {bench_dir / 'leaderboard.md'}, {bench_dir / 'leaderboard.html'}")
     return bench_dir

@@ -24,6 +24,7 @@ from lightning_opt.reports.summary import INTERNALS, RETUNED
 from lightning_opt.reports.table import RUNS_CSV, csv_text, run_rows
 from lightning_opt.reports.text import (
     DIFFERENCE_HEAD,
+    benchmark_family,
     ci_text,
     differences_table,
     inert,
@@ -356,6 +357,7 @@ def page(results: dict[str, Any], figures: list[tuple[str, str, Any]]) -> str:
         f"{s.get('final_epochs')} epochs; tuned with {s.get('tuning_trials')} trials x "
         f"{s.get('tuning_epochs')} epochs</p>",
         "<h2>Verdict</h2>",
+        *(f'<p class="note">{esc(f)}</p>' for f in [benchmark_family(results)] if f),
         *(_verdict_html(c) for c in results["comparisons"]),
         *(f'<div class="warning">{esc(w)}.</div>' for w in results["warnings"]),
         "<h2>Results</h2>",

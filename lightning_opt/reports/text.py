@@ -80,8 +80,8 @@ def settings_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     seeds = s.get("seeds", [])
     rows = [
         ("tuning", f"{s.get('tuning_trials')} trials x {s.get('tuning_epochs')} epochs per arm, "
-                   f"objective {s.get('objective')}, {s.get('pruner')} pruner, TPE seed "
-                   f"{s.get('sampler_seed')}, population {s.get('tuning_population')}"),
+                   f"objective {s.get('objective')}, {s.get('pruner')} pruner, "
+                   f"{sampler_text(s)}, population {s.get('tuning_population')}"),
         ("final runs", f"{s.get('final_epochs')} epochs x {len(seeds)} seeds "
                        f"({', '.join(map(str, seeds))}), as one population: "
                        f"{s.get('population_finals')}"),
@@ -132,6 +132,44 @@ def inert(markdown_text: str) -> str:
     return markdown_text.replace("<", "&lt;").replace(">", "&gt;")
 
 
+def sampler_text(s: dict[str, Any]) -> str:
+    """How the tuning trials drew their values, and their seeds (``settings`` of a report)."""
+    sampler, seed = s.get("sampler", "tpe"), s.get("sampler_seed")
+    if sampler == "tpe":
+        drawn = f"TPE seed {seed}"
+    else:
+        what = "quasi-random (Sobol)" if sampler == "sobol" else "fixed points"
+        drawn = f"{what} in studies of {s.get('study_size')}, seed {seed}"
+    if s.get("trial_seeds") == "distinct":
+        drawn += ", each trial its own training seed"
+    return drawn
+
+
+def benchmark_family(results: dict[str, Any]) -> str | None:
+    """For a workload of a benchmark: its candidate-baseline tests as the benchmark's one Holm
+    family adjusts them (the leaderboard's numbers, quoted the same here), and what this report's
+    own adjustment is over; ``None`` for an experiment of its own."""
+    bench = results.get("benchmark")
+    if not bench:
+        return None
+    tests = "; ".join(
+        f"{t['candidate']} vs {t['baseline']}: p = {_p(t['p_value'])}, Holm-adjusted "
+        f"{_p(t['p_holm'])}{' (significant)' if t['significant'] else ''}"
+        for t in bench["tests"]
+    )
+    return (
+        f"Part of benchmark {bench['name']!r}, whose verdict tests each candidate against each "
+        f"baseline on every workload as one Holm family of {bench['family']} tests; on this "
+        f"workload: {tests or 'none'}. The Holm-adjusted p-values of this report correct over "
+        "its own comparisons only, another family: the benchmark's verdict uses the "
+        "leaderboard's."
+    )
+
+
+def _p(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     n = len(s["seeds"])
@@ -139,7 +177,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"# {results['experiment']}",
         "",
         f"Each arm was tuned on the validation split ({s['tuning_trials']} trials x "
-        f"{s['tuning_epochs']} epochs, TPE seed {s['sampler_seed']}, {s['pruner']} pruner), then "
+        f"{s['tuning_epochs']} epochs, {sampler_text(s)}, {s['pruner']} pruner), then "
         f"retrained with its best hyperparameters for {s['final_epochs']} epochs over {n} seeds "
         f"({', '.join(map(str, s['seeds']))}); the test set was evaluated after the last epoch "
         "and, where recorded, with the weights of the best-validation epoch, never to choose.",
@@ -150,6 +188,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Verdict",
         "",
+        *([family, ""] if (family := benchmark_family(results)) else []),
     ]
     marks = {True: "holds", False: "does not hold", None: "not checked"}
     for comparison in results["comparisons"]:
