@@ -452,3 +452,33 @@ def test_a_forked_worker_opens_its_own_storage(tmp_path):
             child.join(60)
             assert child.exitcode == 0
     assert len({parent._worker_id_prefix, *prefixes}) == 3
+
+
+def test_a_storage_failure_names_a_cause_that_says_something():
+    """Issue 31, 10c: an outage ended every process with the cause "()": a driver error whose
+    text has no words gives way to a cause that has some, else to its type."""
+    import sqlalchemy.exc
+
+    from lightning_opt.tuning.storage import storage_failure
+
+    url = "postgresql+psycopg://u@db/x"
+
+    def chain(inner: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException as err:
+                raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(())) from err
+        except sqlalchemy.exc.OperationalError as err:
+            wrapped = optuna.exceptions.StorageInternalError(
+                "An exception is raised during the commit."
+            )
+            wrapped.__cause__ = err
+            return wrapped
+
+    refused = storage_failure(chain(ConnectionRefusedError("connection refused")), url)
+    assert refused.endswith("failed while the study ran: connection refused; check it and run "
+                            "the same command again to resume")  # fmt: skip
+    assert "()" not in refused
+    silent = storage_failure(chain(ConnectionResetError()), url)
+    assert "()" not in silent and "(no message)" in silent

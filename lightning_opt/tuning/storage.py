@@ -118,8 +118,11 @@ def _reason(err: BaseException) -> str:
     """The first line of the driver's own message (SQLAlchemy wraps it as ``orig``)."""
     while getattr(err, "orig", None) is None and err.__cause__ is not None:
         err = err.__cause__  # Optuna's StorageInternalError wraps SQLAlchemy's error
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    source = getattr(err, "orig", None) or err
+    text = str(source).strip()
+    if not re.search(r"\w", text):  # "" or "()": a driver error without words names its type
+        return f"{type(source).__name__} (no message)"
+    return text.splitlines()[0]
 
 
 def storage_failure(err: BaseException, url: str | None) -> str | None:
@@ -130,7 +133,9 @@ def storage_failure(err: BaseException, url: str | None) -> str | None:
     if not any(isinstance(e, storage_errors) for e in chain):
         return None
     shown = redact(url) if url else "the study storage"
-    reason = _scrub(_reason(chain[-1] if len(chain) > 1 else err), url)
+    # The deepest cause that says something (a wrapper's "()" says nothing: issue 31, 10c).
+    reasons = [_reason(e) for e in reversed(chain)]
+    reason = _scrub(next((r for r in reasons if not r.endswith("(no message)")), reasons[0]), url)
     if _DAMAGED.search(reason) and url and url.startswith("sqlite"):
         way_out = "move it away or choose another --storage"
     else:
