@@ -23,3 +23,6 @@ def test_a_long_population_fit_says_how_far_it_is(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[1].startswith("  population of 40: epoch 2 of 4, ")
     assert lines[-1].endswith("~0 s left")
+    population = SimpleNamespace(member_ids=[0, 3, 7])  # the members still training
+    chatty.on_train_epoch_end(trainer, population)
+    assert ": epoch 4 of 4, 3 members training, " in capsys.readouterr().out

@@ -29,6 +29,7 @@ import copy
 import json
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -128,8 +129,15 @@ def run_benchmark(args: list[str]) -> Path:
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     experiments, per_step = {}, {}
+    start = time.perf_counter()
     for number, (workload, path, planned) in enumerate(workloads, 1):
-        print(f"=== workload {workload['name']} ({path}; {number} of {len(workloads)})", flush=True)
+        elapsed = time.perf_counter() - start
+        pace = "" if number == 1 else (
+            f"; {elapsed:.0f} s so far, ~{elapsed / (number - 1) * (len(workloads) - number + 1):.0f}"
+            " s left at the pace of the workloads so far"
+        )  # fmt: skip
+        print(f"=== workload {workload['name']} ({path}; {number} of {len(workloads)}{pace})",
+              flush=True)  # fmt: skip
         experiments[workload["name"]] = run_experiment(planned)
         results = json.loads((experiments[workload["name"]] / "results.json").read_text())
         per_step[workload["name"]] = timing.time_submissions(workload, planned.plans, results)

@@ -98,8 +98,10 @@ class Progress(Callback):
         self._shown = now
         done, total = trainer.current_epoch + 1, trainer.max_epochs
         left = (now - self._start) / done * (total - done)
-        print(f"  {self.label}: epoch {done} of {total}, {now - self._start:.0f} s so far, "
-              f"~{left:.0f} s left", flush=True)  # fmt: skip
+        live = getattr(pl_module, "member_ids", None)  # a population drops pruned members
+        members = "" if live is None else f", {len(live)} members training"
+        print(f"  {self.label}: epoch {done} of {total}{members}, {now - self._start:.0f} s so "
+              f"far, ~{left:.0f} s left", flush=True)  # fmt: skip
 
 
 @dataclass
