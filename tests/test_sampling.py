@@ -153,3 +153,14 @@ def test_sampling_settings_are_refused_before_any_trial(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out" / "optuna.db").exists()
+
+
+def test_an_optimizer_argument_set_at_its_default_is_not_silently_searched(tmp_path, capsys):
+    """Issue 32, item 5: ``tune --optimizer.lr 1e-3`` was searched over because 1e-3 equals the
+    class's default; set on the command line is set, whatever its value."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["tune", "--optimizer=torch.optim.Adam", "--optimizer.lr=1e-3",
+                  f"--output_dir={tmp_path}"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--optimizer.lr is set, and the default search space" in err[0]

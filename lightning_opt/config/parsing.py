@@ -203,6 +203,23 @@ def searched_placeholders(args: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def given_optimizer_arguments(args: Sequence[str]) -> set[str]:
+    """The optimizer arguments the expanded command line ``args`` sets itself (``--optimizer.lr
+    1e-3``, or an ``init_args`` of a ``--optimizer`` dict), after the last class it gives:
+    set, whatever their value (one equal to the class's default included)."""
+    given: set[str] = set()
+    for i, arg in enumerate(args):
+        found = _optimizer_class_given(arg, args[i + 1] if i + 1 < len(args) else None)
+        if found is not None:  # its arguments as written (a short name's defaults are not set)
+            given = set()
+            if isinstance(found, dict):
+                given = set(found.get("init_args") or {}) | set(found.get("dict_kwargs") or {})
+        elif arg.startswith("--optimizer.") and not arg.startswith("--optimizer.help"):
+            name = arg.split("=", 1)[0].removeprefix("--optimizer.")
+            given.add(name.removeprefix("init_args.").removeprefix("dict_kwargs."))
+    return given
+
+
 def check_placeholders(placeholders: dict[str, Any], searched: Sequence[str], where: str) -> None:
     """Refuse (one line) a placeholder of ``searched_placeholders`` that the search space
     (``searched``: its names) does not search: it would train as the value."""

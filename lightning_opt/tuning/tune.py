@@ -33,6 +33,7 @@ from lightning_opt.config.parsing import (
     check_placeholders,
     check_trainer_settings,
     expand_args,
+    given_optimizer_arguments,
     searched_placeholders,
 )
 from lightning_opt.core import signals
@@ -190,7 +191,20 @@ def parse(args: list[str], cli_class: type[TuneCLI] = TuneCLI) -> TuneCLI:
     filled = [*expanded, *(f"--optimizer.{n}={json.dumps(v)}" for n, v in placeholders.items())]
     cli = build_cli(cli_class, filled, expanded=True, run=False, save_config_callback=None)
     cli.placeholders = placeholders
+    cli.given = given_optimizer_arguments(args)  # as written, before short names expand
     return cli
+
+
+def _check_not_given(given: set[str], space: Any) -> None:
+    """Refuse an optimizer argument the command line sets that the default search space would
+    replace, even at the class's default value (``trials._check_not_set`` sees values only)."""
+    for param in space:
+        if param.name in given:
+            raise ValueError(
+                f"--optimizer.{param.name} is set, and the default search space searches "
+                f"{param.name}, which would replace it: leave it out to search it, or give "
+                f"search_space entries without {param.name} to keep it fixed"
+            )
 
 
 def run_tune(args: list[str]) -> None:
@@ -200,6 +214,8 @@ def run_tune(args: list[str]) -> None:
     try:
         searched = [p.name for p in resolve_search_space(cli.config)]
         check_placeholders(cli.placeholders, searched, "")
+        if cli.config.search_space is None:  # a value set equal to the default is still set
+            _check_not_given(cli.given, resolve_search_space(cli.config))
         options = check_study(cli.config, options_from_config(cli.config))
         for note in search_space_notes(cli.config):
             print(note, flush=True)
