@@ -451,6 +451,12 @@ def test_a_workload_validated_every_step_times_its_trials_at_step_resolution(tin
     assert any(s % 7 for r in workload["submissions"].values() for s in r["steps_to_target"]
                if s is not None)  # a time between epoch ends  # fmt: skip
     assert "validated every 1 steps" in (bench / "leaderboard.md").read_text()
+    # the workload report plots those points at their epochs (1/7, 2/7, ..., 2), not 1..14
+    from lightning_opt.reports import page
+
+    curves = page.bands(results)["adam", "val_loss_curve"]
+    assert curves.per_epoch == 7 and curves.epochs[0] == pytest.approx(1 / 7)
+    assert curves.epochs[-1] == pytest.approx(2.0)
 
 
 @pytest.mark.slow

@@ -45,28 +45,43 @@ class Band:
     mean: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    #: Validations an epoch (``trainer.val_check_interval`` within epochs: several).
+    per_epoch: int = 1
 
     @property
     def epochs(self) -> np.ndarray:
-        return np.arange(1, self.curves.shape[1] + 1)
+        """Each point's epoch: fractional where runs validate within epochs."""
+        return np.arange(1, self.curves.shape[1] + 1) / self.per_epoch
 
 
-def band(curves: list[list[float]]) -> Band:
+def band(curves: list[list[float]], per_epoch: int = 1) -> Band:
     """Per-epoch mean and CI over runs, cut to the shortest run."""
     length = min(map(len, curves))
     data = np.array([c[:length] for c in curves], dtype=float)
     cis = [stats.mean_ci(data[:, e]) for e in range(length)]
     mean, low, high = (np.array([getattr(c, f) for c in cis]) for f in ("mean", "low", "high"))
-    return Band(data, mean, low, high)
+    return Band(data, mean, low, high, per_epoch)
+
+
+def validations_per_epoch(runs: list[dict[str, Any]], epochs: Any) -> int:
+    """How many validation points an epoch a run's curves hold: its longest curve over the
+    finals' epochs, where that divides evenly (validation every N steps, N dividing an
+    epoch's steps, as a benchmark's ``eval_every``); else 1."""
+    longest = max((len(r.get("val_loss_curve") or []) for r in runs), default=0)
+    if not isinstance(epochs, int) or epochs < 1 or longest <= epochs or longest % epochs:
+        return 1
+    return longest // epochs
 
 
 def bands(results: dict[str, Any]) -> dict[tuple[str, str], Band]:
     """Every (arm, curve) band, computed once for both figures."""
+    epochs = results["settings"].get("final_epochs")
     return {
-        (name, key): band([r[key] for r in arm["runs"]])
+        (name, key): band([r[key] for r in arm["runs"]],
+                          validations_per_epoch(arm["runs"], epochs))
         for name, arm in results["arms"].items()
         for key, _ in PANELS
-    }
+    }  # fmt: skip
 
 
 def internal_bands(results: dict[str, Any]) -> dict[tuple[str, str], Band]:
