@@ -384,8 +384,11 @@ LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     [
         (LAUGHS, "its aliases (*name) expand to more than 1,000,000 values"),
         ("x: " + "a" * (2**20 + 10) + "\n", "a config is YAML text of at most 1 MiB"),
+        # issue 31, case 9: "Unexpected config:" said nothing
+        ("# nothing but a comment\n", "holds no settings (it is empty, or comments only)"),
+        ("- trainer\n", "holds a list, not settings"),
     ],
-    ids=["billion-laughs", "too-big"],
+    ids=["billion-laughs", "too-big", "empty", "a-list"],
 )
 def test_a_config_that_would_hang_the_parser_is_one_line(text, message, tmp_path, capsys):
     """A YAML whose aliases expand exponentially, or a data file given as a config, is refused

@@ -624,12 +624,35 @@ def check_config_files(args: Sequence[str]) -> None:
                 f"--config {path}: its aliases (*name) expand to more than {CONFIG_VALUES:,} "
                 "values (a 'billion laughs' YAML); write the values out, or use fewer aliases"
             )
+        kind = _top_level(text)
+        if kind is not None:  # jsonargparse's "Unexpected config:" said nothing of it
+            raise UsageError(
+                f"--config {path} holds {kind}; a config is a YAML mapping of settings "
+                "(trainer: {max_epochs: 5})"
+            )
 
 
 #: A config file's size and the number of values its YAML aliases may expand to: far above any
 #: real config (a benchmark suite is a few KiB), far below what hangs the parser.
 CONFIG_BYTES = 2**20
 CONFIG_VALUES = 1_000_000
+
+
+def _top_level(text: str) -> str | None:
+    """What a config's YAML holds at its top where that is not a mapping ("no settings (empty,
+    or comments only)", "a list"); ``None`` for a mapping, or for text that is not YAML
+    (jsonargparse says why)."""
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return None
+    if root is None:
+        return "no settings (it is empty, or comments only)"
+    if isinstance(root, yaml.SequenceNode):
+        return "a list, not settings"
+    if isinstance(root, yaml.ScalarNode):
+        return f"a single value ({root.value[:40]!r}), not settings"
+    return None
 
 
 def _expanded_size(text: str) -> int:
