@@ -492,3 +492,23 @@ def test_targets_are_set_by_a_command_and_the_suite_runs_on_them(tiny_suite, tmp
     board = json.loads((tmp_path / "out" / "tiny" / "leaderboard.json").read_text())
     assert board["workloads"]["mlp"]["target"] == workload["target"]
     assert board["workloads"]["mlp"]["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_a_candidate_with_its_own_logger_and_callback_joins_the_board(tiny_suite, tmp_path):
+    """Where runs log is not a setting of the board (a CSVLogger does not refuse the suite), and
+    the solo timing trains with the run's loggers (LearningRateMonitor needs one: it ended the
+    benchmark after all training)."""
+    suite = yaml.safe_load(tiny_suite.read_text())
+    suite.update(n_trials=2, study_size=1, population=2, seeds=1,
+                 workloads=[suite["workloads"][0]])  # fmt: skip
+    tiny_suite.write_text(yaml.safe_dump(suite))
+    space = "--search_space=[{name: lr, low: 1.0e-3, high: 1.0e-2, log: true}]"
+    cli_main(["benchmark", f"--config={tiny_suite}", "--optimizer=adam", space])
+    cli_main(["benchmark", f"--config={tiny_suite}", "--optimizer=sgd", space,
+              "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+              "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor"])  # fmt: skip
+    board = json.loads((tmp_path / "out" / "tiny" / "leaderboard.json").read_text())
+    assert board["candidates"] == ["adam", "sgd"]
+    rows = board["workloads"]["mlp"]["submissions"]
+    assert all(row["seconds_per_step"] > 0 for row in rows.values())

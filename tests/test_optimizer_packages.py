@@ -89,3 +89,22 @@ def compatibility_contract():
     from lightning_opt.optim.contract import StepContract
 
     return StepContract()
+
+
+def test_a_schedule_free_optimizer_trains_on_after_a_validation_within_an_epoch(
+    tiny_fit_args, capsys
+):
+    """``val_check_interval`` within an epoch (a benchmark workload's ``eval_every``): the
+    optimizer went back to train mode only at the next epoch's start, so its next step raised
+    "Optimizer was not in train mode"; alone and as a population, the same numbers."""
+    pytest.importorskip("schedulefree")
+    from lightning_opt.cli.main import cli_main
+
+    args = ["--optimizer=schedulefree.AdamWScheduleFree", "--optimizer.lr=0.01",
+            "--trainer.val_check_interval=2", "--trainer.logger=false", *tiny_fit_args[:4]]  # fmt: skip
+    cli_main(["fit", *args, "--seeds=[0]"])
+    alone = capsys.readouterr().out
+    cli_main(["fit", *args, "--seeds=[0,1]"])
+    together = capsys.readouterr().out
+    loss = [line for line in alone.splitlines() if line.startswith("seed 0: val/loss")]
+    assert loss and loss[0] in together, (alone, together)

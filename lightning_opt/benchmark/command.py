@@ -39,7 +39,12 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.benchmark import leaderboard as leaderboards
 from lightning_opt.benchmark import targets, timing
-from lightning_opt.config.fingerprints import changed, run_fingerprint
+from lightning_opt.config.fingerprints import (
+    NOT_IN_FINGERPRINT,
+    changed,
+    run_fingerprint,
+    without,
+)
 from lightning_opt.config.parsing import UsageError, run_name
 from lightning_opt.core.atomic import write_text
 from lightning_opt.core.names import check_name, overlap
@@ -346,8 +351,10 @@ _NOT_SUITE = ("optimizer", "lr_scheduler", "search_space", "overwrite", "storage
 def _suite_record(
     base: dict[str, Any], workloads: list, baselines: list, protocol: str
 ) -> dict[str, Any]:
-    """The settings every candidate of one leaderboard is benchmarked under."""
-    settings = {k: v for k, v in base.items() if k not in _NOT_SUITE}
+    """The settings every candidate of one leaderboard is benchmarked under: what determines
+    their numbers (where runs write and log, and how fast, as ``run_fingerprint`` leaves out)."""
+    settings = without(json.loads(json.dumps(base, default=str)),
+                       (*_NOT_SUITE, *NOT_IN_FINGERPRINT))  # fmt: skip
     return json.loads(json.dumps(
         {**settings, "protocol": protocol, "workloads": workloads, "baselines": baselines},
         default=str,
@@ -389,7 +396,8 @@ def _board_candidates(
     if not path.exists() or overwrite:
         return now, []
     recorded = json.loads(path.read_text())
-    changed(f"benchmark {bench_dir.name!r}", recorded["suite"],
+    # A record written before loggers and the like were left out of it still matches.
+    changed(f"benchmark {bench_dir.name!r}", without(recorded["suite"], NOT_IN_FINGERPRINT),
             _suite_record(base, workloads, baselines, protocol), False, "--benchmark")  # fmt: skip
     board = list(recorded["candidates"])
     names = {c["name"]: c for c in board}

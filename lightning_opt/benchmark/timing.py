@@ -12,6 +12,7 @@ epoch's steps. A submission's seconds to target are its steps to target times th
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from typing_extensions import override
 
 from lightning_opt.data import MNIST1DDataModule
-from lightning_opt.runs.build import chunk_where_invisible, with_values
+from lightning_opt.runs.build import chunk_where_invisible, run_loggers, with_values
 from lightning_opt.runs.runner import Run, train_runs
 
 #: Epochs of a timing run: the first warms up, the fastest of the rest is taken.
@@ -62,8 +63,11 @@ def seconds_per_step(final_cfg: Any, tuned: dict[str, Any], steps_per_epoch: int
     chunk_where_invisible(cfg, data)
     seed_everything(cfg.seed_everything, verbose=False)
     timer = EpochTimes()
-    train_runs([Run(cfg, tuned, cfg.seed_everything, [])], data, population=False,
-               callbacks=[timer])  # fmt: skip
+    # Its own loggers as configured (a callback such as LearningRateMonitor needs one; logging is
+    # part of a step's cost), writing to a folder that goes with the timing.
+    with tempfile.TemporaryDirectory(prefix="lightning_opt-timing-") as logs:
+        run = Run(cfg, tuned, cfg.seed_everything, run_loggers(cfg, logs, "timing"))
+        train_runs([run], data, population=False, callbacks=[timer])
     return min(timer.times[1:] or timer.times) / steps_per_epoch
 
 

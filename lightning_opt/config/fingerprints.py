@@ -45,13 +45,20 @@ def run_fingerprint(
     workers, populations, storage) is left out."""
 
     dumped = yaml.safe_load(parser.dump(config, skip_validation=True))
-    for key in (*NOT_IN_FINGERPRINT, *drop):
-        section, _, name = key.rpartition(".")
-        holder = dumped.get(section) if section else dumped
-        if isinstance(holder, dict):
-            holder.pop(name, None)
+    without(dumped, (*NOT_IN_FINGERPRINT, *drop))
     dumped["lightning_opt"] = lightning_opt.__version__
     return _spelled_out(dumped)
+
+
+def without(settings: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``settings`` (a dumped config) with each of ``keys`` (``trainer.logger``: dotted one
+    level) removed, in place; returned."""
+    for key in keys:
+        section, _, name = key.rpartition(".")
+        holder = settings.get(section) if section else settings
+        if isinstance(holder, dict):
+            holder.pop(name, None)
+    return settings
 
 
 def _spelled_out(node: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from lightning_opt.clipping.callbacks import GradientClippingCallback
@@ -251,7 +252,10 @@ class MinibatchTraining:
 
     def on_validation_model_train(self) -> None:
         super().on_validation_model_train()
-        if self.trainer.training:
+        # Back to training within a fit: after a validation at an epoch's end, and after one
+        # within an epoch (``val_check_interval``), where the next step comes before any epoch
+        # start (Lightning sets ``trainer.training`` again only after this hook).
+        if self.trainer.state.fn == TrainerFn.FITTING:
             self._set_optimizer_mode("train")
 
     def on_test_model_eval(self) -> None:
