@@ -615,3 +615,34 @@ def test_two_processes_on_one_storage_finish_exactly_the_planned_units(tmp_path,
     for name in ("one", "two"):
         shared = json.loads((tmp_path / name / "gnw_vs_adam" / "results.json").read_text())
         assert not differences(_numbers(alone), _numbers(shared))
+
+
+def test_a_trial_that_failed_with_an_error_is_rerun_and_the_study_completes(
+    tmp_path, data_cache, monkeypatch, capsys
+):
+    """A trial that raised (a bug of an optimizer, since fixed) was never re-run: the next
+    launch planned a fresh trial in its place, which the study cannot count as the failed one,
+    so every later launch stopped at "trials [n] did not finish"."""
+    real = trials_module.TrialRunner.run
+    calls = []
+
+    def failing_second(self, trial, params):
+        calls.append(params)
+        if len(calls) == 2:
+            raise RuntimeError("optimizer bug")
+        return real(self, trial, params)
+
+    monkeypatch.setattr(trials_module.TrialRunner, "run", failing_second)
+    with pytest.raises(RuntimeError, match="optimizer bug"):
+        _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
+    monkeypatch.setattr(trials_module.TrialRunner, "run", real)
+    failed = next(t for t in _study(tmp_path).trials if t.state == TrialState.FAIL)
+    assert failed.user_attrs["fail_reason"] == "RuntimeError: optimizer bug"
+
+    _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
+    assert "re-running 1 interrupted trial(s) with their own parameters" in capsys.readouterr().out
+    study = _study(tmp_path)
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == failed.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == failed.params
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
+    assert len(study.trials) == 4  # no fresh trial in its place

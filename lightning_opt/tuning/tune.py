@@ -304,8 +304,10 @@ def check_recorded(
 def retry_interrupted(study: optuna.Study, storage: Any) -> int:
     """Enqueue the parameters of every trial that was interrupted (Ctrl-C: failed with
     ``fail_reason: interrupted``; killed: still RUNNING, claimed by a process of this machine
-    that is gone), once each, so a resumed study runs the same trials an uninterrupted one
-    would; the number enqueued."""
+    that is gone) or failed with an error (``fail_reason``: the exception, which the command
+    reported), once each, so a resumed study runs the same trials an uninterrupted one would
+    (a trial that failed is never replaced by a fresh one the study cannot count); the number
+    enqueued."""
     every = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("replaces") for t in every}
     count = 0
@@ -313,7 +315,7 @@ def retry_interrupted(study: optuna.Study, storage: Any) -> int:
         attrs = trial.user_attrs
         if trial.number in retried:
             continue
-        interrupted = trial.state == TrialState.FAIL and attrs.get("fail_reason") == "interrupted"
+        interrupted = trial.state == TrialState.FAIL and "fail_reason" in attrs
         if not (interrupted or studies.fail_if_killed_here(study, storage, trial)):
             continue
         # Its parameters, or (killed before it sampled them) the sampler seed it would have had.
