@@ -133,7 +133,7 @@ def run_benchmark(args: list[str]) -> Path:
         bench_dir, candidates, workloads = _plan(cli.parser, config, _names_candidate(args))
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
-    experiments, per_step = {}, {}
+    experiments, per_step, results_of = {}, {}, {}
     start = time.perf_counter()
     for number, (workload, path, planned) in enumerate(workloads, 1):
         elapsed = time.perf_counter() - start
@@ -145,13 +145,14 @@ def run_benchmark(args: list[str]) -> Path:
               flush=True)  # fmt: skip
         experiments[workload["name"]] = run_experiment(planned)
         results = json.loads((experiments[workload["name"]] / "results.json").read_text())
+        results_of[workload["name"]] = results
         per_step[workload["name"]] = timing.time_submissions(workload, planned.plans, results)
     board = leaderboards.leaderboard(
         config, candidates, [w for w, _, _ in workloads], experiments, per_step
     )
     leaderboards.write_leaderboard(bench_dir, board)
     for name, exp_dir in experiments.items():  # each workload's report quotes the board's family
-        results = json.loads((exp_dir / "results.json").read_text())
+        results = results_of[name]
         results["benchmark"] = {
             "name": board["benchmark"], "family": len(board["tests"]),
             "tests": [{k: t[k] for k in ("candidate", "baseline", "p_value", "p_holm",
@@ -177,7 +178,7 @@ def _set_targets(parser: LightningArgumentParser, config: Any, args: list[str]) 
         check_writable(suite.bench_dir)
         checked = _checked_workloads(suite.workloads, suite.cap)
         targets.settings(config.target_setting, suite.baselines)  # before anything trains
-        return targets.set_targets(parser, config, suite, checked, _plan_workloads)
+        return targets.set_targets(config, suite, checked, _plan_workloads)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
 

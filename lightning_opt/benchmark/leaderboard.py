@@ -43,17 +43,21 @@ def leaderboard(
         rows = {}
         every = workload.get("eval_steps") or workload["steps_per_epoch"]  # steps a validation
         for arm, summary in arms.items():
-            own = (per_step or {}).get(name, {}).get(arm)  # seconds a step, alone
             if external:  # each study's fastest trial; the studies are the samples
                 steps = scoring.study_times(
                     summary["tuning"]["trials"], studies(config), workload["target"], every
                 )  # fmt: skip
-                seconds = [None] * len(steps)  # trials train in populations: no own time
             else:
                 steps = [
                     scoring.steps_to_target(run["val_loss_curve"], workload["target"], every)
                     for run in summary["runs"]
                 ]  # fmt: skip
+            own = (per_step or {}).get(name, {}).get(arm)  # seconds a step, alone
+            if own is not None:  # its steps at its own pace
+                seconds = [s * own if math.isfinite(s) else math.inf for s in steps]
+            elif external:  # trials train in populations: no time of their own
+                seconds = [None] * len(steps)
+            else:
                 # Wall time only for a run trained alone: a population's time is its members'
                 # together, never one optimizer's own (None: not measured).
                 seconds = [
@@ -62,8 +66,6 @@ def leaderboard(
                     if math.isfinite(s) else math.inf
                     for run, s in zip(summary["runs"], steps, strict=True)
                 ]  # fmt: skip
-            if own is not None:  # its steps at its own pace
-                seconds = [s * own if math.isfinite(s) else math.inf for s in steps]
             rows[arm] = {
                 "seconds_per_step": own,
                 "tuned": summary["tuned"],

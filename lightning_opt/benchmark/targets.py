@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser
 
 import lightning_opt
 from lightning_opt.core.atomic import write_text
@@ -71,10 +70,10 @@ def setting_epochs(workload: dict[str, Any]) -> int:
 
 
 def set_targets(
-    parser: LightningArgumentParser, config: Any, suite: Any, checked: list[dict[str, Any]],
-    plan_workloads: Any,
-) -> Path:  # fmt: skip
-    """Run the target setting of every workload of ``suite`` (``command._Suite``); the path of
+    config: Any, suite: Any, checked: list[dict[str, Any]], plan_workloads: Any
+) -> Path:
+    """Run the target setting of every workload of ``suite`` (``command._Suite``; its
+    workloads ``checked``, planned by ``plan_workloads``, ``command._plan_workloads``); the path of
     the targets.yaml written."""
     chosen = settings(config.target_setting, suite.baselines)
     setters = [b for b in suite.baselines if b["name"] in chosen["setters"]]

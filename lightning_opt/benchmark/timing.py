@@ -11,7 +11,6 @@ epoch's steps. A submission's seconds to target are its steps to target times th
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from typing import Any
@@ -52,8 +51,7 @@ class EpochTimes(Callback):
 
 def seconds_per_step(final_cfg: Any, tuned: dict[str, Any], steps_per_epoch: int) -> float:
     """One submission's seconds per optimizer step, trained alone at its tuned values."""
-    cfg = with_values(final_cfg, tuned)
-    cfg.trainer = copy.deepcopy(cfg.trainer)
+    cfg = with_values(final_cfg, tuned)  # a copy
     cfg.trainer.max_epochs = EPOCHS
     cfg.trainer.limit_val_batches = 0  # training alone
     cfg.trainer.val_check_interval = None

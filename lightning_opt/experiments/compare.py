@@ -45,7 +45,7 @@ from lightning_opt.runs.build import (
     scheduler_dict,
     with_values,
 )
-from lightning_opt.tuning.claims import original_number
+from lightning_opt.tuning.claims import FINISHED, original_number
 from lightning_opt.tuning.outputs import fit_config, write_config
 from lightning_opt.tuning.trials import (
     ignored_values,
@@ -333,7 +333,7 @@ def trial_records(study: Any, options: Any) -> list[dict[str, Any]]:
     (AlgoPerf's external tuning scores each such study by its fastest trial)."""
     finished = {}
     for trial in study.get_trials(deepcopy=False):
-        if trial.state.name in ("COMPLETE", "PRUNED"):
+        if trial.state in FINISHED:
             finished[original_number(trial)] = trial
     records = []
     for number in sorted(n for n in finished if n < options.n_trials):
