@@ -14,7 +14,11 @@ import os
 import sys
 import threading
 
-from lightning_opt.cli.main import cli_main
+try:  # torch, Lightning and jsonargparse load here (seconds): Ctrl-C is no traceback
+    from lightning_opt.cli.main import cli_main
+except KeyboardInterrupt:
+    print("lightning_opt: interrupted while starting: nothing ran", file=sys.stderr)
+    os._exit(130)
 
 
 def _exit_status(exit_: SystemExit) -> int:

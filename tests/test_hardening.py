@@ -457,3 +457,188 @@ def test_studies_name_their_value(tmp_path):
     study = open_study(storage, "s", [], "final")
     assert study.metric_names == ["val/loss (final)"]
     assert open_study(storage, "s", [], "final").metric_names == ["val/loss (final)"]
+
+
+# Third round: the rest of the issue's cases 7-9, each as a user meets it.
+
+
+def _failed(args: list[str], capsys) -> str:
+    """The one line of a command that fails for a reason of the machine (exit 1)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    assert exit_info.value.code == 1
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="a Linux /proc")
+@pytest.mark.parametrize("command", ["fit", "tune"])
+def test_a_folder_under_proc_is_one_line(command, tiny_fit_args, capsys):
+    """Issue case 8: ``--data.cache_dir`` or ``tune --output_dir`` under /proc was a
+    traceback (mkdir: No such file or directory)."""
+    folder = "--data.cache_dir" if command == "fit" else "--output_dir"
+    extra = ["--n_trials=1"] if command == "tune" else []
+    line = _failed([command, *tiny_fit_args, *extra, f"{folder}=/proc/lightning_opt_x"], capsys)
+    assert "(/proc/lightning_opt_x); choose another directory" in line
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, data_cache) -> Path:
+    """A checkpoint of a one-epoch fit of the default MLP."""
+    root = tmp_path_factory.mktemp("trained")
+    cli_main(["fit", f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}",
+              "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}",
+              "--trainer.enable_progress_bar=false"])  # fmt: skip
+    (path,) = root.glob("lightning_logs/*/version_0/checkpoints/*.ckpt")
+    return path
+
+
+def _bad_checkpoint(kind: str, good: Path, path: Path) -> None:
+    import torch
+
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not a checkpoint\n")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[:3000])
+    elif kind == "pickle":
+        torch.save({"state_dict": {}, "call": print}, path)
+    else:  # a weight of another shape
+        checkpoint = torch.load(good, weights_only=True)
+        key = next(iter(checkpoint["state_dict"]))
+        checkpoint["state_dict"][key] = torch.zeros(3, 3)
+        torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("empty", "is not a readable checkpoint: the file is empty (0 bytes)"),
+        ("text", "is not a readable checkpoint: not a file torch.save writes"),
+        ("truncated", "is not a readable checkpoint: RuntimeError: PytorchStreamReader"),
+        ("pickle", "a Python object beyond weights (GLOBAL print); only weights-only"),
+        ("shapes", "its weights do not fit the model: net.0.weight is [3, 3] in the checkpoint "
+                   "and [100, 40] here"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_the_model_cannot_load_says_why(
+    kind, message, trained_checkpoint, tiny_fit_args, tmp_path, capsys
+):
+    """Issue cases 8 and 9: a checkpoint of the wrong shapes was a traceback; an empty file gave
+    no reason; the refusal of a pickled object was cut mid-word. One whole line each."""
+    path = tmp_path / f"{kind}.ckpt"
+    _bad_checkpoint(kind, trained_checkpoint, path)
+    line = _refused(["test", *tiny_fit_args, f"--ckpt_path={path}"], capsys)
+    assert (
+        message in line
+        and line.endswith(("code", "?", ")", "here (trained with other net arguments?)"))
+        or message in line
+    ), line
+    assert len(line) < 400
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("garbage\n", "line 1: Expecting value"),
+        ('{"op_code": 99}\n', "line 1 is no journal operation"),
+        ('{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}\n{"op', "line 2 "
+         "is cut short"),
+    ],
+)  # fmt: skip
+def test_a_garbage_journal_file_is_named(content, problem, tmp_path, tiny_fit_args, capsys):
+    """Issue case 9: a garbage journal storage file was reported without its name (or, for an
+    unknown operation, an AssertionError)."""
+    journal = tmp_path / "journal.log"
+    journal.write_text(content)
+    line = _refused(["tune", *tiny_fit_args, "--n_trials=1", f"--storage={journal}",
+                     f"--output_dir={tmp_path / 'out'}"], capsys)  # fmt: skip
+    assert f"the journal storage {journal} is not an Optuna journal file ({problem}" in line
+
+
+def test_a_refused_benchmark_leaves_no_folder(tmp_path, data_cache, capsys):
+    """Issue case 9: a benchmark refused while planning its workloads left an empty
+    ``<output_dir>/<benchmark>/`` behind; a folder that existed before stays."""
+    path = _suite(tmp_path, data_cache, [{"name": "mlp", "epochs": 1, "target": 2.0}])
+    args = ["benchmark", f"--config={path}", "--optimizer=adam", "--seed_everything=4294967295"]
+    assert "above the largest seed" in _refused(args, capsys)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    _refused(args, capsys)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_file_size_limit_is_one_line(tmp_path, data_cache):
+    """Issue case 9: a file-size limit (``ulimit -f``) was "disk I/O error" with exit 2; it is
+    the machine's failure, exit 1, in one line naming the storage."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, 40 * 1024))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_opt", "tune", f"--data.num_samples={TINY_SAMPLES}",
+         f"--data.cache_dir={data_cache}", "--trainer.max_epochs=1", "--n_trials=1",
+         f"--output_dir={tmp_path / 'out'}"],
+        preexec_fn=limit, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    err = [line for line in done.stderr.splitlines() if "lightning_opt: error" in line]
+    assert done.returncode == 1 and len(err) == 1, done.stderr[-2000:]
+    assert "optuna.db" in err[0] and "free space" in err[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    """Issue case 8: Ctrl-C during the start-up imports (torch, Lightning: seconds) was a
+    KeyboardInterrupt traceback. The signal is sent once torch is imported, while Lightning
+    still loads."""
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "lightning_opt", "fit", "--help"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.rstrip().split("|")[-1].strip() == "torch":
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130, rest[-2000:]
+    assert rest.strip().splitlines()[-1] == "lightning_opt: interrupted while starting: nothing ran"
+    assert "Traceback" not in rest
+
+
+def test_when_a_named_class_is_imported(trained_checkpoint, tiny_fit_args, tmp_path, monkeypatch,
+                                        capsys):  # fmt: skip
+    """Issue case 7 (README, "What runs when a class is named"): a class path's module is
+    imported when the command reads it, as Python's ``import`` does, once, and the missing
+    class is then one line; a checkpoint's class paths the same; a module that does not exist
+    imports nothing. The checkpoint itself never unpickles code (the ``pickle`` case above)."""
+    import torch
+
+    marker = tmp_path / "imported"
+    (tmp_path / "marker_module_lo.py").write_text(
+        f"import pathlib\np = pathlib.Path({str(marker)!r})\n"
+        "p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "marker_module_lo", raising=False)
+    line = _refused(["fit", *tiny_fit_args, "--optimizer=marker_module_lo.Foo"], capsys)
+    assert "marker_module_lo.Foo: module 'marker_module_lo' has no attribute 'Foo'" in line
+    assert marker.read_text() == "x"  # imported once, before the refusal
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    for module in ("marker_module_lo", "no_such_module_lo"):
+        checkpoint["hyper_parameters"]["optimizer"] = {"class_path": f"{module}.Foo"}
+        path = tmp_path / f"{module}.ckpt"
+        torch.save(checkpoint, path)
+        line = _refused(["test", *tiny_fit_args, f"--ckpt_path={path}"], capsys)
+        assert f"{module}.Foo" in line
+    assert marker.read_text() == "x"  # already imported: Python does not run it again

@@ -46,7 +46,7 @@ from lightning_opt.config.fingerprints import (
     without,
 )
 from lightning_opt.config.parsing import UsageError, run_name
-from lightning_opt.core.atomic import write_text
+from lightning_opt.core.atomic import no_trace_if_refused, write_text
 from lightning_opt.core.names import check_name, overlap
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.compare import (
@@ -130,7 +130,8 @@ def run_benchmark(args: list[str]) -> Path:
     if config.set_targets:
         return _set_targets(cli.parser, config, args)
     try:
-        bench_dir, candidates, workloads = _plan(cli.parser, config, _names_candidate(args))
+        with no_trace_if_refused(Path(config.output_dir) / str(config.benchmark)):
+            bench_dir, candidates, workloads = _plan(cli.parser, config, _names_candidate(args))
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     experiments, per_step, results_of = {}, {}, {}

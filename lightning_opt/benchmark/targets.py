@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 import lightning_opt
-from lightning_opt.core.atomic import write_text
+from lightning_opt.core.atomic import no_trace_if_refused, write_text
 from lightning_opt.experiments.compare import run_experiment
 
 #: ``target_setting``'s keys and defaults.
@@ -84,9 +84,10 @@ def set_targets(
     if base.get("sampler") == "tpe":  # one study of a larger budget: quasi-random, as submissions
         base["sampler"] = "sobol"
     folder = suite.bench_dir / "targets"
-    folder.mkdir(parents=True, exist_ok=True)
     workloads = [{**w, "epochs": setting_epochs(w)} for w in checked]
-    planned = plan_workloads(suite.name, base, workloads, setters, folder)
+    with no_trace_if_refused(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        planned = plan_workloads(suite.name, base, workloads, setters, folder)
     records = {}
     for number, (workload, path, plan) in enumerate(planned, 1):
         print(f"=== target setting: workload {workload['name']} ({path}; {number} of "

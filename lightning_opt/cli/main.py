@@ -31,6 +31,7 @@ from lightning_opt.config.parsing import (
     net_class_path,
     place_loggers,
     summarize_argument_error,
+    unreadable_checkpoint_reason,
 )
 from lightning_opt.core import signals
 from lightning_opt.core.allocator import keep_large_blocks
@@ -55,6 +56,29 @@ def _saved_model_value(hparams: dict[str, Any], key: str) -> Any:
         return hparams[name]
     nested = hparams[name] if isinstance(hparams[name], dict) else {}
     return (nested.get("init_args") or {}).get(arg, _MISSING)
+
+
+def _check_weights_fit(model: Any, checkpoint: dict[str, Any]) -> None:
+    """Refuse weights that the model's parameters cannot take (``ValueError``), naming the
+    first tensor whose shape differs, a missing and an unexpected one."""
+    saved = checkpoint.get("state_dict")
+    if not isinstance(saved, dict):
+        raise ValueError("it holds no state_dict (not a Lightning checkpoint)")
+    own = model.state_dict()
+    missing = [key for key in own if key not in saved]
+    unexpected = [key for key in saved if key not in own]
+    if missing or unexpected:
+        raise ValueError(
+            f"its weights do not fit the model: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]} (trained with another net?)"
+        )
+    for key, tensor in own.items():
+        theirs = saved[key]
+        if hasattr(theirs, "shape") and tuple(theirs.shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"its weights do not fit the model: {key} is {list(theirs.shape)} in the "
+                f"checkpoint and {list(tensor.shape)} here (trained with other net arguments?)"
+            )
 
 
 class LightningOptCLI(OptimizerCLI):
@@ -139,13 +163,17 @@ class LightningOptCLI(OptimizerCLI):
         except FileNotFoundError:
             raise UsageError(f"--ckpt_path {path}: no such file") from None
         except Exception as err:  # a text file, a truncated file, ...
-            reason = " ".join(str(err).split())[:200]
+            reason = unreadable_checkpoint_reason(path, err)
             raise UsageError(f"--ckpt_path {path} is not a readable checkpoint: {reason}") from None
         try:
             self.model.check_checkpoint(checkpoint)
         except ValueError as err:
-            raise UsageError(str(err)) from None
+            raise UsageError(f"--ckpt_path {path}: {err}") from None
         self._check_model_flags(path, checkpoint.get("hyper_parameters") or {})
+        try:
+            _check_weights_fit(self.model, checkpoint)
+        except ValueError as err:
+            raise UsageError(f"--ckpt_path {path}: {err}") from None
         saved = (checkpoint.get("hyper_parameters") or {}).get("optimizer")
         if self.subcommand == "fit" and isinstance(saved, dict) and "class_path" in saved:
             try:
@@ -276,7 +304,13 @@ class LightningOptCLI(OptimizerCLI):
             print(f"seed {model.all_seeds[member]}: {shown}")
 
 
-_MACHINE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a disk, a quota or a file-size limit
+# Errors of the machine or of a path the user gave (a folder under /proc, a file where a folder
+# is needed, a forbidden place), not of the run.
+_MACHINE_ERRORS = (
+    *_FULL, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
+    errno.ENAMETOOLONG, errno.ELOOP,
+)  # fmt: skip
 
 
 def _fail(code: int, message: str) -> None:
@@ -406,4 +440,9 @@ def _run_subcommand(argv: list[str], debug: bool) -> None:
         if debug or err.errno not in _MACHINE_ERRORS:
             raise
         where = f" ({err.filename})" if err.filename else ""
-        _fail(EXIT_FAILED, f"{err.strerror}{where}; free space or choose another directory")
+        advice = (
+            "free space or choose another directory"
+            if err.errno in _FULL
+            else ("choose another directory")
+        )
+        _fail(EXIT_FAILED, f"{err.strerror}{where}; {advice}")

@@ -19,6 +19,8 @@ import difflib
 import importlib
 import inspect
 import json
+import os
+import pickle
 import re
 import warnings
 from collections.abc import Sequence
@@ -269,6 +271,28 @@ def _net_class_path(text: str) -> str:
         raise UsageError(f"--model.net.help: {err}") from None
 
 
+def unreadable_checkpoint_reason(path: str, err: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a few words."""
+    size = os.path.getsize(path) if os.path.isfile(path) else None
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    text = str(err)
+    blocked = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL [\w.]+)", text)
+    if blocked:
+        return (
+            f"it holds a Python object beyond weights ({blocked.group(1)}); only weights-only "
+            "checkpoints are loaded, since unpickling anything else can run code"
+        )
+    if isinstance(err, (KeyError, pickle.UnpicklingError)):  # torch's message: its boilerplate
+        return f"not a file torch.save writes ({type(err).__name__})"
+    if isinstance(err, EOFError):
+        return f"the file ends early ({size} bytes): truncated while written or copied?"
+    first = " ".join(text.split()).split(". ")[0]
+    return (
+        f"{type(err).__name__}: {first[:160]}" if first else f"{type(err).__name__} ({size} bytes)"
+    )
+
+
 def with_checkpoint_settings(args: Sequence[str]) -> list[str]:
     """``args`` plus the checkpoint's ``--optimizer`` and ``--model.net`` when ``--ckpt_path``
     names one and the command line sets neither itself.
@@ -290,7 +314,7 @@ def with_checkpoint_settings(args: Sequence[str]) -> list[str]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a text file, a truncated file, an unsafe pickle
-        reason = " ".join(str(err).split())[:200]
+        reason = unreadable_checkpoint_reason(path, err)
         raise UsageError(f"--ckpt_path {path} is not a readable checkpoint: {reason}") from None
     optimizer = (checkpoint.get("hyper_parameters") or {}).get("optimizer")
     if not given and isinstance(optimizer, dict) and "class_path" in optimizer:

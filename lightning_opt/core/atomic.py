@@ -38,3 +38,20 @@ def write_text(path: Path, text: str) -> None:
     old file)."""
     with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def no_trace_if_refused(folder: Path) -> Iterator[None]:
+    """If the block raises, the folders it created at ``folder`` and above, and any it left
+    empty below them, are removed again: a refused command leaves no empty output folder (a
+    folder that existed before stays as it is, whatever it holds)."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        if created:
+            for root, _, _ in os.walk(created[-1], topdown=False):
+                with contextlib.suppress(OSError):  # not empty: kept
+                    os.rmdir(root)
+        raise

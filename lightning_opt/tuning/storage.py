@@ -5,6 +5,7 @@ between simultaneous launchers retried, and SQLite's write-ahead log where the d
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -315,6 +316,28 @@ def _still_there(url: str) -> bool:
     return True
 
 
+def _journal_problem(path: Path) -> str | None:
+    """What makes ``path`` no journal that Optuna could replay and append to, else ``None``:
+    every line a JSON object with a known ``op_code``, the last one ended (Optuna writes whole
+    lines; it would append to a cut one and lose both)."""
+    if not path.is_file():
+        return None
+    from optuna.storages.journal._storage import JournalOperation
+
+    known = {int(op) for op in JournalOperation}
+    with path.open("rb") as file:
+        for number, line in enumerate(file, 1):
+            if not line.endswith(b"\n"):
+                return f"line {number} is cut short"
+            try:
+                entry = json.loads(line)
+            except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+                return f"line {number}: {err}"
+            if not isinstance(entry, dict) or entry.get("op_code") not in known:
+                return f"line {number} is no journal operation"
+    return None
+
+
 def _open_storage(settings: StorageSettings) -> BaseStorage:
     """A new storage of ``settings`` (``open_storage``)."""
     url, heartbeat_interval, grace_period, max_retry, connect_timeout = settings
@@ -322,7 +345,16 @@ def _open_storage(settings: StorageSettings) -> BaseStorage:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(url))
+        problem = _journal_problem(Path(url))
+        if problem is None:
+            try:
+                return JournalStorage(JournalFileBackend(url))
+            except (ValueError, KeyError, TypeError, AssertionError) as err:
+                problem = _reason(err)
+        raise ValueError(
+            f"the journal storage {url} is not an Optuna journal file ({problem}); move it "
+            "away or choose another --storage"
+        )
     if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
         raise TypeError(f"connect_timeout must be whole seconds, got {connect_timeout!r}")
     if connect_timeout < 1:
