@@ -534,8 +534,7 @@ def test_a_checkpoint_the_model_cannot_load_says_why(
     assert (
         message in line
         and line.endswith(("code", "?", ")", "here (trained with other net arguments?)"))
-        or message in line
-    ), line
+    ) or message in line, line
     assert len(line) < 400
 
 
