@@ -7,10 +7,12 @@ a benchmark's ``--trainer.max_epochs`` cap at the default's value."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -531,11 +533,8 @@ def test_a_checkpoint_the_model_cannot_load_says_why(
     path = tmp_path / f"{kind}.ckpt"
     _bad_checkpoint(kind, trained_checkpoint, path)
     line = _refused(["test", *tiny_fit_args, f"--ckpt_path={path}"], capsys)
-    assert (
-        message in line
-        and line.endswith(("code", "?", ")", "here (trained with other net arguments?)"))
-    ) or message in line, line
-    assert len(line) < 400
+    assert message in line, line
+    assert len(line) < 400, line
 
 
 @pytest.mark.parametrize(
@@ -641,3 +640,152 @@ def test_when_a_named_class_is_imported(trained_checkpoint, tiny_fit_args, tmp_p
         line = _refused(["test", *tiny_fit_args, f"--ckpt_path={path}"], capsys)
         assert f"{module}.Foo" in line
     assert marker.read_text() == "x"  # already imported: Python does not run it again
+
+
+# Case 10: several processes on one storage.
+
+
+def test_a_retry_runs_before_surplus_trials_and_the_surplus_is_dropped(tmp_path):
+    """Issue case 10b: launchers that topped a study up at once (a server database) left
+    surplus WAITING trials; a killed trial's re-run then waited behind them and a fresh surplus
+    trial ran in its place. The re-run takes its original's slot; the surplus is failed
+    (``surplus``) once nothing is left to claim, and no later top-up plans a fresh trial."""
+    import optuna
+
+    from lightning_opt.tuning import claims
+    from lightning_opt.tuning.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    for _ in range(2 * 4):  # two launchers of --n_trials 4 topped up at once: 4 surplus
+        study.enqueue_trial({})
+
+    def claim() -> int | None:
+        claimed = claims.claim_waiting_trial(study, storage, 4)
+        return None if claimed is None else claimed[0].number
+
+    first = [claim() for _ in range(4)]
+    assert first == [0, 1, 2, 3] and claim() is None  # the surplus 4-7 is never claimed
+    for number in (0, 2, 3):
+        study.tell(number, 1.0 + number)
+    study.trials[1]  # trial 1 is interrupted in another process
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, 1)
+    storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    assert claims.top_up(study, 4, storage) == 0  # its slot waits for its re-run
+    assert claims.retry_interrupted(study, storage, errors=False) == 1
+    assert claims.retry_interrupted(study, storage, errors=False) == 0  # once
+    retry = claim()
+    assert retry == 8 and claims.original_number(study.trials[retry]) == 1
+    study.tell(retry, 5.0)
+    assert claim() is None
+    assert claims.drop_surplus(study, storage, 4) == 4
+    states = [t.state.name for t in study.trials]
+    assert states.count("WAITING") == 0 and states.count("COMPLETE") == 4
+    assert claims.top_up(study, 4, storage) == 0
+    assert claims.retry_interrupted(study, storage) == 0  # a launch re-runs no surplus trial
+
+
+def test_a_failed_trial_of_another_process_is_not_rerun_by_a_claimer(tmp_path):
+    """A trial that failed with an error (the process that ran it said so) waits for the next
+    launch (``retry_interrupted`` with errors); a process still claiming re-runs only trials
+    stopped from outside, so an error is not retried in a loop."""
+    import optuna
+
+    from lightning_opt.tuning import claims
+    from lightning_opt.tuning.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    claims.top_up(study, 2, storage)
+    _, trial_id = claims.claim_waiting_trial(study, storage, 2)
+    storage.set_trial_user_attr(trial_id, "fail_reason", "ValueError: boom")
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    assert claims.retry_interrupted(study, storage, errors=False) == 0
+    assert claims.top_up(study, 2, storage) == 0  # its slot is kept for the re-run
+    assert claims.retry_interrupted(study, storage) == 1
+
+
+#: A callback that holds a process's trial at its first epoch's end until a file exists.
+_HOLD = """
+import os, pathlib, time
+from lightning.pytorch.callbacks import Callback
+
+class Hold(Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        release = os.environ.get("HOLD_UNTIL")
+        while release and not pathlib.Path(release).exists():
+            time.sleep(0.05)
+"""
+
+
+def _tune_process(tmp_path: Path, data_cache: Path, storage: str, hold: Path | None = None) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "hold_lo.py").write_text(_HOLD)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HOLD_UNTIL": str(hold or "")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightning_opt", "tune", f"--data.num_samples={TINY_SAMPLES}",
+         f"--data.cache_dir={data_cache}", "--data.batch_size=50", "--trainer.max_epochs=3",
+         "--n_trials=4", "--sampler=sobol", "--study_size=4", "--trial_seeds=distinct",
+         "--pruner=none", f"--storage={storage}", f"--output_dir={tmp_path / 'out'}",
+         "--heartbeat_interval=60", "--trainer.callbacks+=hold_lo.Hold"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+
+
+def _values(storage: str) -> dict[int, float]:
+    import optuna
+
+    from lightning_opt.tuning.claims import original_number
+    from lightning_opt.tuning.storage import open_storage
+
+    study = optuna.load_study(study_name="adam", storage=open_storage(storage))
+    assert not [t for t in study.trials if t.state.name in ("WAITING", "RUNNING")]
+    return {original_number(t): t.value for t in study.trials if t.state.name == "COMPLETE"}
+
+
+def _states(database: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection:
+        rows = connection.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall()
+    return dict(rows)
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_one_process_of_a_shared_study_is_rerun_by_the_other(tmp_path, data_cache):
+    """Issue case 10a, end to end with two processes on one SQLite storage: one is stopped
+    with Ctrl-C in the middle of a trial while the other trains the rest; the other re-runs
+    the interrupted trial with its own values and seed, and the study ends complete, with
+    exactly the values of one process alone. (The first holds its trial until released, so
+    the split does not depend on the machine's speed.)"""
+    import signal
+    import time
+
+    def wait_for(condition) -> None:
+        deadline = time.monotonic() + 240
+        while not (database.exists() and condition(_states(database))):
+            assert time.monotonic() < deadline, _states(database) if database.exists() else None
+            time.sleep(0.05)
+
+    database = tmp_path / "shared.db"
+    url = f"sqlite:///{database}"
+    release = tmp_path / "release"
+    first = _tune_process(tmp_path / "a", data_cache, url, hold=release)
+    wait_for(lambda states: states.get("RUNNING"))  # the first holds trial 0
+    second = _tune_process(tmp_path / "b", data_cache, url)
+    wait_for(lambda states: states.get("COMPLETE") == 3 and states.get("RUNNING") == 1)
+    first.send_signal(signal.SIGINT)  # Ctrl-C in the middle of its trial
+    time.sleep(0.5)
+    release.touch()
+    out_first, _ = first.communicate(timeout=120)
+    out_second, _ = second.communicate(timeout=300)
+    assert first.returncode == 130, out_first[-2000:]
+    assert second.returncode == 0, out_second[-2000:]
+    shared = _values(url)
+    reference = f"sqlite:///{tmp_path / 'reference.db'}"
+    alone = _tune_process(tmp_path / "c", data_cache, reference)
+    assert alone.wait(timeout=300) == 0
+    assert shared == _values(reference) and sorted(shared) == [0, 1, 2, 3]

@@ -116,15 +116,13 @@ def count_states(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def top_up(study: optuna.Study, n_trials: int, storage: BaseStorage | None = None) -> int:
-    """Enqueue WAITING trials until finished + running + waiting == ``n_trials``; how many.
+    """Enqueue WAITING trials until the study's ``slots`` are ``n_trials``; how many.
 
     With the study's SQLite ``storage`` the count and the enqueueing hold its claim lock, so
     two launchers starting at once plan ``n_trials`` between them; on a server database both may
     top up at once, and the surplus stays WAITING, never claimed (``claim_waiting_trial``)."""
     with sqlite_lock(storage):
-        counts = count_states(study)
-        planned = sum(counts[s] for s in (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
-        missing = max(0, n_trials - planned)
+        missing = max(0, n_trials - len(slots(study.get_trials(deepcopy=False), n_trials)))
         for _ in range(missing):
             study.enqueue_trial({})  # the sampler fills every parameter when a worker claims it
     return missing
@@ -162,11 +160,96 @@ def claim_waiting_trial(
                 seed=sampler_seed + original_number(frozen), constant_liar=True
             )
 
-    def first_n(live: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-        return live[:n_trials]
+    def in_slots(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        return [live for _, live in slots(trials, n_trials) if live is not None]
 
     with sqlite_lock(storage) as serialized:
-        return _claim(study, storage, first_n, reseed, serialized)
+        return _claim(study, storage, in_slots, reseed, serialized)
+
+
+#: ``fail_reason`` of a WAITING trial that no slot of its study holds (``drop_surplus``).
+SURPLUS = "surplus"
+#: ``fail_reason``s of trials stopped from outside; re-run by any process (``retry_interrupted``).
+INTERRUPTED = ("interrupted", "killed")
+
+
+def slots(
+    trials: Sequence[optuna.trial.FrozenTrial], n_trials: int
+) -> list[tuple[int, optuna.trial.FrozenTrial | None]]:
+    """A study's ``n_trials`` planned trials, each as ``(original number, live trial)``: the
+    first ``n_trials`` originals (by number; a re-run is its original's, ``original_number``)
+    that hold a slot, with the first of their trials that is waiting, running or finished
+    (``None``: failed with a reason and not re-run yet; its re-run takes the slot, never a
+    fresh trial). An original whose trials all failed without a reason (a stale worker's, its
+    retries used up) gives its slot up. Trials of other originals, and a second re-run of one
+    original (two launchers at once), are surplus: never claimed."""
+    live_states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+    first_live: dict[int, optuna.trial.FrozenTrial] = {}
+    pending: set[int] = set()
+    order: list[int] = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        original = original_number(trial)
+        if original not in first_live and original not in pending and original not in order:
+            order.append(original)
+        if trial.state in live_states:
+            first_live.setdefault(original, trial)
+        elif trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") not in (
+            None, SURPLUS,
+        ):  # fmt: skip
+            pending.add(original)
+    held = [o for o in order if o in first_live or o in pending]
+    return [(o, first_live.get(o)) for o in held[:n_trials]]
+
+
+def retry_interrupted(study: optuna.Study, storage: BaseStorage, errors: bool = True) -> int:
+    """Enqueue the parameters of every trial that was interrupted (Ctrl-C or SIGTERM: failed
+    with ``fail_reason: interrupted``; killed: still RUNNING, claimed by a process of this
+    machine that is gone) or, with ``errors``, failed with an error (``fail_reason``: the
+    exception, which the command reported), once each, so a resumed study runs the same trials
+    an uninterrupted one would (a trial that failed is never replaced by a fresh one the study
+    cannot count); the number enqueued. A launch re-runs both; a process still claiming re-runs
+    the trials another process sharing the storage was interrupted in (``errors=False``)."""
+    with sqlite_lock(storage):
+        every = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("replaces") for t in every}
+        count = 0
+        for trial in every:
+            reason = trial.user_attrs.get("fail_reason")
+            if trial.number in retried or reason == SURPLUS:
+                continue
+            failed = trial.state == TrialState.FAIL and reason is not None
+            if failed and not errors and reason not in INTERRUPTED:
+                continue
+            if not (failed or fail_if_killed_here(study, storage, trial)):
+                continue
+            # Its parameters, or (killed before it sampled them) the sampler seed it would have
+            # had.
+            study.enqueue_trial(
+                trial.params or {},
+                user_attrs={"retry_of": original_number(trial), "replaces": trial.number},
+            )
+            count += 1
+    return count
+
+
+def drop_surplus(study: optuna.Study, storage: BaseStorage, n_trials: int) -> int:
+    """Fail (``fail_reason: surplus``) the WAITING trials no slot holds (``slots``): launchers
+    that topped the study up at once on a server database, or re-ran one trial twice; called
+    when nothing is left to claim, so a study ends with no trial waiting. The number failed."""
+    with sqlite_lock(storage):
+        every = study.get_trials(deepcopy=False)
+        kept = {live.number for _, live in slots(every, n_trials) if live is not None}
+        study_id = storage.get_study_id_from_name(study.study_name)
+        dropped = 0
+        for trial in every:
+            if trial.state != TrialState.WAITING or trial.number in kept:
+                continue
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_user_attr(trial_id, "fail_reason", SURPLUS)
+                if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    dropped += 1
+    return dropped
 
 
 def claim_waiting_unit(
@@ -179,6 +262,8 @@ def claim_waiting_unit(
     def first_of_each(live: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
         seen, first = set(), []
         for frozen in live:
+            if frozen.state not in (*FINISHED, TrialState.RUNNING, TrialState.WAITING):
+                continue
             if frozen.user_attrs.get(key) in values and frozen.user_attrs.get(key) not in seen:
                 seen.add(frozen.user_attrs.get(key))
                 first.append(frozen)
@@ -277,8 +362,7 @@ def _claim(
     ``tuning.tune.retry_interrupted``)."""
     worker = worker_id()
     study_id = storage.get_study_id_from_name(study.study_name)
-    live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
-    for frozen in claimable(study.get_trials(deepcopy=False, states=live)):  # by number
+    for frozen in claimable(study.get_trials(deepcopy=False)):  # by number
         if frozen.state != TrialState.WAITING:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)

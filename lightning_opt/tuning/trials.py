@@ -40,7 +40,7 @@ from lightning_opt.runs.build import (
     with_values,
 )
 from lightning_opt.runs.runner import Run, train_runs
-from lightning_opt.tuning.claims import original_number
+from lightning_opt.tuning.claims import FINISHED, original_number, slots
 from lightning_opt.tuning.sampling import TRIAL_SEED_OFFSET, trial_sampler
 from lightning_opt.tuning.storage import sqlite_url
 
@@ -167,12 +167,12 @@ def unfinished_trials(study: optuna.Study, n_trials: int) -> list[int]:
     or pruned, themselves or through a re-run): interrupted or killed in another process that
     shares the storage, or still running there. Their study is partial: no best trial may be
     taken from it."""
-    finished = {
-        original_number(t)
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    }
-    return [n for n in range(n_trials) if n not in finished]
+    every = study.get_trials(deepcopy=False)
+    finished = {original_number(t) for t in every if t.state in FINISHED}
+    planned = [original for original, _ in slots(every, n_trials)]
+    given_up = sorted({original_number(t) for t in every} - set(planned))  # retries used up
+    short = given_up[: n_trials - len(planned)]  # a slot no trial holds: not run
+    return sorted([o for o in planned if o not in finished] + short)
 
 
 def as_a_trial(config: Any) -> Any:

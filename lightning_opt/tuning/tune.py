@@ -301,32 +301,6 @@ def check_recorded(
     return study
 
 
-def retry_interrupted(study: optuna.Study, storage: Any) -> int:
-    """Enqueue the parameters of every trial that was interrupted (Ctrl-C: failed with
-    ``fail_reason: interrupted``; killed: still RUNNING, claimed by a process of this machine
-    that is gone) or failed with an error (``fail_reason``: the exception, which the command
-    reported), once each, so a resumed study runs the same trials an uninterrupted one would
-    (a trial that failed is never replaced by a fresh one the study cannot count); the number
-    enqueued."""
-    every = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("replaces") for t in every}
-    count = 0
-    for trial in every:
-        attrs = trial.user_attrs
-        if trial.number in retried:
-            continue
-        interrupted = trial.state == TrialState.FAIL and "fail_reason" in attrs
-        if not (interrupted or studies.fail_if_killed_here(study, storage, trial)):
-            continue
-        # Its parameters, or (killed before it sampled them) the sampler seed it would have had.
-        study.enqueue_trial(
-            trial.params or {},
-            user_attrs={"retry_of": studies.original_number(trial), "replaces": trial.number},
-        )
-        count += 1
-    return count
-
-
 def run_study(config: Any, options: TuneOptions) -> optuna.Study:
     """``_run_study``; a storage that fails on the way (a damaged page in the middle of a
     SQLite file, a server gone) is one line (``RunFailure``, exit 1), not a traceback."""
@@ -407,7 +381,7 @@ def prepare_study(config: Any, options: TuneOptions) -> tuple[optuna.Study, Any]
         raise RunFailure(str(err)) from None
     except ValueError as err:  # an unreachable storage, a study of other settings
         raise UsageError(str(err)) from None
-    rerun = retry_interrupted(study, storage)
+    rerun = studies.retry_interrupted(study, storage)
     added = studies.top_up(study, options.n_trials, storage)
     if rerun:
         print(f"re-running {rerun} interrupted trial(s) with their own parameters", flush=True)

@@ -75,6 +75,7 @@ def claim_and_run(
             raise KeyboardInterrupt
         if storages.has_heartbeat(storage):
             optuna.storages.fail_stale_trials(study)  # re-enqueues trials of dead workers
+        studies.retry_interrupted(study, storage, errors=False)  # another process's Ctrl-C
         batch = studies.claim_up_to(options.population, functools.partial(_claim, study, runner))
         if not batch:
             running = studies.count_states(study)[TrialState.RUNNING]
@@ -83,6 +84,7 @@ def claim_and_run(
                     min(0.5, options.heartbeat_interval)
                 )  # a dead worker's trial may come back
                 continue
+            studies.drop_surplus(study, storage, options.n_trials)
             return done
         trials, params = [trial for trial, _, _ in batch], [values for *_, values in batch]
         claims = [(study, storage, trial, trial_id) for trial, trial_id, _ in batch]
@@ -120,6 +122,7 @@ def run_together(
                 options = runner.options
                 if storages.has_heartbeat(storage):
                     optuna.storages.fail_stale_trials(study)
+                studies.retry_interrupted(study, storage, errors=False)
                 for trial, trial_id, values in studies.claim_up_to(
                     runner.options.population, functools.partial(_claim, study, runner)
                 ):
@@ -134,6 +137,8 @@ def run_together(
                 if waiting:  # a dead worker's trial may come back
                     time.sleep(min(0.5, min(r.options.heartbeat_interval for *_, r in arms)))
                     continue
+                for study, storage, runner in arms:
+                    studies.drop_surplus(study, storage, runner.options.n_trials)
                 return done
             interval = min(r.options.heartbeat_interval for *_, r in arms)
             _train_claimed(
