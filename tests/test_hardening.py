@@ -789,3 +789,61 @@ def test_ctrl_c_of_one_process_of_a_shared_study_is_rerun_by_the_other(tmp_path,
     alone = _tune_process(tmp_path / "c", data_cache, reference)
     assert alone.wait(timeout=300) == 0
     assert shared == _values(reference) and sorted(shared) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_journal_file_shared_by_two_processes_waits_for_the_others_trial(tmp_path, data_cache):
+    """Issue case 10d: two commands sharing a journal-file storage (no heartbeat): the one
+    that ran out of trials to claim went on while the other still held a shared trial, and
+    ended with the study partial. A trial held by a live process of this machine is waited for
+    on any storage."""
+    import time
+
+    journal = tmp_path / "journal.log"
+    release = tmp_path / "release"
+
+    def states() -> dict[str, int]:
+        import collections
+
+        import optuna
+        from optuna.storages.journal import JournalFileBackend
+
+        if not journal.exists():
+            return {}
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        trials = storage.get_all_trials(0, deepcopy=False) if storage.get_all_studies() else []
+        return collections.Counter(t.state.name for t in trials)
+
+    first = _tune_process(tmp_path / "a", data_cache, str(journal), hold=release)
+    deadline = time.monotonic() + 240
+    while not states().get("RUNNING"):  # the first holds trial 0
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    second = _tune_process(tmp_path / "b", data_cache, str(journal))
+    while states().get("COMPLETE", 0) < 3:
+        assert time.monotonic() < deadline and second.poll() is None, second.poll()
+        time.sleep(0.1)
+    time.sleep(2.0)
+    assert second.poll() is None, "it waits for the first's trial"
+    release.touch()
+    assert first.wait(timeout=120) == 0 and second.wait(timeout=120) == 0
+    assert sorted(_values(str(journal))) == [0, 1, 2, 3]
+
+
+def test_a_database_that_lost_its_trials_is_noticed(tmp_path, data_cache, capsys):
+    """Issue case 4: an ``optuna.db`` without its write-ahead log (a copy of a killed run's, a
+    database deleted by hand) held no study, and the re-run retrained everything silently. A
+    study that is new while its folder holds an earlier tuning is one line; ``--overwrite``
+    starts afresh."""
+    args = ["tune", f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}",
+            "--trainer.max_epochs=1", "--n_trials=2", "--pruner=none",
+            f"--output_dir={tmp_path / 'out'}"]  # fmt: skip
+    cli_main(args)
+    for path in (tmp_path / "out").glob("optuna.db*"):
+        path.unlink()
+    line = _refused(args, capsys)
+    assert "study 'adam' is not in sqlite:///" in line
+    assert "holds an earlier tuning of it (best.yaml, trial_0, trial_1)" in line
+    assert "restore it, or pass --overwrite" in line
+    cli_main([*args, "--overwrite"])
+    assert (tmp_path / "out" / "adam" / "best.yaml").exists()

@@ -310,6 +310,27 @@ def killed_here(trial: optuna.trial.FrozenTrial) -> bool:
     )
 
 
+def held_here(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` is RUNNING in another live process of this machine (worth waiting for
+    on any storage; a journal file has no heartbeat to tell a dead one)."""
+    owner_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    return (
+        trial.state == TrialState.RUNNING
+        and owner_host == _HOST
+        and pid.isdigit()
+        and int(pid) != os.getpid()
+        and _alive(int(pid))
+    )
+
+
+def worth_waiting(study: optuna.Study, storage: BaseStorage) -> bool:
+    """Whether a trial of ``study`` is running elsewhere and may still finish or come back:
+    with a heartbeat (database storages) any running trial, else one held by a live process
+    of this machine."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return bool(running) and (has_heartbeat(storage) or any(held_here(t) for t in running))
+
+
 def fail_if_killed_here(study: optuna.Study, storage: BaseStorage, trial: Any) -> bool:
     """Fail ``trial`` (``fail_reason: killed``) if a process of this machine that is gone was
     running it, so its work runs again now; whether it did (a rival process that finished or

@@ -290,6 +290,8 @@ def check_recorded(
         shutil.rmtree(options.study_dir, ignore_errors=True)
         study = studies.open_study(storage, options.study_name, space, options.objective)
         recorded = None
+    if recorded is None and not study.trials:
+        _check_no_lost_trials(options)
     if recorded is None:
         if study.trials:
             print(
@@ -299,6 +301,29 @@ def check_recorded(
             )
         study.set_user_attr(_CONFIG_ATTR, options.fingerprint)
     return study
+
+
+def _check_no_lost_trials(options: TuneOptions) -> None:
+    """A study that is new in its storage while its folder holds an earlier tuning's logs: the
+    database lost its trials (an SQLite file copied or restored without its ``-wal`` log, a
+    storage deleted by hand). Retraining every trial silently would hide that: refuse, or with
+    ``--overwrite`` start afresh (the old logs are removed)."""
+    folder = options.study_dir
+    found = sorted(p.name for p in folder.glob("trial_*")) if folder.is_dir() else []
+    if (folder / "best.yaml").exists():
+        found.insert(0, "best.yaml")
+    if not found:
+        return
+    if options.overwrite:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    raise ValueError(
+        f"study {options.study_name!r} is not in {storages.redact(options.storage)}, but "
+        f"{folder} holds an earlier tuning of it ({shown}): the database lost its trials "
+        "(an SQLite file copied without its -wal file?); restore it, or pass --overwrite to "
+        "start afresh"
+    )
 
 
 def run_study(config: Any, options: TuneOptions) -> optuna.Study:

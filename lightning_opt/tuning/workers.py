@@ -78,11 +78,8 @@ def claim_and_run(
         studies.retry_interrupted(study, storage, errors=False)  # another process's Ctrl-C
         batch = studies.claim_up_to(options.population, functools.partial(_claim, study, runner))
         if not batch:
-            running = studies.count_states(study)[TrialState.RUNNING]
-            if running and storages.has_heartbeat(storage):
-                time.sleep(
-                    min(0.5, options.heartbeat_interval)
-                )  # a dead worker's trial may come back
+            if studies.worth_waiting(study, storage):  # it may finish, or come back to claim
+                time.sleep(min(0.5, options.heartbeat_interval))
                 continue
             studies.drop_surplus(study, storage, options.n_trials)
             return done
@@ -129,11 +126,7 @@ def run_together(
                     members.append((runner, trial, values))
                     claims.append((study, storage, trial, trial_id))
             if not members:
-                waiting = any(
-                    storages.has_heartbeat(storage)
-                    and studies.count_states(study)[TrialState.RUNNING]
-                    for study, storage, _ in arms
-                )
+                waiting = any(studies.worth_waiting(study, storage) for study, storage, _ in arms)
                 if waiting:  # a dead worker's trial may come back
                     time.sleep(min(0.5, min(r.options.heartbeat_interval for *_, r in arms)))
                     continue
