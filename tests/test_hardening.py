@@ -137,7 +137,7 @@ def test_an_output_folder_a_storage_url_would_misread_is_refused(
     ("where", "name"),
     [("arm", "results.json"), ("arm", "comparison.html"), ("arm", "optuna.db"),
      ("arm", "experiment.json"), ("experiment", "optuna.db"), ("study", "optuna.db"),
-     ("workload", "leaderboard.md"), ("workload", "mlp.yaml")],
+     ("workload", "leaderboard.md"), ("workload", "mlp.yaml"), ("benchmark", "optuna.db")],
 )  # fmt: skip
 def test_a_name_of_the_tools_own_files_is_refused(where, name, tmp_path, data_cache, capsys):
     """Issue case 2: names that become folders beside the tool's own files (which then could
@@ -145,9 +145,11 @@ def test_a_name_of_the_tools_own_files_is_refused(where, name, tmp_path, data_ca
     if where == "study":
         args = ["tune", "--optimizer=adam", f"--study_name={name}",
                 f"--output_dir={tmp_path / 'out'}", f"--data.cache_dir={data_cache}"]  # fmt: skip
-    elif where == "workload":
-        path = _suite(tmp_path, data_cache, [{"name": name, "epochs": 1, "target": 2.2}])
+    elif where in ("workload", "benchmark"):
+        workload = name if where == "workload" else "mlp"
+        path = _suite(tmp_path, data_cache, [{"name": workload, "epochs": 1, "target": 2.2}])
         args = ["benchmark", f"--config={path}", "--optimizer=adam"]
+        args += [f"--benchmark={name}"] if where == "benchmark" else []
     elif where == "arm":
         arms = [{"name": name, "optimizer": "adam"}, {"name": "sgd", "optimizer": "sgd"}]
         args = ["compare", f"--config={_experiment(tmp_path, data_cache, arms=arms)}"]
@@ -215,7 +217,8 @@ def test_a_benchmark_cap_equal_to_the_fit_default_caps(tmp_path, data_cache, mon
     [(["--n_trials=1000000000000"], "--n_trials 1e+12: at most 100,000"),
      (["--seeds=10000000"], "--seeds 1e+07: at most 10,000"),
      (["--data.num_samples=1000000000"], "data.num_samples 1e+09: at most 10,000,000"),
-     (["--seed_everything=4294967295", "--seeds=2"], "the last final run's seed 4294967296")],
+     (["--seed_everything=4294967295", "--seeds=2"], "the last final run's seed 4294967296"),
+     (["--data.final_seq_length=1000000000"], "--data.final_seq_length 1e+09: at most 100,000")],
 )  # fmt: skip
 def test_a_count_past_its_bound_is_refused_before_anything_is_queued(
     flags, message, tmp_path, data_cache, capsys
@@ -719,6 +722,15 @@ class Hold(Callback):
 """
 
 
+def _command(args: list[str]) -> Any:
+    """``python -m lightning_opt ARGS`` in a process of its own, run to its end."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "lightning_opt", *args], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
 def _tune_process(tmp_path: Path, data_cache: Path, storage: str, hold: Path | None = None) -> Any:
     import os
     import subprocess
@@ -847,3 +859,34 @@ def test_a_database_that_lost_its_trials_is_noticed(tmp_path, data_cache, capsys
     assert "restore it, or pass --overwrite" in line
     cli_main([*args, "--overwrite"])
     assert (tmp_path / "out" / "adam" / "best.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_finished_benchmark_is_read_again_from_a_read_only_database(tmp_path, data_cache,
+                                                                     capsys):  # fmt: skip
+    """Issue case 9: a read-only database was refused even for re-reading a finished
+    benchmark. Re-reading it writes nothing to the database; a new candidate, which must,
+    is one line. (Read-only even for root: the file is made immutable, ``chattr +i``.)"""
+    import os
+    import subprocess
+
+    suite = _suite(tmp_path, data_cache, [{"name": "mlp", "epochs": 1, "target": 2.2}],
+                   n_trials=2, study_size=2, population=2, seeds=2)  # fmt: skip
+    cli_main(["benchmark", f"--config={suite}", "--optimizer=adamw"])
+    board = (tmp_path / "out" / "tiny" / "leaderboard.md").read_text()
+    database = tmp_path / "out" / "optuna.db"
+    root = os.geteuid() == 0
+    database.chmod(0o444)
+    if root and subprocess.run(["chattr", "+i", str(database)], check=False).returncode:
+        pytest.skip("chattr +i is not supported here")
+    try:  # another process: this one holds the database open from the first command
+        again = _command(["benchmark", f"--config={suite}", "--optimizer=adamw"])
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert (tmp_path / "out" / "tiny" / "leaderboard.md").read_text() == board
+        new = _command(["benchmark", f"--config={suite}", "--optimizer=torch.optim.Adagrad"])
+        err = [line for line in new.stderr.splitlines() if line.startswith("lightning_opt:")]
+        assert new.returncode == 2 and len(err) == 1 and "readonly database" in err[0], new.stderr
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(database)], check=True)
+        database.chmod(0o644)

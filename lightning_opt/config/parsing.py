@@ -33,6 +33,7 @@ from jsonargparse import ArgumentError, Namespace, get_loader, set_loader
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_opt.core.names import check_limit
 from lightning_opt.core.reflection import class_spec, import_class
 from lightning_opt.data import NUM_CLASSES, MNIST1DDataModule
 from lightning_opt.models import net_arguments, resolve_net
@@ -545,6 +546,12 @@ def check_run_settings(config: Any) -> None:
     root = config.get("trainer", {}).get("default_root_dir")
     if root and Path(root).exists() and not Path(root).is_dir():
         raise UsageError(f"--trainer.default_root_dir {root} is a file; give a folder")
+    data = config.get("data") or {}
+    for size in ("num_samples", "final_seq_length"):  # the net is sized by them before the data
+        try:
+            check_limit(size, data.get(size), f"--data.{size}")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
 
 
 class OptimizerCLI(LightningCLI):
