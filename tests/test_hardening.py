@@ -7,7 +7,6 @@ a benchmark's ``--trainer.max_epochs`` cap at the default's value."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sqlite3
@@ -760,30 +759,36 @@ def _values(storage: str) -> dict[int, float]:
     return {original_number(t): t.value for t in study.trials if t.state.name == "COMPLETE"}
 
 
-def _states(database: Path) -> dict[str, int]:
-    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection:
-        rows = connection.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall()
-    return dict(rows)
+def _states(url: str) -> dict[str, int]:
+    """How many trials of the database at ``url`` are in each state ({} before its tables)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials GROUP BY state")
+            return {str(state).split(".")[-1]: n for state, n in connection.execute(query)}
+    except sqlalchemy.exc.SQLAlchemyError:  # not created yet
+        return {}
+    finally:
+        engine.dispose()
 
 
-@pytest.mark.slow
-def test_ctrl_c_of_one_process_of_a_shared_study_is_rerun_by_the_other(tmp_path, data_cache):
-    """Issue case 10a, end to end with two processes on one SQLite storage: one is stopped
-    with Ctrl-C in the middle of a trial while the other trains the rest; the other re-runs
-    the interrupted trial with its own values and seed, and the study ends complete, with
-    exactly the values of one process alone. (The first holds its trial until released, so
-    the split does not depend on the machine's speed.)"""
+def interrupted_shared_tuning(tmp_path: Path, data_cache: Path, url: str) -> None:
+    """Two processes tune one study at ``url``; the first is stopped with Ctrl-C in the middle
+    of its trial while the second trains the rest. The second re-runs the interrupted trial
+    with its own values and seed, and the study ends complete, with exactly the values of one
+    process alone (on SQLite). The first holds its trial until released, so the split does not
+    depend on the machine's speed."""
     import signal
     import time
 
     def wait_for(condition) -> None:
         deadline = time.monotonic() + 240
-        while not (database.exists() and condition(_states(database))):
-            assert time.monotonic() < deadline, _states(database) if database.exists() else None
+        while not condition(_states(url)):
+            assert time.monotonic() < deadline, _states(url)
             time.sleep(0.05)
 
-    database = tmp_path / "shared.db"
-    url = f"sqlite:///{database}"
     release = tmp_path / "release"
     first = _tune_process(tmp_path / "a", data_cache, url, hold=release)
     wait_for(lambda states: states.get("RUNNING"))  # the first holds trial 0
@@ -797,10 +802,22 @@ def test_ctrl_c_of_one_process_of_a_shared_study_is_rerun_by_the_other(tmp_path,
     assert first.returncode == 130, out_first[-2000:]
     assert second.returncode == 0, out_second[-2000:]
     shared = _values(url)
+    assert shared == reference_values(tmp_path, data_cache) and sorted(shared) == [0, 1, 2, 3]
+
+
+def reference_values(tmp_path: Path, data_cache: Path) -> dict[int, float]:
+    """The values of ``_tune_process``'s study run by one process alone, on SQLite."""
     reference = f"sqlite:///{tmp_path / 'reference.db'}"
-    alone = _tune_process(tmp_path / "c", data_cache, reference)
+    alone = _tune_process(tmp_path / "alone", data_cache, reference)
     assert alone.wait(timeout=300) == 0
-    assert shared == _values(reference) and sorted(shared) == [0, 1, 2, 3]
+    return _values(reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_one_process_of_a_shared_study_is_rerun_by_the_other(tmp_path, data_cache):
+    """Issue case 10a, end to end with two processes on one SQLite storage (PostgreSQL:
+    tests/test_tune_postgres.py)."""
+    interrupted_shared_tuning(tmp_path, data_cache, f"sqlite:///{tmp_path / 'shared.db'}")
 
 
 @pytest.mark.slow
@@ -890,3 +907,28 @@ def test_a_finished_benchmark_is_read_again_from_a_read_only_database(tmp_path, 
         if root:
             subprocess.run(["chattr", "-i", str(database)], check=True)
         database.chmod(0o644)
+
+
+def test_a_disk_full_at_one_megabyte_is_one_line(tmp_path, data_cache):
+    """Issue case 8: a disk full at 1 MB (a real one: a tmpfs of 1 MiB, mounted as root; the
+    simulated full disks are in test_reliability) ended in a traceback
+    (``StorageInternalError``); it is one line, exit 1, and what was written stays."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (test_reliability simulates one)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]
+    if subprocess.run(mount, check=False, capture_output=True).returncode:
+        pytest.skip("tmpfs cannot be mounted here")
+    try:
+        done = _command(["tune", f"--data.num_samples={TINY_SAMPLES}",
+                         f"--data.cache_dir={data_cache}", "--trainer.max_epochs=2",
+                         "--n_trials=3", "--pruner=none", f"--output_dir={disk / 'out'}"])  # fmt: skip
+        err = [line for line in done.stderr.splitlines() if line.startswith("lightning_opt:")]
+        assert done.returncode == 1 and len(err) == 1, done.stderr[-3000:]
+        assert "free space" in err[0] and "Traceback" not in done.stderr
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

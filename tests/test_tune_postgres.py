@@ -291,3 +291,31 @@ def test_launchers_racing_on_a_new_postgres_database_all_succeed(postgres):
     assert not errors, errors
     assert names == ["race"] * 8
     assert optuna.get_all_study_names(url) == ["race"]
+
+
+def test_ctrl_c_of_one_machine_is_rerun_by_another(postgres, data_cache, tmp_path):
+    """Issue 31, case 10a on PostgreSQL: one process stopped with Ctrl-C mid-trial; the other
+    re-runs the trial with its own values and seed (test_hardening's SQLite scenario)."""
+    from test_hardening import interrupted_shared_tuning
+
+    interrupted_shared_tuning(tmp_path, data_cache, postgres.create_database("interrupted"))
+
+
+def test_launches_at_once_run_the_planned_trials_only(postgres, data_cache, tmp_path):
+    """Issue 31, case 10b: three launches at the same moment each topped the study up (surplus
+    WAITING trials, "4 of 4 planned"). Only the planned slots run, the surplus ends failed
+    (``surplus``), nothing is left waiting, and the values are one process's."""
+    from test_hardening import _tune_process, _values, reference_values
+
+    from lightning_opt.tuning.claims import SURPLUS
+
+    url = postgres.create_database("at_once")
+    processes = [_tune_process(tmp_path / name, data_cache, url) for name in "abc"]
+    for process in processes:
+        out, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, out[-2000:]
+    assert _values(url) == reference_values(tmp_path, data_cache)
+    trials = optuna.load_study(study_name="adam", storage=url).get_trials(deepcopy=False)
+    surplus = [t for t in trials if t.user_attrs.get("fail_reason") == SURPLUS]
+    assert all(t.state == TrialState.FAIL and not t.params for t in surplus)
+    assert len(trials) - len(surplus) == 4
