@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_SAMPLES, read_scalars, version_dirs
 
 from lightning_opt.cli.main import cli_main
@@ -325,3 +326,45 @@ def test_fit_seeds_resumes_from_its_checkpoint(tiny_fit_args, tmp_path, capsys):
         cli_main(["test", *base, f"--ckpt_path={ckpt}"])
     assert exit_info.value.code == 2
     assert "holds a population of seeds [0, 1]: load it with --seeds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "own"),
+    [("fit", "--seeds"), ("validate", "--ckpt_path"), ("tune", "Study:"),
+     ("compare", "Experiment:"), ("benchmark", "Benchmark:")],
+)  # fmt: skip
+def test_help_starts_with_the_command_and_its_own_options(command, own, capsys):
+    """Issue 32, item 5: each command's --help was 1,100 lines headed "usage: __main__.py" and
+    "Lightning Trainer command line tool", the tool's own options last. It starts with a
+    one-line usage and a paragraph, then the command's own options, LightningCLI's after."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].startswith(f"usage: python -m lightning_opt {command} [options]")
+    assert lines[1] == "" and lines[2] and not lines[2].startswith(" ")
+    assert "__main__.py" not in text and "Lightning Trainer command line tool" not in text
+    lightning = text.index("Trainer, model and data options")
+    assert text.index(own) < text.index("The optimizer (--optimizer NAME") < lightning
+    assert text.index("Customize every aspect of training") > lightning
+
+
+def test_a_class_help_is_left_as_it_is(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--optimizer.help", "torch.optim.SGD"])
+    text = capsys.readouterr().out
+    assert "--optimizer.momentum" in text and "Trainer, model and data" not in text
+
+
+def test_fit_seeds_as_a_count_means_what_compares_does(tiny_fit_args, tmp_path, capsys):
+    """Issue 32, item 5: ``--seeds`` was a list in fit and a count in compare and benchmark;
+    fit takes a count too, the seeds from --seed_everything on (compare's final runs')."""
+    cli_main(["fit", *tiny_fit_args, "--trainer.max_epochs=1", "--seeds=2",
+              "--seed_everything=5"])  # fmt: skip
+    (config,) = (tmp_path / "logs").rglob("config.yaml")
+    assert yaml.safe_load(config.read_text())["seeds"] == [5, 6]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *tiny_fit_args, "--seeds=0"])
+    assert exit_info.value.code == 2
+    assert "--seeds 0: a count of seeds is a positive integer" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_opt.clipping.callbacks import check_clipping_callbacks
 from lightning_opt.config.parsing import (
+    HelpfulParser,
     OptimizerCLI,
     RunFailure,
     UsageError,
@@ -35,6 +36,7 @@ from lightning_opt.config.parsing import (
 )
 from lightning_opt.core import signals
 from lightning_opt.core.allocator import keep_large_blocks
+from lightning_opt.core.names import check_limit
 from lightning_opt.core.protocols import MemberTraining
 from lightning_opt.models import net_short_name
 from lightning_opt.optim.registry import import_class
@@ -88,11 +90,12 @@ class LightningOptCLI(OptimizerCLI):
         self.add_optimizer_argument(parser)
         parser.add_argument(
             "--seeds",
-            type=list[int] | None,
+            type=int | list[int] | None,
             default=None,
             help="train (or validate/test/predict a checkpoint of) these seeds of the configuration at "
-            "once as a population (e.g. [0,1,2,3,4]); member k equals `fit --seed_everything "
-            "SEED_k`, and logs to its own run <log_dir>/seed_<SEED_k>",
+            "once as a population: a list (e.g. [0,1,2,3,4]), or a count N for the N seeds from "
+            "--seed_everything on (as compare's and benchmark's --seeds N); member k equals `fit "
+            "--seed_everything SEED_k`, and logs to its own run <log_dir>/seed_<SEED_k>",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -102,6 +105,18 @@ class LightningOptCLI(OptimizerCLI):
         except ValueError as err:
             raise UsageError(str(err)) from None
         seeds = config.get("seeds")
+        if isinstance(seeds, int) and not isinstance(seeds, bool):  # a count, as compare's
+            first = config.get("seed_everything")
+            if isinstance(first, bool) or not isinstance(first, int) or seeds < 1:
+                raise UsageError(
+                    f"--seeds {seeds}: a count of seeds is a positive integer, counted from an "
+                    f"integer --seed_everything (got {first}); or give the list of seeds"
+                )
+            try:
+                check_limit("seeds", seeds, "--seeds")
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+            seeds = config.seeds = [first + k for k in range(seeds)]
         if seeds is not None and (
             not seeds
             or len(set(seeds)) != len(seeds)
@@ -352,6 +367,7 @@ def cli_main(args: list[str] | None = None) -> None:
         if not argv:
             sys.exit(EXIT_USAGE)
         return
+    HelpfulParser.command = argv[0]
     with signals.handled():
         _run_subcommand(argv, debug)
 

@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import re
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -554,6 +555,91 @@ def check_run_settings(config: Any) -> None:
             raise UsageError(str(err)) from None
 
 
+#: What each command is for: the first paragraph of its ``--help``.
+COMMAND_HELP = {
+    "fit": "Train a model on mnist1d with an optimizer given by short name or class path "
+    "(--optimizer). --seeds [..] trains several seeds at once as a population, each logged as "
+    "its own run. Checkpoints and TensorBoard logs go to lightning_logs/<optimizer>/version_N.",
+    "validate": "Evaluate a checkpoint (--ckpt_path) on the validation split.",
+    "test": "Evaluate a checkpoint (--ckpt_path) on the held-out test split.",
+    "predict": "Write per-example test-split predictions of a checkpoint (--ckpt_path) as CSV.",
+    "tune": "An Optuna search of a fit configuration: --n_trials trials (pruned, on workers or as "
+    "populations), resumable from its storage; writes <output_dir>/<study>/best.yaml, a fit "
+    "config of the best trial, and the study's plots.",
+    "compare": "An experiment: tune each arm (--arms) on the validation split, retrain the best "
+    "configuration over --seeds seeds, test once on the held-out test split, and report with "
+    "confidence intervals and Holm-corrected tests (results.md, comparison.html, runs.csv).",
+    "benchmark": "A candidate optimizer against tuned baselines over a suite of workloads, "
+    "scored as AlgoPerf scores (time to a validation target; leaderboard.md and .html).",
+}
+#: Help sections of LightningCLI's Trainer, model and data, shown after the command's own.
+_LIGHTNING_SECTIONS = (
+    "Customize every aspect of training", "Any network on mnist1d", "mnist1d with train",
+    "Linked arguments",
+)  # fmt: skip
+#: Section titles that say what their options are.
+_SECTION_TITLES = {
+    "Base class for all optimizers:": "The optimizer (--optimizer NAME or CLASS_PATH; "
+    "--optimizer.help CLASS_PATH lists a class's arguments):",
+    "Runs the full optimization routine:": "This command's Trainer call:",
+}
+
+
+def command_help(text: str, command: str) -> str:
+    """argparse's help of ``command`` for a person: a one-line usage and a paragraph first,
+    then the command's own options, then the Trainer, model and data options (LightningCLI's,
+    which make up most of it)."""
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        if line and not line[0].isspace() and (not blocks or not blocks[-1] or line.endswith(":")):
+            blocks.append([])
+        if not blocks:
+            blocks.append([])
+        blocks[-1].append(line)
+    own, lightning = [], []
+    for block in blocks:
+        head = block[0] if block else ""
+        if head.startswith("usage:") or head in (
+            "Lightning Trainer command line tool",
+            "Runs the full optimization routine.",
+        ):
+            continue  # fmt: skip
+        block = [_SECTION_TITLES.get(head, head), *block[1:]]
+        (lightning if head.startswith(_LIGHTNING_SECTIONS) else own).append(block)
+    out = [
+        f"usage: python -m lightning_opt {command} [options]   (every option below; "
+        "--config FILE for a YAML of them)",
+        "",
+        *textwrap.wrap(COMMAND_HELP.get(command, ""), 88),
+        "",
+    ]
+    optimizer = _SECTION_TITLES["Base class for all optimizers:"]
+    mine = {"tune": "Study:", "compare": "Experiment:", "benchmark": "Benchmark:"}.get(command)
+    for block in sorted(own, key=lambda b: (b[0] == optimizer, b[0] not in ("options:", mine))):
+        out.extend(block)
+    out += ["", "=" * 88, "Trainer, model and data options (LightningCLI; every one can also "
+            "be set in a --config file):", "=" * 88, ""]  # fmt: skip
+    for block in lightning:
+        out.extend(block)
+    return "\n".join(out).rstrip() + "\n"
+
+
+class HelpfulParser(LightningArgumentParser):
+    """LightningCLI's parser whose ``--help`` is ``command_help``'s."""
+
+    #: The command being parsed (set by the CLI's dispatcher; a subcommand parser knows its
+    #: own from its ``prog``).
+    command = ""
+
+    def format_help(self) -> str:
+        last = (self.prog or "").split()[-1:]
+        command = last[0] if last and last[0] in COMMAND_HELP else HelpfulParser.command
+        text = super().format_help()
+        if not command or not any(f"\n{s}" in text for s in _LIGHTNING_SECTIONS):
+            return text  # the top-level parser of fit, test, ...; a class's --optimizer.help
+        return command_help(text, command)
+
+
 class OptimizerCLI(LightningCLI):
     """LightningCLI for ``MNIST1DClassifier`` on ``MNIST1DDataModule`` with ``--optimizer``."""
 
@@ -740,5 +826,6 @@ def build_cli(
             trainer_defaults=TRAINER_DEFAULTS,
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False, "parser_mode": PARSER_MODE},
+            parser_class=HelpfulParser,
             **kwargs,
         )
