@@ -46,6 +46,7 @@ from lightning_opt.config.fingerprints import (
     without,
 )
 from lightning_opt.config.parsing import UsageError, run_name
+from lightning_opt.core import progress
 from lightning_opt.core.atomic import no_trace_if_refused, write_text
 from lightning_opt.core.names import check_name, overlap
 from lightning_opt.data import MNIST1DDataModule
@@ -54,6 +55,7 @@ from lightning_opt.experiments.compare import (
     Experiment,
     plan_experiment,
     run_experiment,
+    units_planned,
 )
 from lightning_opt.experiments.plans import default_shared_arms_dir, refused_record
 from lightning_opt.optim.schedulers import resolve_scheduler, scheduler_arguments
@@ -136,18 +138,20 @@ def run_benchmark(args: list[str]) -> Path:
         raise UsageError(str(err)) from None
     experiments, per_step, results_of = {}, {}, {}
     start = time.perf_counter()
-    for number, (workload, path, planned) in enumerate(workloads, 1):
-        elapsed = time.perf_counter() - start
-        pace = "" if number == 1 else (
-            f"; {elapsed:.0f} s so far, ~{elapsed / (number - 1) * (len(workloads) - number + 1):.0f}"
-            " s left at the pace of the workloads so far"
-        )  # fmt: skip
-        print(f"=== workload {workload['name']} ({path}; {number} of {len(workloads)}{pace})",
-              flush=True)  # fmt: skip
-        experiments[workload["name"]] = run_experiment(planned)
-        results = json.loads((experiments[workload["name"]] / "results.json").read_text())
-        results_of[workload["name"]] = results
-        per_step[workload["name"]] = timing.time_submissions(workload, planned.plans, results)
+    units = sum(units_planned(planned) for _, _, planned in workloads)
+    with progress.command(units):
+        for number, (workload, path, planned) in enumerate(workloads, 1):
+            elapsed = time.perf_counter() - start
+            pace = "" if number == 1 else (
+                f"; {elapsed:.0f} s so far, ~{elapsed / (number - 1) * (len(workloads) - number + 1):.0f}"
+                " s left at the pace of the workloads so far"
+            )  # fmt: skip
+            progress.say(f"=== workload {workload['name']} ({path}; {number} of "
+                         f"{len(workloads)}{pace})")  # fmt: skip
+            experiments[workload["name"]] = run_experiment(planned)
+            results = json.loads((experiments[workload["name"]] / "results.json").read_text())
+            results_of[workload["name"]] = results
+            per_step[workload["name"]] = timing.time_submissions(workload, planned.plans, results)
     board = leaderboards.leaderboard(
         config, candidates, [w for w, _, _ in workloads], experiments, per_step
     )

@@ -24,7 +24,8 @@ TUNE_KEYS = (
 #: and a compiled step round differently from a lone eager run, within float rounding).
 NOT_IN_FINGERPRINT = (
     "config", "n_trials", "n_workers", "storage", "study_name", "output_dir", "heartbeat_interval",
-    "grace_period", "max_retry", "overwrite", "connect_timeout", "population", "population_finals",
+    "grace_period", "max_retry", "overwrite", "quiet", "connect_timeout", "population",
+    "population_finals",
     "experiment", "trainer.logger", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.enable_checkpointing", "trainer.default_root_dir", "data.cache_dir",
     "shared_arms_dir", "model.compile",

@@ -23,7 +23,7 @@ from lightning_opt.config.parsing import (
     optimizer_dict,
     run_name,
 )
-from lightning_opt.core import signals
+from lightning_opt.core import progress, signals
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.final_units import FinalUnits
 from lightning_opt.experiments.finals import FinalPart, net_record, restore_result, run_finals
@@ -150,43 +150,48 @@ def run_experiment(experiment: Experiment) -> Path:
     labelled = [(p.name, p.name, p) for p in plans]
     labelled += [(p.name, f"{p.name}/retuned", p.retune) for p in plans if p.retune is not None]
     plans_by_label = {label: plan for _, label, plan in labelled}
-    tuned = {}
-    for group in tuning_groups(parser, labelled):
-        together = {}
-        if len(group) > 1:
-            epochs = sorted({plans_by_label[label].tune_cfg.trainer.max_epochs for label in group})
-            shown = " or ".join(map(str, epochs))
-            print(f"== arms {', '.join(group)}: tuning together ({shown} epochs a trial)")
-            entries = [(label, plans_by_label[label].tune_cfg, plans_by_label[label].options)
-                       for label in group]  # fmt: skip
-            together = run_studies_together(entries, data)
-        for label in group:
-            plan = plans_by_label[label]
-            tuned[label] = tune_arm(parser, config, plan, label, data, together.get(label))
-    try:
-        # Final runs that other processes sharing the storage are training are waited for only
-        # after this process's own: meanwhile it trains the next group's.
-        runs, pending = {}, []
-        for group in final_groups(parser, labelled):
-            done = run_finals(
-                [tuned[label].part for label in group], data,
-                tuned[group[0]].plan.population_finals, wait=False,
-            )  # fmt: skip
-            if done is None:
-                print(f"== final runs of {', '.join(group)} in another process; coming back "
-                      "to them", flush=True)  # fmt: skip
-                pending.append(group)
-            runs.update(done or {})
-        for group in pending:
-            parts = [tuned[label].part for label in group]
-            runs.update(run_finals(parts, data, tuned[group[0]].plan.population_finals))
-    except KeyboardInterrupt:  # in the finals (tuning says so itself and exits)
-        print(
-            "interrupted: finished tuning trials and final runs are kept; run the same command "
-            "again to resume",
-            file=sys.stderr,
-        )
-        sys.exit(signals.interrupt_exit_code())
+    with progress.command(units_planned(experiment)):
+        tuned = {}
+        for group in tuning_groups(parser, labelled):
+            together = {}
+            if len(group) > 1:
+                epochs = sorted(
+                    {plans_by_label[label].tune_cfg.trainer.max_epochs for label in group}
+                )
+                shown = " or ".join(map(str, epochs))
+                progress.say(
+                    f"== arms {', '.join(group)}: tuning together ({shown} epochs a trial)"
+                )
+                entries = [(label, plans_by_label[label].tune_cfg, plans_by_label[label].options)
+                           for label in group]  # fmt: skip
+                together = run_studies_together(entries, data)
+            for label in group:
+                plan = plans_by_label[label]
+                tuned[label] = tune_arm(parser, config, plan, label, data, together.get(label))
+        try:
+            # Final runs that other processes sharing the storage are training are waited for only
+            # after this process's own: meanwhile it trains the next group's.
+            runs, pending = {}, []
+            for group in final_groups(parser, labelled):
+                done = run_finals(
+                    [tuned[label].part for label in group], data,
+                    tuned[group[0]].plan.population_finals, wait=False,
+                )  # fmt: skip
+                if done is None:
+                    progress.say(f"== final runs of {', '.join(group)} in another process; "
+                                 "coming back to them")  # fmt: skip
+                    pending.append(group)
+                runs.update(done or {})
+            for group in pending:
+                parts = [tuned[label].part for label in group]
+                runs.update(run_finals(parts, data, tuned[group[0]].plan.population_finals))
+        except KeyboardInterrupt:  # in the finals (tuning says so itself and exits)
+            print(
+                "interrupted: finished tuning trials and final runs are kept; run the same command "
+                "again to resume",
+                file=sys.stderr,
+            )
+            sys.exit(signals.interrupt_exit_code())
     summary: dict[str, Any] = {}
     for name, label, _ in labelled:
         arm = summarize_arm(parser, config, tuned[label], runs[label])
@@ -205,6 +210,12 @@ def run_experiment(experiment: Experiment) -> Path:
         f"report: {exp_dir / 'results.md'}, {exp_dir / 'comparison.html'}, {exp_dir / 'comparison.png'}"
     )
     return exp_dir
+
+
+def units_planned(experiment: Experiment) -> int:
+    """The tuning trials and final runs ``experiment`` ends with (its progress's units)."""
+    plans = [p for plan in experiment.plans for p in (plan, plan.retune) if p is not None]
+    return sum(p.options.n_trials + experiment.config.seeds for p in plans)
 
 
 @dataclass(frozen=True)
@@ -229,7 +240,7 @@ def tune_arm(
     final runs."""
     if study is None:
         epochs = plan.tune_cfg.trainer.max_epochs
-        print(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
+        progress.say(f"== arm {label}: tuning ({plan.options.n_trials} trials x {epochs} epochs)")
         study = run_study(plan.tune_cfg, plan.options)
     unfinished = unfinished_trials(study, plan.options.n_trials)
     if unfinished:  # never a best trial of a partial study
@@ -248,8 +259,8 @@ def tune_arm(
     if ignored is not None:
         print(f"warning: arm {label}: {ignored}", flush=True)
     best = study.best_trial
-    print(f"== arm {label}: {config.seeds} final runs x {config.trainer.max_epochs} epochs "
-          f"with {best.params}")  # fmt: skip
+    progress.say(f"== arm {label}: {config.seeds} final runs x {config.trainer.max_epochs} "
+                 f"epochs with {best.params}")  # fmt: skip
     tuned_cfg = with_values(plan.final_cfg, best.params)
     seeds = [config.seed_everything + s for s in range(config.seeds)]
     chunk_where_invisible(tuned_cfg, data)  # the arm's own callbacks decide

@@ -25,7 +25,7 @@ from lightning.pytorch import seed_everything
 
 from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.config.parsing import RunFailure
-from lightning_opt.core import signals
+from lightning_opt.core import progress, signals
 from lightning_opt.core.atomic import write_text
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.experiments.final_units import FinalUnits
@@ -182,11 +182,10 @@ def _print_result(arm: str, result: dict[str, Any]) -> None:
     timing = f"{result['seconds']:.1f} s"
     if result.get("population"):
         timing = f"population of {result['population']}: {timing}"
-    print(
+    progress.say(
         f"final {arm} seed {result['seed']}: val/loss {result['final_val_loss']:.4f}  "
         f"test/loss {result['test_loss']:.4f}  test/acc {result['test_acc']:.4f}  "
-        f"({timing})",
-        flush=True,
+        f"({timing})"
     )
 
 
@@ -226,6 +225,8 @@ def run_finals(
             while batch := _claim(parts, population):
                 _run_claimed(parts, batch, data, population)
         done = {part.label: part.units.results() for part in parts}
+        for part in parts:
+            progress.seen((part.units.study.study_name, seed) for seed in done[part.label])
         if all(len(done[p.label]) == len(p.units.seeds) for p in parts):
             return {p.label: [done[p.label][s] for s in p.units.seeds] for p in parts}
         elsewhere = {p.label: p.units.running_elsewhere() for p in parts}

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger
 
+from lightning_opt.core import progress
 from lightning_opt.runs.build import (
     QUIET_TRAINER,
     build_mixed_population,
@@ -84,8 +85,9 @@ class Progress(Callback):
     shorter than that): its label, the epoch, the time so far and an estimate of the rest, so
     a population of many trials is not minutes of silence before its lines."""
 
-    def __init__(self, label: str, every: float = 30.0) -> None:
-        self.label, self.every = label, every
+    def __init__(self, label: str, every: float | None = None) -> None:
+        self.label = label
+        self.every = progress.every() if every is None else every
         self._start = self._shown = 0.0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -100,8 +102,8 @@ class Progress(Callback):
         left = (now - self._start) / done * (total - done)
         live = getattr(pl_module, "member_ids", None)  # a population drops pruned members
         members = "" if live is None else f", {len(live)} members training"
-        print(f"  {self.label}: epoch {done} of {total}{members}, {now - self._start:.0f} s so "
-              f"far, ~{left:.0f} s left", flush=True)  # fmt: skip
+        progress.say(f"  {self.label}: epoch {done} of {total}{members}, "
+                     f"{now - self._start:.0f} s so far, ~{left:.0f} s left")  # fmt: skip
 
 
 @dataclass

@@ -128,6 +128,15 @@ def top_up(study: optuna.Study, n_trials: int, storage: BaseStorage | None = Non
     return missing
 
 
+def finished_units(study: optuna.Study) -> list[tuple[str, int]]:
+    """The study's finished trials as units of a command's progress (``core.progress``):
+    ``(study name, original number)``, a re-run counted as its original."""
+    return [
+        (study.study_name, original_number(t))
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+    ]
+
+
 def original_number(trial: optuna.trial.FrozenTrial) -> int:
     """The number of the trial that ``trial`` re-runs, through any chain of re-runs (enqueued by
     ``tuning.tune.retry_interrupted`` as ``retry_of``, or by Optuna's heartbeat retry); its own number

@@ -20,6 +20,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from typing_extensions import override
 
 from lightning_opt.config.parsing import optimizer_dict, run_name
+from lightning_opt.core import progress
 from lightning_opt.core.names import check_limit, check_name
 from lightning_opt.core.search_space import SearchParam, parse_search_space, values_text
 from lightning_opt.data import MNIST1DDataModule
@@ -368,8 +369,8 @@ class TrialRunner:
         self, trial: optuna.Trial, params: dict[str, float], outcome: TrialOutcome, timing: str
     ) -> TrialOutcome:
         shown = f"{self.label} trial" if self.label else "trial"
-        print(f"{shown} {trial.number:>3}  {format_params(params)}  {outcome.note}  ({timing})",
-              flush=True)  # fmt: skip
+        progress.say(f"{shown} {trial.number:>3}  {format_params(params)}  {outcome.note}  "
+                     f"({timing})")  # fmt: skip
         return outcome
 
     def run_population(

@@ -36,7 +36,7 @@ from lightning_opt.config.parsing import (
     given_optimizer_arguments,
     searched_placeholders,
 )
-from lightning_opt.core import signals
+from lightning_opt.core import progress, signals
 from lightning_opt.data import MNIST1DDataModule
 from lightning_opt.runs.build import (
     check_model,
@@ -169,6 +169,15 @@ class TuneCLI(OptimizerCLI):
             "first differences. --overwrite alone is --overwrite true.",
         )
         group.add_argument(
+            "--quiet",
+            type=bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="No progress: no trial lines, no population or command progress, no bar. "
+            "Results, warnings and errors still print. --quiet alone is --quiet true.",
+        )
+        group.add_argument(
             "--connect_timeout",
             type=int,
             default=10,
@@ -191,6 +200,7 @@ def parse(args: list[str], cli_class: type[TuneCLI] = TuneCLI) -> TuneCLI:
     filled = [*expanded, *(f"--optimizer.{n}={json.dumps(v)}" for n, v in placeholders.items())]
     cli = build_cli(cli_class, filled, expanded=True, run=False, save_config_callback=None)
     cli.placeholders = placeholders
+    progress.QUIET = bool(cli.config.get("quiet"))
     cli.given = given_optimizer_arguments(args)  # as written, before short names expand
     return cli
 
@@ -222,7 +232,8 @@ def run_tune(args: list[str]) -> None:
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     options = replace(options, fingerprint=run_fingerprint(cli.parser, cli.config))
-    study = run_study(cli.config, options)
+    with progress.command(options.n_trials, "trials"):
+        study = run_study(cli.config, options)
     write_outputs(cli.parser, cli.config, options, study)
 
 
@@ -321,7 +332,8 @@ def _check_no_lost_trials(options: TuneOptions) -> None:
     raise ValueError(
         f"study {options.study_name!r} is not in {storages.redact(options.storage)}, but "
         f"{folder} holds an earlier tuning of it ({shown}): the database lost its trials "
-        "(an SQLite file copied without its -wal file?); restore it, or pass --overwrite to "
+        "(an SQLite file copied without its -wal file, or another --storage than its tuning's?); "
+        "restore it, or pass --overwrite to "
         "start afresh"
     )
 
@@ -409,11 +421,11 @@ def prepare_study(config: Any, options: TuneOptions) -> tuple[optuna.Study, Any]
     rerun = studies.retry_interrupted(study, storage)
     added = studies.top_up(study, options.n_trials, storage)
     if rerun:
-        print(f"re-running {rerun} interrupted trial(s) with their own parameters", flush=True)
-    print(
+        progress.say(f"re-running {rerun} interrupted trial(s) with their own parameters")
+    progress.seen(studies.finished_units(study))
+    progress.say(
         f"study {options.study_name!r} in {storages.redact(options.storage)}: "
         f"{options.n_trials - added} of {options.n_trials} trials already planned or finished, "
-        f"{added} to run with {options.n_workers} worker(s); logs in {options.study_dir}",
-        flush=True,
+        f"{added} to run with {options.n_workers} worker(s); logs in {options.study_dir}"
     )
     return study, storage

@@ -22,7 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from lightning_opt.config.parsing import RunFailure
-from lightning_opt.core import signals
+from lightning_opt.core import progress, signals
 from lightning_opt.runs.build import quiet_lightning
 from lightning_opt.tuning import claims as studies
 from lightning_opt.tuning import storage as storages
@@ -88,6 +88,7 @@ def claim_and_run(
         _train_claimed(
             claims, options.heartbeat_interval, functools.partial(runner.run_trials, trials, params)
         )
+        progress.seen(studies.finished_units(study))
         done += len(trials)
 
 
@@ -137,6 +138,8 @@ def run_together(
             _train_claimed(
                 claims, interval, functools.partial(run_trial_population, driver, members)
             )
+            for study, _, _ in arms:
+                progress.seen(studies.finished_units(study))
             done += len(members)
 
 
