@@ -18,7 +18,7 @@ from lightning_opt.optim.registry import writable
 TUNE_KEYS = (
     "n_trials", "n_workers", "storage", "study_name", "seed", "pruner", "objective",
     "search_space", "output_dir", "heartbeat_interval", "grace_period", "max_retry", "population",
-    "overwrite", "connect_timeout", "sampler", "study_size", "points", "trial_seeds",
+    "overwrite", "quiet", "connect_timeout", "sampler", "study_size", "points", "trial_seeds",
 )  # fmt: skip
 #: Settings that change where a run writes or how fast it goes, not its values (a population
 #: and a compiled step round differently from a lone eager run, within float rounding).

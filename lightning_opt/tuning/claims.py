@@ -307,29 +307,26 @@ def worker_id() -> str:
     return f"{_HOST}:{os.getpid()}"
 
 
+def _another_process_here(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The pid of the other process of this machine that ``trial`` is RUNNING for, else
+    ``None``."""
+    owner_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    if trial.state != TrialState.RUNNING or owner_host != _HOST or not pid.isdigit():
+        return None
+    return None if int(pid) == os.getpid() else int(pid)
+
+
 def killed_here(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether ``trial`` is RUNNING for a process of this machine that is gone (killed)."""
-    owner_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-    return (
-        trial.state == TrialState.RUNNING
-        and owner_host == _HOST
-        and pid.isdigit()
-        and int(pid) != os.getpid()
-        and not _alive(int(pid))
-    )
+    pid = _another_process_here(trial)
+    return pid is not None and not _alive(pid)
 
 
 def held_here(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether ``trial`` is RUNNING in another live process of this machine (worth waiting for
     on any storage; a journal file has no heartbeat to tell a dead one)."""
-    owner_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-    return (
-        trial.state == TrialState.RUNNING
-        and owner_host == _HOST
-        and pid.isdigit()
-        and int(pid) != os.getpid()
-        and _alive(int(pid))
-    )
+    pid = _another_process_here(trial)
+    return pid is not None and _alive(pid)
 
 
 def worth_waiting(study: optuna.Study, storage: BaseStorage) -> bool:
