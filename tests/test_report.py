@@ -464,3 +464,19 @@ def test_the_report_renders_in_a_browser(overfit, tmp_path):
 
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (3000, 1400) and pixels.std() > 0.05  # not a blank page
+
+
+def test_a_long_report_opens_with_the_table_and_folds_its_verdicts(overfit):
+    """Issue 32, item 6: a five-arm report opened with ten expanded verdict boxes before any
+    table. With more than two comparisons the page opens with the arms' table and folds each
+    verdict under its headline; a report of one comparison keeps its verdict open first."""
+    from lightning_opt.reports.page import page
+
+    arms = {name: _arm("gnw", name, retuned_test_loss=1.197) for name in ("gnw", "adam", "lion")}
+    long = page(_summarize(arms), [])
+    assert long.count('<details class="verdict">') == 3 and '<div class="verdict">' not in long
+    first = long.index("<h2>Arms</h2>")
+    assert first < long.index("<th>test loss</th>") < long.index("<h2>Verdict</h2>")
+    short = page(overfit, [])
+    assert short.count('<div class="verdict">') == 1 and "<details open>" in short
+    assert short.index("<h2>Verdict</h2>") < short.index("<h3>Arms</h3>")

@@ -31,6 +31,7 @@ from lightning_opt.reports.text import (
     json_safe,
     markdown,
     methods,
+    results_table,
     settings_rows,
 )
 
@@ -319,6 +320,7 @@ body { font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 h1 { font-size: 30px; margin: 0 0 4px; } h2 { font-size: 22px; margin: 40px 0 12px;
   border-bottom: 1px solid #d0d7de; padding-bottom: 6px; } h3 { font-size: 18px; margin: 24px 0 8px; }
 .sub { color: #59636e; margin: 0 0 24px; }
+details.verdict > summary.main { cursor: pointer; }
 .verdict { background: #f6f8fa; border-left: 5px solid #0969da; padding: 14px 18px; margin: 14px 0;
   border-radius: 4px; } .verdict .main { font-size: 18px; font-weight: 600; }
 .provenance { margin: 8px 0 0; }
@@ -337,11 +339,15 @@ table.settings td:first-child { width: 260px; font-weight: 600; }
 """
 
 
-def _verdict_html(comparison: dict[str, Any]) -> str:
+def _verdict_html(comparison: dict[str, Any], folded: bool = False) -> str:
+    """One comparison's verdict box; ``folded``: closed under its headline (a long report)."""
     esc = html.escape
     marks = {True: ("✓", "holds"), False: ("✗", "fails"), None: ("-", "unknown")}
     headline = comparison.get("headline", comparison["primary"])
-    parts = [f'<div class="verdict"><div class="main">{esc(headline)}</div>']
+    if folded:
+        parts = [f'<details class="verdict"><summary class="main">{esc(headline)}</summary>']
+    else:
+        parts = [f'<div class="verdict"><div class="main">{esc(headline)}</div>']
     if comparison.get("provenance"):
         parts.append(f'<p class="provenance">{esc(comparison["provenance"])}</p>')
     parts.extend(f'<div class="warning">Warning: {esc(w)}.</div>' for w in comparison["warnings"])
@@ -355,8 +361,14 @@ def _verdict_html(comparison: dict[str, Any]) -> str:
         items = "".join(f"<li>{esc(line)}</li>" for line in comparison["details"])
         more = "every other test" + (", the tuning curves" if comparison["tuning_curves_cross_at"]
                                      else "")  # fmt: skip
-        parts.append(f"<details open><summary>{more}</summary><ul>{items}</ul></details>")
-    return "".join(parts) + "</div>"
+        opened = "" if folded else " open"
+        parts.append(f"<details{opened}><summary>{more}</summary><ul>{items}</ul></details>")
+    return "".join(parts) + ("</details>" if folded else "</div>")
+
+
+#: More comparisons than this make a long report: it opens with the arms' table, and each
+#: verdict is folded under its headline.
+LONG_REPORT = 2
 
 
 def page(results: dict[str, Any], figures: list[tuple[str, str, Any]]) -> str:
@@ -371,9 +383,22 @@ def page(results: dict[str, Any], figures: list[tuple[str, str, Any]]) -> str:
         f'<p class="sub">arms {esc(arms)}; {len(s.get("seeds", []))} seeds per arm, '
         f"{s.get('final_epochs')} epochs; tuned with {s.get('tuning_trials')} trials x "
         f"{s.get('tuning_epochs')} epochs</p>",
+    ]
+    long = len(results["comparisons"]) > LONG_REPORT
+    if long:
+        body += ["<h2>Arms</h2>", _table(*results_table(results), "results")]
+    body += [
         "<h2>Verdict</h2>",
         *(f'<p class="note">{esc(f)}</p>' for f in [benchmark_family(results)] if f),
-        *(_verdict_html(c) for c in results["comparisons"]),
+        *(
+            [
+                f'<p class="note">{len(results["comparisons"])} comparisons, each folded under its '
+                "headline: open one for its robustness checks and other tests.</p>"
+            ]
+            if long
+            else []
+        ),
+        *(_verdict_html(c, folded=long) for c in results["comparisons"]),
         *(f'<div class="warning">{esc(w)}.</div>' for w in results["warnings"]),
         "<h2>Results</h2>",
         '<p class="note">Mean ± half-width of the 95% confidence interval over seeds; A - B '

@@ -42,15 +42,22 @@ def _present(results: dict[str, Any]) -> list[str]:
     return [k for k in COMPARED if any(k in arm["metrics"] for arm in results["arms"].values())]
 
 
-def markdown_table(results: dict[str, Any]) -> str:
+def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Each arm's tuned values and metrics (mean ± half-width of the interval): head, rows."""
     keys = _present(results)
-    head = "| arm | tuned | " + " | ".join(SHORT[k] for k in keys) + " | clipped |"
-    lines = [head, "|" + " --- |" * (len(keys) + 3)]
+    head = ["arm", "tuned", *(SHORT[k] for k in keys), "clipped"]
+    rows = []
     for name, arm in results["arms"].items():
-        tuned = values_text(arm["tuned"])
         cells = [ci_text(arm["metrics"].get(key)) for key in keys]
         clip = f"{arm['clip_rate']['mean']:.1%}" if arm["clip_rate"] else "-"
-        lines.append(f"| {name} | {tuned} | " + " | ".join(cells) + f" | {clip} |")
+        rows.append([name, values_text(arm["tuned"]), *cells, clip])
+    return head, rows
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    head, rows = results_table(results)
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
