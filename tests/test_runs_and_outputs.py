@@ -457,7 +457,8 @@ def test_tune_keeps_each_trials_checkpoint_and_best_yaml_replays_it(
     study = _study(tmp_path / "out" / "optuna.db", "keep")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     for trial in study.trials:
-        path = study_dir / f"trial_{trial.number}" / "checkpoints" / "final.ckpt"
+        path = Path(trial.user_attrs["log_dir"]) / "checkpoints" / "final.ckpt"
+        assert path.parent.parent.parent == study_dir
         assert Path(trial.user_attrs["checkpoint"]).resolve() == path and path.is_file()
     ckpt = study.best_trial.user_attrs["checkpoint"]
     best_yaml = study_dir / "best.yaml"
@@ -485,7 +486,8 @@ def test_compare_final_runs_keep_a_checkpoint_and_config_that_replay(
                        population_finals=population_finals)  # fmt: skip
     cli_main(["compare", f"--config={path}"])
     arm = tmp_path / "out" / "tiny" / "a"
-    assert (arm / "trial_0" / "checkpoints" / "final.ckpt").is_file()
+    (trial_0,) = arm.glob("trial_0-lr=*")  # a trial's folder carries its values
+    assert (trial_0 / "checkpoints" / "final.ckpt").is_file()
     for k, seed in enumerate((0, 1)):
         out = arm / "final" / f"seed_{seed}"
         result = json.loads((out / "result.json").read_text())
@@ -528,8 +530,9 @@ def test_tune_defaults_to_lightning_logs_tune(data_cache, tmp_path, monkeypatch)
     out = tmp_path / "lightning_logs" / "tune"
     study = _study(out / "optuna.db", "adam")
     (trial,) = study.trials
-    assert Path(trial.user_attrs["log_dir"]).resolve() == out / "adam" / "trial_0"
-    assert (out / "adam" / "trial_0" / "checkpoints" / "final.ckpt").is_file()
+    name = f"trial_0-lr={trial.params['lr']:.3g}"
+    assert Path(trial.user_attrs["log_dir"]).resolve() == out / "adam" / name
+    assert (out / "adam" / name / "checkpoints" / "final.ckpt").is_file()
     assert (out / "adam" / "best.yaml").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["lightning_logs"]
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["tune"]
@@ -544,11 +547,11 @@ def test_compare_defaults_to_lightning_logs_compare_experiment(data_cache, tmp_p
         "results.json",
         "results.md",
         "optuna.db",
-        "a/trial_0/checkpoints/final.ckpt",
         "a/final/seed_0/result.json",
         "a/final/seed_0/checkpoints/final.ckpt",
     ):
         assert (exp_dir / name).is_file(), name  # fmt: skip
+    assert list(exp_dir.glob("a/trial_0-lr=*/checkpoints/final.ckpt"))
     assert _study(exp_dir / "optuna.db", "layout.a").trials[0].state == TrialState.COMPLETE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml", "lightning_logs"]
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["compare"]
@@ -564,7 +567,7 @@ def test_tune_runs_every_configured_logger_in_each_trial(tune_args, tmp_path):
     study = _study(tmp_path / "out" / "optuna.db", "two")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     for trial in study.trials:
-        trial_dir = tmp_path / "out" / "two" / f"trial_{trial.number}"
+        trial_dir = Path(trial.user_attrs["log_dir"])
         tensorboard = read_scalars(trial_dir / "tensorboardlogger")
         assert tensorboard["val/loss"][-1][1] == pytest.approx(trial.value, rel=1e-6)
         _, rows = _csv(trial_dir / "csvlogger" / "metrics.csv")
@@ -620,5 +623,9 @@ def test_compare_runs_the_experiments_callbacks_in_every_run_and_an_arms_on_top(
             for seed in (0, 1):
                 expected[(tag, exp_dir / arm / "final" / f"seed_{seed}")] = 2  # max_epochs
                 expected[(tag, exp_dir / arm / "retuned" / "final" / f"seed_{seed}")] = 2
-    assert Counter(seen) == expected
+
+    def numbered(path: Path) -> Path:  # a trial's folder carries its values: trial_0-lr=...
+        return path.with_name(path.name.split("-")[0]) if path.name.startswith("trial_") else path
+
+    assert Counter((tag, numbered(Path(path))) for tag, path in seen) == expected
     seen.clear()

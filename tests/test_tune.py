@@ -50,7 +50,7 @@ def test_study_writes_best_config_that_fit_reproduces(study_args, tmp_path, caps
     assert len({t.params["lr"] for t in study.trials}) == 3
     for trial in study.trials:  # every trial logged to its own TensorBoard directory
         log_dir = Path(trial.user_attrs["log_dir"])
-        assert log_dir.name == f"trial_{trial.number}"
+        assert log_dir.name == f"trial_{trial.number}-lr={trial.params['lr']:.3g}"  # its values
         assert read_scalars(log_dir)["val/loss"][-1][1] == pytest.approx(trial.value, rel=1e-6)
     best = tmp_path / "out" / "unit" / "best.yaml"
     assert (tmp_path / "out" / "unit" / "history.html").exists()
@@ -116,7 +116,7 @@ def test_population_mode_records_the_study_sequential_mode_would(study_args, tmp
         assert pop.value == pytest.approx(seq.value, rel=1e-4)
         assert sorted(pop.intermediate_values) == sorted(seq.intermediate_values) == [0, 1]
         log_dir = Path(pop.user_attrs["log_dir"])
-        assert log_dir.name == f"trial_{pop.number}"
+        assert log_dir.name.startswith(f"trial_{pop.number}-")
         scalars = read_scalars(log_dir)
         assert scalars["val/loss"][-1][1] == pytest.approx(pop.value, rel=1e-6)
         assert scalars.keys() == read_scalars(Path(seq.user_attrs["log_dir"])).keys()

@@ -8,6 +8,7 @@ K`` trains K trials at once as one population, each reporting to its own Optuna 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,15 @@ def format_params(params: dict[str, float]) -> str:
     return values_text(dict(sorted(params.items())), sep=" ")
 
 
+def trial_run_name(number: int, values: dict[str, Any]) -> str:
+    """A trial's folder and run name in TensorBoard: its number and sampled values
+    (``trial_3-lr=0.00178``), in characters any file system takes, at most 120 of them."""
+    if not values:
+        return f"trial_{number}"
+    text = re.sub(r"[^A-Za-z0-9._=+-]", "_", values_text(dict(sorted(values.items())), sep="-"))
+    return f"trial_{number}-{text}"[:120]
+
+
 class TrialRunner:
     """Runs the trials one worker claims; the data is generated and split once per worker."""
 
@@ -314,6 +324,8 @@ class TrialRunner:
         self.interrupted = False
         #: Each claimed trial's own seed, by number (``--trial_seeds distinct``).
         self.seeds: dict[int, int] = {}
+        #: Each claimed trial's folder and run name (``trial_run_name``).
+        self.names: dict[int, str] = {}
 
     def interrupt(self) -> None:
         """Ctrl-C: stop the running trial at the next batch (never inside a database write)."""
@@ -335,25 +347,30 @@ class TrialRunner:
         """Sample the trial's hyperparameters (``number``: the original number of the trial,
         which the sampler was set for) and record where it logs and, with distinct trial
         seeds, its seed."""
-        trial.set_user_attr("log_dir", str(self.options.study_dir / f"trial_{trial.number}"))
+        values = {p.name: p.suggest(trial) for p in self.space}
+        self.names[trial.number] = trial_run_name(trial.number, values)
+        trial.set_user_attr("log_dir", str(self._log_dir(trial)))
         if self.options.distinct_seeds:
             seed = self.config.seed_everything + TRIAL_SEED_OFFSET + (
                 trial.number if number is None else number
             )  # fmt: skip
             self.seeds[trial.number] = seed
             trial.set_user_attr("seed", seed)
-        return {p.name: p.suggest(trial) for p in self.space}
+        return values
 
     def seed_of(self, trial: optuna.Trial) -> int:
         """The seed ``trial`` trains with: its own, or the config's."""
         return self.seeds.get(trial.number, self.config.seed_everything)
 
     def _loggers(self, trial: optuna.Trial) -> list[Any]:
-        """The configured loggers (``trainer.logger``), writing to ``<study>/trial_<n>/``."""
-        return run_loggers(self.config, self.options.study_dir, f"trial_{trial.number}")
+        """The configured loggers (``trainer.logger``), writing to the trial's folder."""
+        return run_loggers(self.config, self.options.study_dir, self._run_name(trial))
+
+    def _run_name(self, trial: optuna.Trial) -> str:
+        return self.names.get(trial.number, f"trial_{trial.number}")
 
     def _log_dir(self, trial: optuna.Trial) -> Path:
-        return self.options.study_dir / f"trial_{trial.number}"
+        return self.options.study_dir / self._run_name(trial)
 
     def run_trials(
         self, trials: list[optuna.Trial], params: list[dict[str, float]]
