@@ -614,3 +614,41 @@ def test_installed_packages_register_short_names_through_entry_points(
     assert config["optimizer"]["class_path"].endswith("QHMomentum")
     assert config["optimizer"]["init_args"]["nu"] == 0.25
     assert run.parent.name == "qhm"  # the short name names the run's folder
+
+
+_SIGN_SGD = """
+import torch
+
+
+class SignSGD(torch.optim.Optimizer):
+    def __init__(self, params, lr=1e-3):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.sign(), alpha=-group["lr"])
+"""
+
+
+def test_a_plain_file_optimizer_compares_with_adam(data_cache, tmp_path, monkeypatch, capsys):
+    """README's "Benchmark your optimizer", step 3: a compare of adam and a class from a plain
+    file, with population final runs. The two step differently (adam's step may evaluate the
+    closure first, this one never does), which one population cannot hold: the final runs
+    ended in a traceback after all tuning. They now train apart, said in a line."""
+    (tmp_path / "sign_opt_lo.py").write_text(_SIGN_SGD)
+    monkeypatch.chdir(tmp_path)
+    cli_main(["compare", "--experiment=mine", f"--output_dir={tmp_path / 'out'}", "--seeds=2",
+              "--n_trials=1", "--tune_max_epochs=1", "--trainer.max_epochs=1", "--pruner=none",
+              f"--data.num_samples={TINY_SAMPLES}", f"--data.cache_dir={data_cache}",
+              "--arms=[{name: adam, optimizer: adam}, "
+              "{name: signsgd, optimizer: sign_opt_lo.SignSGD}]"])  # fmt: skip
+    shown = capsys.readouterr().out
+    assert (
+        "arms adam, signsgd train their final runs apart (the member groups' optimizers " in shown
+    )
+    results = json.loads((tmp_path / "out" / "mine" / "results.json").read_text())
+    assert sorted(results["arms"]) == ["adam", "signsgd"]
+    assert all(len(arm["runs"]) == 2 for arm in results["arms"].values())

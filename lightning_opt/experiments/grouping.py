@@ -35,7 +35,15 @@ def final_groups(
         if plan.population_finals:
             key = _population_key(parser, plan.final_cfg)
         groups.setdefault(key, []).append((label, plan.final_cfg))
-    return [g for group in groups.values() for g in _by_interval(group)]
+    plans = {label: plan for _, label, plan in labelled}
+    out = []
+    for group in (g for whole in groups.values() for g in _by_interval(whole)):
+        members = [plans[label] for label in group]
+        if len(group) > 1 and not _builds_together(group, members, "final runs", final=True):
+            out += [[label] for label in group]
+        else:
+            out.append(group)
+    return out
 
 
 def _by_interval(group: list[tuple[str, Any]]) -> list[list[str]]:
@@ -86,26 +94,32 @@ def tuning_groups(
     for whole in groups.values():
         plans = dict(whole)
         for group in _by_interval([(label, plan.tune_cfg) for label, plan in whole]):
-            if len(group) > 1 and not _builds_together(group, [plans[label] for label in group]):
+            members = [plans[label] for label in group]
+            if len(group) > 1 and not _builds_together(group, members, "tune"):
                 out += [[label] for label in group]
             else:
                 out.append(group)
     return out
 
 
-def _builds_together(labels: list[str], plans: list[ArmPlan]) -> bool:
-    """Whether one population of every plan's trials builds, at each end of the search spaces
-    (the check ``check_study`` makes for one study's population)."""
+def _builds_together(
+    labels: list[str], plans: list[ArmPlan], what: str, final: bool = False
+) -> bool:
+    """Whether one population of every plan's trials (``final``: its final runs) builds, at
+    each end of the search spaces (the check ``check_study`` makes for one study's population);
+    if not, says that each trains as its own (``what``: "tune", "final runs")."""
 
     for end in (0, 1):
         members = []
         for plan in plans:
+            cfg = plan.final_cfg if final else plan.tune_cfg
             values = {p.name: p.ends()[end] for p in resolve_search_space(plan.tune_cfg)}
-            members.append((plan.tune_cfg, values))
+            members.append((cfg, values))
         try:
             model = plan_mixed_population(members, [0] * len(members))
-            model.check_clipping(trainer_arguments(plans[0].tune_cfg)["callbacks"])
+            model.check_clipping(trainer_arguments(members[0][0])["callbacks"])
         except ValueError as err:
-            print(f"arms {', '.join(labels)} tune one population each ({err})", flush=True)
+            verb = "tune one population each" if what == "tune" else f"train their {what} apart"
+            print(f"arms {', '.join(labels)} {verb} ({err})", flush=True)
             return False
     return True
