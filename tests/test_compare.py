@@ -238,12 +238,12 @@ def test_arms_that_cannot_tune_together_tune_apart_and_say_why(
     def refused(*members, **kwargs):
         raise ValueError("made up for the test")
 
-    def builds_together(labels, plans, what, **kwargs):
-        if what != "tune":  # the final runs: as they are
-            return real(labels, plans, what, **kwargs)
+    def builds_together(labels, plans, final=False):
+        if final:  # the final runs: as they are
+            return real(labels, plans, final)
         with monkeypatch.context() as patched:
             patched.setattr(grouping, "plan_mixed_population", refused)
-            return real(labels, plans, what, **kwargs)
+            return real(labels, plans, final)
 
     monkeypatch.setattr(grouping, "_builds_together", builds_together)
     cli_main(["compare", f"--config={path}"])

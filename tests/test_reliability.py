@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -73,30 +74,42 @@ def test_a_study_refuses_other_settings_and_overwrite_starts_afresh(tmp_path, da
     assert best["trainer"]["max_epochs"] == 1
 
 
-def test_an_interrupted_trial_is_rerun_with_its_own_parameters(
-    tmp_path, data_cache, monkeypatch, capsys
-):
+def _tune_with_second_trial_raising(tmp_path, data_cache, monkeypatch, error) -> None:
+    """A 3-trial study whose second trial raises ``error`` (the run is restored after)."""
     real = trials_module.TrialRunner.run
     calls = []
 
-    def interrupted_second(self, trial, params):
+    def raising_second(self, trial, params):
         calls.append(params)
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            raise error
         return real(self, trial, params)
 
-    monkeypatch.setattr(trials_module.TrialRunner, "run", interrupted_second)
-    with pytest.raises(SystemExit) as exit_info:
+    with monkeypatch.context() as patched:
+        patched.setattr(trials_module.TrialRunner, "run", raising_second)
         _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
-    assert exit_info.value.code == 130
-    monkeypatch.setattr(trials_module.TrialRunner, "run", real)
-    interrupted = next(t for t in _study(tmp_path).trials if t.state == TrialState.FAIL)
-    assert interrupted.user_attrs["fail_reason"] == "interrupted"
 
+
+def _relaunch(tmp_path, data_cache, capsys, stopped) -> tuple[Any, Any]:
+    """The same study launched again: it says it re-runs one trial; the study and the re-run
+    of ``stopped``."""
     _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
     assert "re-running 1 interrupted trial(s) with their own parameters" in capsys.readouterr().out
     study = _study(tmp_path)
-    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == interrupted.number)
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == stopped.number)
+    return study, retry
+
+
+def test_an_interrupted_trial_is_rerun_with_its_own_parameters(
+    tmp_path, data_cache, monkeypatch, capsys
+):
+    with pytest.raises(SystemExit) as exit_info:
+        _tune_with_second_trial_raising(tmp_path, data_cache, monkeypatch, KeyboardInterrupt)
+    assert exit_info.value.code == 130
+    interrupted = next(t for t in _study(tmp_path).trials if t.state == TrialState.FAIL)
+    assert interrupted.user_attrs["fail_reason"] == "interrupted"
+
+    study, retry = _relaunch(tmp_path, data_cache, capsys, interrupted)
     assert retry.state == TrialState.COMPLETE and retry.params == interrupted.params
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 3
@@ -623,26 +636,14 @@ def test_a_trial_that_failed_with_an_error_is_rerun_and_the_study_completes(
     """A trial that raised (a bug of an optimizer, since fixed) was never re-run: the next
     launch planned a fresh trial in its place, which the study cannot count as the failed one,
     so every later launch stopped at "trials [n] did not finish"."""
-    real = trials_module.TrialRunner.run
-    calls = []
-
-    def failing_second(self, trial, params):
-        calls.append(params)
-        if len(calls) == 2:
-            raise RuntimeError("optimizer bug")
-        return real(self, trial, params)
-
-    monkeypatch.setattr(trials_module.TrialRunner, "run", failing_second)
     with pytest.raises(RuntimeError, match="optimizer bug"):
-        _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
-    monkeypatch.setattr(trials_module.TrialRunner, "run", real)
+        _tune_with_second_trial_raising(
+            tmp_path, data_cache, monkeypatch, RuntimeError("optimizer bug")
+        )
     failed = next(t for t in _study(tmp_path).trials if t.state == TrialState.FAIL)
     assert failed.user_attrs["fail_reason"] == "RuntimeError: optimizer bug"
 
-    _tune(tmp_path, data_cache, "--trainer.max_epochs=1", "--n_trials=3")
-    assert "re-running 1 interrupted trial(s) with their own parameters" in capsys.readouterr().out
-    study = _study(tmp_path)
-    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == failed.number)
+    study, retry = _relaunch(tmp_path, data_cache, capsys, failed)
     assert retry.state == TrialState.COMPLETE and retry.params == failed.params
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
     assert len(study.trials) == 4  # no fresh trial in its place

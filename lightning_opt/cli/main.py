@@ -456,9 +456,7 @@ def _run_subcommand(argv: list[str], debug: bool) -> None:
         if debug or err.errno not in _MACHINE_ERRORS:
             raise
         where = f" ({err.filename})" if err.filename else ""
-        advice = (
-            "free space or choose another directory"
-            if err.errno in _FULL
-            else ("choose another directory")
-        )
+        advice = "free space or choose another directory" if err.errno in _FULL else (
+            "choose another directory"
+        )  # fmt: skip
         _fail(EXIT_FAILED, f"{err.strerror}{where}; {advice}")

@@ -64,10 +64,9 @@ class Units:
 
     def seen(self, keys: Iterable[Hashable]) -> None:
         new = set(keys) - self.done
-        if not new or QUIET:
-            self.done |= new
-            return
         self.done |= new
+        if not new or QUIET:
+            return
         if self.live:
             self.draw()
             return
@@ -76,9 +75,6 @@ class Units:
             return
         self.shown = now
         print(self.status(), flush=True)
-
-    def close(self) -> None:
-        self.clear()
 
 
 def _terminal_columns() -> int:
@@ -106,7 +102,7 @@ def command(planned: int, what: str = "units (trials and final runs)") -> Iterat
     try:
         yield
     finally:
-        _UNITS.close()
+        _UNITS.clear()
         _UNITS = None
 
 

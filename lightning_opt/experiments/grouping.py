@@ -39,7 +39,7 @@ def final_groups(
     out = []
     for group in (g for whole in groups.values() for g in _by_interval(whole)):
         members = [plans[label] for label in group]
-        if len(group) > 1 and not _builds_together(group, members, "final runs", final=True):
+        if len(group) > 1 and not _builds_together(group, members, final=True):
             out += [[label] for label in group]
         else:
             out.append(group)
@@ -95,19 +95,17 @@ def tuning_groups(
         plans = dict(whole)
         for group in _by_interval([(label, plan.tune_cfg) for label, plan in whole]):
             members = [plans[label] for label in group]
-            if len(group) > 1 and not _builds_together(group, members, "tune"):
+            if len(group) > 1 and not _builds_together(group, members):
                 out += [[label] for label in group]
             else:
                 out.append(group)
     return out
 
 
-def _builds_together(
-    labels: list[str], plans: list[ArmPlan], what: str, final: bool = False
-) -> bool:
+def _builds_together(labels: list[str], plans: list[ArmPlan], final: bool = False) -> bool:
     """Whether one population of every plan's trials (``final``: its final runs) builds, at
     each end of the search spaces (the check ``check_study`` makes for one study's population);
-    if not, says that each trains as its own (``what``: "tune", "final runs")."""
+    if not, says that each trains as its own."""
 
     for end in (0, 1):
         members = []
@@ -119,7 +117,7 @@ def _builds_together(
             model = plan_mixed_population(members, [0] * len(members))
             model.check_clipping(trainer_arguments(members[0][0])["callbacks"])
         except ValueError as err:
-            verb = "tune one population each" if what == "tune" else f"train their {what} apart"
+            verb = "train their final runs apart" if final else "tune one population each"
             print(f"arms {', '.join(labels)} {verb} ({err})", flush=True)
             return False
     return True

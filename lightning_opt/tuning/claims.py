@@ -30,6 +30,8 @@ from lightning_opt.tuning.storage import has_heartbeat, retry_races
 T = TypeVar("T")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: A trial that can still finish, or has.
+LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 _SPACE_ATTR = "lightning_opt:search_space"
 _OBJECTIVE_ATTR = "lightning_opt:objective"
 
@@ -192,15 +194,13 @@ def slots(
     fresh trial). An original whose trials all failed without a reason (a stale worker's, its
     retries used up) gives its slot up. Trials of other originals, and a second re-run of one
     original (two launchers at once), are surplus: never claimed."""
-    live_states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
     first_live: dict[int, optuna.trial.FrozenTrial] = {}
     pending: set[int] = set()
-    order: list[int] = []
+    order: dict[int, None] = {}  # the originals, by number
     for trial in sorted(trials, key=lambda t: t.number):
         original = original_number(trial)
-        if original not in first_live and original not in pending and original not in order:
-            order.append(original)
-        if trial.state in live_states:
+        order.setdefault(original)
+        if trial.state in LIVE:
             first_live.setdefault(original, trial)
         elif trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") not in (
             None, SURPLUS,
@@ -241,6 +241,15 @@ def retry_interrupted(study: optuna.Study, storage: BaseStorage, errors: bool = 
     return count
 
 
+def bring_back(study: optuna.Study, storage: BaseStorage) -> None:
+    """Before a claim: re-enqueue the trials of dead workers (database storages: their
+    heartbeat stopped) and of processes sharing the storage that were stopped from outside
+    (``retry_interrupted`` without errors)."""
+    if has_heartbeat(storage):
+        optuna.storages.fail_stale_trials(study)
+    retry_interrupted(study, storage, errors=False)
+
+
 def drop_surplus(study: optuna.Study, storage: BaseStorage, n_trials: int) -> int:
     """Fail (``fail_reason: surplus``) the WAITING trials no slot holds (``slots``): launchers
     that topped the study up at once on a server database, or re-ran one trial twice; called
@@ -271,7 +280,7 @@ def claim_waiting_unit(
     def first_of_each(live: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
         seen, first = set(), []
         for frozen in live:
-            if frozen.state not in (*FINISHED, TrialState.RUNNING, TrialState.WAITING):
+            if frozen.state not in LIVE:
                 continue
             if frozen.user_attrs.get(key) in values and frozen.user_attrs.get(key) not in seen:
                 seen.add(frozen.user_attrs.get(key))

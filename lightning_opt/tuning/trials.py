@@ -290,8 +290,8 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def format_params(params: dict[str, float]) -> str:
-    return values_text(dict(sorted(params.items())), sep=" ")
+def format_params(params: dict[str, Any], sep: str = " ") -> str:
+    return values_text(dict(sorted(params.items())), sep=sep)
 
 
 def trial_run_name(number: int, values: dict[str, Any]) -> str:
@@ -299,7 +299,7 @@ def trial_run_name(number: int, values: dict[str, Any]) -> str:
     (``trial_3-lr=0.00178``), in characters any file system takes, at most 120 of them."""
     if not values:
         return f"trial_{number}"
-    text = re.sub(r"[^A-Za-z0-9._=+-]", "_", values_text(dict(sorted(values.items())), sep="-"))
+    text = re.sub(r"[^A-Za-z0-9._=+-]", "_", format_params(values, sep="-"))
     return f"trial_{number}-{text}"[:120]
 
 

@@ -333,8 +333,7 @@ def _check_no_lost_trials(options: TuneOptions) -> None:
         f"study {options.study_name!r} is not in {storages.redact(options.storage)}, but "
         f"{folder} holds an earlier tuning of it ({shown}): the database lost its trials "
         "(an SQLite file copied without its -wal file, or another --storage than its tuning's?); "
-        "restore it, or pass --overwrite to "
-        "start afresh"
+        "restore it, or pass --overwrite to start afresh"
     )
 
 

@@ -73,9 +73,7 @@ def claim_and_run(
     while True:
         if runner.interrupted:
             raise KeyboardInterrupt
-        if storages.has_heartbeat(storage):
-            optuna.storages.fail_stale_trials(study)  # re-enqueues trials of dead workers
-        studies.retry_interrupted(study, storage, errors=False)  # another process's Ctrl-C
+        studies.bring_back(study, storage)
         batch = studies.claim_up_to(options.population, functools.partial(_claim, study, runner))
         if not batch:
             if studies.worth_waiting(study, storage):  # it may finish, or come back to claim
@@ -118,9 +116,7 @@ def run_together(
             members, claims = [], []
             for study, storage, runner in arms:
                 options = runner.options
-                if storages.has_heartbeat(storage):
-                    optuna.storages.fail_stale_trials(study)
-                studies.retry_interrupted(study, storage, errors=False)
+                studies.bring_back(study, storage)
                 for trial, trial_id, values in studies.claim_up_to(
                     runner.options.population, functools.partial(_claim, study, runner)
                 ):
