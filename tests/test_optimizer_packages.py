@@ -92,7 +92,7 @@ def compatibility_contract():
 
 
 def test_a_schedule_free_optimizer_trains_on_after_a_validation_within_an_epoch(
-    tiny_fit_args, capsys
+    tiny_fit_args, tmp_path, capsys
 ):
     """``val_check_interval`` within an epoch (a benchmark workload's ``eval_every``): the
     optimizer went back to train mode only at the next epoch's start, so its next step raised
@@ -101,7 +101,8 @@ def test_a_schedule_free_optimizer_trains_on_after_a_validation_within_an_epoch(
     from lightning_opt.cli.main import cli_main
 
     args = ["--optimizer=schedulefree.AdamWScheduleFree", "--optimizer.lr=0.01",
-            "--trainer.val_check_interval=2", "--trainer.logger=false", *tiny_fit_args[:4]]  # fmt: skip
+            "--trainer.val_check_interval=2", "--trainer.logger=false", *tiny_fit_args[:4],
+            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
     cli_main(["fit", *args, "--seeds=[0]"])
     alone = capsys.readouterr().out
     cli_main(["fit", *args, "--seeds=[0,1]"])
