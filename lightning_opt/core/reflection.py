@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from torch.optim.optimizer import required
+from torch.optim.optimizer import Optimizer, required
 
 Entry = TypeVar("Entry")
 
@@ -88,9 +88,13 @@ def hide_sentinel_arguments(cls: type) -> None:
     params = list(signature.parameters.values())
     hidden = [p for p in params if type(p.default) is object]
     marked = [p for p in params if p.default is required]
-    if not hidden and not marked:
+    inner = _inner_optimizer_argument(params)
+    more = set(parameter_arguments(cls)) - {"params"}  # given by param_groups rules, not values
+    if not hidden and not marked and inner is None and not more:
         return
-    kept = [p for p in params if type(p.default) is not object]
+    kept = [p for p in params if type(p.default) is not object and p.name not in more]
+    if inner is not None:  # a class path, not an instance jsonargparse would build without params
+        kept = [p.replace(annotation=type[Optimizer]) if p is inner else p for p in kept]
     if marked:
         kept = [p.replace(default=p.empty) if p.default is required else p for p in kept]
         try:
@@ -104,6 +108,30 @@ def hide_sentinel_arguments(cls: type) -> None:
     if hidden and not any(p.kind is p.VAR_KEYWORD for p in kept):
         kept.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     init.__signature__ = signature.replace(parameters=kept)
+
+
+def parameter_arguments(cls: type) -> list[str]:
+    """The constructor arguments of ``cls`` that take parameters, in order: the positional ones
+    without a default called ``params`` or ``*_params`` (adam-atan2-pytorch's
+    ``MuonAdamAtan2(muon_params, params, ...)``). Read from the code itself, which
+    ``hide_sentinel_arguments`` leaves as it was."""
+    init = cls.__init__
+    code = getattr(init, "__code__", None)
+    if code is None:
+        return []
+    names = code.co_varnames[1 : code.co_argcount]
+    names = names[: len(names) - len(getattr(init, "__defaults__", None) or ())]
+    return [n for n in names if n == "params" or n.endswith("_params")]
+
+
+def _inner_optimizer_argument(params: list[inspect.Parameter]) -> inspect.Parameter | None:
+    """The first argument of a wrapper's constructor where it is annotated as an optimizer
+    instance (torch-optimizer's ``Lookahead(optimizer: Optimizer)``)."""
+    first = next((p for p in params if p.name != "self"), None)
+    annotation = None if first is None else first.annotation
+    if isinstance(annotation, type) and issubclass(annotation, Optimizer):
+        return first
+    return None
 
 
 class Registry(Generic[Entry]):

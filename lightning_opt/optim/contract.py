@@ -189,6 +189,7 @@ def preflight(
                     "the pre-flight step on one minibatch, before anything trained"
                 ) from None
             contract = StepContract(calls, create_graph, modes, random, evaluate_first)
+            _check_state_round_trip(cls, optimizer)
             if all(bool(torch.isfinite(p).all()) for p in params):
                 return contract
             if not evaluate_first:
@@ -197,6 +198,20 @@ def preflight(
             # Non-finite either way: the settings diverge (a huge lr), which training reports.
             return plain if plain is not None else contract
     raise AssertionError("unreachable")
+
+
+def _check_state_round_trip(cls: type, optimizer: Any) -> None:
+    """Every checkpoint saves ``optimizer.state_dict()`` and a resume loads it: a class whose
+    state cannot make that round trip after a step is refused now, not at the first epoch's end
+    (torch-optimizer's Lookahead never calls ``Optimizer.__init__``, so torch's ``state_dict``
+    fails on it)."""
+    try:
+        optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    except Exception as err:
+        raise StepError(
+            f"{cls.__name__}: its state_dict() round trip failed after one step ({one_line(err)}), "
+            "and every checkpoint saves it; the pre-flight step, before anything trained"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -12,8 +12,10 @@ Selectors: ``names`` (fnmatch patterns of ``named_parameters`` names, one or a l
 (one or a list); a rule with both needs both. Every other key is a setting of the group, as
 ``torch.optim`` param groups take them. A parameter goes to the first rule it matches; the ones
 no rule matches form the default group, with the optimizer's own arguments. A rule that matches
-nothing, a rule without selectors, or a setting the optimizer class does not take (where its
-constructor has no ``**kwargs`` to take it) is refused before anything trains.
+nothing, a rule without selectors, or a setting the optimizer class never reads is refused
+before anything trains: a setting is read where the constructor takes it (or has ``**kwargs``)
+or where the pre-flight step reads it from its group (galore-torch's ``rank``,
+``update_proj_gap``, ``scale``, ``proj_type``, which only ``step`` reads).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 from torch import Tensor
 
 SELECTORS = ("names", "ndim")
+#: The rule key that sends a rule's parameters to another constructor argument than ``params``.
+INTO = "into"
 
 
 def check_rules(rules: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -84,14 +88,45 @@ def group_order(
     return [p for group in placed for p in group]
 
 
+class ReadGroup(dict):
+    """A param group that notes which of its keys are read (``group[k]``, ``k in group``,
+    ``get``, ``setdefault``) into ``read``: what the pre-flight step's class reads."""
+
+    def __init__(self, read: set[str], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read = read
+
+    def __getitem__(self, key: Any) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: Any) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().setdefault(key, default)
+
+
 def split(
-    named: Iterable[tuple[str, Tensor]], rules: Sequence[Mapping[str, Any]]
+    named: Iterable[tuple[str, Tensor]],
+    rules: Sequence[Mapping[str, Any]],
+    read: set[str] | None = None,
 ) -> list[Tensor] | list[dict[str, Any]]:
-    """What an optimizer's constructor takes: the parameters, or with ``rules`` their groups."""
+    """What an optimizer's constructor takes: the parameters, or with ``rules`` their groups
+    (``ReadGroup``s noting into ``read`` which keys the optimizer reads, where given)."""
     named = list(named)
     if not rules:
         return [p for _, p in named]
-    groups: list[dict[str, Any]] = [{"params": []}] + [{"params": [], **settings(r)} for r in rules]
+    make = dict if read is None else (lambda **kw: ReadGroup(read, **kw))
+    groups: list[dict[str, Any]] = [make(params=[])] + [
+        make(params=[], **settings(r)) for r in rules
+    ]
     for name, param in named:
         rule = next((i for i, r in enumerate(rules) if _matches(r, name, param)), None)
         groups[0 if rule is None else rule + 1]["params"].append(param)
@@ -99,17 +134,60 @@ def split(
     return [g for g in groups if g["params"]]
 
 
-def check_settings(cls: type, rules: Sequence[Mapping[str, Any]]) -> None:
-    """Refuse a group setting ``cls`` cannot take: torch's optimizers keep any key of a param
-    group without a word, so a misspelt ``weight_decy`` would silently change nothing."""
+def not_arguments(cls: type, rules: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The group settings of ``rules`` that ``cls``'s constructor does not name (none where it
+    has ``**kwargs``, which may read anything: pytorch_optimizer.Muon's ``use_muon``)."""
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return  # its **kwargs may read anything (pytorch_optimizer.Muon's use_muon)
+        return set()
+    return {key for rule in rules for key in settings(rule)} - set(params) - {INTO}
+
+
+def route(
+    params: list[Tensor] | list[dict[str, Any]], arguments: Sequence[str], name: str
+) -> dict[str, Any]:
+    """The constructor's parameter ``arguments`` (``params`` and the ones like
+    ``MuonAdamAtan2``'s ``muon_params``) from ``split``'s groups: a group whose rule has
+    ``into: ARG`` goes to ARG (a plain list where its rule sets nothing else), the rest to
+    ``params``. Every argument must get parameters (``ValueError``, one line, naming the rule
+    to add)."""
+    routed: dict[str, list[Any]] = {}
+    for group in params:
+        target = group.get(INTO, "params") if isinstance(group, dict) else "params"
+        if isinstance(group, dict) and INTO in group:
+            group = {k: v for k, v in group.items() if k != INTO}
+        routed.setdefault(target, []).append(group)
+    unknown = sorted(set(routed) - set(arguments))
+    if unknown:
+        raise ValueError(
+            f"param_groups: into: {unknown[0]} is not an argument of {name} that takes parameters"
+            f" (it takes them in: {', '.join(arguments)})"
+        )
+    missing = [a for a in arguments if a not in routed]
+    if missing:
+        raise ValueError(
+            f"{name} takes parameters in {', '.join(arguments)}: give --model.param_groups a "
+            f"rule with into: {missing[0]} (e.g. '[{{ndim: 2, into: {missing[0]}}}]'; the "
+            "parameters no rule sends elsewhere go to params)"
+        )
+    out = {}
+    for target, items in routed.items():
+        plain = all(isinstance(g, dict) and set(g) == {"params"} for g in items)
+        out[target] = [p for g in items for p in g["params"]] if plain else items
+    return out
+
+
+def check_settings(cls: type, rules: Sequence[Mapping[str, Any]], read: set[str]) -> None:
+    """Refuse a group setting ``cls`` never reads (not an argument of its constructor, and not
+    in ``read``, the keys its pre-flight step read from its groups): torch's optimizers keep any
+    key of a param group without a word, so a misspelt ``weight_decy`` would silently change
+    nothing."""
+    params = inspect.signature(cls.__init__).parameters
     for rule in rules:
-        unknown = sorted(set(settings(rule)) - set(params))
+        unknown = sorted(set(settings(rule)) & (not_arguments(cls, rules) - read))
         if unknown:
             takes = ", ".join(n for n in params if n not in ("self", "params"))
             raise ValueError(
                 f"param_groups rule {dict(rule)}: {', '.join(unknown)} is not an argument of "
-                f"{cls.__name__} (it takes: {takes})"
+                f"{cls.__name__}, nor read from its groups by its first step (it takes: {takes})"
             )

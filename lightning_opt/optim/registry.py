@@ -28,6 +28,7 @@ from lightning_opt.core.reflection import (
     constructor_arguments,
     hide_sentinel_arguments,
     import_class,
+    parameter_arguments,
 )
 from lightning_opt.core.search_space import SearchParam
 from lightning_opt.optim import groups
@@ -273,7 +274,7 @@ def check_required(cls: type, init_args: Mapping[str, Any]) -> None:
     missing = [
         name
         for name, p in constructor_arguments(cls).items()
-        if name not in ("optimizer", "model")
+        if name not in (wrapped_argument(cls), "model")
         and (p.default is p.empty or p.default is required)
         and init_args.get(name) is None
     ]
@@ -295,8 +296,9 @@ def construct(
     cls: type, params: Any, init_args: Mapping[str, Any], net: Any = None
 ) -> torch.optim.Optimizer:
     """An instance of ``cls`` over ``params``: ``cls(params, **init_args)``; for a wrapper, whose
-    first argument is an optimizer (Lookahead, OrthoGrad), the inner optimizer
-    (``init_args["optimizer"]``: a class, a class path or ``{class_path, init_args}``) is built
+    first argument is an optimizer (Lookahead, OrthoGrad; ``wrapped_argument``), the inner
+    optimizer (``init_args[that argument]``: a class, a class path or ``{class_path,
+    init_args}``) is built
     over ``params`` first, with the arguments the wrapper's signature does not name. A class
     that takes the model (``model``: LOMO) gets ``net``; a population has none to give."""
     init_args = _classes(cls, init_args)
@@ -307,15 +309,19 @@ def construct(
         init_args = {**init_args, "model": net}
         if first_argument(cls) == "model":
             return cls(**init_args)
-    if first_argument(cls) != "optimizer":
+    wrapped = wrapped_argument(cls)
+    arguments = parameter_arguments(cls)
+    if wrapped is None and arguments[1:]:  # parameters in several arguments (MuonAdamAtan2)
+        return cls(**groups.route(params, arguments, cls.__name__), **init_args)
+    if wrapped is None:
         return cls(params, **init_args)
     args = dict(init_args)
-    inner = args.pop("optimizer", None)
+    inner = args.pop(wrapped, None)
     named = constructor_arguments(cls)
     extra = {k: args.pop(k) for k in list(args) if k not in named}
     if inner is None:
         raise ValueError(
-            f"{cls.__name__} wraps an optimizer: give --optimizer.optimizer CLASS (its arguments "
+            f"{cls.__name__} wraps an optimizer: give --optimizer.{wrapped} CLASS (its arguments "
             "as --optimizer.dict_kwargs.ARG)"
         )
     if isinstance(inner, (str, Mapping)) or hasattr(inner, "as_dict"):
@@ -342,6 +348,17 @@ def takes_model(cls: type) -> bool:
     """Whether the constructor wants the model (a required argument called ``model``)."""
     param = inspect.signature(cls.__init__).parameters.get("model")
     return param is not None and param.default is param.empty
+
+
+def wrapped_argument(cls: type) -> str | None:
+    """The argument that takes the inner optimizer where ``cls`` wraps one: its first, named
+    ``optimizer`` (pytorch-optimizer's and torch-optimizer's Lookahead, OrthoGrad) or
+    ``base_optimizer`` (timm's Lookahead), or annotated as an optimizer; else ``None``."""
+    first = first_argument(cls)
+    if first is None or first == "params":
+        return None
+    annotation = str(inspect.signature(cls.__init__).parameters[first].annotation)
+    return first if first.endswith("optimizer") or "Optimizer" in annotation else None
 
 
 def first_argument(cls: type) -> str | None:
@@ -383,15 +400,22 @@ def check_optimizer(
     weight and buffer, bit for bit), sizes and rules give the contract already found, since the
     step is deterministic in all of them (``preflight`` seeds its own minibatch). A refusal is
     never remembered: it is raised again, as found."""
-    groups.check_settings(cls, param_groups)
-    groups.split(net.named_parameters(), param_groups)  # a rule that matches nothing: its line
+    split = groups.split(net.named_parameters(), param_groups)  # a rule matching nothing: its line
+    if parameter_arguments(cls)[1:] or any(groups.INTO in r for r in param_groups):
+        # which rule to add (or that into names nothing), before the class's arguments are shown
+        groups.route(split, parameter_arguments(cls) or ["params"], cls.__name__)
     describe = f"{cls.__name__}({_show(init_args)})"
+    # The group keys the class reads, where a rule sets one its constructor does not name: a
+    # setting the pre-flight step never reads is refused after it.
+    read: set[str] | None = set() if groups.not_arguments(cls, param_groups) else None
 
     def build(model: Any) -> torch.optim.Optimizer:
-        params = groups.split(model.named_parameters(), param_groups)
+        params = groups.split(model.named_parameters(), param_groups, read)
         return construct(cls, params, init_args, model)
 
     if input_size is None or num_classes is None:
+        # A population's later members: the first one's pre-flight step checked the same rules.
+        read = None
         build_optimizer(describe, lambda: build(net))
         return StepContract()
     # The pre-flight step builds the class on its copy: the constructor's check is its first.
@@ -401,6 +425,8 @@ def check_optimizer(
     if key is not None and key in _PREFLIGHTS:
         return _PREFLIGHTS[key]
     contract = preflight(cls, build, net, input_size, num_classes, describe)
+    if read is not None:
+        groups.check_settings(cls, param_groups, read)
     if key is not None:
         _PREFLIGHTS[key] = contract
     return contract

@@ -24,6 +24,7 @@ class MemberCheckpoints:
         }
         if len(self.groups) > 1:
             checkpoint["population"]["member_groups"] = [g.entry() for g in self.groups]
+        self._optimizer_states_as_data(checkpoint)
 
     def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of a single model or of another population (``ValueError``)."""
@@ -51,6 +52,7 @@ class MemberCheckpoints:
         Runs before the weights and optimizer state are loaded, so their shapes then match.
         """
         self.check_checkpoint(checkpoint)
+        self._optimizer_states_from_data(checkpoint)
         saved = checkpoint["population"]
         positions = [self.member_ids.index(m) for m in saved["member_ids"]]
         if positions != list(range(self.num_members)):

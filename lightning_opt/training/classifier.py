@@ -184,6 +184,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_checkpoint(checkpoint)
+        self._optimizer_states_from_data(checkpoint)
 
     def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a population's checkpoint (``ValueError``)."""
@@ -248,6 +249,7 @@ class MNIST1DClassifier(MinibatchTraining, LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_in_eval_mode(checkpoint)
+        self._optimizer_states_as_data(checkpoint)
 
     @override
     def on_train_end(self) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor
 from lightning_opt.clipping.callbacks import GradientClippingCallback
 from lightning_opt.core.norms import global_norm
 from lightning_opt.data import MiniBatches
+from lightning_opt.optim import state_data
 from lightning_opt.optim.contract import run_step, takes_closure
 from lightning_opt.optim.schedulers import (
     needs_metric,
@@ -282,6 +283,29 @@ class MinibatchTraining:
             copy.deepcopy(o.state_dict()) for o in self.trainer.optimizers
         ]
         self._set_optimizer_mode("train")
+
+    def _state_owners(self) -> set[str]:
+        """The packages of the optimizer classes this module trains with: their objects in
+        an optimizer's state are written to checkpoints as data (``optim.state_data``)."""
+        groups = getattr(self, "groups", None)
+        classes = [g.optimizer_class for g in groups] if groups else [self.optimizer_class]
+        return state_data.packages(classes)
+
+    def _optimizer_states_as_data(self, checkpoint: dict[str, Any]) -> None:
+        """Call from ``on_save_checkpoint`` (last): objects in the optimizers' state as data,
+        so a weights-only load (``test``, ``validate``, a resume) reads the checkpoint."""
+        if "optimizer_states" in checkpoint:
+            owners = self._state_owners()
+            states = checkpoint["optimizer_states"]
+            checkpoint["optimizer_states"] = [state_data.as_data(s, owners) for s in states]
+
+    def _optimizer_states_from_data(self, checkpoint: dict[str, Any]) -> None:
+        """Call from ``on_load_checkpoint``: the objects ``_optimizer_states_as_data`` wrote,
+        as objects again, before a resume gives the state to the optimizers."""
+        if "optimizer_states" in checkpoint:
+            owners = self._state_owners()
+            states = checkpoint["optimizer_states"]
+            checkpoint["optimizer_states"] = [state_data.from_data(s, owners) for s in states]
 
     def _set_optimizer_mode(self, mode: str) -> None:
         """``train()`` or ``eval()`` of an optimizer with modes (schedule-free): its weights for
