@@ -123,3 +123,34 @@ def test_a_forked_child_writes_its_own_events(tmp_path: Path) -> None:
     parent.finalize("success")
     assert read_scalars(tmp_path / "child" / "v")["loss"] == [(3, 7.0)]
     assert read_scalars(tmp_path / "parent" / "v")["loss"] == [(0, 1.0)]
+
+
+def test_runs_write_no_experiment_of_their_own_so_hparams_leads_with_what_varies(
+    tmp_path: Path,
+) -> None:
+    """Lightning's log_hyperparams writes an experiment summary into every run; TensorBoard
+    takes the first run's as the whole experiment's, in which nothing varies, and its HPARAMS
+    table listed the constant settings first. A run now writes its session only (start, end),
+    the metrics and hparams.yaml as Lightning does, and TensorBoard computes the experiment
+    from all runs."""
+    from tensorboard.plugins.hparams import metadata
+
+    from lightning_opt.training.hparams import log_hyperparams
+
+    for cls in (TensorBoardLogger, MemberTensorBoardLogger):
+        for lr in (1e-3, 3e-3):
+            logger = cls(save_dir=str(tmp_path / cls.__name__), name="study", version=f"lr={lr}",
+                         default_hp_metric=False)  # fmt: skip
+            log_hyperparams(logger, {"data/noise": 0.1, "optimizer/lr": lr}, {"hp/x": lr}, 7)
+            logger.finalize("success")
+            hparams = yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text())
+            assert hparams == {"data/noise": 0.1, "optimizer/lr": lr}
+            tags = [
+                value.tag
+                for path in Path(logger.log_dir).glob("events.out.tfevents.*")
+                for event in EventFileLoader(str(path)).Load()
+                for value in event.summary.value
+            ]
+            assert tags == ["hp/x", metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG]
+            assert metadata.EXPERIMENT_TAG not in tags
+            assert read_scalars(Path(logger.log_dir))["hp/x"] == [(7, pytest.approx(lr))]

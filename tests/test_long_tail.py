@@ -215,3 +215,20 @@ def test_parameters_in_two_arguments_are_routed_by_an_into_rule(tiny_fit_args, c
     cli_main(["fit", optimizer, "--model.param_groups=[{ndim: 2, into: muon_params}]",
               "--seeds=2", *tiny_fit_args])  # fmt: skip
     assert capsys.readouterr().out.count("seed ") == 2
+
+
+def test_a_default_no_config_can_hold_is_left_to_the_class(tiny_fit_args, tmp_path):
+    """MuonAdamAtan2's ``muon_bypass_update_fn=lambda step: False``: jsonargparse filled it in,
+    config.yaml held the string "Unable to serialize instance ..." and Lightning dropped the
+    whole optimizer from the hyperparameters it could not pickle (a KeyError when logging them,
+    and a checkpoint without its optimizer). Now it is not a command-line argument; the class
+    applies its own default, and config.yaml replays."""
+    pytest.importorskip("adam_atan2_pytorch")
+    rule = "--model.param_groups=[{ndim: 2, into: muon_params}]"
+    cli_main(["fit", "--optimizer=adam_atan2_pytorch.MuonAdamAtan2", rule, *tiny_fit_args])
+    (config,) = tmp_path.glob("logs/**/config.yaml")
+    assert "muon_bypass_update_fn" not in config.read_text()
+    (checkpoint,) = tmp_path.glob("logs/**/checkpoints/*.ckpt")
+    hparams = torch.load(checkpoint, weights_only=False)["hyper_parameters"]
+    assert hparams["optimizer"]["class_path"] == "adam_atan2_pytorch.MuonAdamAtan2"
+    cli_main(["fit", f"--config={config}", "--trainer.max_epochs=1"])

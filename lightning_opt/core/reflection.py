@@ -73,8 +73,9 @@ def constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
 
 def hide_sentinel_arguments(cls: type) -> None:
     """Hide from signature readers (jsonargparse) the constructor arguments whose default is a
-    bare ``object()`` sentinel (heavyball's ``use_default``): no config can hold that value and
-    jsonargparse refuses it against the argument's type, so the class's own default applies.
+    bare ``object()`` sentinel (heavyball's ``use_default``) or a function without an import
+    path (a lambda; ``_unwritable_default``): no config can hold that value and jsonargparse
+    refuses or mangles it, so the class's own default applies.
     The constructor itself is untouched; they stay settable through ``**kwargs``
     (``--optimizer.dict_kwargs.NAME``). An argument whose default is torch's ``required``
     marker (timm's ``SGDP``: ``lr=required``) is shown as what it is, an argument without a
@@ -86,13 +87,13 @@ def hide_sentinel_arguments(cls: type) -> None:
     except (TypeError, ValueError):
         return
     params = list(signature.parameters.values())
-    hidden = [p for p in params if type(p.default) is object]
+    hidden = [p for p in params if _unwritable_default(p.default)]
     marked = [p for p in params if p.default is required]
     inner = _inner_optimizer_argument(params)
     more = set(parameter_arguments(cls)) - {"params"}  # given by param_groups rules, not values
     if not hidden and not marked and inner is None and not more:
         return
-    kept = [p for p in params if type(p.default) is not object and p.name not in more]
+    kept = [p for p in params if not _unwritable_default(p.default) and p.name not in more]
     if inner is not None:  # a class path, not an instance jsonargparse would build without params
         kept = [p.replace(annotation=type[Optimizer]) if p is inner else p for p in kept]
     if marked:
@@ -108,6 +109,16 @@ def hide_sentinel_arguments(cls: type) -> None:
     if hidden and not any(p.kind is p.VAR_KEYWORD for p in kept):
         kept.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     init.__signature__ = signature.replace(parameters=kept)
+
+
+def _unwritable_default(value: Any) -> bool:
+    """A default no config can hold: a bare ``object()`` sentinel, or a function without an
+    import path (MuonAdamAtan2's ``muon_bypass_update_fn=lambda step: False``), which
+    config.yaml would write as the string "Unable to serialize instance ..." and Lightning's
+    hyperparameters would drop with the whole optimizer."""
+    if type(value) is object:
+        return True
+    return inspect.isfunction(value) and "<" in value.__qualname__
 
 
 def parameter_arguments(cls: type) -> list[str]:

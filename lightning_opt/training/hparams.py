@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
 
 
 def global_seed() -> int | None:
@@ -57,8 +58,30 @@ def log_hyperparams(logger: Any, params: dict, metrics: dict, step: int) -> None
     the metrics go to them as metrics."""
     import inspect
 
-    if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    if isinstance(logger, TensorBoardLogger) and hasattr(logger.experiment, "_get_file_writer"):
+        _tensorboard_session(logger, params, metrics, step)
+    elif "metrics" in inspect.signature(logger.log_hyperparams).parameters:
         logger.log_hyperparams(params, metrics)
     else:
         logger.log_hyperparams(params)
         logger.log_metrics(metrics, step=step)
+
+
+@rank_zero_only
+def _tensorboard_session(logger: Any, params: dict, metrics: dict, step: int) -> None:
+    """What ``TensorBoardLogger.log_hyperparams(params, metrics)`` writes (the metrics, the
+    hyperparameters for hparams.yaml, the run's session), but the experiment summary it adds to
+    every run: TensorBoard reads the first run's as the whole experiment's, in which nothing
+    varies, so the HPARAMS table listed its ~40 columns by name (``compile``, ``data/*``, ...).
+    Without it TensorBoard computes the experiment from all runs and leads with the settings
+    that differ between them (a study's searched ``optimizer/lr``)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.hparams.update(params)  # hparams.yaml, as log_hyperparams keeps it
+    logger.log_metrics(metrics, step)
+    _, start, end = hparams(logger._sanitize_params(dict(params)), metrics)
+    writer = logger.experiment._get_file_writer()
+    writer.add_summary(start, step)
+    writer.add_summary(end, step)
