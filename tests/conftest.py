@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TINY_SAMPLES = 500  # 400 train (320 fit + 80 validation) and 100 test examples
@@ -109,3 +111,24 @@ def install_entry_point(monkeypatch, tmp_path: Path, registry_module, group: str
     fresh = copy.copy(registry_module._REGISTRY)
     fresh._entries, fresh._plugins_loaded = dict(fresh._entries), False
     monkeypatch.setattr(registry_module, "_REGISTRY", fresh)
+
+
+def tiny_data(data_cache: Path) -> Any:
+    """The tiny mnist1d (``TINY_SAMPLES``, batches of 50), generated into ``data_cache``."""
+    from lightning_opt.data import MNIST1DDataModule
+
+    data = MNIST1DDataModule(num_samples=TINY_SAMPLES, batch_size=50, cache_dir=str(data_cache))
+    data.prepare_data()
+    return data
+
+
+class RecordBatches(Callback):
+    """Every minibatch a fit trained on, in order (a population's ``MiniBatches`` unpacked)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from lightning_opt.data import MiniBatches
+
+        self.seen.extend(batch if isinstance(batch, MiniBatches) else [batch])

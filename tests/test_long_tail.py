@@ -11,30 +11,15 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MNIST1D, TINY_SAMPLES, quiet_trainer
-from lightning.pytorch import Callback, seed_everything
+from conftest import MNIST1D, RecordBatches, quiet_trainer, tiny_data
+from lightning.pytorch import seed_everything
 
 from lightning_opt.cli.main import cli_main
 from lightning_opt.core.reflection import import_class
-from lightning_opt.data import MiniBatches, MNIST1DDataModule
 from lightning_opt.optim import state_data
 from lightning_opt.training.classifier import MNIST1DClassifier
 
 GALORE = {"ndim": 2, "rank": 4, "update_proj_gap": 2, "scale": 0.25, "proj_type": "std"}
-
-
-def _data(data_cache) -> MNIST1DDataModule:
-    data = MNIST1DDataModule(num_samples=TINY_SAMPLES, batch_size=50, cache_dir=str(data_cache))
-    data.prepare_data()
-    return data
-
-
-class _Batches(Callback):
-    def __init__(self) -> None:
-        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.extend(batch if isinstance(batch, MiniBatches) else [batch])
 
 
 def _two_d(net):
@@ -87,8 +72,8 @@ def test_a_long_tail_class_takes_the_steps_of_a_bare_loop(name, data_cache):
         optimizer=optimizer, param_groups=rules, log_internals=False, **MNIST1D
     )
     start = copy.deepcopy(model.net).double()
-    batches = _Batches()
-    quiet_trainer(2, callbacks=[batches]).fit(model, datamodule=_data(data_cache))
+    batches = RecordBatches()
+    quiet_trainer(2, callbacks=[batches]).fit(model, datamodule=tiny_data(data_cache))
 
     net = start
     opt = bare(import_class(name), net)

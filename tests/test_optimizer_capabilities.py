@@ -78,10 +78,28 @@ def test_a_class_that_keeps_no_lr_trains_and_logs_its_internals(tmp_path, tiny_f
 
 
 class LrFreeGuess(torch.optim.SGD):
-    """A default lr of 1.0 and no declared search space: tune guesses 0.1..10."""
+    """A default lr of 1.0 that multiplies a tiny step of its own (as Prodigy's d0 = 1e-6) and
+    no declared search space: tune guesses 0.1..10."""
 
     def __init__(self, params, lr: float = 1.0) -> None:
-        super().__init__(params, lr=lr)
+        super().__init__(params, lr=lr * 1e-5)
+
+
+class SignStepOfOne(torch.optim.Optimizer):
+    """A default lr of 1.0 that is a plain learning rate (timm's AdafactorBigVision): its first
+    step moves every weight by 1, far more than their norm, so tune keeps the usual range."""
+
+    def __init__(self, params, lr: float = 1.0) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(p.grad.sign(), alpha=-group["lr"])
+        return loss
 
 
 class IgnoresLr(KeepsNoLr):
@@ -89,6 +107,16 @@ class IgnoresLr(KeepsNoLr):
 
     def __init__(self, params, lr: float = 0.001, step_size: float = 0.05) -> None:
         super().__init__(params, lr=lr, step_size=step_size)
+
+
+def _searched_lrs(output_dir) -> list[float]:
+    import optuna
+
+    storage = f"sqlite:///{output_dir / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    lrs = [t.params["lr"] for t in optuna.load_study(study_name=name, storage=storage).trials]
+    assert len(lrs) == 2
+    return lrs
 
 
 def test_tune_says_when_its_range_is_a_guess_and_when_values_change_nothing(
@@ -103,7 +131,13 @@ def test_tune_says_when_its_range_is_a_guess_and_when_values_change_nothing(
     cli_main(["tune", f"--optimizer={__name__}.LrFreeGuess", *common,
               f"--output_dir={tmp_path / 'a'}"])  # fmt: skip
     out = capsys.readouterr().out
-    assert "LrFreeGuess's default lr 1 reads as a learning-rate-free method's multiplier" in out
+    assert "LrFreeGuess's default lr 1 reads as a learning-rate-free method's multiplier (its " \
+           "first step at it moved the weights by 3e-06 of their norm)" in out  # fmt: skip
+    assert all(0.1 <= lr <= 10 for lr in _searched_lrs(tmp_path / "a"))
+    cli_main(["tune", f"--optimizer={__name__}.SignStepOfOne", *common,
+              f"--output_dir={tmp_path / 'c'}"])  # fmt: skip
+    assert "multiplier" not in capsys.readouterr().out
+    assert all(1e-4 <= lr <= 0.1 for lr in _searched_lrs(tmp_path / "c"))
     cli_main(
         ["tune", f"--optimizer={__name__}.IgnoresLr", *common, f"--output_dir={tmp_path / 'b'}"]
     )

@@ -11,31 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import MNIST1D, TINY_SAMPLES, quiet_trainer
+from conftest import MNIST1D, TINY_SAMPLES, RecordBatches, quiet_trainer, tiny_data
 from lightning.pytorch import Callback, seed_everything
 
 from lightning_opt.cli.main import cli_main
 from lightning_opt.core.search_space import SearchParam, parse_search_space
-from lightning_opt.data import MiniBatches, MNIST1DDataModule
 from lightning_opt.optim.registry import default_search_space, resolve_optimizer
 from lightning_opt.population import PopulationClassifier
 from lightning_opt.training.classifier import MNIST1DClassifier
-
-
-def _data(data_cache) -> MNIST1DDataModule:
-    data = MNIST1DDataModule(num_samples=TINY_SAMPLES, batch_size=50, cache_dir=str(data_cache))
-    data.prepare_data()
-    return data
-
-
-class _Batches(Callback):
-    """Every minibatch the fit trained on, in order."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.extend(batch if isinstance(batch, MiniBatches) else [batch])
 
 
 @pytest.mark.parametrize(
@@ -58,8 +41,8 @@ def test_a_closure_optimizer_takes_the_steps_of_a_bare_loop(optimizer, evaluate_
     model = MNIST1DClassifier(optimizer=optimizer, log_internals=False, **MNIST1D)
     assert model.step_contract.evaluate_first is evaluate_first
     start = copy.deepcopy(model.net).double()
-    batches = _Batches()
-    quiet_trainer(2, callbacks=[batches]).fit(model, datamodule=_data(data_cache))
+    batches = RecordBatches()
+    quiet_trainer(2, callbacks=[batches]).fit(model, datamodule=tiny_data(data_cache))
 
     cls, resolved = resolve_optimizer(optimizer)
     from lightning_opt.optim.registry import construct
@@ -110,7 +93,7 @@ def test_a_schedule_free_checkpoint_between_validations_holds_its_eval_weights(
             callbacks=[saver, Record()], enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, check_val_every_n_epoch=1 if every_epoch else 3,
         )  # fmt: skip
-        trainer.fit(model, datamodule=_data(data_cache))
+        trainer.fit(model, datamodule=tiny_data(data_cache))
         return model, losses, sorted((tmp_path / str(every_epoch)).glob("*.ckpt"))
 
     validated, losses, _ = run(True)
@@ -118,7 +101,7 @@ def test_a_schedule_free_checkpoint_between_validations_holds_its_eval_weights(
     for a, b in zip(validated.net.parameters(), unvalidated.net.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)  # saving did not change training
     first = MNIST1DClassifier.load_from_checkpoint(checkpoints[0], weights_only=True)
-    replayed = quiet_trainer(1).validate(first, datamodule=_data(data_cache), verbose=False)
+    replayed = quiet_trainer(1).validate(first, datamodule=tiny_data(data_cache), verbose=False)
     assert replayed[0]["val/loss"] == pytest.approx(losses[0], abs=1e-6)
 
 
@@ -138,7 +121,7 @@ def test_schedule_free_is_in_eval_mode_whenever_it_is_evaluated(data_cache):
             modes.append(("val", self._mode(trainer)))
 
     trainer = quiet_trainer(2, callbacks=[Watch()])
-    trainer.fit(model, datamodule=_data(data_cache))
+    trainer.fit(model, datamodule=tiny_data(data_cache))
     assert {m for stage, m in modes if stage == "train"} == {True}
     assert {m for stage, m in modes if stage == "val"} == {False}
     assert trainer.optimizers[0].param_groups[0]["train_mode"] is False  # after fit: eval
@@ -185,7 +168,7 @@ def test_a_population_with_param_groups_equals_separate_runs_after_a_drop(data_c
     population = PopulationClassifier(
         [3, 5], optimizer=optimizer, param_groups=rules, log_internals=False, **MNIST1D
     )
-    quiet_trainer(3, callbacks=[DropFirst()]).fit(population, datamodule=_data(data_cache))
+    quiet_trainer(3, callbacks=[DropFirst()]).fit(population, datamodule=tiny_data(data_cache))
     seed_everything(5, verbose=False)
     single = MNIST1DClassifier(optimizer=optimizer, param_groups=rules, log_internals=False,
                                **MNIST1D)  # fmt: skip
@@ -195,7 +178,7 @@ def test_a_population_with_param_groups_equals_separate_runs_after_a_drop(data_c
         def on_validation_epoch_end(self, trainer, pl_module):
             losses.append(float(trainer.callback_metrics["val/loss"]))
 
-    quiet_trainer(3, callbacks=[Record()]).fit(single, datamodule=_data(data_cache))
+    quiet_trainer(3, callbacks=[Record()]).fit(single, datamodule=tiny_data(data_cache))
     assert population.history[1]["val/loss"] == pytest.approx(losses, abs=1e-6)
 
 
@@ -274,10 +257,10 @@ def test_a_madgrad_population_drops_a_member_and_resumes_from_its_checkpoint(dat
     seed_everything(0, verbose=False)
     first = population()
     trainer = quiet_trainer(2, callbacks=[DropFirst()])
-    trainer.fit(first, datamodule=_data(data_cache))
+    trainer.fit(first, datamodule=tiny_data(data_cache))
     trainer.save_checkpoint(tmp_path / "two.ckpt")
     resumed = population()
-    quiet_trainer(3).fit(resumed, datamodule=_data(data_cache), ckpt_path=tmp_path / "two.ckpt")
+    quiet_trainer(3).fit(resumed, datamodule=tiny_data(data_cache), ckpt_path=tmp_path / "two.ckpt")
 
     seed_everything(5, verbose=False)
     single = MNIST1DClassifier(optimizer=optimizer, log_internals=False, **MNIST1D)
@@ -287,7 +270,7 @@ def test_a_madgrad_population_drops_a_member_and_resumes_from_its_checkpoint(dat
         def on_validation_epoch_end(self, trainer, pl_module):
             losses.append(float(trainer.callback_metrics["val/loss"]))
 
-    quiet_trainer(3, callbacks=[Record()]).fit(single, datamodule=_data(data_cache))
+    quiet_trainer(3, callbacks=[Record()]).fit(single, datamodule=tiny_data(data_cache))
     assert resumed.member_ids == [1]
     assert resumed.history[1]["val/loss"] == pytest.approx(losses, abs=1e-6)
 
@@ -311,7 +294,7 @@ def test_sams_gradients_are_clipped_on_lightnings_path_as_on_the_direct_one(data
         seed_everything(0, verbose=False)
         model = MNIST1DClassifier(optimizer=optimizer, log_internals=False, **MNIST1D)
         clip = FixedNormClipping(clip_value=0.05, mode="global")
-        quiet_trainer(2, callbacks=[clip, *extra]).fit(model, datamodule=_data(data_cache))
+        quiet_trainer(2, callbacks=[clip, *extra]).fit(model, datamodule=tiny_data(data_cache))
         assert model._direct == (not extra)
         nets.append(model.net)
     for a, b in zip(*(n.parameters() for n in nets), strict=True):

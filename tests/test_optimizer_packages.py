@@ -109,3 +109,10 @@ def test_a_schedule_free_optimizer_trains_on_after_a_validation_within_an_epoch(
     together = capsys.readouterr().out
     loss = [line for line in alone.splitlines() if line.startswith("seed 0: val/loss")]
     assert loss and loss[0] in together, (alone, together)
+
+
+def test_rows_checked_apart_replace_only_their_own_classes():
+    """``--only timm`` (run where timm imports) rewrites timm's rows and leaves the rest."""
+    table = "# t\n\n| class | fit |\n|---|---|\n| `a.X` | old |\n| `b.Y` | kept |\ntext `a.X`\n"
+    rows = "| class | fit |\n|---|---|\n| `a.X` | new |\n"
+    assert compatibility.replace_rows(table, rows) == table.replace("| old |", "| new |")

@@ -23,7 +23,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -298,13 +298,11 @@ CATALOG: tuple[Entry, ...] = (
         for name in (
             "AdaBelief",
             "Adafactor",
-            "AdafactorBigVision",
             "Adahessian",
             "AdamP",
             "AdamWLegacy",
             "Adan",
             "Adopt",
-            "Kron",
             "Lamb",
             "LaProp",
             "Lars",
@@ -317,9 +315,20 @@ CATALOG: tuple[Entry, ...] = (
             "NvNovoGrad",
             "RAdamLegacy",
             "RMSpropTF",
-            "SGDP",
             "SGDW",
         )
+    ),
+    Entry(
+        "timm.optim.AdafactorBigVision",
+        {"lr": 1e-3},
+        "its default lr 1.0 is a plain learning rate (the weights diverge at it; its first step "
+        "says so, and tune searches 1e-4..1e-1)",
+    ),
+    Entry("timm.optim.SGDP", {"lr": 0.1}, "lr is torch's required marker: refused without one"),
+    Entry(
+        "timm.optim.kron.Kron",
+        note="not exported by timm.optim; draws from a global random generator in its step",
+        population="one run at a time",
     ),
     Entry(
         "timm.optim.Lookahead",
@@ -330,8 +339,9 @@ CATALOG: tuple[Entry, ...] = (
 
 #: Packages of the table that the ``test`` extra cannot hold on this machine, and why.
 NOT_INSTALLABLE = {
-    "timm": "timm imports torchvision, whose PyPI build for torch 2.13.0 needs CUDA torch "
-    "(libtorch_cuda.so): it does not import beside the CPU build this project installs",
+    "timm": "timm imports torchvision, and PyPI's torchvision does not import beside the CPU "
+    "build of torch 2.13.0 this project installs ('operator torchvision::nms does not exist'); "
+    "it needs the CUDA build of torch (torch 2.14.1 with torchvision 0.29.1: 5.5 GB)",
 }
 
 
@@ -558,7 +568,10 @@ def markdown(results: list[Result]) -> str:
         "`tests/test_optimizer_packages.py` checks every row. Set `settings` as "
         "`--optimizer.ARG VALUE`; `dict_kwargs` go to a class's `**kwargs`.",
         "",
-        *(f"Not installed here: {why}." for why in NOT_INSTALLABLE.values()),
+        *(f"Not in the `test` extra: {why}." for why in NOT_INSTALLABLE.values()),
+        "Rows noted *checked apart* come from `python -m lightning_opt.cli.compatibility "
+        "docs/optimizers.md --only PACKAGE` in an environment that holds the package; the tests "
+        "skip them where it is not installed.",
         "",
         "| class | settings | fit: val/loss before -> after | replays | population | step needs "
         "| command line | tune (default search space) | note |",
@@ -646,16 +659,27 @@ use_muon: false}]'` (2-D weights with Muon, the rest with its AdamW); `torch.opt
 - A default that a config cannot hold as itself (`inf`, a `torch.dtype`, an enum, an `object()`
   sentinel) is left out of what is written, so the class applies its own; a value you set is
   written as YAML writes it (`.inf`). An argument whose default is a bare `object()` sentinel
-  (heavyball's `use_default`) is hidden from the parser, which would check the sentinel against
-  the argument's type and refuse it; the class applies its own default, and
-  `--optimizer.dict_kwargs.NAME VALUE` still sets it.
+  (heavyball's `use_default`) or a function without an import path (adam-atan2-pytorch's
+  `muon_bypass_update_fn=lambda step: False`) is hidden from the parser, which would refuse the
+  sentinel against the argument's type or write the function as a string no run can read; the
+  class applies its own default, and `--optimizer.dict_kwargs.NAME VALUE` still sets it.
 """
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", help="where the markdown table goes (docs/optimizers.md)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="PACKAGE",
+        help="check only these packages' classes and replace their rows in OUTPUT, written "
+        "before by a full run (a package that cannot be installed beside the others: timm)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    entries = [e for e in CATALOG if args.only is None or e.package in args.only]
+    if not entries:
+        parser.error(f"--only: no class of {args.only} in the table")
+    if args.only is not None and not Path(args.output).is_file():
+        parser.error(f"--only replaces rows of a table a full run wrote: no {args.output}")
     from lightning_opt.runs.build import quiet_lightning
 
     quiet_lightning()
@@ -664,12 +688,28 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     results = []
     with tempfile.TemporaryDirectory() as data_dir:
-        for entry in CATALOG:
+        for entry in entries:
             with contextlib.redirect_stdout(io.StringIO()):
                 results.append(check(entry, data_dir, tune=True))
             r = results[-1]
             print(f"{entry.class_path:40s} {r.error or r.population or ''}", flush=True)
-    write_text(Path(args.output), markdown(results))
+    output = Path(args.output)
+    if args.only is None:
+        write_text(output, markdown(results))
+        return
+    apart = f"checked apart (--only), with torch {torch.__version__}"
+    for r in results:
+        r.entry = replace(r.entry, note="; ".join(n for n in (r.entry.note, apart) if n))
+    write_text(output, replace_rows(output.read_text(), markdown(results)))
+
+
+def replace_rows(table: str, rows_from: str) -> str:
+    """``table`` with each class's row replaced by its row in ``rows_from``."""
+    new = {line.split("`")[1]: line for line in rows_from.splitlines() if line.startswith("| `")}
+    return "\n".join(
+        new.get(line.split("`")[1], line) if line.startswith("| `") else line
+        for line in table.split("\n")
+    )
 
 
 if __name__ == "__main__":

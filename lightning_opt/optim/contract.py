@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import math
 import random as pyrandom
 import warnings
 from collections.abc import Callable, Iterator
@@ -198,6 +199,33 @@ def preflight(
             # Non-finite either way: the settings diverge (a huge lr), which training reports.
             return plain if plain is not None else contract
     raise AssertionError("unreachable")
+
+
+def first_step_size(build: Callable[[list[nn.Parameter]], Any]) -> float | None:
+    """How far one step of ``build(params)`` moves the weights of a small float64 MLP (40-16-10,
+    torch's initialisation, seed 0) on a random minibatch, relative to their norm
+    (``||w1 - w0|| / ||w0||``; ``inf`` where they stop being finite); ``None`` where the
+    optimizer cannot be built or stepped so (it needs settings or groups). Torch's, numpy's and
+    Python's random states are left as they were."""
+    saved = (np.random.get_state(), pyrandom.getstate())
+    with torch.random.fork_rng(devices=[]), _restored(saved):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10)).double()
+        before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+        x = torch.randn(PREFLIGHT_BATCH, 40, dtype=torch.float64)
+        y = torch.randint(10, (PREFLIGHT_BATCH,))
+        try:
+            optimizer = build(list(net.parameters()))
+            if has_modes(optimizer):
+                optimizer.train()
+            closure = _closure(net, optimizer, x, y, create_graph=False)
+            run_step(optimizer, closure, takes_closure(optimizer), evaluate_first=False)
+        except Exception:
+            return None
+        after = torch.cat([p.detach().flatten() for p in net.parameters()])
+    if not bool(torch.isfinite(after).all()):
+        return math.inf
+    return float((after - before).norm() / before.norm())
 
 
 def _check_state_round_trip(cls: type, optimizer: Any) -> None:

@@ -11,6 +11,7 @@ a name up, spawned workers included.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -32,7 +33,7 @@ from lightning_opt.core.reflection import (
 )
 from lightning_opt.core.search_space import SearchParam
 from lightning_opt.optim import groups
-from lightning_opt.optim.contract import StepContract, build_optimizer, preflight
+from lightning_opt.optim.contract import StepContract, build_optimizer, first_step_size, preflight
 
 __all__ = ["constructor_arguments", "import_class"]  # re-exported: their old home
 
@@ -194,8 +195,14 @@ def hashable(value: Any) -> Any:
 
 
 #: A default learning rate this large marks a learning-rate-free method (Prodigy, D-Adaptation:
-#: lr = 1 scales the step size the method estimates itself).
+#: lr = 1 scales the step size the method estimates itself), if its first step agrees.
 LR_FREE_DEFAULT = 0.5
+#: The most the first step at such a default may move the weights, relative to their norm
+#: (``contract.first_step_size``), for the default to read as a multiplier: Prodigy and
+#: D-Adaptation start from a tiny estimate (their d0 = 1e-6), LARS from its trust ratio (1e-3);
+#: timm's AdafactorBigVision, whose 1.0 is a plain learning rate, moves them several times
+#: their norm.
+LR_FREE_FIRST_STEP = 0.1
 
 
 def default_search_space(cls: type) -> tuple[SearchParam, ...]:
@@ -237,11 +244,24 @@ def lr_free_guess(cls: type) -> str | None:
     number = isinstance(default, (int, float)) and not isinstance(default, bool)
     if not (number and math.isfinite(default) and default >= LR_FREE_DEFAULT):
         return None
+    size = _default_first_step(cls)
+    if size is not None and size > LR_FREE_FIRST_STEP:
+        return None  # a plain learning rate (its first step says so): the usual range
+    checked = (
+        "its first step could not be checked" if size is None
+        else f"its first step at it moved the weights by {size:.1g} of their norm"
+    )  # fmt: skip
     return (
         f"{cls.__name__}'s default lr {default:g} reads as a learning-rate-free method's "
-        f"multiplier: tune searches lr over {default / 10:g}..{default * 10:g} (a guess; give "
-        "search_space entries, or declare search_space on the class, to choose)"
+        f"multiplier ({checked}): tune searches lr over {default / 10:g}..{default * 10:g} (a "
+        "guess; give search_space entries, or declare search_space on the class, to choose)"
     )
+
+
+@functools.cache
+def _default_first_step(cls: type) -> float | None:
+    """``contract.first_step_size`` of ``cls`` at its defaults (None: it needs settings)."""
+    return first_step_size(lambda params: construct(cls, params, {}))
 
 
 def supports_population(cls: type) -> bool:
