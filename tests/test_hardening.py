@@ -452,16 +452,21 @@ def test_a_misspelt_name_gets_a_did_you_mean(flags, hint, capsys):
     assert len(err) == 1 and hint in err[0], err
 
 
-def test_studies_name_their_value(tmp_path):
-    """optuna-dashboard shows the metric's name, not "Objective 0"."""
+def test_studies_name_their_value_and_a_seed_queue_says_it_is_no_search(tmp_path):
+    """optuna-dashboard shows the metric's name, not "Objective 0"; a study without a search
+    space (an arm's finals) says in its user attributes that its best value is no tuning."""
     import optuna
 
-    from lightning_opt.tuning.claims import open_study
+    from lightning_opt.core.search_space import SearchParam
+    from lightning_opt.tuning.claims import SEED_QUEUE, open_study
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
     study = open_study(storage, "s", [], "final")
     assert study.metric_names == ["val/loss (final)"]
     assert open_study(storage, "s", [], "final").metric_names == ["val/loss (final)"]
+    assert SEED_QUEUE in study.user_attrs.values()
+    search = open_study(storage, "t", [SearchParam("lr", 1e-4, 1e-1, log=True)], "tuning")
+    assert SEED_QUEUE not in search.user_attrs.values()
 
 
 # Third round: the rest of the issue's cases 7-9, each as a user meets it.

@@ -34,6 +34,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 _SPACE_ATTR = "lightning_opt:search_space"
 _OBJECTIVE_ATTR = "lightning_opt:objective"
+_KIND_ATTR = "lightning_opt:kind"
+#: What a study without a search space is, for optuna-dashboard's user attributes (its history
+#: plot draws a "best value" line for any study).
+SEED_QUEUE = "one trial per seed, not a search: its best value is only the luckiest seed"
 
 
 def open_study(
@@ -70,6 +74,8 @@ def open_study(
                 # What optuna-dashboard names the value (else "Objective 0"); set before the
                 # attributes a racing launcher waits for, so it is there when they are.
                 study.set_metric_names([f"val/loss ({objective})"])
+                if not search_space:  # a seed queue (an arm's finals): said where a user looks
+                    study.set_user_attr(_KIND_ATTR, SEED_QUEUE)
                 study.set_user_attr(_SPACE_ATTR, wanted)
                 study.set_user_attr(_OBJECTIVE_ATTR, objective)
                 return study
