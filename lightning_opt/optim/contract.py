@@ -153,18 +153,16 @@ def preflight(
     # given NaN gradients first, so a step that reads them before calling its closure shows
     # it (non-finite weights), then again after one evaluation.
     attempts = [(g, first) for g in graphs for first in (False, True)]
-    saved = (np.random.get_state(), pyrandom.getstate())
     plain: StepContract | None = None
     failed: BaseException | None = None  # the plain backward's failure, if the graph's fails too
-    with torch.random.fork_rng(devices=[]), _restored(saved):
+    with _isolated_randomness():
         for create_graph, evaluate_first in attempts:
             torch.manual_seed(0)
             # float64, whatever the net's dtype now: the Trainer's precision comes later, and a
             # setting that is finite in training must not overflow here (lr 1e300 in float32).
             probe = copy.deepcopy(net).double().train()
             params = list(probe.parameters())
-            x = torch.randn(PREFLIGHT_BATCH, input_size, dtype=params[0].dtype)
-            y = torch.randint(num_classes, (PREFLIGHT_BATCH,))
+            x, y = _minibatch(input_size, num_classes)
             optimizer = build_optimizer(describe or cls.__name__, lambda p=probe: build(p))
             modes = has_modes(optimizer)
             for p in params:
@@ -207,13 +205,11 @@ def first_step_size(build: Callable[[list[nn.Parameter]], Any]) -> float | None:
     (``||w1 - w0|| / ||w0||``; ``inf`` where they stop being finite); ``None`` where the
     optimizer cannot be built or stepped so (it needs settings or groups). Torch's, numpy's and
     Python's random states are left as they were."""
-    saved = (np.random.get_state(), pyrandom.getstate())
-    with torch.random.fork_rng(devices=[]), _restored(saved):
+    with _isolated_randomness():
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10)).double()
         before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
-        x = torch.randn(PREFLIGHT_BATCH, 40, dtype=torch.float64)
-        y = torch.randint(10, (PREFLIGHT_BATCH,))
+        x, y = _minibatch(40, 10)
         try:
             optimizer = build(list(net.parameters()))
             if has_modes(optimizer):
@@ -243,12 +239,21 @@ def _check_state_round_trip(cls: type, optimizer: Any) -> None:
 
 
 @contextlib.contextmanager
-def _restored(saved: tuple[Any, Any]) -> Iterator[None]:
+def _isolated_randomness() -> Iterator[None]:
+    """Torch's (CPU), numpy's and Python's random states as they were, whatever runs inside."""
+    saved = (np.random.get_state(), pyrandom.getstate())
     try:
-        yield
+        with torch.random.fork_rng(devices=[]):
+            yield
     finally:
         np.random.set_state(saved[0])
         pyrandom.setstate(saved[1])
+
+
+def _minibatch(input_size: int, num_classes: int) -> tuple[Tensor, Tensor]:
+    """A random float64 minibatch of ``PREFLIGHT_BATCH`` examples and their labels."""
+    x = torch.randn(PREFLIGHT_BATCH, input_size, dtype=torch.float64)
+    return x, torch.randint(num_classes, (PREFLIGHT_BATCH,))
 
 
 def _closure(
