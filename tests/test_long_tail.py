@@ -98,6 +98,16 @@ def test_group_keys_only_the_step_reads_are_taken_and_a_misspelt_one_is_refused(
         )  # fmt: skip
     assert "rnak is not an argument of AdamW, nor read from its groups" in str(refused.value)
     assert "\n" not in str(refused.value)
+    misspelt = {k: v for k, v in GALORE.items() if k != "update_proj_gap"}
+    with pytest.raises(ValueError) as refused:  # the step fails first, on the key it lacks
+        MNIST1DClassifier(
+            optimizer="galore_torch.GaLoreAdamW",
+            param_groups=[{**misspelt, "update_proj_gapp": 2}], **MNIST1D,
+        )  # fmt: skip
+    assert "(KeyError: 'update_proj_gap')" in str(refused.value)
+    assert str(refused.value).endswith(
+        "; param_groups set update_proj_gapp (did you mean update_proj_gap?), never read"
+    )
 
 
 def test_a_state_object_is_checkpointed_as_data_and_a_resume_equals_one_run(

@@ -11,6 +11,7 @@ a name up, spawned workers included.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import inspect
@@ -33,7 +34,13 @@ from lightning_opt.core.reflection import (
 )
 from lightning_opt.core.search_space import SearchParam
 from lightning_opt.optim import groups
-from lightning_opt.optim.contract import StepContract, build_optimizer, first_step_size, preflight
+from lightning_opt.optim.contract import (
+    StepContract,
+    StepError,
+    build_optimizer,
+    first_step_size,
+    preflight,
+)
 
 __all__ = ["constructor_arguments", "import_class"]  # re-exported: their old home
 
@@ -444,7 +451,20 @@ def check_optimizer(
         key = _preflight_key(cls, init_args, net_spec, net, input_size, num_classes, param_groups)
     if key is not None and key in _PREFLIGHTS:
         return _PREFLIGHTS[key]
-    contract = preflight(cls, build, net, input_size, num_classes, describe)
+    try:
+        contract = preflight(cls, build, net, input_size, num_classes, describe)
+    except StepError as err:
+        # A step that failed on a group key it asked for: a key set but never read that is
+        # close to it is likely its misspelling.
+        unread = groups.not_arguments(cls, param_groups) - (read or set())
+        hints = [
+            f"{key} (did you mean {close[0]}?)"
+            for key in sorted(unread)
+            if (close := difflib.get_close_matches(key, sorted(read or ()), 1))
+        ]
+        if not hints:
+            raise
+        raise StepError(f"{err}; param_groups set {', '.join(hints)}, never read") from None
     if read is not None:
         groups.check_settings(cls, param_groups, read)
     if key is not None:
